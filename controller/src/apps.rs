@@ -1,0 +1,176 @@
+//! Virtual hosts and their applications: the namespaces push tasks live in.
+//!
+//! Virtual hosts come from configuration (`default` always exists). Applications live in
+//! the state store; the configured ones are created there at start when absent, and more
+//! can be created through the API.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use pushcast_proto::ApiError;
+use pushcast_proto::model::AppConfig;
+use pushcast_store::{Compare, Op, Store, Txn};
+
+use crate::keys;
+use crate::store_error::{api_error, decode, encode};
+
+/// Changes to an app; absent fields are left as they are.
+#[derive(Debug, Clone, Default)]
+pub struct AppPatch {
+    pub open_publish: Option<bool>,
+}
+
+#[derive(Clone)]
+pub struct Apps {
+    store: Arc<dyn Store>,
+    vhosts: Arc<BTreeSet<String>>,
+}
+
+impl Apps {
+    pub fn new(store: Arc<dyn Store>, vhosts: impl IntoIterator<Item = String>) -> Apps {
+        let mut set: BTreeSet<String> = vhosts.into_iter().collect();
+        set.insert("default".to_string());
+        Apps {
+            store,
+            vhosts: Arc::new(set),
+        }
+    }
+
+    /// Creates the configured apps that do not exist yet.
+    pub async fn seed(&self, apps: &[AppConfig]) -> Result<(), ApiError> {
+        for app in apps {
+            self.check_vhost(&app.vhost)?;
+            let key = keys::app(&app.vhost, &app.name);
+            let txn = Txn::new()
+                .when(Compare::Absent(key.clone()))
+                .and_then(Op::put(key, encode(app)?));
+            self.store.txn(txn).await.map_err(api_error)?;
+        }
+        Ok(())
+    }
+
+    pub fn check_vhost(&self, vhost: &str) -> Result<(), ApiError> {
+        if self.vhosts.contains(vhost) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!(
+                "Could not find the virtual host: [{vhost}]"
+            )))
+        }
+    }
+
+    /// The app, after checking its vhost: the 404s of the contract, in its order.
+    pub async fn require(&self, vhost: &str, app: &str) -> Result<AppConfig, ApiError> {
+        self.check_vhost(vhost)?;
+        let key = keys::app(vhost, app);
+        match self.store.get(&key).await.map_err(api_error)? {
+            Some(kv) => decode(&key, &kv.value),
+            None => Err(ApiError::not_found(format!(
+                "Could not find the application: [{vhost}/{app}]"
+            ))),
+        }
+    }
+
+    pub async fn create(&self, app: AppConfig) -> Result<AppConfig, ApiError> {
+        self.check_vhost(&app.vhost)?;
+        validate_name(&app.name)?;
+        let key = keys::app(&app.vhost, &app.name);
+        let txn = Txn::new()
+            .when(Compare::Absent(key.clone()))
+            .and_then(Op::put(key, encode(&app)?));
+        if self.store.txn(txn).await.map_err(api_error)?.succeeded {
+            Ok(app)
+        } else {
+            Err(ApiError::conflict(format!(
+                "The application already exists: [{}/{}]",
+                app.vhost, app.name
+            )))
+        }
+    }
+
+    /// Names of the apps of a vhost, sorted.
+    pub async fn list(&self, vhost: &str) -> Result<Vec<String>, ApiError> {
+        self.check_vhost(vhost)?;
+        let listing = self
+            .store
+            .list(&keys::apps_of(vhost))
+            .await
+            .map_err(api_error)?;
+        listing
+            .kvs
+            .iter()
+            .map(|kv| decode::<AppConfig>(&kv.key, &kv.value).map(|a| a.name))
+            .collect()
+    }
+
+    pub async fn patch(
+        &self,
+        vhost: &str,
+        name: &str,
+        patch: AppPatch,
+    ) -> Result<AppConfig, ApiError> {
+        let key = keys::app(vhost, name);
+        // Compare-and-swap so two concurrent patches cannot lose one another's fields.
+        for _ in 0..5 {
+            self.check_vhost(vhost)?;
+            let Some(kv) = self.store.get(&key).await.map_err(api_error)? else {
+                return Err(ApiError::not_found(format!(
+                    "Could not find the application: [{vhost}/{name}]"
+                )));
+            };
+            let mut app: AppConfig = decode(&key, &kv.value)?;
+            if let Some(open) = patch.open_publish {
+                app.open_publish = open;
+            }
+            let txn = Txn::new()
+                .when(Compare::ModRevision(key.clone(), kv.mod_revision))
+                .and_then(Op::put(key.clone(), encode(&app)?));
+            if self.store.txn(txn).await.map_err(api_error)?.succeeded {
+                return Ok(app);
+            }
+        }
+        Err(ApiError::conflict(format!(
+            "The application changed concurrently, try again: [{vhost}/{name}]"
+        )))
+    }
+
+    /// Deletes the app with all its tasks, their statuses and destination claims.
+    pub async fn delete(&self, vhost: &str, name: &str) -> Result<(), ApiError> {
+        self.require(vhost, name).await?;
+        let tasks = self
+            .store
+            .list(&keys::tasks_of(vhost, name))
+            .await
+            .map_err(api_error)?;
+        let mut txn = Txn::new()
+            .when(Compare::Present(keys::app(vhost, name)))
+            .and_then(Op::delete(keys::app(vhost, name)))
+            .and_then(Op::DeletePrefix(keys::tasks_of(vhost, name)))
+            .and_then(Op::DeletePrefix(keys::statuses_of(vhost, name)));
+        for kv in &tasks.kvs {
+            if let Ok(spec) = decode::<pushcast_proto::model::TaskSpec>(&kv.key, &kv.value) {
+                txn = txn.and_then(Op::delete(keys::destination(&spec.destination())));
+            }
+        }
+        // A task created between the listing and this txn keeps its destination claim; the
+        // claim names a task that no longer exists, and `pushes` treats such a claim as free.
+        self.store.txn(txn).await.map_err(api_error)?;
+        Ok(())
+    }
+}
+
+/// App names become URL segments and store keys; `:` would collide with action syntax.
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "Invalid application name: '{name}' (use letters, digits, '-', '_', '.')"
+        )))
+    }
+}

@@ -1,0 +1,75 @@
+//! The controller's settings: flags, `PUSHCAST_*` environment variables, config file keys.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use pushcast_proto::model::AppConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// API access token (repeatable, or comma-separated in the variable). None configured:
+    /// one is generated at first start, kept in the store and printed.
+    #[arg(
+        long = "access-token",
+        env = "PUSHCAST_ACCESS_TOKEN",
+        value_delimiter = ',',
+        value_name = "TOKEN"
+    )]
+    pub access_tokens: Vec<String>,
+
+    /// Serve the API without authentication (a warning is logged at start).
+    #[arg(long, env = "PUSHCAST_NO_AUTH")]
+    pub no_auth: bool,
+
+    /// HTTP/JSON gateway (the OME-compatible REST API).
+    #[arg(long, env = "PUSHCAST_REST_ADDR", default_value = "0.0.0.0:8081")]
+    pub rest_addr: SocketAddr,
+
+    /// gRPC API (PushService, AppService, health, reflection).
+    #[arg(long, env = "PUSHCAST_GRPC_ADDR", default_value = "0.0.0.0:9000")]
+    pub grpc_addr: SocketAddr,
+}
+
+/// One `[vhosts.NAME]` section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VhostSection {
+    #[serde(default)]
+    pub apps: Vec<String>,
+}
+
+/// Vhosts and apps from the config file's `[vhosts]` table; without one, `default` with
+/// an `app` application, as OME ships.
+pub fn vhosts_or_default(
+    section: Option<BTreeMap<String, VhostSection>>,
+) -> (Vec<String>, Vec<AppConfig>) {
+    let section = section.unwrap_or_else(|| {
+        BTreeMap::from([(
+            "default".to_string(),
+            VhostSection {
+                apps: vec!["app".to_string()],
+            },
+        )])
+    });
+    let vhosts = section.keys().cloned().collect();
+    let apps = section
+        .iter()
+        .flat_map(|(vhost, s)| {
+            s.apps.iter().map(move |name| AppConfig {
+                vhost: vhost.clone(),
+                name: name.clone(),
+                open_publish: false,
+            })
+        })
+        .collect();
+    (vhosts, apps)
+}
+
+/// Everything [`crate::server::start`] needs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub args: ControllerArgs,
+    pub vhosts: Vec<String>,
+    pub apps: Vec<AppConfig>,
+    pub node_id: String,
+}

@@ -1,0 +1,318 @@
+//! The REST gateway: OvenMediaEngine's push publishing API over HTTP/JSON
+//! (`spec/rest-push-api.md`), a thin layer over [`Pushes`] and [`Apps`].
+//!
+//! Order of checks on every request: CORS preflight, auth, route/action, body, vhost,
+//! app, then the action's own rules.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use pushcast_proto::ApiError;
+use pushcast_proto::model::AppConfig;
+use serde_json::{Map, Value, json};
+
+use crate::apps::AppPatch;
+use crate::auth::Auth;
+use crate::pushes::{Pushes, StartPush};
+
+/// Largest request body accepted; more is 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Product name in `WWW-Authenticate`.
+const REALM: &str = "pushcast";
+
+#[derive(Clone)]
+pub struct Gateway {
+    pub pushes: Pushes,
+    pub auth: Auth,
+}
+
+pub fn router(gw: Gateway) -> Router {
+    Router::new()
+        .route("/v1/vhosts/{vhost}/apps", any(apps_collection))
+        .route("/v1/vhosts/{vhost}/apps/{target}", any(app_target))
+        .fallback(|| async { error(controller_not_found()) })
+        .layer(middleware::from_fn_with_state(
+            gw.clone(),
+            preflight_and_auth,
+        ))
+        .with_state(gw)
+}
+
+async fn preflight_and_auth(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type"),
+        );
+        return resp;
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match gw.auth.check(header) {
+        Ok(()) => next.run(req).await,
+        Err(e) => error(e),
+    }
+}
+
+fn controller_not_found() -> ApiError {
+    ApiError::not_found("Controller not found")
+}
+
+/// `{"statusCode":200,"message":"OK","response":...}`, keys sorted as OME emits them.
+fn ok(response: Value) -> Response {
+    envelope(
+        StatusCode::OK,
+        json!({"statusCode": 200, "message": "OK", "response": response}),
+    )
+}
+
+fn error(e: ApiError) -> Response {
+    let code = e.http_status();
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"statusCode": code, "message": format!("[HTTP] {} ({code})", e.message)});
+    let mut resp = envelope(status, body);
+    if code == 401
+        && let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{REALM}\""))
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+fn envelope(status: StatusCode, body: Value) -> Response {
+    let text = body.to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn respond(r: Result<Value, ApiError>) -> Response {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => error(e),
+    }
+}
+
+/// Reads the body (at most [`MAX_BODY`]) as a JSON object; empty is `{}`.
+async fn json_object(body: Body) -> Result<Map<String, Value>, ApiError> {
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            pushcast_proto::ErrorKind::PayloadTooLarge,
+            format!("Request body is larger than {MAX_BODY} bytes"),
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request(
+            "[JSON] Request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("[JSON] {e}"))),
+    }
+}
+
+/// Reads the body as JSON of any shape (app creation takes an object or an array).
+async fn json_value(body: Body) -> Result<Value, ApiError> {
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            pushcast_proto::ErrorKind::PayloadTooLarge,
+            format!("Request body is larger than {MAX_BODY} bytes"),
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("[JSON] {e}")))
+}
+
+async fn apps_collection(
+    State(gw): State<Gateway>,
+    Path(vhost): Path<String>,
+    method: Method,
+    body: Body,
+) -> Response {
+    let apps = gw.pushes.apps();
+    let result = match method {
+        Method::GET => match apps.list(&vhost).await {
+            Ok(names) => Ok(json!(names)),
+            Err(e) => Err(e),
+        },
+        Method::POST => create_apps(&gw, &vhost, body).await,
+        _ => Err(controller_not_found()),
+    };
+    respond(result)
+}
+
+async fn create_apps(gw: &Gateway, vhost: &str, body: Body) -> Result<Value, ApiError> {
+    let value = json_value(body).await?;
+    let apps = gw.pushes.apps();
+    apps.check_vhost(vhost)?;
+    match value {
+        Value::Array(items) => {
+            let mut created = Vec::with_capacity(items.len());
+            for item in items {
+                let app = app_from_json(vhost, &item)?;
+                created.push(apps.create(app).await?.to_ome_json());
+            }
+            Ok(Value::Array(created))
+        }
+        item @ Value::Object(_) => Ok(apps
+            .create(app_from_json(vhost, &item)?)
+            .await?
+            .to_ome_json()),
+        _ => Err(ApiError::bad_request(
+            "[JSON] Request body must be a JSON object or array",
+        )),
+    }
+}
+
+fn app_from_json(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
+    let name = str_field(v, "name")
+        .ok_or_else(|| ApiError::bad_request("There is no required parameter [ name]"))?;
+    Ok(AppConfig {
+        vhost: vhost.to_string(),
+        name,
+        open_publish: v
+            .get("openPublish")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+async fn app_target(
+    State(gw): State<Gateway>,
+    Path((vhost, target)): Path<(String, String)>,
+    method: Method,
+    body: Body,
+) -> Response {
+    let (app, action) = match target.split_once(':') {
+        Some((app, action)) => (app.to_string(), Some(action.to_string())),
+        None => (target, None),
+    };
+    let apps = gw.pushes.apps();
+    let result = match (&method, action.as_deref()) {
+        (&Method::GET, None) => apps.require(&vhost, &app).await.map(|a| a.to_ome_json()),
+        (&Method::PATCH, None) => patch_app(&gw, &vhost, &app, body).await,
+        (&Method::DELETE, None) => apps.delete(&vhost, &app).await.map(|()| Value::Null),
+        (&Method::GET, Some("pushes")) => list_pushes(&gw, &vhost, &app, Map::new()).await,
+        (&Method::POST, Some(action @ ("startPush" | "stopPush" | "pushes"))) => {
+            post_action(&gw, &vhost, &app, action, body).await
+        }
+        _ => Err(controller_not_found()),
+    };
+    respond(result)
+}
+
+async fn patch_app(gw: &Gateway, vhost: &str, app: &str, body: Body) -> Result<Value, ApiError> {
+    let obj = json_object(body).await?;
+    gw.pushes.apps().require(vhost, app).await?;
+    let patch = AppPatch {
+        open_publish: obj.get("openPublish").and_then(Value::as_bool),
+    };
+    Ok(gw
+        .pushes
+        .apps()
+        .patch(vhost, app, patch)
+        .await?
+        .to_ome_json())
+}
+
+async fn post_action(
+    gw: &Gateway,
+    vhost: &str,
+    app: &str,
+    action: &str,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let obj = json_object(body).await?;
+    match action {
+        "startPush" => {
+            gw.pushes.apps().require(vhost, app).await?;
+            let task = gw
+                .pushes
+                .start(vhost, app, start_push_from_json(&obj))
+                .await?;
+            Ok(task.to_ome_json())
+        }
+        "stopPush" => {
+            gw.pushes.apps().require(vhost, app).await?;
+            let id = obj.get("id").and_then(Value::as_str);
+            Ok(gw.pushes.stop(vhost, app, id).await?.to_ome_json())
+        }
+        _ => list_pushes(gw, vhost, app, obj).await,
+    }
+}
+
+async fn list_pushes(
+    gw: &Gateway,
+    vhost: &str,
+    app: &str,
+    filter: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    gw.pushes.apps().require(vhost, app).await?;
+    let id = filter.get("id").and_then(Value::as_str);
+    let tasks = gw.pushes.list(vhost, app, id).await?;
+    Ok(Value::Array(
+        tasks.iter().map(|t| t.to_ome_json()).collect(),
+    ))
+}
+
+/// A string field; anything else (number, null, object) counts as missing.
+fn str_field(v: &Value, name: &str) -> Option<String> {
+    v.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+fn start_push_from_json(obj: &Map<String, Value>) -> StartPush {
+    let body = Value::Object(obj.clone());
+    let stream = body.get("stream").filter(|s| s.is_object());
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // `tracks` is the old name of `trackIds`.
+    let track_ids = stream
+        .and_then(|s| s.get("trackIds").or_else(|| s.get("tracks")))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    StartPush {
+        id: str_field(&body, "id"),
+        stream_name: stream.and_then(|s| str_field(s, "name")),
+        track_ids,
+        variant_names: strings(stream.and_then(|s| s.get("variantNames"))),
+        protocol: str_field(&body, "protocol"),
+        url: str_field(&body, "url"),
+        stream_key: str_field(&body, "streamKey"),
+    }
+}

@@ -1,0 +1,174 @@
+//! The gRPC API: `PushService` and `AppService`, a thin layer over [`Pushes`] and
+//! [`Apps`](crate::apps::Apps), with the same auth as REST (an `authorization` metadata
+//! entry `Basic base64(<token>)`).
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use pushcast_proto::model::AppConfig;
+use pushcast_proto::v1::{self, app_service_server::AppService, push_service_server::PushService};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Auth;
+use crate::pushes::{PushEvent, Pushes, StartPush};
+
+#[derive(Clone)]
+pub struct Api {
+    pub pushes: Pushes,
+}
+
+/// Returns an interceptor that checks the `authorization` metadata.
+pub fn auth_interceptor(auth: Auth) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        let header = req.metadata().get("authorization").map(|v| v.as_bytes());
+        auth.check(header)?;
+        Ok(req)
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl PushService for Api {
+    async fn start_push(
+        &self,
+        req: Request<v1::StartPushRequest>,
+    ) -> Result<Response<v1::StartPushResponse>, Status> {
+        let r = req.into_inner();
+        self.pushes.apps().require(&r.vhost, &r.app).await?;
+        let stream = r.stream.unwrap_or_default();
+        let input = StartPush {
+            id: non_empty(r.id),
+            stream_name: non_empty(stream.name),
+            track_ids: stream.track_ids,
+            variant_names: stream.variant_names,
+            protocol: non_empty(r.protocol),
+            url: non_empty(r.url),
+            stream_key: non_empty(r.stream_key),
+        };
+        let task = self.pushes.start(&r.vhost, &r.app, input).await?;
+        Ok(Response::new(v1::StartPushResponse {
+            task: Some(task.to_proto()),
+        }))
+    }
+
+    async fn stop_push(
+        &self,
+        req: Request<v1::StopPushRequest>,
+    ) -> Result<Response<v1::StopPushResponse>, Status> {
+        let r = req.into_inner();
+        self.pushes.apps().require(&r.vhost, &r.app).await?;
+        let task = self.pushes.stop(&r.vhost, &r.app, Some(&r.id)).await?;
+        Ok(Response::new(v1::StopPushResponse {
+            task: Some(task.to_proto()),
+        }))
+    }
+
+    async fn list_pushes(
+        &self,
+        req: Request<v1::ListPushesRequest>,
+    ) -> Result<Response<v1::ListPushesResponse>, Status> {
+        let r = req.into_inner();
+        self.pushes.apps().require(&r.vhost, &r.app).await?;
+        let tasks = self.pushes.list(&r.vhost, &r.app, Some(&r.id)).await?;
+        Ok(Response::new(v1::ListPushesResponse {
+            tasks: tasks.iter().map(|t| t.to_proto()).collect(),
+        }))
+    }
+
+    async fn get_push(
+        &self,
+        req: Request<v1::GetPushRequest>,
+    ) -> Result<Response<v1::GetPushResponse>, Status> {
+        let r = req.into_inner();
+        self.pushes.apps().require(&r.vhost, &r.app).await?;
+        let task = self.pushes.get(&r.vhost, &r.app, &r.id).await?;
+        Ok(Response::new(v1::GetPushResponse {
+            task: Some(task.to_proto()),
+        }))
+    }
+
+    type WatchPushesStream = Pin<Box<dyn Stream<Item = Result<v1::PushEvent, Status>> + Send>>;
+
+    async fn watch_pushes(
+        &self,
+        req: Request<v1::WatchPushesRequest>,
+    ) -> Result<Response<Self::WatchPushesStream>, Status> {
+        let r = req.into_inner();
+        if !r.vhost.is_empty() {
+            self.pushes.apps().check_vhost(&r.vhost)?;
+            if !r.app.is_empty() {
+                self.pushes.apps().require(&r.vhost, &r.app).await?;
+            }
+        }
+        let events = self.pushes.watch(&r.vhost, &r.app).await?;
+        let stream = events.map(|ev| {
+            let ev = ev?;
+            let (kind, task) = match ev {
+                PushEvent::Created(t) => (v1::push_event::Kind::Created, t),
+                PushEvent::Updated(t) => (v1::push_event::Kind::Updated, t),
+                PushEvent::Removed(t) => (v1::push_event::Kind::Removed, t),
+            };
+            Ok(v1::PushEvent {
+                kind: kind as i32,
+                task: Some(task.to_proto()),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl AppService for Api {
+    async fn create_app(
+        &self,
+        req: Request<v1::CreateAppRequest>,
+    ) -> Result<Response<v1::CreateAppResponse>, Status> {
+        let app = req
+            .into_inner()
+            .app
+            .ok_or_else(|| Status::invalid_argument("There is no required parameter [ app]"))?;
+        let created = self
+            .pushes
+            .apps()
+            .create(AppConfig {
+                vhost: app.vhost,
+                name: app.name,
+                open_publish: app.open_publish,
+            })
+            .await?;
+        Ok(Response::new(v1::CreateAppResponse {
+            app: Some(created.to_proto()),
+        }))
+    }
+
+    async fn list_apps(
+        &self,
+        req: Request<v1::ListAppsRequest>,
+    ) -> Result<Response<v1::ListAppsResponse>, Status> {
+        let names = self.pushes.apps().list(&req.into_inner().vhost).await?;
+        Ok(Response::new(v1::ListAppsResponse { names }))
+    }
+
+    async fn get_app(
+        &self,
+        req: Request<v1::GetAppRequest>,
+    ) -> Result<Response<v1::GetAppResponse>, Status> {
+        let r = req.into_inner();
+        let app = self.pushes.apps().require(&r.vhost, &r.name).await?;
+        Ok(Response::new(v1::GetAppResponse {
+            app: Some(app.to_proto()),
+        }))
+    }
+
+    async fn delete_app(
+        &self,
+        req: Request<v1::DeleteAppRequest>,
+    ) -> Result<Response<v1::DeleteAppResponse>, Status> {
+        let r = req.into_inner();
+        self.pushes.apps().delete(&r.vhost, &r.name).await?;
+        Ok(Response::new(v1::DeleteAppResponse {}))
+    }
+}

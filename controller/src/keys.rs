@@ -1,0 +1,84 @@
+//! The layout of pushcast's keys in the state store (see DESIGN.md, "State in etcd").
+//!
+//! Names from the API are escaped so that a `/` in an id can never reach into another
+//! key's prefix.
+
+use sha2::{Digest, Sha256};
+
+/// Escapes `%` and `/` in one key segment.
+pub fn escape(segment: &str) -> String {
+    segment.replace('%', "%25").replace('/', "%2F")
+}
+
+/// Reverses [`escape`].
+pub fn unescape(segment: &str) -> String {
+    segment.replace("%2F", "/").replace("%25", "%")
+}
+
+pub fn app(vhost: &str, app: &str) -> String {
+    format!("apps/{}/{}", escape(vhost), escape(app))
+}
+
+pub fn apps_of(vhost: &str) -> String {
+    format!("apps/{}/", escape(vhost))
+}
+
+pub fn task(vhost: &str, app: &str, id: &str) -> String {
+    format!("{}{}", tasks_of(vhost, app), escape(id))
+}
+
+pub fn tasks_of(vhost: &str, app: &str) -> String {
+    format!("tasks/{}/{}/", escape(vhost), escape(app))
+}
+
+pub fn status(vhost: &str, app: &str, id: &str) -> String {
+    format!("{}{}", statuses_of(vhost, app), escape(id))
+}
+
+pub fn statuses_of(vhost: &str, app: &str) -> String {
+    format!("status/{}/{}/", escape(vhost), escape(app))
+}
+
+/// The uniqueness index of a destination: one key per destination (url + stream key),
+/// whose value names the task that holds it. Hashed so that secrets in stream keys do
+/// not appear in key names.
+pub fn destination(destination: &str) -> String {
+    let digest = Sha256::digest(destination.as_bytes());
+    format!("dests/{}", hex::encode(digest))
+}
+
+/// The access token generated at first start when none is configured.
+pub const ACCESS_TOKEN: &str = "secrets/access-token";
+
+/// Splits a task or status key into (vhost, app, id).
+pub fn parse_task_key(key: &str) -> Option<(String, String, String)> {
+    let rest = key
+        .strip_prefix("tasks/")
+        .or_else(|| key.strip_prefix("status/"))?;
+    let mut parts = rest.splitn(3, '/');
+    let (v, a, i) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((unescape(v), unescape(a), unescape(i)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_with_slashes_stay_in_their_app() {
+        let k = task("default", "app", "a/b%2F");
+        assert_eq!(k, "tasks/default/app/a%2Fb%252F");
+        assert!(k.starts_with(&tasks_of("default", "app")));
+        assert_eq!(
+            parse_task_key(&k),
+            Some(("default".into(), "app".into(), "a/b%2F".into()))
+        );
+    }
+
+    #[test]
+    fn destination_keys_hide_the_stream_key() {
+        let k = destination("rtmp://a/live/secret");
+        assert!(!k.contains("secret"));
+        assert_eq!(k, destination("rtmp://a/live/secret"));
+    }
+}

@@ -1,0 +1,16 @@
+//! pushcast's control plane: the OME-compatible REST gateway and the gRPC API over one
+//! domain service ([`pushes::Pushes`]), with all state in the store.
+#![forbid(unsafe_code)]
+
+pub mod apps;
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod grpc;
+pub mod keys;
+pub mod pushes;
+pub mod server;
+pub mod store_error;
+
+pub use config::{ControllerArgs, ControllerConfig};
+pub use server::{Controller, start};

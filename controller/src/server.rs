@@ -1,0 +1,148 @@
+//! Starting the controller: token, configured apps, the REST gateway and the gRPC server,
+//! all stopped by one cancellation token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine;
+use pushcast_proto::v1::app_service_server::AppServiceServer;
+use pushcast_proto::v1::push_service_server::PushServiceServer;
+use pushcast_runtime::CancellationToken;
+use pushcast_runtime::logging::redact;
+use pushcast_store::{Compare, Op, Store, Txn};
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::apps::Apps;
+use crate::auth::Auth;
+use crate::config::ControllerConfig;
+use crate::gateway::{self, Gateway};
+use crate::grpc::{Api, auth_interceptor};
+use crate::keys;
+use crate::pushes::Pushes;
+
+/// A running controller.
+pub struct Controller {
+    pub rest_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// The token to call the API with when none was configured (generated or loaded).
+    pub generated_token: Option<String>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Controller {
+    /// Waits until every server has stopped (after the shutdown token is cancelled).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            r.context("server task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+pub async fn start(
+    cfg: ControllerConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Controller> {
+    let (auth, generated_token) = if cfg.args.no_auth {
+        tracing::warn!(
+            "API authentication is OFF (--no-auth): anyone who reaches the ports can use the API"
+        );
+        (Auth::disabled(), None)
+    } else if !cfg.args.access_tokens.is_empty() {
+        (Auth::new(&cfg.args.access_tokens), None)
+    } else {
+        let token = shared_token(store.as_ref()).await?;
+        tracing::info!(token = %redact(&token), "using the generated access token kept in the store");
+        (Auth::new(std::slice::from_ref(&token)), Some(token))
+    };
+
+    let apps = Apps::new(store.clone(), cfg.vhosts.clone());
+    apps.seed(&cfg.apps)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the configured apps: {e}"))?;
+    let pushes = Pushes::new(store.clone(), apps);
+
+    let rest = TcpListener::bind(cfg.args.rest_addr)
+        .await
+        .with_context(|| format!("cannot bind the REST gateway to {}", cfg.args.rest_addr))?;
+    let rest_addr = rest.local_addr()?;
+    let grpc = TcpListener::bind(cfg.args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot bind the gRPC API to {}", cfg.args.grpc_addr))?;
+    let grpc_addr = grpc.local_addr()?;
+
+    let mut tasks = JoinSet::new();
+    let router = gateway::router(Gateway {
+        pushes: pushes.clone(),
+        auth: auth.clone(),
+    });
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(rest, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("REST gateway failed")
+    });
+    tracing::info!(addr = %rest_addr, node = %cfg.node_id, "REST gateway listening");
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PushServiceServer<Api>>().await;
+    health.set_serving::<AppServiceServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pushcast_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build gRPC reflection")?;
+    let api = Api { pushes };
+    let interceptor = auth_interceptor(auth);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(PushServiceServer::with_interceptor(
+                api.clone(),
+                interceptor.clone(),
+            ))
+            .add_service(AppServiceServer::with_interceptor(api, interceptor))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move { stop.cancelled().await },
+            )
+            .await
+            .context("gRPC server failed")
+    });
+    tracing::info!(addr = %grpc_addr, "gRPC API listening");
+
+    Ok(Controller {
+        rest_addr,
+        grpc_addr,
+        generated_token,
+        tasks,
+    })
+}
+
+/// The cluster's generated access token: created once (first writer wins), then read by
+/// every replica, so all controllers accept the same token.
+async fn shared_token(store: &dyn Store) -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let fresh = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let txn = Txn::new()
+        .when(Compare::Absent(keys::ACCESS_TOKEN.to_string()))
+        .and_then(Op::put(keys::ACCESS_TOKEN, fresh.into_bytes()));
+    store
+        .txn(txn)
+        .await
+        .context("cannot store the access token")?;
+    let kv = store
+        .get(keys::ACCESS_TOKEN)
+        .await
+        .context("cannot read the access token")?
+        .context("the access token vanished from the store")?;
+    String::from_utf8(kv.value).context("the stored access token is not text")
+}

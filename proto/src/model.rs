@@ -1,0 +1,275 @@
+//! Domain types shared by the controller and the workers, stored as JSON in the state store.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{time, v1};
+
+/// Destination protocol of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Rtmp,
+    Mpegts,
+    Srt,
+}
+
+impl Protocol {
+    /// Parses the API's protocol word (already trimmed and lowercased by the caller).
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "rtmp" => Some(Protocol::Rtmp),
+            "mpegts" => Some(Protocol::Mpegts),
+            "srt" => Some(Protocol::Srt),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Rtmp => "rtmp",
+            Protocol::Mpegts => "mpegts",
+            Protocol::Srt => "srt",
+        }
+    }
+
+    /// URL schemes this protocol can push to.
+    pub fn schemes(self) -> &'static [&'static str] {
+        match self {
+            Protocol::Rtmp => &["rtmp", "rtmps"],
+            Protocol::Mpegts => &["udp", "tcp"],
+            Protocol::Srt => &["srt"],
+        }
+    }
+}
+
+/// The source stream of a task and the tracks to take from it, as requested.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSelector {
+    pub name: String,
+    #[serde(default)]
+    pub track_ids: Vec<i64>,
+    #[serde(default)]
+    pub variant_names: Vec<String>,
+}
+
+/// What a push task is: written once by the API (and changed only by explicit updates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub id: String,
+    pub vhost: String,
+    pub app: String,
+    pub stream: StreamSelector,
+    pub protocol: Protocol,
+    /// As stored: trimmed, trailing "/" stripped.
+    pub url: String,
+    /// Empty when none was given (and always for mpegts/srt).
+    #[serde(default)]
+    pub stream_key: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+impl TaskSpec {
+    /// Where the push actually goes: for rtmp, `url/streamKey`; otherwise the url.
+    pub fn destination(&self) -> String {
+        if self.protocol == Protocol::Rtmp && !self.stream_key.is_empty() {
+            format!("{}/{}", self.url, self.stream_key)
+        } else {
+            self.url.clone()
+        }
+    }
+}
+
+/// State of a push task, in the seed's vocabulary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    #[default]
+    Ready,
+    Started,
+    Stopping,
+    Stopped,
+    Error,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Ready => "ready",
+            TaskState::Started => "started",
+            TaskState::Stopping => "stopping",
+            TaskState::Stopped => "stopped",
+            TaskState::Error => "error",
+        }
+    }
+
+    fn to_proto(self) -> v1::TaskState {
+        match self {
+            TaskState::Ready => v1::TaskState::Ready,
+            TaskState::Started => v1::TaskState::Started,
+            TaskState::Stopping => v1::TaskState::Stopping,
+            TaskState::Stopped => v1::TaskState::Stopped,
+            TaskState::Error => v1::TaskState::Error,
+        }
+    }
+}
+
+/// What a push task is doing: state, counters and times.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub state: TaskState,
+    /// Current session: payload bytes and milliseconds since it started.
+    pub sent_bytes: u64,
+    pub sent_time_ms: u64,
+    /// Sessions that have ended.
+    pub sequence: u64,
+    pub total_sent_bytes: u64,
+    pub total_sent_time_ms: u64,
+    pub start_ms: Option<i64>,
+    pub finish_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub worker: Option<String>,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub spec: TaskSpec,
+    pub status: TaskStatus,
+}
+
+impl Task {
+    /// The OME task object. Field names are OME's (`totalsentBytes` included); a
+    /// `serde_json::Map` keeps keys sorted, as OME emits them.
+    pub fn to_ome_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let (spec, st) = (&self.spec, &self.status);
+        let mut obj = json!({
+            "id": spec.id,
+            "vhost": spec.vhost,
+            "app": spec.app,
+            "stream": {
+                "name": spec.stream.name,
+                "trackIds": spec.stream.track_ids,
+                "variantNames": spec.stream.variant_names,
+            },
+            "state": st.state.as_str(),
+            "protocol": spec.protocol.as_str(),
+            "url": spec.url,
+            "sentBytes": st.sent_bytes,
+            "sentTime": st.sent_time_ms,
+            "sequence": st.sequence,
+            "totalsentBytes": st.total_sent_bytes,
+            "totalsentTime": st.total_sent_time_ms,
+            "createdTime": time::format_ms(Some(spec.created_ms)),
+            "startTime": time::format_ms(st.start_ms),
+            "finishTime": time::format_ms(st.finish_ms),
+        });
+        if let Some(map) = obj.as_object_mut() {
+            if !spec.stream_key.is_empty() {
+                map.insert("streamKey".into(), json!(spec.stream_key));
+            }
+            if let Some(e) = &st.last_error {
+                map.insert("lastError".into(), json!(e));
+            }
+            if let Some(w) = &st.worker {
+                map.insert("worker".into(), json!(w));
+            }
+        }
+        obj
+    }
+
+    pub fn to_proto(&self) -> v1::PushTask {
+        let (spec, st) = (&self.spec, &self.status);
+        v1::PushTask {
+            id: spec.id.clone(),
+            vhost: spec.vhost.clone(),
+            app: spec.app.clone(),
+            stream: Some(v1::StreamSelector {
+                name: spec.stream.name.clone(),
+                track_ids: spec.stream.track_ids.clone(),
+                variant_names: spec.stream.variant_names.clone(),
+            }),
+            state: st.state.to_proto() as i32,
+            protocol: spec.protocol.as_str().to_string(),
+            url: spec.url.clone(),
+            stream_key: spec.stream_key.clone(),
+            sent_bytes: st.sent_bytes,
+            sent_time_ms: st.sent_time_ms,
+            sequence: st.sequence,
+            total_sent_bytes: st.total_sent_bytes,
+            total_sent_time_ms: st.total_sent_time_ms,
+            created_time: Some(time::to_timestamp(spec.created_ms)),
+            start_time: st.start_ms.map(time::to_timestamp),
+            finish_time: st.finish_ms.map(time::to_timestamp),
+            last_error: st.last_error.clone().unwrap_or_default(),
+            worker: st.worker.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// An application of a virtual host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppConfig {
+    pub vhost: String,
+    pub name: String,
+    /// Stream name = key when true (off by default).
+    #[serde(default)]
+    pub open_publish: bool,
+}
+
+impl AppConfig {
+    pub fn to_proto(&self) -> v1::App {
+        v1::App {
+            vhost: self.vhost.clone(),
+            name: self.name.clone(),
+            open_publish: self.open_publish,
+        }
+    }
+
+    pub fn to_ome_json(&self) -> serde_json::Value {
+        serde_json::json!({ "name": self.name, "openPublish": self.open_publish })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(protocol: Protocol, key: &str) -> TaskSpec {
+        TaskSpec {
+            id: "t1".into(),
+            vhost: "default".into(),
+            app: "app".into(),
+            stream: StreamSelector {
+                name: "s".into(),
+                ..Default::default()
+            },
+            protocol,
+            url: "rtmp://h/live".into(),
+            stream_key: key.into(),
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn ome_object_omits_empty_stream_key_and_sorts_keys() {
+        let t = Task {
+            spec: spec(Protocol::Rtmp, ""),
+            status: TaskStatus::default(),
+        };
+        let v = t.to_ome_json();
+        assert!(v.get("streamKey").is_none());
+        let text = serde_json::to_string(&v).expect("serializes");
+        assert!(text.starts_with("{\"app\":"), "{text}");
+        assert_eq!(v["state"], "ready");
+        assert_eq!(v["startTime"], time::NEVER);
+    }
+
+    #[test]
+    fn destination_appends_key_for_rtmp_only() {
+        assert_eq!(spec(Protocol::Rtmp, "k").destination(), "rtmp://h/live/k");
+        assert_eq!(spec(Protocol::Rtmp, "").destination(), "rtmp://h/live");
+        assert_eq!(spec(Protocol::Mpegts, "k").destination(), "rtmp://h/live");
+    }
+}

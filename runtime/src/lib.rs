@@ -1,0 +1,9 @@
+//! What every pushcast process does at start: logging, the config file, shutdown signals.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config_file;
+pub mod logging;
+pub mod shutdown;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,35 @@
+//! Test sandbox: real etcd and the real pushcast binaries as child processes on
+//! 127.0.0.1, started and stopped by the tests (garage / quickwit style).
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod api;
+#[path = "../../store/tests/support/etcd.rs"]
+pub mod etcd;
+pub mod process;
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; used only for peers like etcd
+/// that cannot report the port they bound).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

@@ -1,0 +1,108 @@
+//! Media frames as they travel from ingest to the push sessions.
+//!
+//! A frame is parsed once at ingest and shared by every session as refcounted [`Bytes`]:
+//! fanning out to N destinations clones N pointers, never the payload.
+
+use bytes::Bytes;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    Video,
+    Audio,
+    /// AMF data (`onMetaData` and friends), as in an FLV script tag.
+    Data,
+}
+
+/// One media frame, in FLV terms: `payload` is the body of an FLV tag / RTMP message of
+/// type 8 (audio), 9 (video) or 18 (data), starting with the FLV codec header byte(s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    /// Decode timestamp in milliseconds, as on the RTMP message (32-bit, may wrap).
+    pub timestamp_ms: u32,
+    pub payload: Bytes,
+}
+
+impl Frame {
+    /// Video codec id of an FLV video tag (7 = AVC/H.264), if this is a video frame.
+    pub fn video_codec(&self) -> Option<u8> {
+        match self.kind {
+            FrameKind::Video => self.payload.first().map(|b| b & 0x0f),
+            _ => None,
+        }
+    }
+
+    /// Audio format of an FLV audio tag (10 = AAC), if this is an audio frame.
+    pub fn audio_format(&self) -> Option<u8> {
+        match self.kind {
+            FrameKind::Audio => self.payload.first().map(|b| b >> 4),
+            _ => None,
+        }
+    }
+
+    /// A video keyframe (FLV frame type 1).
+    pub fn is_keyframe(&self) -> bool {
+        self.kind == FrameKind::Video && self.payload.first().is_some_and(|b| b >> 4 == 1)
+    }
+
+    /// A codec configuration record: AVC sequence header (AVCPacketType 0) or AAC
+    /// AudioSpecificConfig (AACPacketType 0). Decoders need it before any other frame.
+    pub fn is_sequence_header(&self) -> bool {
+        match self.kind {
+            FrameKind::Video => self.video_codec() == Some(7) && self.payload.get(1) == Some(&0),
+            FrameKind::Audio => self.audio_format() == Some(10) && self.payload.get(1) == Some(&0),
+            FrameKind::Data => false,
+        }
+    }
+
+    /// AVC composition time offset (PTS - DTS) in milliseconds, signed 24-bit; 0 otherwise.
+    pub fn composition_offset_ms(&self) -> i32 {
+        if self.video_codec() != Some(7) {
+            return 0;
+        }
+        match self.payload.get(2..5) {
+            Some(b) => {
+                let raw = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                // Sign-extend 24 bits.
+                ((raw << 8) as i32) >> 8
+            }
+            None => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(bytes: &[u8]) -> Frame {
+        Frame {
+            kind: FrameKind::Video,
+            timestamp_ms: 0,
+            payload: Bytes::copy_from_slice(bytes),
+        }
+    }
+
+    #[test]
+    fn classifies_flv_video_headers() {
+        let seq = video(&[0x17, 0, 0, 0, 0, 1]);
+        assert!(seq.is_keyframe() && seq.is_sequence_header());
+        let inter = video(&[0x27, 1, 0xff, 0xff, 0xfe]);
+        assert!(!inter.is_keyframe() && !inter.is_sequence_header());
+        assert_eq!(inter.composition_offset_ms(), -2);
+        assert_eq!(video(&[0x17, 1, 0, 0, 40]).composition_offset_ms(), 40);
+        assert_eq!(video(&[]).composition_offset_ms(), 0);
+    }
+
+    #[test]
+    fn classifies_aac() {
+        let asc = Frame {
+            kind: FrameKind::Audio,
+            timestamp_ms: 0,
+            payload: Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
+        };
+        assert!(asc.is_sequence_header());
+        assert_eq!(asc.audio_format(), Some(10));
+    }
+}
