@@ -2,7 +2,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["pushcast/v1/push.proto", "pushcast/v1/app.proto"];
+    let protos = [
+        "pushcast/v1/push.proto",
+        "pushcast/v1/app.proto",
+        "pushcast/v1/worker.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,5 +1,6 @@
 //! `pushcast`: the standalone mode. A controller and a worker in one process on the
-//! embedded store (unless --etcd-endpoints is given): the laptop / demo setup.
+//! embedded store (unless --etcd-endpoints is given): the laptop / demo setup. Same code
+//! paths as the distributed mode; the controller reaches the worker over loopback gRPC.
 
 use clap::Parser;
 use pushcast_controller::config::{
@@ -7,6 +8,7 @@ use pushcast_controller::config::{
 };
 use pushcast_runtime::cli::CommonArgs;
 use pushcast_runtime::config_file::ConfigFile;
+use pushcast_worker::WorkerArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +22,11 @@ struct Cli {
     common: CommonArgs,
     #[command(flatten)]
     controller: ControllerArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// The in-process worker's WorkerService (the controller calls it for live counters).
+    #[arg(long, env = "PUSHCAST_WORKER_GRPC_ADDR", default_value = "127.0.0.1:0")]
+    worker_grpc_addr: std::net::SocketAddr,
 }
 
 #[tokio::main]
@@ -33,19 +40,26 @@ async fn main() -> anyhow::Result<()> {
     );
     let shutdown = pushcast_runtime::shutdown::on_signal();
     let store = cli.common.open_store().await?;
+    let node_id = cli.common.node_id();
     let cfg = ControllerConfig {
         args: cli.controller,
         vhosts,
         apps,
-        node_id: cli.common.node_id(),
+        node_id: node_id.clone(),
     };
-    let controller = pushcast_controller::start(cfg, store, shutdown).await?;
+    let controller = pushcast_controller::start(cfg, store.clone(), shutdown.clone()).await?;
+    let worker =
+        pushcast_worker::start(cli.worker, cli.worker_grpc_addr, node_id, store, shutdown).await?;
     println!("pushcast standalone is up");
     println!(
         "  REST API (OME-compatible): http://{}",
         controller.rest_addr
     );
     println!("  gRPC API:                  {}", controller.grpc_addr);
+    println!(
+        "  RTMP ingest:               rtmp://{}/app/<stream>",
+        worker.rtmp_addr
+    );
     if let Some(token) = &controller.generated_token {
         println!("  access token:              {token}");
         println!(
@@ -53,5 +67,6 @@ async fn main() -> anyhow::Result<()> {
             controller.rest_addr
         );
     }
-    controller.wait().await
+    let (c, w) = tokio::join!(controller.wait(), worker.wait());
+    c.and(w)
 }

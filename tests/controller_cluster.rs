@@ -56,6 +56,7 @@ async fn generated_token_is_kept_across_restarts() {
         format!("--data-dir={}", dir.path().display()),
         "--rest-addr=127.0.0.1:0".into(),
         "--grpc-addr=127.0.0.1:0".into(),
+        "--rtmp-addr=127.0.0.1:0".into(),
     ];
     let mut node = Node::start("pushcast", "standalone", args, "").await;
     let token = node.proc.wait_for_line("access token:").await;

@@ -11,8 +11,8 @@ use pushcast_proto::ApiError;
 use pushcast_proto::model::AppConfig;
 use pushcast_store::{Compare, Op, Store, Txn};
 
-use crate::keys;
 use crate::store_error::{api_error, decode, encode};
+use pushcast_proto::keys;
 
 /// Changes to an app; absent fields are left as they are.
 #[derive(Debug, Clone, Default)]

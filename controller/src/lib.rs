@@ -7,7 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod grpc;
-pub mod keys;
+pub mod live_status;
 pub mod pushes;
 pub mod server;
 pub mod store_error;

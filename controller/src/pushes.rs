@@ -15,8 +15,9 @@ use pushcast_store::{Compare, KeyValue, Op, Store, Txn, WatchEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::apps::Apps;
-use crate::keys;
+use crate::live_status::LiveStatus;
 use crate::store_error::{api_error, decode, encode};
+use pushcast_proto::keys;
 
 /// A startPush request as it arrived. `None` (or empty) is "missing": REST and gRPC
 /// both reduce their input to this, so the rules below exist once.
@@ -51,11 +52,13 @@ pub enum PushEvent {
 pub struct Pushes {
     store: Arc<dyn Store>,
     apps: Apps,
+    live: LiveStatus,
 }
 
 impl Pushes {
     pub fn new(store: Arc<dyn Store>, apps: Apps) -> Pushes {
-        Pushes { store, apps }
+        let live = LiveStatus::new(store.clone());
+        Pushes { store, apps, live }
     }
 
     pub fn apps(&self) -> &Apps {
@@ -145,6 +148,7 @@ impl Pushes {
                 return Err(not_found(vhost, app, id));
             };
             let mut task = self.load(&kv).await?;
+            self.live.refresh(std::slice::from_mut(&mut task)).await;
             let txn = Txn::new()
                 .when(Compare::ModRevision(task_key.clone(), kv.mod_revision))
                 .and_then(Op::delete(task_key.clone()))
@@ -210,7 +214,12 @@ impl Pushes {
     pub async fn get(&self, vhost: &str, app: &str, id: &str) -> Result<Task, ApiError> {
         let key = keys::task(vhost, app, id);
         match self.store.get(&key).await.map_err(api_error)? {
-            Some(kv) => self.load(&kv).await,
+            Some(kv) => {
+                let mut task = [self.load(&kv).await?];
+                self.live.refresh(&mut task).await;
+                let [task] = task;
+                Ok(task)
+            }
             None => Err(not_found(vhost, app, id)),
         }
     }

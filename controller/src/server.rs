@@ -20,8 +20,8 @@ use crate::auth::Auth;
 use crate::config::ControllerConfig;
 use crate::gateway::{self, Gateway};
 use crate::grpc::{Api, auth_interceptor};
-use crate::keys;
 use crate::pushes::Pushes;
+use pushcast_proto::keys;
 
 /// A running controller.
 pub struct Controller {

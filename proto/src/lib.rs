@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod keys;
 pub mod model;
 pub mod time;
 

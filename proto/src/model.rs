@@ -273,3 +273,78 @@ mod tests {
         assert_eq!(spec(Protocol::Mpegts, "k").destination(), "rtmp://h/live");
     }
 }
+
+impl TaskStatus {
+    /// For `WorkerService`: the live status of a task a worker holds.
+    pub fn to_live_proto(&self, vhost: &str, app: &str, id: &str) -> v1::LiveTaskStatus {
+        v1::LiveTaskStatus {
+            task: Some(v1::TaskRef {
+                vhost: vhost.to_string(),
+                app: app.to_string(),
+                id: id.to_string(),
+            }),
+            state: self.state.to_proto() as i32,
+            sent_bytes: self.sent_bytes,
+            sent_time_ms: self.sent_time_ms,
+            sequence: self.sequence,
+            total_sent_bytes: self.total_sent_bytes,
+            total_sent_time_ms: self.total_sent_time_ms,
+            start_time_ms: self.start_ms.unwrap_or(0),
+            finish_time_ms: self.finish_ms.unwrap_or(0),
+            last_error: self.last_error.clone().unwrap_or_default(),
+            worker: self.worker.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The inverse of [`TaskStatus::to_live_proto`].
+    pub fn from_live_proto(p: &v1::LiveTaskStatus) -> TaskStatus {
+        let state = match v1::TaskState::try_from(p.state) {
+            Ok(v1::TaskState::Started) => TaskState::Started,
+            Ok(v1::TaskState::Stopping) => TaskState::Stopping,
+            Ok(v1::TaskState::Stopped) => TaskState::Stopped,
+            Ok(v1::TaskState::Error) => TaskState::Error,
+            _ => TaskState::Ready,
+        };
+        let opt = |ms: i64| (ms != 0).then_some(ms);
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        TaskStatus {
+            state,
+            sent_bytes: p.sent_bytes,
+            sent_time_ms: p.sent_time_ms,
+            sequence: p.sequence,
+            total_sent_bytes: p.total_sent_bytes,
+            total_sent_time_ms: p.total_sent_time_ms,
+            start_ms: opt(p.start_time_ms),
+            finish_ms: opt(p.finish_time_ms),
+            last_error: text(&p.last_error),
+            worker: text(&p.worker),
+        }
+    }
+}
+
+/// A live source stream, as the worker that ingests it records it in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveStream {
+    pub vhost: String,
+    pub app: String,
+    pub stream: String,
+    /// Node id of the worker that ingests it.
+    pub worker: String,
+    /// e.g. `["bypass_video:h264", "bypass_audio:aac"]`
+    #[serde(default)]
+    pub tracks: Vec<String>,
+    pub since_ms: i64,
+}
+
+/// A worker, as it registers itself in the store under its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub node_id: String,
+    /// `host:port` of its WorkerService.
+    pub grpc_addr: String,
+    /// `host:port` of its RTMP ingest.
+    pub rtmp_addr: String,
+    /// Most push sessions it runs at once (0 = no limit).
+    #[serde(default)]
+    pub max_sessions: u32,
+}

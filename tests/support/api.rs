@@ -48,6 +48,7 @@ impl Node {
             format!("--access-token={token}"),
             "--rest-addr=127.0.0.1:0".into(),
             "--grpc-addr=127.0.0.1:0".into(),
+            "--rtmp-addr=127.0.0.1:0".into(),
         ];
         Self::start("pushcast", "standalone", args, token).await
     }

@@ -1,6 +1,21 @@
 //! pushcast's data plane: RTMP ingest, the fan-out hub, push sessions.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod config;
+pub mod hub;
+pub mod ingest;
+pub mod lease;
+pub mod live;
 pub mod media;
 pub mod mpegts;
+pub mod push;
 pub mod rtmp;
+pub mod runner;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod tracks;
+
+pub use config::WorkerArgs;
+pub use server::{Worker, start};

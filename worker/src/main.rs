@@ -1,1 +1,44 @@
-fn main() {}
+//! `pushcast-worker`: the data plane as its own process.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use pushcast_runtime::cli::CommonArgs;
+use pushcast_runtime::config_file::ConfigFile;
+use pushcast_worker::WorkerArgs;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pushcast-worker",
+    version,
+    about = "pushcast data plane: RTMP ingest and push sessions",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// WorkerService (called by the controllers).
+    #[arg(long, env = "PUSHCAST_GRPC_ADDR", default_value = "0.0.0.0:9100")]
+    grpc_addr: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    pushcast_runtime::logging::init();
+    let args: Vec<_> = std::env::args_os().collect();
+    let file = ConfigFile::locate(&args)?;
+    let cli = Cli::parse_from(file.merge_into_args(args));
+    let shutdown = pushcast_runtime::shutdown::on_signal();
+    let store = cli.common.open_store().await?;
+    let worker = pushcast_worker::start(
+        cli.worker,
+        cli.grpc_addr,
+        cli.common.node_id(),
+        store,
+        shutdown,
+    )
+    .await?;
+    worker.wait().await
+}

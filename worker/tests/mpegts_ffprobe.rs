@@ -4,15 +4,17 @@
 //! without them the tests fail (they never pass silently).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use pushcast_worker::media::{Frame, FrameKind};
 use pushcast_worker::mpegts::{Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
 use serde_json::Value;
+use support::flv::{media_frames, read_flv};
 
 /// Runs a tool, failing the test with a clear message when it is missing.
 fn run(tool: &str, args: &[&str]) -> std::process::Output {
@@ -79,45 +81,6 @@ fn source() -> &'static Source {
             frames,
         }
     })
-}
-
-/// A minimal FLV reader: 9-byte header (+ its length field), PreviousTagSize0, then tags
-/// of 11-byte header (type, 24-bit size, 24-bit timestamp + 8-bit extension, 3-byte
-/// stream id), body, PreviousTagSize.
-fn read_flv(data: &[u8]) -> Vec<Frame> {
-    assert_eq!(&data[..3], b"FLV", "not an FLV file");
-    let header_len = u32::from_be_bytes(data[5..9].try_into().unwrap()) as usize;
-    let be24 = |b: &[u8]| (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-    let mut pos = header_len + 4;
-    let mut frames = Vec::new();
-    while pos + 11 <= data.len() {
-        let tag = &data[pos..];
-        let size = be24(&tag[1..4]) as usize;
-        let ts = be24(&tag[4..7]) | (u32::from(tag[7]) << 24);
-        let body = Bytes::copy_from_slice(&tag[11..11 + size]);
-        pos += 11 + size + 4;
-        let kind = match tag[0] & 0x1F {
-            8 => FrameKind::Audio,
-            9 => FrameKind::Video,
-            18 => FrameKind::Data,
-            _ => continue,
-        };
-        frames.push(Frame {
-            kind,
-            timestamp_ms: ts,
-            payload: body,
-        });
-    }
-    frames
-}
-
-/// Media frames of a kind in the FLV: AVCPacketType / AACPacketType 1, i.e. not the
-/// sequence headers and not the AVC end-of-sequence tag ffmpeg writes at the end.
-fn media_frames(frames: &[Frame], kind: FrameKind) -> Vec<&Frame> {
-    frames
-        .iter()
-        .filter(|f| f.kind == kind && f.payload.get(1) == Some(&1))
-        .collect()
 }
 
 fn mux(frames: &[Frame], tracks: TsTracks) -> (Vec<u8>, TsMuxer) {

@@ -47,6 +47,30 @@ pub fn destination(destination: &str) -> String {
     format!("dests/{}", hex::encode(digest))
 }
 
+/// A live source stream, under the lease of the worker that ingests it.
+pub fn stream(vhost: &str, app: &str, stream: &str) -> String {
+    format!(
+        "streams/{}/{}/{}",
+        escape(vhost),
+        escape(app),
+        escape(stream)
+    )
+}
+
+/// Prefix of every live stream.
+pub const STREAMS: &str = "streams/";
+
+/// A worker's registration, under its lease.
+pub fn worker(node_id: &str) -> String {
+    format!("workers/{}", escape(node_id))
+}
+
+/// Prefix of every worker registration.
+pub const WORKERS: &str = "workers/";
+
+/// Prefix of every task spec.
+pub const TASKS: &str = "tasks/";
+
 /// The access token generated at first start when none is configured.
 pub const ACCESS_TOKEN: &str = "secrets/access-token";
 

@@ -1,0 +1,106 @@
+//! Fresh counters for the API: the store holds only slow checkpoints of a task's status,
+//! so before answering, the controller asks the workers that hold the tasks
+//! (`WorkerService.GetTaskStatus`) and shows what they say. A worker that does not answer
+//! in time leaves the checkpoint in place: the API never waits long on a sick worker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pushcast_proto::keys;
+use pushcast_proto::model::{Task, TaskStatus, WorkerInfo};
+use pushcast_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use pushcast_store::Store;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long the API waits for a worker's live counters.
+const WORKER_DEADLINE: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct LiveStatus {
+    store: Arc<dyn Store>,
+    /// One lazily connected channel per worker address.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl LiveStatus {
+    pub fn new(store: Arc<dyn Store>) -> LiveStatus {
+        LiveStatus {
+            store,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Option<Channel> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Some(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(WORKER_DEADLINE)
+            .timeout(WORKER_DEADLINE);
+        let channel = endpoint.connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Some(channel)
+    }
+
+    /// Replaces the checkpointed status of `tasks` with their workers' live status.
+    pub async fn refresh(&self, tasks: &mut [Task]) {
+        let mut by_worker: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            if let Some(w) = &t.status.worker {
+                by_worker.entry(w.clone()).or_default().push(i);
+            }
+        }
+        let calls = by_worker.into_iter().map(|(worker, idx)| {
+            let refs: Vec<v1::TaskRef> = idx
+                .iter()
+                .map(|&i| v1::TaskRef {
+                    vhost: tasks[i].spec.vhost.clone(),
+                    app: tasks[i].spec.app.clone(),
+                    id: tasks[i].spec.id.clone(),
+                })
+                .collect();
+            async move { (self.ask(&worker, refs).await, idx) }
+        });
+        for (answer, _idx) in futures::future::join_all(calls).await {
+            for live in answer {
+                let Some(r) = &live.task else { continue };
+                if let Some(t) = tasks
+                    .iter_mut()
+                    .find(|t| t.spec.vhost == r.vhost && t.spec.app == r.app && t.spec.id == r.id)
+                {
+                    t.status = TaskStatus::from_live_proto(&live);
+                }
+            }
+        }
+    }
+
+    async fn ask(&self, worker: &str, refs: Vec<v1::TaskRef>) -> Vec<v1::LiveTaskStatus> {
+        let key = keys::worker(worker);
+        let info: WorkerInfo = match self.store.get(&key).await {
+            Ok(Some(kv)) => match serde_json::from_slice(&kv.value) {
+                Ok(i) => i,
+                Err(_) => return vec![],
+            },
+            _ => return vec![],
+        };
+        let Some(channel) = self.channel(&info.grpc_addr) else {
+            return vec![];
+        };
+        let mut client = WorkerServiceClient::new(channel);
+        let call = client.get_task_status(v1::GetTaskStatusRequest { tasks: refs });
+        match tokio::time::timeout(WORKER_DEADLINE, call).await {
+            Ok(Ok(resp)) => resp.into_inner().tasks,
+            Ok(Err(e)) => {
+                tracing::debug!(worker, error = %e, "worker did not give live status");
+                vec![]
+            }
+            Err(_) => {
+                tracing::debug!(worker, "worker live status timed out");
+                vec![]
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Reconnect policy for push sessions, kept apart from the thing that is retried.
+//!
+//! In the style of linkerd2-proxy's `ExponentialBackoff`: a session loop asks a
+//! [`Backoff`] how long to sleep before its next attempt and tells it how the last attempt
+//! went; the backoff knows nothing about RTMP, sockets or tasks, and the session knows
+//! nothing about delays. That keeps the policy a pure, seedable struct that is unit-tested
+//! on its own (no clock, no sleeping: durations in, durations out).
+//!
+//! The rules come from the spec ("Runtime rules"): retries never stop while the task
+//! exists; the delay starts about 1 s, doubles, is jittered and is capped near 30 s; it
+//! resets once a session has run cleanly for a while (10 s by default), so a destination
+//! that drops us once an hour reconnects fast, while one that fails at once every time
+//! backs off. OME retries every second with no backoff, which hammers a CDN that refuses
+//! a key; here a refusal ([`Retryable::Rejected`]) goes straight to the cap.
+//!
+//! # Jitter: "equal jitter"
+//! With base `b = min(cap, initial * 2^n)`, the delay is uniform in `[b/2, b]`. Full jitter
+//! (`[0, b]`) spreads load best but can draw delays near zero, i.e. immediate retries
+//! against a failing destination; equal jitter keeps at least half the exponential delay
+//! (never hammering) while still decorrelating the thousands of tasks that lose the same
+//! destination at the same instant. [`Jitter::Full`] and [`Jitter::None`] exist for
+//! callers (and tests) that want them.
+//!
+//! ```
+//! use std::time::Duration;
+//! use pushcast_worker::backoff::{Backoff, BackoffConfig};
+//!
+//! let mut backoff = Backoff::new(BackoffConfig::default());
+//! // A session failed after 2 s: wait, then reconnect.
+//! backoff.record_success(Duration::from_secs(2));
+//! let delay = backoff.next_delay();
+//! assert!(delay >= Duration::from_millis(500) && delay <= Duration::from_secs(1));
+//! ```
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How a failed attempt should be retried. Every failure is retried (the spec says
+/// retries never stop while the task exists); this only chooses how soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retryable {
+    /// A transient failure (connect refused, timeout, reset, protocol error): retry with
+    /// the growing backoff.
+    Yes,
+    /// The destination refused us on purpose (bad stream key, name in use, app unknown).
+    /// Hammering it changes nothing and may get us banned, so the next delay is the cap
+    /// at once; the status should say "rejected" clearly (see [`Retryable::describe`]).
+    Rejected,
+}
+
+impl Retryable {
+    /// A short word for status and logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Retryable::Yes => "transient failure",
+            Retryable::Rejected => "rejected by the destination",
+        }
+    }
+}
+
+/// Errors that know how they should be retried. Session error types implement this so the
+/// loop can feed [`Backoff::next_delay_for`] without matching on error variants itself.
+pub trait Classify {
+    fn retryable(&self) -> Retryable;
+}
+
+/// How the random part of a delay is drawn (see the module docs for why equal jitter is
+/// the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Jitter {
+    /// Uniform in `[b/2, b]`.
+    #[default]
+    Equal,
+    /// Uniform in `[0, b]`.
+    Full,
+    /// Exactly `b` (deterministic; for tests and for callers that jitter elsewhere).
+    None,
+}
+
+/// Parameters of a [`Backoff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffConfig {
+    /// Base delay before the first retry.
+    pub initial: Duration,
+    /// Upper bound of the base delay (the delay itself never exceeds it).
+    pub max: Duration,
+    /// A session that ran at least this long counts as a clean run and resets the
+    /// backoff.
+    pub reset_after: Duration,
+    pub jitter: Jitter,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(10),
+            jitter: Jitter::Equal,
+        }
+    }
+}
+
+/// Jittered exponential backoff state for one task's reconnect loop.
+///
+/// Usage per attempt: when a session ends with an error, call
+/// [`record_success`](Backoff::record_success) with how long it ran cleanly (this may reset the backoff),
+/// then sleep [`next_delay`](Backoff::next_delay). [`attempts`](Backoff::attempts) is the
+/// number of delays handed out since the last reset (the task's `retries`).
+#[derive(Debug, Clone)]
+pub struct Backoff<R = StdRng> {
+    config: BackoffConfig,
+    /// Exponent of the next base delay (saturating; the cap bounds the result anyway).
+    exponent: u32,
+    attempts: u64,
+    rng: R,
+}
+
+impl Backoff<StdRng> {
+    /// A backoff seeded from the OS, so tasks that fail together do not retry together.
+    pub fn new(config: BackoffConfig) -> Self {
+        Backoff::with_rng(config, StdRng::from_os_rng())
+    }
+}
+
+impl<R: Rng> Backoff<R> {
+    /// A backoff with the given random source (a seeded one in tests).
+    pub fn with_rng(config: BackoffConfig, rng: R) -> Self {
+        Backoff {
+            config,
+            exponent: 0,
+            attempts: 0,
+            rng,
+        }
+    }
+
+    pub fn config(&self) -> &BackoffConfig {
+        &self.config
+    }
+
+    /// Delays handed out since the last reset.
+    pub fn attempts(&self) -> u64 {
+        self.attempts
+    }
+
+    /// The delay before the next attempt after a transient failure, and advances the
+    /// backoff. Same as `next_delay_for(Retryable::Yes)`.
+    pub fn next_delay(&mut self) -> Duration {
+        self.next_delay_for(Retryable::Yes)
+    }
+
+    /// The delay before the next attempt after a failure of the given class, and advances
+    /// the backoff. A [`Retryable::Rejected`] failure jumps to the cap and stays there
+    /// until a reset.
+    pub fn next_delay_for(&mut self, class: Retryable) -> Duration {
+        if class == Retryable::Rejected {
+            // Every later failure also waits the cap until a clean run resets us.
+            self.exponent = u32::MAX;
+        }
+        let base = self.base_delay();
+        self.exponent = self.exponent.saturating_add(1);
+        self.attempts = self.attempts.saturating_add(1);
+        self.jittered(base)
+    }
+
+    /// Tells the backoff that a session was connected and sending for `ran_for` before it
+    /// ended (call it before [`next_delay`](Backoff::next_delay)). A run of at least
+    /// `reset_after` was clean: the next delay starts small again. Returns whether
+    /// it reset.
+    pub fn record_success(&mut self, ran_for: Duration) -> bool {
+        if ran_for >= self.config.reset_after {
+            self.reset();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Back to the initial delay (e.g. the task was stopped and started again).
+    pub fn reset(&mut self) {
+        self.exponent = 0;
+        self.attempts = 0;
+    }
+
+    /// `min(max, initial * 2^exponent)`, without overflow.
+    fn base_delay(&self) -> Duration {
+        let max = self.config.max;
+        let initial = self.config.initial.min(max);
+        // 2^32 times anything non-zero is past any sane cap; checked_mul guards the rest.
+        match 2u32.checked_pow(self.exponent) {
+            Some(factor) => initial.checked_mul(factor).map_or(max, |d| d.min(max)),
+            None => max,
+        }
+    }
+
+    fn jittered(&mut self, base: Duration) -> Duration {
+        let nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
+        let drawn = match self.config.jitter {
+            Jitter::None => nanos,
+            Jitter::Full => self.rng.random_range(0..=nanos),
+            Jitter::Equal => {
+                let half = nanos / 2;
+                self.rng.random_range(half..=nanos)
+            }
+        };
+        Duration::from_nanos(drawn)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn seeded(jitter: Jitter) -> Backoff<StdRng> {
+        Backoff::with_rng(
+            BackoffConfig {
+                jitter,
+                ..BackoffConfig::default()
+            },
+            StdRng::seed_from_u64(7),
+        )
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn grows_by_doubling_without_jitter() {
+        let mut b = seeded(Jitter::None);
+        let got: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert_eq!(
+            got,
+            [secs(1), secs(2), secs(4), secs(8), secs(16), secs(30)]
+        );
+        assert_eq!(b.attempts(), 6);
+    }
+
+    #[test]
+    fn caps_and_never_overflows() {
+        let mut b = seeded(Jitter::None);
+        for _ in 0..200 {
+            assert!(b.next_delay() <= secs(30));
+        }
+        assert_eq!(b.next_delay(), secs(30));
+        // A huge initial delay is clamped to the cap too.
+        let mut huge = Backoff::with_rng(
+            BackoffConfig {
+                initial: Duration::MAX,
+                jitter: Jitter::None,
+                ..BackoffConfig::default()
+            },
+            StdRng::seed_from_u64(1),
+        );
+        assert_eq!(huge.next_delay(), secs(30));
+        assert_eq!(huge.next_delay(), secs(30));
+    }
+
+    #[test]
+    fn equal_jitter_stays_within_half_and_full_base() {
+        let mut b = seeded(Jitter::Equal);
+        let mut distinct = std::collections::HashSet::new();
+        for base in [1u64, 2, 4, 8, 16, 30, 30, 30] {
+            let d = b.next_delay();
+            let base = secs(base);
+            assert!(
+                d >= base / 2 && d <= base,
+                "{d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
+            distinct.insert(d);
+        }
+        // It is actually random: the capped draws are not all equal.
+        assert!(distinct.len() > 5);
+    }
+
+    #[test]
+    fn full_jitter_stays_within_zero_and_base() {
+        let mut b = seeded(Jitter::Full);
+        for base in [1u64, 2, 4, 8, 16, 30] {
+            assert!(b.next_delay() <= secs(base));
+        }
+    }
+
+    #[test]
+    fn same_seed_same_delays() {
+        let mut a = seeded(Jitter::Equal);
+        let mut b = seeded(Jitter::Equal);
+        for _ in 0..10 {
+            assert_eq!(a.next_delay(), b.next_delay());
+        }
+    }
+
+    #[test]
+    fn clean_run_resets_short_run_does_not() {
+        let mut b = seeded(Jitter::None);
+        for _ in 0..4 {
+            b.next_delay();
+        }
+        assert!(!b.record_success(secs(9)));
+        assert_eq!(b.next_delay(), secs(16));
+        assert!(b.record_success(secs(10)));
+        assert_eq!(b.attempts(), 0);
+        assert_eq!(b.next_delay(), secs(1));
+        assert_eq!(b.next_delay(), secs(2));
+    }
+
+    #[test]
+    fn reset_after_is_configurable() {
+        let mut b = Backoff::with_rng(
+            BackoffConfig {
+                reset_after: secs(60),
+                jitter: Jitter::None,
+                ..BackoffConfig::default()
+            },
+            StdRng::seed_from_u64(3),
+        );
+        b.next_delay();
+        b.next_delay();
+        assert!(!b.record_success(secs(30)));
+        assert_eq!(b.next_delay(), secs(4));
+        assert!(b.record_success(secs(60)));
+        assert_eq!(b.next_delay(), secs(1));
+    }
+
+    #[test]
+    fn rejection_goes_to_the_cap_and_stays_until_reset() {
+        let mut b = seeded(Jitter::None);
+        assert_eq!(b.next_delay_for(Retryable::Rejected), secs(30));
+        // Still retried (never given up), and transient errors after it stay slow.
+        assert_eq!(b.next_delay(), secs(30));
+        assert_eq!(b.attempts(), 2);
+        b.reset();
+        assert_eq!(b.next_delay(), secs(1));
+        // With jitter, a rejection still waits at least half the cap.
+        let mut j = seeded(Jitter::Equal);
+        let d = j.next_delay_for(Retryable::Rejected);
+        assert!(d >= secs(15) && d <= secs(30));
+    }
+
+    #[test]
+    fn classify_is_usable_as_a_trait_object() {
+        struct Refused;
+        impl Classify for Refused {
+            fn retryable(&self) -> Retryable {
+                Retryable::Rejected
+            }
+        }
+        let e: &dyn Classify = &Refused;
+        assert_eq!(e.retryable(), Retryable::Rejected);
+        assert_eq!(e.retryable().describe(), "rejected by the destination");
+    }
+}

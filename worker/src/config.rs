@@ -1,0 +1,42 @@
+//! The worker's settings: flags, `PUSHCAST_*` environment variables, config file keys.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// RTMP ingest: encoders publish rtmp://HOST:PORT/{app}/{stream}.
+    #[arg(long, env = "PUSHCAST_RTMP_ADDR", default_value = "0.0.0.0:1935")]
+    pub rtmp_addr: SocketAddr,
+
+    /// Host name or IP other nodes reach this worker at (default: the bound IP, or the
+    /// node id when bound to all interfaces).
+    #[arg(long, env = "PUSHCAST_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+
+    /// Most push sessions this worker runs at once (0 = no limit).
+    #[arg(long, env = "PUSHCAST_MAX_SESSIONS", default_value_t = 0)]
+    pub max_sessions: u32,
+
+    /// TTL of the worker's lease in the store, in seconds.
+    #[arg(long, env = "PUSHCAST_LEASE_TTL_SECS", default_value_t = 5)]
+    pub lease_ttl_secs: u64,
+
+    /// How long a push may take to connect, in milliseconds.
+    #[arg(long, env = "PUSHCAST_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub connect_timeout_ms: u64,
+
+    /// How long a destination may stop reading before its session fails, in milliseconds.
+    #[arg(long, env = "PUSHCAST_SEND_TIMEOUT_MS", default_value_t = 2000)]
+    pub send_timeout_ms: u64,
+
+    /// Extra CA certificate (PEM) trusted for rtmps:// destinations, besides the web PKI.
+    #[arg(long, env = "PUSHCAST_PUSH_CA_FILE", value_name = "FILE")]
+    pub push_ca_file: Option<std::path::PathBuf>,
+}
+
+impl WorkerArgs {
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs.max(1))
+    }
+}

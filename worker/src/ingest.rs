@@ -1,0 +1,262 @@
+//! RTMP ingest: encoders publish `rtmp://HOST:PORT/{app}/{stream}` here.
+//!
+//! One tokio task per connection drives a sans-IO [`ServerSession`]; an accepted publish
+//! becomes a [`Source`] in the [`Hub`] and a `streams/...` key in the store under the
+//! worker's lease, which makes the stream live in the whole cluster (and unique in it: a
+//! second publisher anywhere is refused with `ExistStreamName`). Malformed input closes
+//! that one connection; nothing else is affected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushcast_proto::keys;
+use pushcast_proto::model::LiveStream;
+use pushcast_proto::time;
+use pushcast_runtime::CancellationToken;
+use pushcast_runtime::logging::redact;
+use pushcast_store::{Compare, Op, Store, Txn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use crate::hub::{Hub, Source, StreamKey};
+use crate::lease::Lease;
+use crate::rtmp::{
+    PublishRequest, RejectCode, RtmpError, ServerConfig, ServerEvent, ServerSession,
+};
+
+/// An encoder that sends nothing for this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("rtmp: {0}")]
+    Rtmp(#[from] RtmpError),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+}
+
+/// What every ingest connection shares.
+#[derive(Clone)]
+pub struct Ingest {
+    pub hub: Hub,
+    pub store: Arc<dyn Store>,
+    pub lease: Lease,
+    pub node_id: String,
+}
+
+/// Why a publish is refused; the text goes to the encoder and the log.
+#[derive(Debug, Clone)]
+struct Refusal {
+    code: RejectCode,
+    /// The seed's error name (`NonExistApplication`, `ExistStreamName`, ...).
+    reason: String,
+}
+
+impl Ingest {
+    /// Accepts connections until `shutdown`.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let (sock, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ingest accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let stop = shutdown.clone();
+            let conn = async move {
+                if let Err(e) = this.connection(sock, peer, stop).await {
+                    tracing::info!(error = %e, "ingest connection closed");
+                }
+            };
+            tokio::spawn(conn.instrument(tracing::info_span!("ingest", %peer)));
+        }
+    }
+
+    async fn connection(
+        &self,
+        mut sock: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<(), IngestError> {
+        let _ = sock.set_nodelay(true);
+        let mut buf = vec![0u8; 64 * 1024];
+        // The session does the handshake itself: it sees every byte from the first.
+        let mut session = ServerSession::new(ServerConfig::default());
+        let mut live: Option<Published> = None;
+        let result = self
+            .drive(
+                &mut sock,
+                &mut session,
+                &mut buf,
+                peer,
+                &mut live,
+                &shutdown,
+            )
+            .await;
+        if let Some(p) = live.take() {
+            self.unpublish(p).await;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        &self,
+        sock: &mut TcpStream,
+        session: &mut ServerSession,
+        buf: &mut [u8],
+        peer: SocketAddr,
+        live: &mut Option<Published>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        let mut input = Vec::new();
+        loop {
+            for event in session.handle_input(&input)? {
+                match event {
+                    ServerEvent::PublishRequested(req) => match self.admit(&req, peer).await {
+                        Ok(p) => {
+                            session.accept_publish(req.stream_id)?;
+                            *live = Some(p);
+                        }
+                        Err(r) => {
+                            tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), reason = %r.reason, "publish refused");
+                            session.reject_publish(req.stream_id, r.code, &r.reason)?;
+                            flush(sock, session).await?;
+                            return Ok(());
+                        }
+                    },
+                    ServerEvent::Media(frame) => {
+                        if let Some(p) = live.as_ref() {
+                            p.source.publish(frame);
+                        }
+                    }
+                    ServerEvent::PublishEnded { .. } => {
+                        if let Some(p) = live.take() {
+                            self.unpublish(p).await;
+                        }
+                    }
+                    ServerEvent::Connected(_) => {}
+                }
+            }
+            flush(sock, session).await?;
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = tokio::time::timeout(IDLE_TIMEOUT, sock.read(buf)) => match r {
+                    Ok(r) => r?,
+                    Err(_) => return Err(IngestError::Idle(IDLE_TIMEOUT)),
+                },
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            input.clear();
+            input.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Decides a publish: the app must exist, and the stream must not be live anywhere.
+    async fn admit(&self, req: &PublishRequest, peer: SocketAddr) -> Result<Published, Refusal> {
+        let vhost = "default".to_string();
+        let app_key = keys::app(&vhost, &req.app);
+        match self.store.get(&app_key).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(Refusal {
+                    code: RejectCode::Denied,
+                    reason: format!("NonExistApplication: {}", req.app),
+                });
+            }
+            Err(e) => {
+                return Err(Refusal {
+                    code: RejectCode::Denied,
+                    reason: format!("service unavailable: {e}"),
+                });
+            }
+        }
+        let key = StreamKey::new(vhost.clone(), req.app.clone(), req.stream_name.clone());
+        let record = LiveStream {
+            vhost: vhost.clone(),
+            app: req.app.clone(),
+            stream: req.stream_name.clone(),
+            worker: self.node_id.clone(),
+            tracks: vec![],
+            since_ms: time::now_ms(),
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| Refusal {
+            code: RejectCode::Denied,
+            reason: format!("internal error: {e}"),
+        })?;
+        let store_key = keys::stream(&vhost, &req.app, &req.stream_name);
+        let exist = || Refusal {
+            code: RejectCode::BadName,
+            reason: format!("ExistStreamName: {}", req.stream_name),
+        };
+        let txn = Txn::new()
+            .when(Compare::Absent(store_key.clone()))
+            .and_then(Op::put_with_lease(
+                store_key.clone(),
+                value.clone(),
+                self.lease.id(),
+            ));
+        match self.store.txn(txn).await {
+            Ok(r) if r.succeeded => {}
+            Ok(_) => return Err(exist()),
+            Err(e) => {
+                return Err(Refusal {
+                    code: RejectCode::Denied,
+                    reason: format!("service unavailable: {e}"),
+                });
+            }
+        }
+        match self.hub.publish(key) {
+            Ok(source) => {
+                tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), "publish started");
+                Ok(Published {
+                    source,
+                    store_key,
+                    value,
+                })
+            }
+            Err(_) => {
+                let _ = self.store.delete(&store_key).await;
+                Err(exist())
+            }
+        }
+    }
+
+    /// Ends a publish: subscribers see the end, the stream leaves the store.
+    async fn unpublish(&self, p: Published) {
+        tracing::info!(stream = %redact(&p.source.key().stream), "publish ended");
+        p.source.end();
+        let txn = Txn::new()
+            .when(Compare::Value(p.store_key.clone(), p.value))
+            .and_then(Op::delete(p.store_key));
+        if let Err(e) = self.store.txn(txn).await {
+            tracing::warn!(error = %e, "cannot remove the ended stream from the store (its lease will)");
+        }
+    }
+}
+
+/// An accepted publish.
+struct Published {
+    source: Source,
+    store_key: String,
+    value: Vec<u8>,
+}
+
+async fn flush(sock: &mut TcpStream, session: &mut ServerSession) -> Result<(), IngestError> {
+    for segment in session.take_outbound() {
+        sock.write_all(&segment).await?;
+    }
+    Ok(())
+}

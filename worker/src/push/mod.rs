@@ -1,0 +1,279 @@
+//! Push sessions: one connection of one task to its destination.
+//!
+//! A session takes frames from a [`FrameSource`] (the hub's subscription in production, an
+//! FLV file in tests), connects to the destination of a [`TaskSpec`], sends until the
+//! source ends or the connection fails, and keeps [`SessionCounters`] up to date for the
+//! status the worker reports. Reconnecting (backoff) and task states are the caller's
+//! business: a session is one attempt, [`run_session`].
+//!
+//! ```text
+//!            ┌ rtmp://, rtmps:// ─ ClientSession (sans-IO) ─ TCP [+ TLS] ─ coalesced writev
+//! source ──▶ ┤ udp://             ─ TsMuxer ─ TsPacer ─ 1316-byte datagrams
+//! (frames)   ├ tcp://             ─ TsMuxer ─ plain byte stream
+//!            └ srt://             ─ TsMuxer ─ TsPacer ─ srt-tokio caller
+//! ```
+//!
+//! What the caller sees:
+//! - [`SessionEvent::Connected`] once the destination accepts media (RTMP: after
+//!   `NetStream.Publish.Start`): the task goes to `started`.
+//! - `Ok(`[`SessionEnd::SourceEnded`]`)` when the source ends (the RTMP publish is closed
+//!   politely with `FCUnpublish`/`deleteStream`), `Ok(`[`SessionEnd::Cancelled`]`)` when
+//!   [`PushConfig::shutdown`] fires (stopPush, fencing, drain): the session stops within
+//!   milliseconds, sending `FCUnpublish`/`deleteStream` when it can do so at once.
+//! - `Err(`[`PushError`]`)` otherwise, classified ([`PushError::kind`]) so a rejected
+//!   stream key is reported as such and not hammered.
+//!
+//! Output timestamps start at 0 for each session and stay monotonic (see `timeline`):
+//! sequence headers and metadata first at 0, then the first media frame (the hub's cached
+//! keyframe) at 0.
+//!
+//! Cost per destination: frames are refcounted, RTMP chunking is done once per frame
+//! into a segment list whose large pieces are slices of the frame, and every frame that
+//! is ready when the session wakes up goes into one vectored write (bounded by
+//! [`PushConfig::max_batch_frames`] / [`PushConfig::max_batch_bytes`]).
+
+mod dest;
+mod error;
+mod net;
+mod rtmp;
+mod srt;
+mod timeline;
+mod tls;
+mod ts;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use pushcast_proto::model::TaskSpec;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::media::{Frame, FrameKind};
+
+pub use dest::{Destination, RtmpTarget, SrtOptions, Target, redact_secret};
+pub use error::{PushError, PushErrorKind};
+pub use tls::{
+    TlsSetupError, client_config as tls_client_config,
+    default_client_config as default_tls_client_config,
+};
+
+/// Where a session reads its frames from.
+///
+/// Both methods must be *cancel-safe*: a session waits for the next frame in a `select!`
+/// together with its socket and its cancellation token, and drops the pending call when
+/// another branch wins; no frame may be lost by that (a tokio `mpsc`/`broadcast`
+/// receiver is fine).
+#[async_trait::async_trait]
+pub trait FrameSource: Send {
+    /// The next frame; `None` when the source stream has ended.
+    async fn next_frame(&mut self) -> Option<Frame>;
+
+    /// A frame that is ready now, without waiting: `Some(Some(frame))`, `Some(None)` if
+    /// the source has ended, `None` if nothing is ready yet. Sessions call it after each
+    /// awaited frame to put everything that is already queued into one write. The default
+    /// polls [`next_frame`](Self::next_frame) once; a hub subscription can answer with a
+    /// `try_recv` instead.
+    fn try_next_frame(&mut self) -> Option<Option<Frame>> {
+        self.next_frame().now_or_never()
+    }
+}
+
+/// Live counters of one session, shared with the worker's status reporting.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    /// Media payload bytes written to the destination: the FLV tag bodies for RTMP, the
+    /// TS bytes for mpegts/srt.
+    pub sent_bytes: AtomicU64,
+    /// Frames written (for MPEG-TS: frames muxed into the output).
+    pub sent_frames: AtomicU64,
+    /// Frames the session dropped (e.g. unselected tracks are not counted, drops are).
+    pub dropped_frames: AtomicU64,
+}
+
+impl SessionCounters {
+    pub fn new() -> Arc<SessionCounters> {
+        Arc::new(SessionCounters::default())
+    }
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
+    }
+    pub fn sent_frames(&self) -> u64 {
+        self.sent_frames.load(Ordering::Relaxed)
+    }
+    pub fn dropped_frames(&self) -> u64 {
+        self.dropped_frames.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add_sent(&self, bytes: u64, frames: u64) {
+        if bytes > 0 {
+            self.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if frames > 0 {
+            self.sent_frames.fetch_add(frames, Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn add_dropped(&self, frames: u64) {
+        self.dropped_frames.fetch_add(frames, Ordering::Relaxed);
+    }
+}
+
+/// Which kinds of frames a session sends: the outcome of the task's track selection
+/// (`tracks::select` decides it from the spec's rules; the session only filters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackSelection {
+    pub video: bool,
+    pub audio: bool,
+    /// AMF data (`onMetaData`); only RTMP carries it.
+    pub data: bool,
+}
+
+impl TrackSelection {
+    /// Everything: video, audio and metadata.
+    pub const ALL: TrackSelection = TrackSelection {
+        video: true,
+        audio: true,
+        data: true,
+    };
+
+    pub fn keeps(&self, frame: &Frame) -> bool {
+        match frame.kind {
+            FrameKind::Video => self.video,
+            FrameKind::Audio => self.audio,
+            FrameKind::Data => self.data,
+        }
+    }
+}
+
+/// Settings of push sessions. Cheap to clone (the TLS config is shared); give each
+/// session its own [`shutdown`](Self::shutdown) token (a child of the worker's).
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// Limit for reaching the destination: DNS + TCP connect, and again for the TLS +
+    /// RTMP handshakes up to `NetStream.Publish.Start` (or the SRT handshake). OME: 5 s.
+    pub connect_timeout: Duration,
+    /// A write that makes no progress for this long fails the session: the destination
+    /// stopped reading. OME: 2 s.
+    pub send_timeout: Duration,
+    /// RTMP chunk size we send with. Large chunks mean fewer chunk headers and fewer
+    /// iovecs per frame; every server we know accepts 4096 (OBS) and more.
+    pub rtmp_chunk_size: u32,
+    /// TLS client configuration for `rtmps://` (see [`tls_client_config`]).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Fires to stop the session (stopPush, fencing, shutdown).
+    pub shutdown: CancellationToken,
+    /// At most this many frames are coalesced into one write.
+    pub max_batch_frames: usize,
+    /// At most about this many bytes are coalesced into one write.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            connect_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(2),
+            rtmp_chunk_size: 64 * 1024,
+            tls: default_tls_client_config(),
+            shutdown: CancellationToken::new(),
+            max_batch_frames: 64,
+            max_batch_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What a running session tells its caller while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The destination accepts media (RTMP: publish started; TCP/SRT: connected; UDP:
+    /// socket ready). The task is `started` from now on.
+    Connected { peer: Option<SocketAddr> },
+    /// An informational RTMP status from the destination (e.g.
+    /// `NetStream.Publish.Idle`), for logs.
+    Status { code: String, description: String },
+}
+
+/// How a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The source stream ended; everything was sent and the publish closed.
+    SourceEnded,
+    /// [`PushConfig::shutdown`] fired.
+    Cancelled,
+}
+
+/// Everything a protocol driver needs, bundled to keep signatures short.
+pub(crate) struct Ctx<'a> {
+    pub tracks: TrackSelection,
+    pub source: &'a mut dyn FrameSource,
+    pub counters: &'a SessionCounters,
+    pub cfg: &'a PushConfig,
+    pub events: &'a mut (dyn FnMut(SessionEvent) + Send),
+}
+
+/// Runs one push attempt of `spec` to its destination: connect, send the frames of
+/// `source` that `tracks` keeps, until the source ends, [`PushConfig::shutdown`] fires or
+/// the destination fails. See the [module docs](self) for what is reported how.
+///
+/// The future is `Send`; run it in its own task per session. It never blocks forever:
+/// every network wait is bounded by the connect or send timeout, or by cancellation.
+pub async fn run_session(
+    spec: &TaskSpec,
+    tracks: TrackSelection,
+    source: &mut dyn FrameSource,
+    counters: &SessionCounters,
+    cfg: &PushConfig,
+    mut events: impl FnMut(SessionEvent) + Send,
+) -> Result<SessionEnd, PushError> {
+    let dest = match Destination::parse(spec) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(task = %spec.id, error = %e, "push destination is invalid");
+            return Err(e);
+        }
+    };
+    let span = tracing::info_span!("push", task = %spec.id, dest = %dest.redacted());
+    async move {
+        if !tracks.video && !tracks.audio {
+            return Err(PushError::Unsupported(
+                "the track selection keeps neither video nor audio: nothing to push".into(),
+            ));
+        }
+        let mut ctx = Ctx {
+            tracks,
+            source,
+            counters,
+            cfg,
+            events: &mut events,
+        };
+        tracing::debug!("push session starting");
+        let result = match &dest.target {
+            Target::Rtmp(target) => rtmp::run(target, &mut ctx).await,
+            Target::Udp { host, port } => ts::run_udp(host, *port, &mut ctx).await,
+            Target::Tcp { host, port } => ts::run_tcp(host, *port, &mut ctx).await,
+            Target::Srt {
+                host,
+                port,
+                options,
+            } => ts::run_srt(host, *port, options, &mut ctx).await,
+        };
+        match &result {
+            Ok(end) => tracing::info!(
+                ?end,
+                sent_bytes = counters.sent_bytes(),
+                sent_frames = counters.sent_frames(),
+                "push session ended"
+            ),
+            Err(e) => tracing::info!(
+                error = %e,
+                kind = e.kind().as_str(),
+                sent_bytes = counters.sent_bytes(),
+                "push session failed"
+            ),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}

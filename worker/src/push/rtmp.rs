@@ -1,0 +1,333 @@
+//! RTMP and RTMPS pushes: the sans-IO [`ClientSession`] driven over TCP or TLS.
+//!
+//! Phases: connect (TCP, then TLS for `rtmps`), negotiate (handshake, `connect`,
+//! `createStream`, `publish` until `NetStream.Publish.Start`, bounded by the connect
+//! timeout), then relay. The relay loop waits for whichever comes first: cancellation,
+//! bytes from the server (acks, pings, status: answered in the next write) or a frame.
+//! After a frame it takes every frame that is already waiting (bounded), lets the session
+//! chunk them all, and writes the result with one vectored write: at 30 fps video plus
+//! audio that is a few syscalls per frame interval per destination, however the frames
+//! are chunked.
+
+use std::net::SocketAddr;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsConnector;
+
+use super::dest::{RtmpTarget, redact_secret};
+use super::error::{PushError, io_cause};
+use super::net::{connect_tcp, write_segments};
+use super::timeline::Rebaser;
+use super::{Ctx, SessionEnd, SessionEvent};
+use crate::media::Frame;
+use crate::rtmp::{ClientConfig, ClientEvent, ClientSession};
+
+/// Read buffer per session: server traffic is small (acks, pings, status).
+const READ_BUF: usize = 4096;
+
+pub(crate) async fn run(target: &RtmpTarget, ctx: &mut Ctx<'_>) -> Result<SessionEnd, PushError> {
+    let host_port = if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let cancel = ctx.cfg.shutdown.clone();
+    let tcp = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+        r = connect_tcp(&target.host, target.port, ctx.cfg.connect_timeout) => r?,
+    };
+    let peer = tcp.peer_addr().ok();
+    // The TLS and RTMP handshakes up to Publish.Start get their own connect timeout.
+    let deadline = Instant::now() + ctx.cfg.connect_timeout;
+    if !target.tls {
+        return drive(tcp, peer, target, &host_port, deadline, ctx).await;
+    }
+    let name = ServerName::try_from(target.host.clone()).map_err(|_| {
+        PushError::InvalidDestination(format!("'{}' is not a valid TLS server name", target.host))
+    })?;
+    let connector = TlsConnector::from(ctx.cfg.tls.clone());
+    let tls = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+        r = timeout_at(deadline, connector.connect(name, tcp)) => match r {
+            Err(_) => {
+                return Err(PushError::Connect {
+                    target: host_port,
+                    cause: format!(
+                        "TLS handshake timed out after {} ms",
+                        ctx.cfg.connect_timeout.as_millis()
+                    ),
+                });
+            }
+            Ok(Err(e)) => return Err(super::tls::handshake_error(&host_port, &e)),
+            Ok(Ok(tls)) => tls,
+        },
+    };
+    drive(tls, peer, target, &host_port, deadline, ctx).await
+}
+
+/// Frames and payload bytes queued since the last write.
+#[derive(Default)]
+struct Batch {
+    frames: u64,
+    bytes: u64,
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: Option<SocketAddr>,
+    target: &RtmpTarget,
+    host_port: &str,
+    deadline: Instant,
+    ctx: &mut Ctx<'_>,
+) -> Result<SessionEnd, PushError> {
+    let mut config = ClientConfig::new(&target.app, &target.tc_url, &target.stream_name);
+    config.chunk_size = ctx.cfg.rtmp_chunk_size;
+    let mut session = ClientSession::new(config);
+    let mut rbuf = vec![0u8; READ_BUF];
+    let cancel = ctx.cfg.shutdown.clone();
+    let send_timeout = ctx.cfg.send_timeout;
+
+    // Negotiate until the publish starts.
+    let mut connect_answered = false;
+    loop {
+        let out = session.take_outbound();
+        if !out.is_empty() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+                r = write_segments(&mut stream, &out, send_timeout) => r?,
+            }
+        }
+        let n = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                close(&mut stream, &mut session, send_timeout).await;
+                return Ok(SessionEnd::Cancelled);
+            }
+            r = timeout_at(deadline, stream.read(&mut rbuf)) => match r {
+                Err(_) => {
+                    let stage = if connect_answered { "publish" } else { "RTMP handshake/connect" };
+                    return Err(PushError::Connect {
+                        target: host_port.to_owned(),
+                        cause: format!(
+                            "no answer to the {stage} within {} ms",
+                            ctx.cfg.connect_timeout.as_millis()
+                        ),
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(PushError::Connect {
+                        target: host_port.to_owned(),
+                        cause: format!("reading the RTMP handshake failed: {}", io_cause(&e)),
+                    });
+                }
+                Ok(Ok(0)) if connect_answered => {
+                    // What Twitch and YouTube do with a wrong or busy key.
+                    return Err(PushError::Rejected {
+                        code: "NetStream.Publish.Rejected".into(),
+                        description: "the server closed the connection in answer to publish \
+                                      (invalid or already used stream key?)"
+                            .into(),
+                    });
+                }
+                Ok(Ok(0)) => {
+                    return Err(PushError::Connect {
+                        target: host_port.to_owned(),
+                        cause: "the server closed the connection during the RTMP handshake"
+                            .into(),
+                    });
+                }
+                Ok(Ok(n)) => n,
+            },
+        };
+        let mut published = false;
+        let events = session
+            .handle_input(&rbuf[..n])
+            .map_err(|e| scrub_error(e.into(), &target.stream_name))?;
+        for event in events {
+            match event {
+                ClientEvent::Connected => connect_answered = true,
+                ClientEvent::Published { .. } => published = true,
+                ClientEvent::Status {
+                    code, description, ..
+                } => {
+                    let description = scrub(&description, &target.stream_name);
+                    tracing::debug!(%code, %description, "RTMP status");
+                    (ctx.events)(SessionEvent::Status { code, description });
+                }
+            }
+        }
+        if published {
+            break;
+        }
+    }
+    tracing::info!(peer = ?peer, "RTMP publish started");
+    (ctx.events)(SessionEvent::Connected { peer });
+
+    let mut rebaser = Rebaser::default();
+    let mut source_ended = false;
+    loop {
+        let mut batch = Batch::default();
+        let woke = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                close(&mut stream, &mut session, send_timeout).await;
+                return Ok(SessionEnd::Cancelled);
+            }
+            r = stream.read(&mut rbuf) => Wake::Input(r),
+            f = ctx.source.next_frame() => Wake::Frame(f),
+        };
+        match woke {
+            Wake::Input(Ok(0)) => return Err(PushError::closed_by_peer()),
+            Wake::Input(Err(e)) => {
+                return Err(PushError::io("reading from the destination failed", e));
+            }
+            Wake::Input(Ok(n)) => {
+                let events = session
+                    .handle_input(&rbuf[..n])
+                    .map_err(|e| scrub_error(e.into(), &target.stream_name))?;
+                for event in events {
+                    if let ClientEvent::Status {
+                        code, description, ..
+                    } = event
+                    {
+                        let description = scrub(&description, &target.stream_name);
+                        tracing::info!(%code, %description, "RTMP status from the destination");
+                        (ctx.events)(SessionEvent::Status { code, description });
+                    }
+                }
+            }
+            Wake::Frame(None) => source_ended = true,
+            Wake::Frame(Some(frame)) => {
+                queue(&mut session, &mut rebaser, ctx, &frame, &mut batch)?;
+                // Everything already waiting goes into the same write.
+                while batch.frames < ctx.cfg.max_batch_frames as u64
+                    && session.outbound_len() < ctx.cfg.max_batch_bytes
+                {
+                    match ctx.source.try_next_frame() {
+                        Some(Some(frame)) => {
+                            queue(&mut session, &mut rebaser, ctx, &frame, &mut batch)?
+                        }
+                        Some(None) => {
+                            source_ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        if source_ended {
+            session.unpublish()?;
+        }
+        let out = session.take_outbound();
+        if !out.is_empty() {
+            tokio::select! {
+                biased;
+                // Mid-write there is no clean way to say goodbye: just drop the socket.
+                _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+                r = write_segments(&mut stream, &out, send_timeout) => r?,
+            }
+        }
+        ctx.counters.add_sent(batch.bytes, batch.frames);
+        if source_ended {
+            let _ = timeout(send_timeout, stream.shutdown()).await;
+            return Ok(SessionEnd::SourceEnded);
+        }
+    }
+}
+
+enum Wake {
+    Input(std::io::Result<usize>),
+    Frame(Option<Frame>),
+}
+
+/// Filters, re-stamps and chunks one frame into the session's outbound buffer.
+fn queue(
+    session: &mut ClientSession,
+    rebaser: &mut Rebaser,
+    ctx: &Ctx<'_>,
+    frame: &Frame,
+    batch: &mut Batch,
+) -> Result<(), PushError> {
+    if !ctx.tracks.keeps(frame) {
+        return Ok(());
+    }
+    let stamped = Frame {
+        timestamp_ms: rebaser.map(frame),
+        ..frame.clone()
+    };
+    session.send_frame(&stamped)?;
+    batch.frames += 1;
+    batch.bytes += stamped.payload.len() as u64;
+    Ok(())
+}
+
+/// Ends the publish politely (`FCUnpublish` + `deleteStream`) and closes the stream,
+/// spending at most a short moment on it: cancellation must be prompt, and a destination
+/// that does not read gets no goodbye.
+async fn close<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut ClientSession,
+    send_timeout: std::time::Duration,
+) {
+    if session.unpublish().is_err() {
+        return;
+    }
+    let grace = send_timeout.min(std::time::Duration::from_millis(500));
+    let out = session.take_outbound();
+    if write_segments(stream, &out, grace).await.is_ok() {
+        let _ = timeout(grace, stream.shutdown()).await;
+    }
+}
+
+/// Servers echo the stream name in status descriptions ("KEY is now published."): the
+/// key must not reach logs or `lastError` in full.
+fn scrub(text: &str, stream_name: &str) -> String {
+    let bare = stream_name.split('?').next().unwrap_or_default();
+    if bare.is_empty() {
+        return text.to_owned();
+    }
+    text.replace(stream_name, &redact_secret(stream_name))
+        .replace(bare, &redact_secret(bare))
+}
+
+fn scrub_error(e: PushError, stream_name: &str) -> PushError {
+    match e {
+        PushError::Rejected { code, description } => PushError::Rejected {
+            code,
+            description: scrub(&description, stream_name),
+        },
+        PushError::Protocol(m) => PushError::Protocol(scrub(&m, stream_name)),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys_are_scrubbed_from_server_texts() {
+        let key = "live_123456789_abcdef?token=xyz";
+        assert_eq!(
+            scrub("live_123456789_abcdef is now published.", key),
+            "live… is now published."
+        );
+        let e = scrub_error(
+            PushError::Rejected {
+                code: "NetStream.Publish.BadName".into(),
+                description: format!("{key} already publishing"),
+            },
+            key,
+        );
+        assert_eq!(
+            e.to_string(),
+            "destination rejected the stream key: NetStream.Publish.BadName: live… already publishing"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! `WorkerService`: what the controllers ask a worker directly.
+
+use pushcast_proto::v1::{self, worker_service_server::WorkerService};
+use tonic::{Request, Response, Status};
+
+use crate::live::LiveTasks;
+
+#[derive(Clone)]
+pub struct WorkerApi {
+    pub live: LiveTasks,
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn get_task_status(
+        &self,
+        req: Request<v1::GetTaskStatusRequest>,
+    ) -> Result<Response<v1::GetTaskStatusResponse>, Status> {
+        let wanted = req.into_inner().tasks;
+        let tasks = if wanted.is_empty() {
+            self.live.all()
+        } else {
+            wanted
+                .into_iter()
+                .filter_map(|t| self.live.get(&(t.vhost, t.app, t.id)))
+                .collect()
+        };
+        let tasks = tasks
+            .iter()
+            .map(|t| {
+                let (v, a, i) = &t.key;
+                t.snapshot().to_live_proto(v, a, i)
+            })
+            .collect();
+        Ok(Response::new(v1::GetTaskStatusResponse { tasks }))
+    }
+}

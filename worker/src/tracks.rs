@@ -1,0 +1,472 @@
+//! Track selection: which tracks of a source stream a push sends (pure rules, no I/O).
+//!
+//! The rules are the spec's ("Tracks" in `rest-push-api.md`):
+//! - An RTMP ingest has at most two tracks, named like OME's bypass outputs:
+//!   [`VIDEO_TRACK_NAME`] (id [`VIDEO_TRACK_ID`]) and [`AUDIO_TRACK_NAME`]
+//!   (id [`AUDIO_TRACK_ID`]). AMF data (`onMetaData`) has no track of its own: it travels
+//!   with whatever is selected.
+//! - rtmp with no selection: the first video and the first audio track (OME documents
+//!   this but never implemented it).
+//! - mpegts/srt with no selection: all tracks.
+//! - With a selection (`trackIds` and/or `variantNames`): a track is kept when its id or
+//!   its name is listed. Entries that match nothing are ignored as long as something
+//!   matches (a client may list the names of several deployments).
+//! - A selection that matches nothing, or a kept track whose codec the protocol cannot
+//!   carry, is a [`TrackError`] whose message is meant for the task's `lastError`; the
+//!   session goes to `error` instead of sending a stream the destination cannot decode.
+//!
+//! What each protocol carries: RTMP carries H.264/AAC and the legacy FLV codecs (the FLV
+//! spec's video codec ids 2–7 and sound formats except the reserved ones); our MPEG-TS
+//! muxer (mpegts and srt) carries H.264 and AAC only.
+
+use std::fmt;
+
+use pushcast_proto::model::{Protocol, StreamSelector};
+
+use crate::media::{Frame, FrameKind};
+
+/// Id of the video track of an RTMP ingest.
+pub const VIDEO_TRACK_ID: i64 = 101;
+/// Name (variant name) of the video track of an RTMP ingest.
+pub const VIDEO_TRACK_NAME: &str = "bypass_video";
+/// Id of the audio track of an RTMP ingest.
+pub const AUDIO_TRACK_ID: i64 = 102;
+/// Name (variant name) of the audio track of an RTMP ingest.
+pub const AUDIO_TRACK_NAME: &str = "bypass_audio";
+
+/// FLV video codec id of H.264/AVC.
+pub const FLV_VIDEO_AVC: u8 = 7;
+/// FLV sound format of AAC.
+pub const FLV_AUDIO_AAC: u8 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    Video,
+    Audio,
+}
+
+/// The codec of a track, in FLV terms (what an RTMP ingest tells us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackCodec {
+    /// FLV video codec id (low nibble of the first byte of a video tag).
+    Video(u8),
+    /// FLV sound format (high nibble of the first byte of an audio tag).
+    Audio(u8),
+}
+
+impl TrackCodec {
+    pub fn kind(self) -> TrackKind {
+        match self {
+            TrackCodec::Video(_) => TrackKind::Video,
+            TrackCodec::Audio(_) => TrackKind::Audio,
+        }
+    }
+
+    /// The codec's common name, if the FLV spec defines the id.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            TrackCodec::Video(id) => match id {
+                1 => "JPEG",
+                2 => "Sorenson H.263",
+                3 => "Screen video",
+                4 => "On2 VP6",
+                5 => "On2 VP6 with alpha",
+                6 => "Screen video v2",
+                7 => "H.264",
+                12 => "HEVC (non-standard FLV id 12)",
+                _ => return None,
+            },
+            TrackCodec::Audio(format) => match format {
+                0 => "Linear PCM (platform endian)",
+                1 => "ADPCM",
+                2 => "MP3",
+                3 => "Linear PCM (little endian)",
+                4 => "Nellymoser 16 kHz mono",
+                5 => "Nellymoser 8 kHz mono",
+                6 => "Nellymoser",
+                7 => "G.711 A-law",
+                8 => "G.711 mu-law",
+                10 => "AAC",
+                11 => "Speex",
+                14 => "MP3 8 kHz",
+                15 => "Device-specific sound",
+                _ => return None,
+            },
+        })
+    }
+
+    /// Whether a push over `protocol` can carry this codec.
+    pub fn carried_by(self, protocol: Protocol) -> bool {
+        match protocol {
+            // The legacy FLV codecs an RTMP destination can be handed as they came in.
+            // Reserved/undefined ids (and the non-standard HEVC id 12) are refused: a
+            // destination would drop or misparse them.
+            Protocol::Rtmp => match self {
+                TrackCodec::Video(id) => (2..=7).contains(&id),
+                TrackCodec::Audio(format) => {
+                    matches!(format, 0..=8 | FLV_AUDIO_AAC | 11 | 14)
+                }
+            },
+            // Our MPEG-TS muxer writes H.264 (Annex-B) and AAC (ADTS), nothing else.
+            Protocol::Mpegts | Protocol::Srt => matches!(
+                self,
+                TrackCodec::Video(FLV_VIDEO_AVC) | TrackCodec::Audio(FLV_AUDIO_AAC)
+            ),
+        }
+    }
+}
+
+impl fmt::Display for TrackCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.name(), self) {
+            (Some(name), _) => f.write_str(name),
+            (None, TrackCodec::Video(id)) => write!(f, "unknown video codec {id}"),
+            (None, TrackCodec::Audio(format)) => write!(f, "unknown audio format {format}"),
+        }
+    }
+}
+
+/// One track of a source stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourceTrack {
+    pub id: i64,
+    pub name: String,
+    pub codec: TrackCodec,
+}
+
+impl SourceTrack {
+    pub fn kind(&self) -> TrackKind {
+        self.codec.kind()
+    }
+}
+
+impl fmt::Display for SourceTrack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (id {}, {})", self.name, self.id, self.codec)
+    }
+}
+
+/// The tracks of an RTMP ingest given the codecs seen so far (video first, as OME lists
+/// them).
+pub fn rtmp_source_tracks(video_codec: Option<u8>, audio_format: Option<u8>) -> Vec<SourceTrack> {
+    let video = video_codec.map(|id| SourceTrack {
+        id: VIDEO_TRACK_ID,
+        name: VIDEO_TRACK_NAME.to_string(),
+        codec: TrackCodec::Video(id),
+    });
+    let audio = audio_format.map(|format| SourceTrack {
+        id: AUDIO_TRACK_ID,
+        name: AUDIO_TRACK_NAME.to_string(),
+        codec: TrackCodec::Audio(format),
+    });
+    video.into_iter().chain(audio).collect()
+}
+
+/// What a push sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub video: bool,
+    pub audio: bool,
+    /// AMF data frames (`onMetaData` and friends): sent whenever any track is.
+    pub data: bool,
+    /// The kept tracks, in source order (for status and logs).
+    pub tracks: Vec<SourceTrack>,
+}
+
+impl Selection {
+    /// Whether a frame of the source belongs in this push.
+    pub fn keeps(&self, frame: &Frame) -> bool {
+        match frame.kind {
+            FrameKind::Video => self.video,
+            FrameKind::Audio => self.audio,
+            FrameKind::Data => self.data,
+        }
+    }
+}
+
+/// Why a push cannot send its source; the `Display` text is written for `lastError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackError {
+    #[error("the source stream has no audio or video track")]
+    NoTracks,
+    #[error(
+        "track selection (trackIds {track_ids:?}, variantNames {variant_names:?}) matches no \
+         track of the source stream; available: {available}"
+    )]
+    NoMatch {
+        track_ids: Vec<i64>,
+        variant_names: Vec<String>,
+        /// The source's tracks, listed for the user (`none` when it has none).
+        available: String,
+    },
+    #[error("{protocol} cannot carry {codec} (track {track}, id {track_id}); it carries {carries}")]
+    UnsupportedCodec {
+        protocol: &'static str,
+        codec: TrackCodec,
+        track: String,
+        track_id: i64,
+        carries: &'static str,
+    },
+    #[error(
+        "rtmp carries one video and one audio track; the selection keeps {count} {kind} tracks"
+    )]
+    TooManyTracks { kind: &'static str, count: usize },
+}
+
+/// Chooses the tracks of `source_tracks` that a push over `protocol` sends, following
+/// the spec's rules (see the module docs).
+pub fn select(
+    protocol: Protocol,
+    selector: &StreamSelector,
+    source_tracks: &[SourceTrack],
+) -> Result<Selection, TrackError> {
+    let explicit = !selector.track_ids.is_empty() || !selector.variant_names.is_empty();
+    let kept: Vec<&SourceTrack> = if explicit {
+        source_tracks
+            .iter()
+            .filter(|t| {
+                selector.track_ids.contains(&t.id) || selector.variant_names.contains(&t.name)
+            })
+            .collect()
+    } else {
+        match protocol {
+            Protocol::Rtmp => {
+                let first = |kind| source_tracks.iter().find(|t| t.kind() == kind);
+                first(TrackKind::Video)
+                    .into_iter()
+                    .chain(first(TrackKind::Audio))
+                    .collect()
+            }
+            Protocol::Mpegts | Protocol::Srt => source_tracks.iter().collect(),
+        }
+    };
+
+    if kept.is_empty() {
+        return Err(if explicit {
+            TrackError::NoMatch {
+                track_ids: selector.track_ids.clone(),
+                variant_names: selector.variant_names.clone(),
+                available: describe(source_tracks),
+            }
+        } else {
+            TrackError::NoTracks
+        });
+    }
+
+    for track in &kept {
+        if !track.codec.carried_by(protocol) {
+            return Err(TrackError::UnsupportedCodec {
+                protocol: protocol.as_str(),
+                codec: track.codec,
+                track: track.name.clone(),
+                track_id: track.id,
+                carries: match protocol {
+                    Protocol::Rtmp => "H.264, AAC and the legacy FLV codecs",
+                    Protocol::Mpegts | Protocol::Srt => "H.264 video and AAC audio only",
+                },
+            });
+        }
+    }
+
+    let count = |kind| kept.iter().filter(|t| t.kind() == kind).count();
+    let (videos, audios) = (count(TrackKind::Video), count(TrackKind::Audio));
+    if protocol == Protocol::Rtmp {
+        // One FLV stream has one video and one audio channel.
+        if videos > 1 {
+            return Err(TrackError::TooManyTracks {
+                kind: "video",
+                count: videos,
+            });
+        }
+        if audios > 1 {
+            return Err(TrackError::TooManyTracks {
+                kind: "audio",
+                count: audios,
+            });
+        }
+    }
+
+    Ok(Selection {
+        video: videos > 0,
+        audio: audios > 0,
+        data: true,
+        tracks: kept.into_iter().cloned().collect(),
+    })
+}
+
+fn describe(tracks: &[SourceTrack]) -> String {
+    if tracks.is_empty() {
+        return "none".to_string();
+    }
+    tracks
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn sel(ids: &[i64], names: &[&str]) -> StreamSelector {
+        StreamSelector {
+            name: "s".into(),
+            track_ids: ids.to_vec(),
+            variant_names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    fn h264_aac() -> Vec<SourceTrack> {
+        rtmp_source_tracks(Some(FLV_VIDEO_AVC), Some(FLV_AUDIO_AAC))
+    }
+
+    fn track(id: i64, name: &str, codec: TrackCodec) -> SourceTrack {
+        SourceTrack {
+            id,
+            name: name.into(),
+            codec,
+        }
+    }
+
+    #[test]
+    fn rtmp_ingest_tracks_are_named_like_ome_bypass() {
+        let t = h264_aac();
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].id, t[0].name.as_str()), (101, "bypass_video"));
+        assert_eq!((t[1].id, t[1].name.as_str()), (102, "bypass_audio"));
+        assert_eq!(t[0].to_string(), "bypass_video (id 101, H.264)");
+        assert_eq!(rtmp_source_tracks(None, Some(2)).len(), 1);
+        assert!(rtmp_source_tracks(None, None).is_empty());
+    }
+
+    #[test]
+    fn rtmp_without_selection_takes_first_video_and_first_audio() {
+        let mut tracks = h264_aac();
+        tracks.push(track(201, "second_video", TrackCodec::Video(7)));
+        tracks.push(track(202, "second_audio", TrackCodec::Audio(10)));
+        let s = select(Protocol::Rtmp, &sel(&[], &[]), &tracks).unwrap();
+        assert!(s.video && s.audio && s.data);
+        let ids: Vec<_> = s.tracks.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [101, 102]);
+        // Audio-only source: just the audio.
+        let audio_only = rtmp_source_tracks(None, Some(10));
+        let s = select(Protocol::Rtmp, &sel(&[], &[]), &audio_only).unwrap();
+        assert!(!s.video && s.audio && s.data);
+    }
+
+    #[test]
+    fn mpegts_and_srt_without_selection_take_all_tracks() {
+        let mut tracks = h264_aac();
+        tracks.push(track(202, "second_audio", TrackCodec::Audio(10)));
+        for protocol in [Protocol::Mpegts, Protocol::Srt] {
+            let s = select(protocol, &sel(&[], &[]), &tracks).unwrap();
+            assert_eq!(s.tracks.len(), 3);
+            assert!(s.video && s.audio && s.data);
+        }
+    }
+
+    #[test]
+    fn selection_keeps_a_track_by_id_or_by_name() {
+        let tracks = h264_aac();
+        let by_id = select(Protocol::Rtmp, &sel(&[101], &[]), &tracks).unwrap();
+        assert!(by_id.video && !by_id.audio && by_id.data);
+        let by_name = select(Protocol::Mpegts, &sel(&[], &["bypass_audio"]), &tracks).unwrap();
+        assert!(!by_name.video && by_name.audio);
+        let either = select(Protocol::Rtmp, &sel(&[101], &["bypass_audio"]), &tracks).unwrap();
+        assert!(either.video && either.audio);
+        // Entries that match nothing are ignored while something matches.
+        let partial = select(Protocol::Rtmp, &sel(&[7, 102], &["hd"]), &tracks).unwrap();
+        assert!(!partial.video && partial.audio);
+    }
+
+    #[test]
+    fn selection_that_matches_nothing_is_an_error_naming_the_choices() {
+        let err = select(Protocol::Rtmp, &sel(&[1], &["hd"]), &h264_aac()).unwrap_err();
+        assert!(matches!(err, TrackError::NoMatch { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains("matches no track"), "{msg}");
+        assert!(
+            msg.contains("bypass_video (id 101, H.264), bypass_audio (id 102, AAC)"),
+            "{msg}"
+        );
+        assert!(msg.contains("[1]") && msg.contains("\"hd\""), "{msg}");
+        let none = select(Protocol::Rtmp, &sel(&[101], &[]), &[]).unwrap_err();
+        assert!(none.to_string().ends_with("available: none"), "{none}");
+    }
+
+    #[test]
+    fn no_tracks_at_all_is_an_error() {
+        for protocol in [Protocol::Rtmp, Protocol::Mpegts] {
+            assert_eq!(
+                select(protocol, &sel(&[], &[]), &[]),
+                Err(TrackError::NoTracks)
+            );
+        }
+    }
+
+    #[test]
+    fn mpegts_carries_h264_and_aac_only() {
+        let vp6 = rtmp_source_tracks(Some(4), Some(FLV_AUDIO_AAC));
+        let err = select(Protocol::Mpegts, &sel(&[], &[]), &vp6).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mpegts cannot carry On2 VP6 (track bypass_video, id 101); it carries H.264 video \
+             and AAC audio only"
+        );
+        let mp3 = rtmp_source_tracks(Some(7), Some(2));
+        let err = select(Protocol::Srt, &sel(&[], &[]), &mp3).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("srt cannot carry MP3 (track bypass_audio"),
+            "{err}"
+        );
+        // Selecting around the unsupported track makes it work.
+        let s = select(Protocol::Srt, &sel(&[101], &[]), &mp3).unwrap();
+        assert!(s.video && !s.audio);
+    }
+
+    #[test]
+    fn rtmp_carries_legacy_flv_codecs_but_not_unknown_ones() {
+        let legacy = rtmp_source_tracks(Some(2), Some(2)); // Sorenson H.263 + MP3
+        assert!(select(Protocol::Rtmp, &sel(&[], &[]), &legacy).is_ok());
+        for (video, audio) in [(Some(12), None), (None, Some(9)), (Some(15), Some(10))] {
+            let tracks = rtmp_source_tracks(video, audio);
+            let err = select(Protocol::Rtmp, &sel(&[], &[]), &tracks).unwrap_err();
+            assert!(matches!(err, TrackError::UnsupportedCodec { .. }), "{err}");
+            assert!(err.to_string().starts_with("rtmp cannot carry"), "{err}");
+        }
+        assert_eq!(TrackCodec::Video(15).to_string(), "unknown video codec 15");
+    }
+
+    #[test]
+    fn rtmp_cannot_take_two_tracks_of_a_kind() {
+        let mut tracks = h264_aac();
+        tracks.push(track(201, "second_video", TrackCodec::Video(7)));
+        let err = select(Protocol::Rtmp, &sel(&[101, 201], &[]), &tracks).unwrap_err();
+        assert_eq!(
+            err,
+            TrackError::TooManyTracks {
+                kind: "video",
+                count: 2
+            }
+        );
+        // MPEG-TS can.
+        assert!(select(Protocol::Mpegts, &sel(&[101, 201], &[]), &tracks).is_ok());
+    }
+
+    #[test]
+    fn selection_filters_frames_and_data_travels_with_tracks() {
+        let s = select(Protocol::Rtmp, &sel(&[102], &[]), &h264_aac()).unwrap();
+        let frame = |kind| Frame {
+            kind,
+            timestamp_ms: 0,
+            payload: Bytes::new(),
+        };
+        assert!(!s.keeps(&frame(FrameKind::Video)));
+        assert!(s.keeps(&frame(FrameKind::Audio)));
+        assert!(s.keeps(&frame(FrameKind::Data)));
+    }
+}

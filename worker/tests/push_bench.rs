@@ -1,0 +1,99 @@
+//! CPU cost per destination of RTMP pushes, to compare with nginx-rtmp's `push` (0.21
+//! CPU-ms per stream-second per destination at 3.15 Mb/s 720p30, STACK.md). Ignored by
+//! default (it takes ~20 s and wants a release build):
+//!
+//! ```text
+//! cargo test --release -p pushcast-worker --test push_bench -- --ignored --nocapture
+//! ```
+//!
+//! N sessions push the same 720p clip in real time to one nginx-rtmp; the CPU time of
+//! this process (sessions + the paced sources standing in for the hub) is divided by
+//! N × stream seconds. `PUSH_BENCH_N` and `PUSH_BENCH_CHUNK` override N (default 20) and
+//! the RTMP chunk size.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pushcast_proto::model::Protocol;
+use pushcast_worker::push::{PushConfig, SessionCounters, SessionEnd, TrackSelection, run_session};
+use support::media::make_clip;
+use support::nginx::Nginx;
+use support::source::PacedSource;
+use support::task_spec;
+
+/// utime + stime of this process, in ms (from /proc/self/stat, clock ticks of 10 ms).
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f[11] + f[12]) * 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --release --ignored"]
+async fn rtmp_cpu_per_destination() {
+    let n: usize = std::env::var("PUSH_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let seconds = 10;
+    let frames = make_clip(dir.path(), "1280x720", 3000, seconds);
+    let bytes: usize = frames.iter().map(|f| f.payload.len()).sum();
+    eprintln!(
+        "clip: {} frames, {:.2} Mb/s",
+        frames.len(),
+        bytes as f64 * 8.0 / f64::from(seconds) / 1e6
+    );
+    let nginx = Nginx::start();
+    let mut cfg = PushConfig::default();
+    if let Some(c) = std::env::var("PUSH_BENCH_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.rtmp_chunk_size = c;
+    }
+    let url = nginx.rtmp_url();
+    let cpu0 = cpu_ms();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (frames, cfg, url) = (frames.clone(), cfg.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let spec = task_spec(Protocol::Rtmp, &url, &format!("bench{i}"));
+            let mut source = PacedSource::new(frames, 1.0);
+            let counters = SessionCounters::new();
+            let r = run_session(
+                &spec,
+                TrackSelection::ALL,
+                &mut source,
+                &counters,
+                &cfg,
+                |_| {},
+            )
+            .await;
+            (r.map_err(|e| e.to_string()), counters.sent_bytes())
+        }));
+    }
+    for t in tasks {
+        let (r, sent) = t.await.unwrap();
+        assert_eq!(r, Ok(SessionEnd::SourceEnded));
+        assert!(sent > 0);
+    }
+    let wall = t0.elapsed();
+    let cpu = cpu_ms() - cpu0;
+    let stream_seconds = wall.as_secs_f64().min(f64::from(seconds) + 1.0);
+    let per = cpu as f64 / (n as f64 * stream_seconds);
+    eprintln!(
+        "{n} destinations, chunk size {}: {cpu} CPU-ms over {wall:?} = {per:.3} CPU-ms per \
+         stream-second per destination (nginx-rtmp push: 0.21)",
+        cfg.rtmp_chunk_size
+    );
+    assert!(wall < Duration::from_secs(u64::from(seconds) + 5));
+}
