@@ -15,6 +15,8 @@ pub struct Node {
     /// `http://127.0.0.1:PORT`
     pub grpc: String,
     pub token: String,
+    /// `127.0.0.1:PORT` of the RTMP ingest, for nodes that run a worker.
+    pub rtmp: Option<String>,
     http: reqwest::Client,
 }
 
@@ -66,10 +68,16 @@ impl Node {
     ) -> Node {
         let mut proc = Proc::start(bin, name, args, envs).await;
         let (rest, grpc) = addresses(&mut proc).await;
+        let rtmp = if bin == "pushcast" {
+            Some(proc.wait_for_field("RTMP ingest listening", "addr").await)
+        } else {
+            None
+        };
         Node {
             proc,
             rest,
             grpc,
+            rtmp,
             token: token.to_string(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(20))
@@ -84,6 +92,25 @@ impl Node {
         let (rest, grpc) = addresses(&mut self.proc).await;
         self.rest = rest;
         self.grpc = grpc;
+        if self.rtmp.is_some() {
+            self.rtmp = Some(
+                self.proc
+                    .wait_for_field("RTMP ingest listening", "addr")
+                    .await,
+            );
+        }
+    }
+
+    /// `rtmp://127.0.0.1:PORT/{app}/{stream}` of this node's ingest.
+    pub fn ingest_url(&self, app: &str, stream: &str) -> String {
+        let addr = self.rtmp.as_deref().expect("this node runs no worker");
+        format!("rtmp://{addr}/{app}/{stream}")
+    }
+
+    /// The task object of `id` in the `default/app` app (panics when absent).
+    pub async fn task(&self, id: &str) -> Value {
+        let r = self.action("pushes", serde_json::json!({"id": id})).await;
+        r.json["response"][0].clone()
     }
 
     pub fn auth_header(&self) -> String {

@@ -7,6 +7,11 @@ pub mod api;
 pub mod etcd;
 pub mod process;
 
+/// Real peers and media from the worker's test support: nginx-rtmp, ffmpeg, ffprobe,
+/// stunnel, the test FLV.
+#[path = "../../worker/tests/support/mod.rs"]
+pub mod peers;
+
 use std::time::{Duration, Instant};
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.

@@ -68,6 +68,15 @@ async fn rtmp_cpu_per_destination() {
         tasks.push(tokio::spawn(async move {
             let spec = task_spec(Protocol::Rtmp, &url, &format!("bench{i}"));
             let mut source = PacedSource::new(frames, 1.0);
+            if std::env::var_os("PUSH_BENCH_SOURCE_ONLY").is_some() {
+                // Baseline: the cost of the paced sources alone.
+                use pushcast_worker::push::FrameSource;
+                let mut n = 0u64;
+                while let Some(f) = source.next_frame().await {
+                    n += f.payload.len() as u64;
+                }
+                return (Ok(SessionEnd::SourceEnded), n);
+            }
             let counters = SessionCounters::new();
             let r = run_session(
                 &spec,

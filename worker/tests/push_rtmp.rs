@@ -186,6 +186,7 @@ async fn nginx_refusing_the_key_is_a_rejection() {
     let deny = StatusServer::start(403);
     let nginx = Nginx::start_with(NginxOptions {
         on_publish: Some(deny.url()),
+        ..NginxOptions::default()
     });
     let started = Instant::now();
     let (result, counters, connected) = push(

@@ -170,16 +170,32 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 
     let mut rebaser = Rebaser::default();
     let mut source_ended = false;
+    // After a write, frames are left to gather until this instant (see
+    // `PushConfig::write_interval`): the session then sleeps on one timer instead of
+    // being woken by every frame the source queues.
+    let mut hold_until: Option<Instant> = None;
     loop {
         let mut batch = Batch::default();
-        let woke = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                close(&mut stream, &mut session, send_timeout).await;
-                return Ok(SessionEnd::Cancelled);
-            }
-            r = stream.read(&mut rbuf) => Wake::Input(r),
-            f = ctx.source.next_frame() => Wake::Frame(f),
+        let hold = hold_until.filter(|t| *t > Instant::now());
+        let woke = match hold {
+            Some(until) => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    close(&mut stream, &mut session, send_timeout).await;
+                    return Ok(SessionEnd::Cancelled);
+                }
+                r = stream.read(&mut rbuf) => Wake::Input(r),
+                _ = tokio::time::sleep_until(until) => Wake::Timer,
+            },
+            None => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    close(&mut stream, &mut session, send_timeout).await;
+                    return Ok(SessionEnd::Cancelled);
+                }
+                r = stream.read(&mut rbuf) => Wake::Input(r),
+                f = ctx.source.next_frame() => Wake::Frame(f),
+            },
         };
         match woke {
             Wake::Input(Ok(0)) => return Err(PushError::closed_by_peer()),
@@ -201,24 +217,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
+            Wake::Timer => {
+                source_ended = drain(&mut session, &mut rebaser, ctx, &mut batch)?;
+                if batch.frames == 0 {
+                    // Nothing came during the window: wait for the next frame itself.
+                    hold_until = None;
+                }
+            }
             Wake::Frame(None) => source_ended = true,
             Wake::Frame(Some(frame)) => {
                 queue(&mut session, &mut rebaser, ctx, &frame, &mut batch)?;
-                // Everything already waiting goes into the same write.
-                while batch.frames < ctx.cfg.max_batch_frames as u64
-                    && session.outbound_len() < ctx.cfg.max_batch_bytes
-                {
-                    match ctx.source.try_next_frame() {
-                        Some(Some(frame)) => {
-                            queue(&mut session, &mut rebaser, ctx, &frame, &mut batch)?
-                        }
-                        Some(None) => {
-                            source_ended = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
+                source_ended = drain(&mut session, &mut rebaser, ctx, &mut batch)?;
             }
         }
         if source_ended {
@@ -233,6 +242,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 r = write_segments(&mut stream, &out, send_timeout) => r?,
             }
         }
+        if batch.frames > 0 && !ctx.cfg.write_interval.is_zero() {
+            hold_until = Some(Instant::now() + ctx.cfg.write_interval);
+        }
         ctx.counters.add_sent(batch.bytes, batch.frames);
         if source_ended {
             let _ = timeout(send_timeout, stream.shutdown()).await;
@@ -241,9 +253,30 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Queues every frame that is ready now, up to the batch bounds. Returns whether the
+/// source ended.
+fn drain(
+    session: &mut ClientSession,
+    rebaser: &mut Rebaser,
+    ctx: &mut Ctx<'_>,
+    batch: &mut Batch,
+) -> Result<bool, PushError> {
+    while batch.frames < ctx.cfg.max_batch_frames as u64
+        && session.outbound_len() < ctx.cfg.max_batch_bytes
+    {
+        match ctx.source.try_next_frame() {
+            Some(Some(frame)) => queue(session, rebaser, ctx, &frame, batch)?,
+            Some(None) => return Ok(true),
+            None => break,
+        }
+    }
+    Ok(false)
+}
+
 enum Wake {
     Input(std::io::Result<usize>),
     Frame(Option<Frame>),
+    Timer,
 }
 
 /// Filters, re-stamps and chunks one frame into the session's outbound buffer.

@@ -79,32 +79,55 @@ impl TsStage {
     }
 }
 
-/// Pulls the frame that woke the session and everything already waiting behind it
-/// (bounded) into `out`; tells the pacer about each muxed piece when there is one.
-/// Returns whether the source ended.
+/// What [`mux_batch`] did.
+struct Drained {
+    /// Frames taken from the source.
+    frames: usize,
+    /// The source ended.
+    ended: bool,
+}
+
+/// Muxes `first` (the frame that woke the session, if any) and everything already
+/// waiting behind it (bounded) into `out`; tells the pacer about each muxed piece when
+/// there is one.
 fn mux_batch(
-    first: Frame,
+    first: Option<Frame>,
     stage: &mut TsStage,
     out: &mut Vec<u8>,
     mut pacer: Option<&mut TsPacer>,
     ctx: &mut Ctx<'_>,
-) -> Result<bool, PushError> {
+) -> Result<Drained, PushError> {
     let start = out.len();
-    let mut frame = first;
+    let mut next = first;
     let mut frames = 0usize;
     loop {
-        let added = stage.push(&frame, out, ctx)?;
-        if let (Some(p), Some(clock)) = (pacer.as_deref_mut(), stage.mux.clock_90k()) {
-            p.muxed(clock, added);
+        if let Some(frame) = next.take() {
+            let added = stage.push(&frame, out, ctx)?;
+            if let (Some(p), Some(clock)) = (pacer.as_deref_mut(), stage.mux.clock_90k()) {
+                p.muxed(clock, added);
+            }
+            frames += 1;
         }
-        frames += 1;
         if frames >= ctx.cfg.max_batch_frames || out.len() - start >= ctx.cfg.max_batch_bytes {
-            return Ok(false);
+            return Ok(Drained {
+                frames,
+                ended: false,
+            });
         }
         match ctx.source.try_next_frame() {
-            Some(Some(next)) => frame = next,
-            Some(None) => return Ok(true),
-            None => return Ok(false),
+            Some(Some(frame)) => next = Some(frame),
+            Some(None) => {
+                return Ok(Drained {
+                    frames,
+                    ended: true,
+                });
+            }
+            None => {
+                return Ok(Drained {
+                    frames,
+                    ended: false,
+                });
+            }
         }
     }
 }
@@ -127,9 +150,11 @@ pub(crate) async fn run_tcp(
     let mut stage = TsStage::new(ctx.tracks);
     let mut out = Vec::with_capacity(64 * 1024);
     let mut rbuf = [0u8; 512];
+    // As for RTMP: after a write, let frames gather for `write_interval`.
+    let mut hold_until: Option<Instant> = None;
     loop {
-        let mut ended = false;
-        tokio::select! {
+        let hold = hold_until.filter(|t| *t > Instant::now());
+        let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
                 let _ = timeout(Duration::from_millis(200), stream.shutdown()).await;
@@ -138,14 +163,23 @@ pub(crate) async fn run_tcp(
             // The receiver sends nothing; a read only tells us it went away.
             r = stream.read(&mut rbuf) => match r {
                 Ok(0) => return Err(PushError::closed_by_peer()),
-                Ok(_) => {}
+                Ok(_) => continue,
                 Err(e) => return Err(PushError::io("the destination connection failed", e)),
             },
-            f = ctx.source.next_frame() => match f {
-                None => ended = true,
-                Some(frame) => ended = mux_batch(frame, &mut stage, &mut out, None, ctx)?,
+            _ = sleep_until_some(hold), if hold.is_some() => None,
+            f = ctx.source.next_frame(), if hold.is_none() => match f {
+                None => Some(None),
+                Some(frame) => Some(Some(frame)),
             },
-        }
+        };
+        let drained = match first {
+            Some(None) => Drained {
+                frames: 0,
+                ended: true,
+            },
+            Some(Some(frame)) => mux_batch(Some(frame), &mut stage, &mut out, None, ctx)?,
+            None => mux_batch(None, &mut stage, &mut out, None, ctx)?,
+        };
         if !out.is_empty() {
             tokio::select! {
                 biased;
@@ -155,10 +189,23 @@ pub(crate) async fn run_tcp(
             ctx.counters.add_sent(out.len() as u64, 0);
             out.clear();
         }
-        if ended {
+        hold_until = if drained.frames > 0 && !ctx.cfg.write_interval.is_zero() {
+            Some(Instant::now() + ctx.cfg.write_interval)
+        } else {
+            None
+        };
+        if drained.ended {
             let _ = timeout(ctx.cfg.send_timeout, stream.shutdown()).await;
             return Ok(SessionEnd::SourceEnded);
         }
+    }
+}
+
+/// Sleeps until the instant, or forever for `None` (a disabled `select!` branch).
+async fn sleep_until_some(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -340,28 +387,42 @@ async fn run_datagrams(mut sink: DatagramOut, ctx: &mut Ctx<'_>) -> Result<Sessi
             out.drain(..sent);
             sent = 0;
         }
-        if ended && pacer.pending() == 0 {
+        // After `finish` the pacer always has a next step while bytes are pending; the
+        // second condition only guards against waiting on nothing.
+        if ended && (pacer.pending() == 0 || wait.is_none()) {
             sink.close(send_timeout).await;
             return Ok(SessionEnd::SourceEnded);
         }
-        tokio::select! {
+        // While datagrams are waiting for their time, the source is not awaited: frames
+        // that arrive meanwhile are picked up when the pacer wakes us (one wake-up per
+        // datagram slot, not one more per frame).
+        let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
                 sink.close(grace).await;
                 return Ok(SessionEnd::Cancelled);
             }
             e = sink.closed() => return Err(e),
-            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
-            f = ctx.source.next_frame(), if !ended => {
-                let done = match f {
-                    None => true,
-                    Some(frame) => mux_batch(frame, &mut stage, &mut out, Some(&mut pacer), ctx)?,
-                };
-                if done {
-                    ended = true;
-                    pacer.finish();
-                }
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => None,
+            f = ctx.source.next_frame(), if wait.is_none() && !ended => Some(f),
+        };
+        let drained = match first {
+            Some(None) => Drained {
+                frames: 0,
+                ended: true,
+            },
+            Some(Some(frame)) => {
+                mux_batch(Some(frame), &mut stage, &mut out, Some(&mut pacer), ctx)?
             }
+            None if ended => Drained {
+                frames: 0,
+                ended: true,
+            },
+            None => mux_batch(None, &mut stage, &mut out, Some(&mut pacer), ctx)?,
+        };
+        if drained.ended && !ended {
+            ended = true;
+            pacer.finish();
         }
     }
 }

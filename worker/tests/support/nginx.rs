@@ -15,6 +15,8 @@ pub struct NginxOptions {
     /// `on_publish` notification URL: nginx-rtmp refuses the publish unless it answers
     /// 2xx.
     pub on_publish: Option<String>,
+    /// Listen on this port instead of a free one (e.g. a destination that comes up late).
+    pub port: Option<u16>,
 }
 
 /// A running nginx-rtmp on 127.0.0.1 with `application live { live on; record all; }`.
@@ -30,6 +32,14 @@ impl Nginx {
         Nginx::start_with(NginxOptions::default())
     }
 
+    /// Starts on a given port.
+    pub fn start_on(port: u16) -> Nginx {
+        Nginx::start_with(NginxOptions {
+            port: Some(port),
+            ..NginxOptions::default()
+        })
+    }
+
     pub fn start_with(options: NginxOptions) -> Nginx {
         assert!(
             Path::new(RTMP_MODULE).exists(),
@@ -41,7 +51,7 @@ impl Nginx {
         let record = prefix.join("record");
         std::fs::create_dir_all(&record).expect("mkdir record");
         std::fs::create_dir_all(prefix.join("logs")).expect("mkdir logs");
-        let port = free_tcp_port();
+        let port = options.port.unwrap_or_else(free_tcp_port);
         let on_publish = options
             .on_publish
             .map(|u| format!("on_publish {u};"))
