@@ -29,6 +29,10 @@ pub struct ControllerArgs {
     /// gRPC API (PushService, AppService, health, reflection).
     #[arg(long, env = "PUSHCAST_GRPC_ADDR", default_value = "0.0.0.0:9000")]
     pub grpc_addr: SocketAddr,
+
+    /// TTL of the leader's lease, in seconds: a dead leader is replaced within it.
+    #[arg(long, env = "PUSHCAST_LEADER_TTL_SECS", default_value_t = 5)]
+    pub leader_ttl_secs: u64,
 }
 
 /// One `[vhosts.NAME]` section of the config file.

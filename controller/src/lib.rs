@@ -7,8 +7,10 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod grpc;
+pub mod leader;
 pub mod live_status;
 pub mod pushes;
+pub mod scheduler;
 pub mod server;
 pub mod store_error;
 

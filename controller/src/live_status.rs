@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_proto::keys;
-use pushcast_proto::model::{Task, TaskStatus, WorkerInfo};
+use pushcast_proto::model::{Task, TaskState, TaskStatus, WorkerInfo};
 use pushcast_proto::v1::{self, worker_service_client::WorkerServiceClient};
 use pushcast_store::Store;
 use tonic::transport::{Channel, Endpoint};
@@ -62,9 +62,22 @@ impl LiveStatus {
                     id: tasks[i].spec.id.clone(),
                 })
                 .collect();
-            async move { (self.ask(&worker, refs).await, idx) }
+            async move { (self.ask(&worker, refs).await, worker, idx) }
         });
-        for (answer, _idx) in futures::future::join_all(calls).await {
+        for (answer, worker, idx) in futures::future::join_all(calls).await {
+            let Some(answer) = answer else {
+                // The worker is gone (its lease expired): nobody pushes these tasks now.
+                for i in idx {
+                    let st = &mut tasks[i].status;
+                    if matches!(st.state, TaskState::Started | TaskState::Error) {
+                        st.state = TaskState::Ready;
+                        st.last_error = Some(format!(
+                            "worker {worker} is gone; waiting to be rescheduled"
+                        ));
+                    }
+                }
+                continue;
+            };
             for live in answer {
                 let Some(r) = &live.task else { continue };
                 if let Some(t) = tasks
@@ -77,21 +90,20 @@ impl LiveStatus {
         }
     }
 
-    async fn ask(&self, worker: &str, refs: Vec<v1::TaskRef>) -> Vec<v1::LiveTaskStatus> {
+    /// The worker's live statuses of `refs`; `None` when the worker is not registered.
+    async fn ask(&self, worker: &str, refs: Vec<v1::TaskRef>) -> Option<Vec<v1::LiveTaskStatus>> {
         let key = keys::worker(worker);
         let info: WorkerInfo = match self.store.get(&key).await {
-            Ok(Some(kv)) => match serde_json::from_slice(&kv.value) {
-                Ok(i) => i,
-                Err(_) => return vec![],
-            },
-            _ => return vec![],
+            Ok(Some(kv)) => serde_json::from_slice(&kv.value).ok()?,
+            Ok(None) => return None,
+            Err(_) => return Some(vec![]),
         };
         let Some(channel) = self.channel(&info.grpc_addr) else {
-            return vec![];
+            return Some(vec![]);
         };
         let mut client = WorkerServiceClient::new(channel);
         let call = client.get_task_status(v1::GetTaskStatusRequest { tasks: refs });
-        match tokio::time::timeout(WORKER_DEADLINE, call).await {
+        Some(match tokio::time::timeout(WORKER_DEADLINE, call).await {
             Ok(Ok(resp)) => resp.into_inner().tasks,
             Ok(Err(e)) => {
                 tracing::debug!(worker, error = %e, "worker did not give live status");
@@ -101,6 +113,6 @@ impl LiveStatus {
                 tracing::debug!(worker, "worker live status timed out");
                 vec![]
             }
-        }
+        })
     }
 }

@@ -207,6 +207,7 @@ impl Pushes {
             let status = by_id.remove(&spec.id).unwrap_or_default();
             tasks.push(Task { spec, status });
         }
+        self.live.refresh(&mut tasks).await;
         tasks.sort_by(|a, b| (a.spec.created_ms, &a.spec.id).cmp(&(b.spec.created_ms, &b.spec.id)));
         Ok(tasks)
     }

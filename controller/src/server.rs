@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
@@ -66,6 +67,14 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("cannot create the configured apps: {e}"))?;
     let pushes = Pushes::new(store.clone(), apps);
 
+    // Every replica campaigns; the leader schedules.
+    let leading = crate::leader::campaign(
+        store.clone(),
+        cfg.node_id.clone(),
+        Duration::from_secs(cfg.args.leader_ttl_secs.max(1)),
+        shutdown.clone(),
+    );
+
     let rest = TcpListener::bind(cfg.args.rest_addr)
         .await
         .with_context(|| format!("cannot bind the REST gateway to {}", cfg.args.rest_addr))?;
@@ -76,6 +85,11 @@ pub async fn start(
     let grpc_addr = grpc.local_addr()?;
 
     let mut tasks = JoinSet::new();
+    let (sched_store, stop) = (store.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        crate::scheduler::run(sched_store, leading, stop).await;
+        Ok(())
+    });
     let router = gateway::router(Gateway {
         pushes: pushes.clone(),
         auth: auth.clone(),

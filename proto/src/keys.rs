@@ -68,6 +68,48 @@ pub fn worker(node_id: &str) -> String {
 /// Prefix of every worker registration.
 pub const WORKERS: &str = "workers/";
 
+/// A task assigned to a worker.
+pub fn assignment(worker: &str, vhost: &str, app: &str, id: &str) -> String {
+    format!(
+        "{}{}/{}/{}",
+        assignments_of(worker),
+        escape(vhost),
+        escape(app),
+        escape(id)
+    )
+}
+
+/// Prefix of the assignments of one worker.
+pub fn assignments_of(worker: &str) -> String {
+    format!("assign/{}/", escape(worker))
+}
+
+/// Prefix of every assignment.
+pub const ASSIGNMENTS: &str = "assign/";
+
+/// A relay of a stream from its ingest worker to another worker.
+pub fn relay(from: &str, to: &str, vhost: &str, app: &str, stream: &str) -> String {
+    format!(
+        "{}{}/{}/{}/{}",
+        relays_of(from),
+        escape(to),
+        escape(vhost),
+        escape(app),
+        escape(stream)
+    )
+}
+
+/// Prefix of the relays a worker sends.
+pub fn relays_of(from: &str) -> String {
+    format!("relay/{}/", escape(from))
+}
+
+/// Prefix of every relay.
+pub const RELAYS: &str = "relay/";
+
+/// The controllers' election key.
+pub const LEADER: &str = "leader";
+
 /// Prefix of every task spec.
 pub const TASKS: &str = "tasks/";
 

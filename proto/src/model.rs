@@ -348,3 +348,40 @@ pub struct WorkerInfo {
     #[serde(default)]
     pub max_sessions: u32,
 }
+
+/// Where a worker gets the source stream of an assigned task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum SourceRef {
+    /// The stream is ingested on this worker.
+    Local,
+    /// The ingest worker relays the stream to this one over an internal RTMP hop
+    /// (this worker's ingest worker was full).
+    Relay { from_worker: String },
+}
+
+/// A task placed on a worker by the scheduler (`assign/{worker}/{vhost}/{app}/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub spec: TaskSpec,
+    pub source: SourceRef,
+    /// Bumped whenever the assignment of this task changes; applying the same generation
+    /// twice is a no-op.
+    pub generation: u64,
+}
+
+/// A stream relayed from its ingest worker to another worker
+/// (`relay/{from_worker}/{to_worker}/{vhost}/{app}/{stream}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    pub vhost: String,
+    pub app: String,
+    pub stream: String,
+    pub to_worker: String,
+    /// `host:port` of the receiving worker's RTMP ingest.
+    pub to_rtmp_addr: String,
+}
+
+/// The internal RTMP application relays publish to; its stream names are
+/// `{vhost}~{app}~{stream}` (each part escaped), never registered as cluster streams.
+pub const RELAY_APP: &str = "_relay";

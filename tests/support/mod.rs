@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod api;
+pub mod cluster;
 #[path = "../../store/tests/support/etcd.rs"]
 pub mod etcd;
 pub mod process;

@@ -6,12 +6,13 @@
 //! second publisher anywhere is refused with `ExistStreamName`). Malformed input closes
 //! that one connection; nothing else is affected.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_proto::keys;
-use pushcast_proto::model::LiveStream;
+use pushcast_proto::model::{LiveStream, RELAY_APP};
 use pushcast_proto::time;
 use pushcast_runtime::CancellationToken;
 use pushcast_runtime::logging::redact;
@@ -46,6 +47,11 @@ pub struct Ingest {
     pub store: Arc<dyn Store>,
     pub lease: Lease,
     pub node_id: String,
+    /// Required on `_relay` publishes (see [`crate::relay`]).
+    pub relay_token: String,
+    /// Live streams registered in the store by this worker: key → value, written again
+    /// under a new lease if the old one was lost.
+    pub published: Arc<Mutex<HashMap<String, Vec<u8>>>>,
 }
 
 /// Why a publish is refused; the text goes to the encoder and the log.
@@ -59,6 +65,7 @@ struct Refusal {
 impl Ingest {
     /// Accepts connections until `shutdown`.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        tokio::spawn(self.clone().reregister(shutdown.clone()));
         loop {
             let (sock, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -164,8 +171,71 @@ impl Ingest {
         }
     }
 
+    /// Writes the live streams again under a new lease (the old one expired while the
+    /// store was out of reach; the encoders are still connected here).
+    async fn reregister(self, shutdown: CancellationToken) {
+        let mut changes = self.lease.subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = changes.changed() => if r.is_err() { return },
+            }
+            let lease = *changes.borrow_and_update();
+            let entries: Vec<(String, Vec<u8>)> = self
+                .lock_published()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (key, value) in entries {
+                let txn = Txn::new()
+                    .when(Compare::Absent(key.clone()))
+                    .and_then(Op::put_with_lease(key.clone(), value, lease));
+                if let Err(e) = self.store.txn(txn).await {
+                    tracing::warn!(error = %e, "cannot register a live stream under the new lease");
+                }
+            }
+        }
+    }
+
+    fn lock_published(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A relay from another worker: token checked, straight into the hub (the stream is
+    /// registered in the cluster by its ingest worker, not here).
+    fn admit_relay(&self, req: &PublishRequest) -> Result<Published, Refusal> {
+        let denied = |reason: &str| Refusal {
+            code: RejectCode::Denied,
+            reason: reason.to_string(),
+        };
+        let token_ok = req
+            .query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .any(|kv| kv.strip_prefix("token=") == Some(self.relay_token.as_str()));
+        if !token_ok {
+            return Err(denied("AuthencationFailed: relay token"));
+        }
+        let key = crate::relay::parse_relay_stream_name(&req.stream_name)
+            .ok_or_else(|| denied("bad relay stream name"))?;
+        let source = self.hub.publish(key).map_err(|_| Refusal {
+            code: RejectCode::BadName,
+            reason: format!("ExistStreamName: {}", req.stream_name),
+        })?;
+        tracing::info!(stream = %source.key(), "relay publish started");
+        Ok(Published {
+            source,
+            store_key: None,
+            value: vec![],
+        })
+    }
+
     /// Decides a publish: the app must exist, and the stream must not be live anywhere.
     async fn admit(&self, req: &PublishRequest, peer: SocketAddr) -> Result<Published, Refusal> {
+        if req.app == RELAY_APP {
+            return self.admit_relay(req);
+        }
         let vhost = "default".to_string();
         let app_key = keys::app(&vhost, &req.app);
         match self.store.get(&app_key).await {
@@ -221,9 +291,11 @@ impl Ingest {
         match self.hub.publish(key) {
             Ok(source) => {
                 tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), "publish started");
+                self.lock_published()
+                    .insert(store_key.clone(), value.clone());
                 Ok(Published {
                     source,
-                    store_key,
+                    store_key: Some(store_key),
                     value,
                 })
             }
@@ -238,9 +310,11 @@ impl Ingest {
     async fn unpublish(&self, p: Published) {
         tracing::info!(stream = %redact(&p.source.key().stream), "publish ended");
         p.source.end();
+        let Some(store_key) = p.store_key else { return };
+        self.lock_published().remove(&store_key);
         let txn = Txn::new()
-            .when(Compare::Value(p.store_key.clone(), p.value))
-            .and_then(Op::delete(p.store_key));
+            .when(Compare::Value(store_key.clone(), p.value))
+            .and_then(Op::delete(store_key));
         if let Err(e) = self.store.txn(txn).await {
             tracing::warn!(error = %e, "cannot remove the ended stream from the store (its lease will)");
         }
@@ -250,7 +324,8 @@ impl Ingest {
 /// An accepted publish.
 struct Published {
     source: Source,
-    store_key: String,
+    /// `None` for relays, which are not registered in the store.
+    store_key: Option<String>,
     value: Vec<u8>,
 }
 

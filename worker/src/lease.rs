@@ -1,9 +1,13 @@
 //! The worker's lease in the store: its registration and its live streams hang off it, so
 //! they vanish by themselves when the worker dies.
 //!
-//! The lease is renewed every third of its TTL. When renewal finds it gone (the store
-//! expired it, e.g. after a long partition), a new lease is granted and published on a
-//! watch channel so owners of leased keys can write them again.
+//! The lease is renewed every third of its TTL. **Fencing**: when no renewal has
+//! succeeded for two thirds of the TTL, the worker is *fenced* — it must stop every push
+//! session at once — because the store may expire the lease soon and the scheduler will
+//! then give the worker's tasks to another worker; stopping first means two workers never
+//! push the same destination at the same moment. When renewal finds the lease gone, a new
+//! lease is granted and published, so owners of leased keys can write them again; the
+//! fence lifts once a renewal (or a new lease) succeeds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +15,13 @@ use std::time::Duration;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{LeaseId, Store, StoreError};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// A kept-alive lease.
 #[derive(Clone)]
 pub struct Lease {
     rx: watch::Receiver<LeaseId>,
+    fenced: watch::Receiver<bool>,
 }
 
 impl Lease {
@@ -27,8 +33,9 @@ impl Lease {
     ) -> Result<Lease, StoreError> {
         let id = store.grant_lease(ttl).await?;
         let (tx, rx) = watch::channel(id);
-        tokio::spawn(renew(store, ttl, tx, shutdown));
-        Ok(Lease { rx })
+        let (fence_tx, fenced) = watch::channel(false);
+        tokio::spawn(renew(store, ttl, tx, fence_tx, shutdown));
+        Ok(Lease { rx, fenced })
     }
 
     /// The current lease id.
@@ -40,37 +47,64 @@ impl Lease {
     pub fn subscribe(&self) -> watch::Receiver<LeaseId> {
         self.rx.clone()
     }
+
+    /// Whether the worker is fenced now (true: no push session may run).
+    pub fn fence(&self) -> watch::Receiver<bool> {
+        self.fenced.clone()
+    }
 }
 
 async fn renew(
     store: Arc<dyn Store>,
     ttl: Duration,
     tx: watch::Sender<LeaseId>,
+    fence: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(200));
+    let fence_after = ttl * 2 / 3;
+    let mut last_ok = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(period) => {}
         }
         let id = *tx.borrow();
-        match store.keep_alive(id).await {
-            Ok(()) => {}
-            Err(StoreError::LeaseNotFound(_)) => {
+        // The renewal may hang while the store is unreachable: never past the fence time.
+        let deadline = (last_ok + fence_after).max(Instant::now() + Duration::from_millis(100));
+        match tokio::time::timeout_at(deadline, store.keep_alive(id)).await {
+            Ok(Ok(())) => last_ok = Instant::now(),
+            Ok(Err(StoreError::LeaseNotFound(_))) => {
                 tracing::warn!(lease = id, "lease expired; granting a new one");
+                set_fence(&fence, true);
                 match store.grant_lease(ttl).await {
                     Ok(new) => {
+                        last_ok = Instant::now();
                         let _ = tx.send(new);
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot grant a new lease"),
                 }
             }
-            Err(e) => tracing::warn!(lease = id, error = %e, "cannot renew the lease"),
+            Ok(Err(e)) => tracing::warn!(lease = id, error = %e, "cannot renew the lease"),
+            Err(_) => tracing::warn!(lease = id, "renewing the lease timed out"),
         }
+        set_fence(&fence, last_ok.elapsed() >= fence_after);
     }
     let id = *tx.borrow();
     if let Err(e) = store.revoke_lease(id).await {
         tracing::debug!(error = %e, "lease not revoked at shutdown");
+    }
+}
+
+fn set_fence(fence: &watch::Sender<bool>, on: bool) {
+    if *fence.borrow() != on {
+        if on {
+            tracing::warn!(
+                "FENCED: the lease could not be renewed in time; stopping every push session"
+            );
+        } else {
+            tracing::info!("fence lifted: the lease is renewed");
+        }
+        let _ = fence.send(on);
     }
 }

@@ -10,6 +10,7 @@ pub mod live;
 pub mod media;
 pub mod mpegts;
 pub mod push;
+pub mod relay;
 pub mod rtmp;
 pub mod runner;
 pub mod server;

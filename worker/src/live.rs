@@ -136,6 +136,15 @@ impl LiveTasks {
         self.lock().remove(key)
     }
 
+    /// Removes `live` only if it is still the registered one for its key (a replaced
+    /// runner must not remove its successor's entry).
+    pub fn remove_if_same(&self, live: &Arc<TaskLive>) {
+        let mut map = self.lock();
+        if map.get(&live.key).is_some_and(|cur| Arc::ptr_eq(cur, live)) {
+            map.remove(&live.key);
+        }
+    }
+
     pub fn get(&self, key: &TaskKey) -> Option<Arc<TaskLive>> {
         self.lock().get(key).cloned()
     }

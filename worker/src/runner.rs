@@ -1,9 +1,8 @@
 //! Runs push tasks on this worker.
 //!
-//! Placement rule: a task runs on the worker where its source stream is live (no extra
-//! hop). Every worker therefore watches the task specs in the store and keeps, per task,
-//! a runner that waits for the stream in its local [`Hub`]; since a stream is live on one
-//! worker only (its `streams/` key is created atomically), exactly one worker pushes.
+//! The leader's scheduler assigns tasks to workers (`assign/{worker}/...`); each worker
+//! follows its own assignments and keeps, per task, a runner that waits for the stream in
+//! its local [`Hub`] (ingested here, or relayed here by the ingest worker).
 //!
 //! A runner's life: wait for the stream (`ready`) → session: connect (`ready`) → sending
 //! (`started`) → on failure `error` + backoff + reconnect from the GOP cache → the source
@@ -15,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pushcast_proto::keys;
-use pushcast_proto::model::{TaskSpec, TaskState};
+use pushcast_proto::model::{Assignment, TaskSpec, TaskState};
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Store, WatchEvent};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::backoff::{Backoff, BackoffConfig};
@@ -39,51 +39,55 @@ pub struct Runner {
     pub backoff: BackoffConfig,
     pub queue: QueueLimits,
     pub node_id: String,
+    /// True while the worker is fenced: no session may run.
+    pub fence: watch::Receiver<bool>,
 }
 
 struct Running {
-    spec: TaskSpec,
+    assignment: Assignment,
     cancel: CancellationToken,
 }
 
 impl Runner {
-    /// Follows the task specs in the store until `shutdown`: list, then watch from the
-    /// listing's revision; on a broken watch, list again and reconcile.
+    /// Follows this worker's assignments in the store until `shutdown`: list, then watch
+    /// from the listing's revision; on a broken watch, list again and reconcile. Applying
+    /// an assignment that is already running (same generation and spec) is a no-op.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut running: HashMap<TaskKey, Running> = HashMap::new();
+        let prefix = keys::assignments_of(&self.node_id);
+        let mut running: HashMap<String, Running> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let listing = match self.store.list(keys::TASKS).await {
+            let listing = match self.store.list(&prefix).await {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list tasks; sessions keep running, retrying");
+                    tracing::warn!(error = %e, "cannot list assignments; sessions keep running, retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
             };
-            let mut seen = HashMap::new();
+            let mut seen: HashMap<String, Assignment> = HashMap::new();
             for kv in &listing.kvs {
-                if let Ok(spec) = serde_json::from_slice::<TaskSpec>(&kv.value) {
-                    seen.insert(task_key(&spec), spec);
+                if let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) {
+                    seen.insert(kv.key.clone(), a);
                 }
             }
             running.retain(|k, r| {
-                let keep = seen.get(k).is_some_and(|s| *s == r.spec);
+                let keep = seen.get(k).is_some_and(|a| *a == r.assignment);
                 if !keep {
                     r.cancel.cancel();
                 }
                 keep
             });
-            for (k, spec) in seen {
+            for (k, a) in seen {
                 if let std::collections::hash_map::Entry::Vacant(e) = running.entry(k) {
-                    e.insert(self.spawn(spec, &shutdown));
+                    e.insert(self.spawn(a, &shutdown));
                 }
             }
-            let mut events = match self.store.watch(keys::TASKS, listing.revision + 1).await {
+            let mut events = match self.store.watch(&prefix, listing.revision + 1).await {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch tasks; retrying");
+                    tracing::warn!(error = %e, "cannot watch assignments; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -97,27 +101,24 @@ impl Runner {
                 };
                 match ev {
                     Some(Ok(WatchEvent::Put(kv))) => {
-                        let Ok(spec) = serde_json::from_slice::<TaskSpec>(&kv.value) else {
+                        let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) else {
                             continue;
                         };
-                        let k = task_key(&spec);
-                        if running.get(&k).is_some_and(|r| r.spec == spec) {
+                        if running.get(&kv.key).is_some_and(|r| r.assignment == a) {
                             continue;
                         }
-                        if let Some(old) = running.remove(&k) {
+                        if let Some(old) = running.remove(&kv.key) {
                             old.cancel.cancel();
                         }
-                        running.insert(k, self.spawn(spec, &shutdown));
+                        running.insert(kv.key, self.spawn(a, &shutdown));
                     }
                     Some(Ok(WatchEvent::Delete { key, .. })) => {
-                        if let Some(k) = keys::parse_task_key(&key)
-                            && let Some(r) = running.remove(&k)
-                        {
+                        if let Some(r) = running.remove(&key) {
                             r.cancel.cancel();
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "task watch broke; listing again");
+                        tracing::warn!(error = %e, "assignment watch broke; listing again");
                         break;
                     }
                     None => break,
@@ -129,16 +130,18 @@ impl Runner {
         }
     }
 
-    fn spawn(&self, spec: TaskSpec, shutdown: &CancellationToken) -> Running {
+    fn spawn(&self, assignment: Assignment, shutdown: &CancellationToken) -> Running {
         let cancel = shutdown.child_token();
-        let span =
-            tracing::info_span!("task", id = %spec.id, app = %spec.app, stream = %spec.stream.name);
-        tokio::spawn(
-            self.clone()
-                .task(spec.clone(), cancel.clone())
-                .instrument(span),
+        let spec = assignment.spec.clone();
+        let span = tracing::info_span!(
+            "task",
+            id = %spec.id,
+            app = %spec.app,
+            stream = %spec.stream.name,
+            generation = assignment.generation
         );
-        Running { spec, cancel }
+        tokio::spawn(self.clone().task(spec, cancel.clone()).instrument(span));
+        Running { assignment, cancel }
     }
 
     /// One task's whole life on this worker.
@@ -149,24 +152,45 @@ impl Runner {
             spec.app.clone(),
             spec.stream.name.clone(),
         );
-        let live = Arc::new(TaskLive::new(key.clone(), &self.node_id, None));
+        // Totals and `sequence` continue from the last status, whichever worker wrote it.
+        let previous = match self.store.get(&keys::status(&key.0, &key.1, &key.2)).await {
+            Ok(Some(kv)) => serde_json::from_slice(&kv.value).ok(),
+            _ => None,
+        };
+        let live = Arc::new(TaskLive::new(key.clone(), &self.node_id, previous));
+        let mut fence = self.fence.clone();
         loop {
+            // A fenced worker runs no session (see `lease`).
+            if !wait_unfenced(&mut fence, &cancel).await {
+                break;
+            }
             let sub = tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = wait_fenced(&mut fence) => continue,
                 s = self.hub.subscribe_when_live(&stream, self.queue) => s,
             };
             // The stream is live here: this worker holds the task now.
             self.live.insert(live.clone());
-            let end = self.session(&spec, &stream, &live, sub, &cancel).await;
+            let session_cancel = cancel.child_token();
+            let mut fence_watch = self.fence.clone();
+            let fenced_stop = session_cancel.clone();
+            let guard = tokio::spawn(async move {
+                wait_fenced(&mut fence_watch).await;
+                fenced_stop.cancel();
+            });
+            let end = self
+                .session(&spec, &stream, &live, sub, &session_cancel)
+                .await;
+            guard.abort();
             live.end_session(TaskState::Stopped);
-            self.status.changed(&key);
-            if end == SessionEnd::Cancelled {
+            self.status.changed(&live);
+            if end == SessionEnd::Cancelled && cancel.is_cancelled() {
                 break;
             }
             live.set_state(TaskState::Ready);
-            self.status.changed(&key);
+            self.status.changed(&live);
         }
-        self.live.remove(&key);
+        self.live.remove_if_same(&live);
     }
 
     /// One source session: connect, push, reconnect with backoff, until the source ends
@@ -181,7 +205,7 @@ impl Runner {
     ) -> SessionEnd {
         let counters = live.begin_session();
         live.set_state(TaskState::Ready);
-        self.status.changed(&live.key);
+        self.status.changed(live);
         let mut backoff = Backoff::new(self.backoff);
         let mut next = Some(first);
         loop {
@@ -209,7 +233,7 @@ impl Runner {
                 Err(e) => {
                     // Nothing to do until the stream changes: report and wait for its end.
                     live.failed(&e.to_string());
-                    self.status.changed(&live.key);
+                    self.status.changed(live);
                     return wait_end(sub, cancel).await;
                 }
             };
@@ -222,7 +246,7 @@ impl Runner {
             let result = push::run_session(spec, selection, &mut source, &counters, &cfg, |ev| {
                 if let SessionEvent::Connected { .. } = ev {
                     task_live.started();
-                    status.changed(&task_live.key);
+                    status.changed(&task_live);
                 }
             })
             .await;
@@ -231,7 +255,7 @@ impl Runner {
                 Err(e) => {
                     tracing::warn!(error = %e, "push failed; retrying");
                     live.failed(&e.to_string());
-                    self.status.changed(&live.key);
+                    self.status.changed(live);
                     backoff.record_success(started.elapsed());
                     let delay = backoff.next_delay_for(if e.is_transient() {
                         crate::backoff::Retryable::Yes
@@ -247,6 +271,29 @@ impl Runner {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Waits until the fence is down; false if the task was cancelled meanwhile.
+async fn wait_unfenced(fence: &mut watch::Receiver<bool>, cancel: &CancellationToken) -> bool {
+    while *fence.borrow_and_update() {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            r = fence.changed() => if r.is_err() { return false },
+        }
+    }
+    !cancel.is_cancelled()
+}
+
+/// Resolves when the worker becomes fenced (never, if the fence is gone).
+async fn wait_fenced(fence: &mut watch::Receiver<bool>) {
+    loop {
+        if *fence.borrow_and_update() {
+            return;
+        }
+        if fence.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

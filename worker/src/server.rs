@@ -76,6 +76,10 @@ pub async fn start(
         .await
         .context("cannot get a lease from the store")?;
     register(store.clone(), info.clone(), lease.clone(), shutdown.clone()).await?;
+    let fence = lease.fence();
+    let relay_token = crate::relay::cluster_token(store.as_ref())
+        .await
+        .context("cannot read the relay token")?;
 
     let hub = Hub::default();
     let live = LiveTasks::default();
@@ -95,6 +99,8 @@ pub async fn start(
         store: store.clone(),
         lease,
         node_id: node_id.clone(),
+        relay_token: relay_token.clone(),
+        published: Default::default(),
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {
@@ -102,6 +108,20 @@ pub async fn start(
         Ok(())
     });
     tracing::info!(addr = %rtmp_addr, node = %node_id, "RTMP ingest listening");
+
+    let relays = crate::relay::Relays {
+        hub: hub.clone(),
+        store: store.clone(),
+        node_id: node_id.clone(),
+        push: push.clone(),
+        token: relay_token,
+        fence: fence.clone(),
+    };
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        relays.run(stop).await;
+        Ok(())
+    });
 
     let runner = Runner {
         hub: hub.clone(),
@@ -112,6 +132,7 @@ pub async fn start(
         backoff: BackoffConfig::default(),
         queue: QueueLimits::default(),
         node_id: node_id.clone(),
+        fence: fence.clone(),
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {

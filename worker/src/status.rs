@@ -2,7 +2,7 @@
 //! change, and as a slow checkpoint of the counters otherwise, so the write volume is
 //! O(state changes), never O(tasks × time). Live counters are served by `WorkerService`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,9 @@ use pushcast_runtime::CancellationToken;
 use pushcast_store::{Compare, Op, Store, Txn};
 use tokio::sync::mpsc;
 
-use crate::live::{LiveTasks, TaskKey};
+use pushcast_proto::model::TaskStatus;
+
+use crate::live::{LiveTasks, TaskKey, TaskLive};
 
 /// How often running tasks' counters are checkpointed to the store.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -19,7 +21,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// Handle to ask for a task's status to be written.
 #[derive(Clone)]
 pub struct StatusWriter {
-    tx: mpsc::UnboundedSender<TaskKey>,
+    tx: mpsc::UnboundedSender<(TaskKey, TaskStatus)>,
 }
 
 impl StatusWriter {
@@ -34,39 +36,71 @@ impl StatusWriter {
         StatusWriter { tx }
     }
 
-    /// Writes the task's current status soon (changes queued meanwhile are merged).
-    pub fn changed(&self, key: &TaskKey) {
-        let _ = self.tx.send(key.clone());
+    /// Writes the task's status as it is now, soon (a later change of the same task
+    /// queued meanwhile supersedes it). The snapshot is taken here, so the last state of
+    /// a task that goes away right after is still written.
+    pub fn changed(&self, task: &TaskLive) {
+        let _ = self.tx.send((task.key.clone(), task.snapshot()));
     }
 }
 
 async fn run(
     store: Arc<dyn Store>,
     live: LiveTasks,
-    mut rx: mpsc::UnboundedReceiver<TaskKey>,
+    mut rx: mpsc::UnboundedReceiver<(TaskKey, TaskStatus)>,
     shutdown: CancellationToken,
 ) {
     let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
     checkpoint.tick().await;
     loop {
-        let mut due: HashSet<TaskKey> = HashSet::new();
+        let mut due: HashMap<TaskKey, TaskStatus> = HashMap::new();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            k = rx.recv() => match k {
-                Some(k) => { due.insert(k); }
+            m = rx.recv() => match m {
+                Some((k, st)) => { due.insert(k, st); }
                 None => return,
             },
             _ = checkpoint.tick() => {
-                due.extend(live.all().iter().map(|t| t.key.clone()));
+                due.extend(live.all().iter().map(|t| (t.key.clone(), t.snapshot())));
             }
         }
-        while let Ok(k) = rx.try_recv() {
-            due.insert(k);
+        while let Ok((k, st)) = rx.try_recv() {
+            due.insert(k, st);
         }
-        for key in due {
-            let Some(task) = live.get(&key) else { continue };
-            write(store.as_ref(), &key, &task.snapshot()).await;
+        let due: Vec<(TaskKey, TaskStatus)> = due.into_iter().collect();
+        for batch in due.chunks(BATCH) {
+            write_batch(store.as_ref(), batch).await;
         }
+    }
+}
+
+/// Statuses written in one transaction: one store revision per batch, not per task
+/// (etcd allows 128 operations per transaction; each status is a compare and a put).
+const BATCH: usize = 50;
+
+async fn write_batch(store: &dyn Store, batch: &[(TaskKey, TaskStatus)]) {
+    if batch.len() > 1 {
+        let mut txn = Txn::new();
+        for ((v, a, i), status) in batch {
+            let Ok(value) = serde_json::to_vec(status) else {
+                continue;
+            };
+            txn = txn
+                .when(Compare::Present(keys::task(v, a, i)))
+                .and_then(Op::put(keys::status(v, a, i), value));
+        }
+        match store.txn(txn).await {
+            Ok(r) if r.succeeded => return,
+            // A task of the batch was removed meanwhile: write one by one.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot checkpoint task statuses (kept in memory, retried later)");
+                return;
+            }
+        }
+    }
+    for (key, status) in batch {
+        write(store, key, status).await;
     }
 }
 

@@ -8,8 +8,8 @@
 //!
 //! N sessions push the same 720p clip in real time to one nginx-rtmp; the CPU time of
 //! this process (sessions + the paced sources standing in for the hub) is divided by
-//! N × stream seconds. `PUSH_BENCH_N` and `PUSH_BENCH_CHUNK` override N (default 20) and
-//! the RTMP chunk size.
+//! N × stream seconds. `PUSH_BENCH_N`, `PUSH_BENCH_CHUNK` and `PUSH_BENCH_INTERVAL_MS` override
+//! N (default 20), the RTMP chunk size and the write interval.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -59,6 +59,12 @@ async fn rtmp_cpu_per_destination() {
     {
         cfg.rtmp_chunk_size = c;
     }
+    if let Some(ms) = std::env::var("PUSH_BENCH_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.write_interval = Duration::from_millis(ms);
+    }
     let url = nginx.rtmp_url();
     let cpu0 = cpu_ms();
     let t0 = Instant::now();
@@ -100,9 +106,9 @@ async fn rtmp_cpu_per_destination() {
     let stream_seconds = wall.as_secs_f64().min(f64::from(seconds) + 1.0);
     let per = cpu as f64 / (n as f64 * stream_seconds);
     eprintln!(
-        "{n} destinations, chunk size {}: {cpu} CPU-ms over {wall:?} = {per:.3} CPU-ms per \
-         stream-second per destination (nginx-rtmp push: 0.21)",
-        cfg.rtmp_chunk_size
+        "{n} destinations, chunk size {}, write interval {:?}: {cpu} CPU-ms over {wall:?} = \
+         {per:.3} CPU-ms per stream-second per destination (nginx-rtmp push: 0.21)",
+        cfg.rtmp_chunk_size, cfg.write_interval
     );
     assert!(wall < Duration::from_secs(u64::from(seconds) + 5));
 }

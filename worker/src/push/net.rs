@@ -82,6 +82,24 @@ pub(crate) async fn connect_tcp(
     })
 }
 
+/// The end of the gathering window that starts now: a tick of a process-wide grid of
+/// `interval` spacing, at least half an interval away (so windows average `interval`).
+/// All sessions of the process share the grid, so their timers fire together and the
+/// runtime wakes once per tick for all of them instead of once per session: thread
+/// wake-ups cost more than the writes.
+pub(crate) fn next_write_tick(interval: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let now = Instant::now();
+    let step = interval.as_nanos().max(1);
+    let earliest = (now + interval / 2)
+        .saturating_duration_since(epoch)
+        .as_nanos();
+    let ticks = earliest.div_ceil(step);
+    let at = u64::try_from(ticks.saturating_mul(step)).unwrap_or(u64::MAX);
+    epoch + Duration::from_nanos(at)
+}
+
 /// Most slices handed to one `writev` (Linux allows 1024; more buys nothing).
 const MAX_IOVECS: usize = 64;
 
@@ -179,6 +197,18 @@ async fn flush<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn write_ticks_are_on_a_shared_grid() {
+        let w = Duration::from_millis(40);
+        let a = next_write_tick(w);
+        let b = next_write_tick(w);
+        let now = Instant::now();
+        assert!(a >= now + w / 2 - Duration::from_millis(1) && a <= now + w * 3 / 2);
+        // Both on the grid: equal, or whole intervals apart.
+        let d = b.duration_since(a).as_nanos() % w.as_nanos();
+        assert_eq!(d, 0);
+    }
 
     #[tokio::test]
     async fn vectored_writes_deliver_everything_in_order() {

@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 
 use super::dest::{RtmpTarget, redact_secret};
 use super::error::{PushError, io_cause};
-use super::net::{connect_tcp, write_segments};
+use super::net::{connect_tcp, next_write_tick, write_segments};
 use super::timeline::Rebaser;
 use super::{Ctx, SessionEnd, SessionEvent};
 use crate::media::Frame;
@@ -243,7 +243,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if batch.frames > 0 && !ctx.cfg.write_interval.is_zero() {
-            hold_until = Some(Instant::now() + ctx.cfg.write_interval);
+            hold_until = Some(next_write_tick(ctx.cfg.write_interval));
         }
         ctx.counters.add_sent(batch.bytes, batch.frames);
         if source_ended {

@@ -21,7 +21,7 @@ use tokio::time::{Instant, timeout};
 
 use super::dest::SrtOptions;
 use super::error::PushError;
-use super::net::{connect_tcp, resolve, write_buf};
+use super::net::{connect_tcp, next_write_tick, resolve, write_buf};
 use super::timeline::Rebaser;
 use super::{Ctx, SessionEnd, SessionEvent, TrackSelection};
 use crate::media::Frame;
@@ -190,7 +190,7 @@ pub(crate) async fn run_tcp(
             out.clear();
         }
         hold_until = if drained.frames > 0 && !ctx.cfg.write_interval.is_zero() {
-            Some(Instant::now() + ctx.cfg.write_interval)
+            Some(next_write_tick(ctx.cfg.write_interval))
         } else {
             None
         };
@@ -280,6 +280,26 @@ impl DatagramOut {
         if let DatagramOut::Srt(mut socket) = self {
             let _ = timeout(grace, socket.close_and_finish()).await;
         }
+    }
+
+    /// Closes after the end of the stream. SRT: the receiver holds each packet for its
+    /// latency (TSBPD) before handing it on, and libsrt drops what it still holds when
+    /// the shutdown arrives; so wait that long first (bounded, and cancellable).
+    async fn finish(self, grace: Duration, cancel: &tokio_util::sync::CancellationToken) {
+        if let DatagramOut::Srt(socket) = &self {
+            let settings = socket.settings();
+            let hold = settings
+                .send_tsbpd_latency
+                .max(settings.recv_tsbpd_latency)
+                .saturating_add(settings.rtt.saturating_mul(2))
+                .saturating_add(Duration::from_millis(50))
+                .min(Duration::from_secs(2));
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(hold) => {}
+            }
+        }
+        self.close(grace).await;
     }
 }
 
@@ -390,7 +410,7 @@ async fn run_datagrams(mut sink: DatagramOut, ctx: &mut Ctx<'_>) -> Result<Sessi
         // After `finish` the pacer always has a next step while bytes are pending; the
         // second condition only guards against waiting on nothing.
         if ended && (pacer.pending() == 0 || wait.is_none()) {
-            sink.close(send_timeout).await;
+            sink.finish(send_timeout, &cancel).await;
             return Ok(SessionEnd::SourceEnded);
         }
         // While datagrams are waiting for their time, the source is not awaited: frames

@@ -1,0 +1,913 @@
+//! Fan-out benchmark: pushcast against nginx-rtmp's `push`, side by side in one run.
+//!
+//! ```text
+//! cargo bench --bench fanout
+//! ```
+//!
+//! One 1280x720 30 fps H.264 + AAC source (~3.15 Mb/s FLV, made once with ffmpeg) is
+//! published in real time (`ffmpeg -re -stream_loop -1 -c copy`) to the relay under test,
+//! which pushes it to N destinations on one nginx-rtmp "sink" (application `live`, no
+//! recording; the sink is not measured). The relays under test:
+//!
+//! - nginx-rtmp: an nginx (`master_process off`, so one process) with N `push` lines;
+//! - pushcast: the release `pushcast` standalone binary with N tasks made over REST.
+//!
+//! For each relay, the CPU time (utime + stime from /proc/PID/stat) and the resident
+//! memory (VmRSS, sampled twice a second, mean) of the relay process are measured over a
+//! fixed window, once with 0 destinations (the publish only) and once with N. The
+//! per-destination figures are (cost with N - cost with 0) / N; CPU is divided by the
+//! window's wall-clock seconds (= stream seconds, the source is real time). The sink's
+//! `rtmp_stat` proves that every destination received the whole stream during the window.
+//!
+//! Then startPush-to-first-keyframe: while pushcast's N pushes run, one more task is
+//! started to a recording application on the sink, and the time from sending startPush
+//! to the moment the sink has written that push's first H.264 keyframe to disk is
+//! measured (the file is polled every 2 ms). Repeated `FANOUT_PROBES` times, spread over
+//! the 2 s GOP.
+//!
+//! Environment: `FANOUT_N` (destinations, default 50), `FANOUT_SECONDS` (measurement
+//! window, default 20), `FANOUT_WARMUP_SECONDS` (settling time before a window, default
+//! 3), `FANOUT_PROBES` (default 5). Needs ffmpeg and nginx with the rtmp module (Debian:
+//! `ffmpeg nginx libnginx-mod-rtmp`); a missing one fails the run with that message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pushcast_worker::media::FrameKind;
+use serde_json::json;
+use support::api::Node;
+use support::peers::flv::{read_flv, read_flv_file};
+use support::peers::net::free_tcp_port;
+use support::peers::nginx::RTMP_MODULE;
+use support::peers::proc::{Guard, run};
+use support::wait_for;
+
+const TOKEN: &str = "fanout-bench";
+/// Length of the source clip (it is looped for as long as a phase needs).
+const CLIP_SECONDS: u32 = 20;
+/// How long a relay may take to get all its destinations publishing on the sink.
+const SETUP_LIMIT: Duration = Duration::from_secs(30);
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: then only say so.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("fanout: benchmark not run (run it with `cargo bench --bench fanout`)");
+        return;
+    }
+    let settings = Settings::from_env();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(run_bench(settings));
+}
+
+struct Settings {
+    n: usize,
+    window: Duration,
+    warmup: Duration,
+    probes: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let s = Settings {
+            n: env_num("FANOUT_N", 50),
+            window: Duration::from_secs_f64(env_num("FANOUT_SECONDS", 20.0)),
+            warmup: Duration::from_secs_f64(env_num("FANOUT_WARMUP_SECONDS", 3.0)),
+            probes: env_num("FANOUT_PROBES", 5),
+        };
+        assert!(s.n > 0, "FANOUT_N must be at least 1");
+        assert!(
+            s.window >= Duration::from_secs(2),
+            "FANOUT_SECONDS must be at least 2 (CPU time is counted in 10 ms ticks)"
+        );
+        s
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+async fn run_bench(s: Settings) {
+    let started = Instant::now();
+    check_tools();
+    // Build (or find up to date) the release binaries now, not in the middle of a phase.
+    println!("fanout: cargo build --release --bins (a no-op when up to date) ...");
+    let bin = support::process::binary("pushcast");
+    assert!(
+        bin.parent().is_some_and(|d| d.ends_with("release")),
+        "{} is not a release build: run the benchmark with `cargo bench`",
+        bin.display()
+    );
+    let work = tempfile::Builder::new()
+        .prefix("pushcast-fanout-")
+        .tempdir()
+        .expect("tempdir");
+    let src = make_source(work.path());
+    println!(
+        "fanout: source {}x{} {} fps H.264 + AAC, {:.2} Mb/s (FLV payload), {CLIP_SECONDS} s clip \
+         looped; N = {}, window {:.0} s, warm-up {:.0} s, load average at start {}",
+        1280,
+        720,
+        30,
+        src.bits_per_sec / 1e6,
+        s.n,
+        s.window.as_secs_f64(),
+        s.warmup.as_secs_f64(),
+        load_average()
+    );
+    let sink = Sink::start(s.n + s.probes + 16);
+
+    println!("fanout: nginx-rtmp push, 0 then {} destinations ...", s.n);
+    let nginx = bench_nginx(&s, &src, &sink, work.path()).await;
+    print_outcome(&nginx);
+    println!("fanout: pushcast, 0 then {} destinations ...", s.n);
+    let (pushcast, probes) = bench_pushcast(&s, &src, &sink, work.path()).await;
+    print_outcome(&pushcast);
+
+    report(&s, &src, &nginx, &pushcast, &probes);
+    println!(
+        "fanout: done in {:.0} s (load average now {})",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
+    // Fail loudly (after printing everything) when a destination did not get the stream:
+    // a relay that drops data would look cheap.
+    for r in [&nginx, &pushcast] {
+        let min = r.full.delivered_min;
+        assert!(
+            min >= 0.9 * src.bits_per_sec,
+            "{}: a destination received only {:.2} Mb/s of the {:.2} Mb/s source during the \
+             window; the numbers above are not comparable",
+            r.name,
+            min / 1e6,
+            src.bits_per_sec / 1e6
+        );
+    }
+}
+
+/// Fails with a clear message when ffmpeg or nginx-rtmp is missing.
+fn check_tools() {
+    let out = run("ffmpeg", &["-hide_banner", "-version"]);
+    assert!(out.status.success(), "`ffmpeg -version` failed");
+    let out = run("nginx", &["-v"]);
+    assert!(out.status.success(), "`nginx -v` failed");
+    assert!(
+        Path::new(RTMP_MODULE).exists(),
+        "{RTMP_MODULE} is missing: this benchmark needs nginx with the rtmp module \
+         (Debian: apt-get install -y --no-install-recommends nginx libnginx-mod-rtmp)"
+    );
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Source media
+
+struct Source {
+    flv: PathBuf,
+    /// Audio + video payload bits per second of the clip (what a destination receives).
+    bits_per_sec: f64,
+}
+
+fn make_source(dir: &Path) -> Source {
+    let flv = dir.join("src.flv");
+    let seconds = CLIP_SECONDS.to_string();
+    let out = run(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            &seconds,
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "3M",
+            "-maxrate",
+            "3M",
+            "-bufsize",
+            "6M",
+            "-g",
+            "60",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-f",
+            "flv",
+            flv.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "ffmpeg could not make the source clip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames = read_flv_file(&flv);
+    let payload: usize = frames
+        .iter()
+        .filter(|f| f.kind != FrameKind::Data)
+        .map(|f| f.payload.len())
+        .sum();
+    Source {
+        flv,
+        bits_per_sec: payload as f64 * 8.0 / f64::from(CLIP_SECONDS),
+    }
+}
+
+/// `ffmpeg -re -stream_loop -1 -i SRC -c copy -f flv URL`: the source, live, until stopped.
+fn publish(src: &Source, url: &str, log: &Path) -> Guard {
+    Guard::spawn(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+            "-i",
+            src.flv.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "flv",
+            url,
+        ],
+        log,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// nginx processes (the sink and the nginx-rtmp relay)
+
+struct NginxProc {
+    guard: Guard,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl NginxProc {
+    /// Starts nginx with the rtmp module, `master_process off` (one process), logs and
+    /// temp paths under a fresh prefix, `body` after the main/events sections; waits until
+    /// it accepts on `port`.
+    fn start(what: &str, port: u16, connections: usize, body: &str) -> NginxProc {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pushcast-fanout-{what}-"))
+            .tempdir()
+            .expect("tempdir");
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("logs")).expect("mkdir logs");
+        let conf = format!(
+            "load_module {RTMP_MODULE};\n\
+             daemon off;\n\
+             master_process off;\n\
+             user root;\n\
+             worker_processes 1;\n\
+             pid {p}/nginx.pid;\n\
+             error_log {p}/error.log info;\n\
+             events {{ worker_connections {connections}; }}\n\
+             {body}",
+            p = p.display()
+        );
+        let conf_path = p.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let mut guard = Guard::spawn(
+            "nginx",
+            &[
+                "-c",
+                conf_path.to_str().unwrap(),
+                "-p",
+                p.to_str().unwrap(),
+                "-e",
+                p.join("error.log").to_str().unwrap(),
+            ],
+            &p.join("stderr.log"),
+        );
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let logs = || {
+                format!(
+                    "{}{}",
+                    std::fs::read_to_string(p.join("stderr.log")).unwrap_or_default(),
+                    std::fs::read_to_string(p.join("error.log")).unwrap_or_default()
+                )
+            };
+            if let Some(status) = guard.try_status() {
+                panic!(
+                    "nginx ({what}) exited ({status}) before accepting on {port}:\n{}",
+                    logs()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx ({what}) does not accept on {port} after 10 s:\n{}",
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NginxProc { guard, dir, port }
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+}
+
+/// The destinations: one nginx-rtmp with application `live` (not recorded, where the N
+/// pushes go), application `probe` (recorded, for the start-latency probes) and an HTTP
+/// `rtmp_stat` page.
+struct Sink {
+    nginx: NginxProc,
+    stat_url: String,
+    record: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Sink {
+    fn start(streams: usize) -> Sink {
+        let port = free_tcp_port();
+        let stat_port = free_tcp_port();
+        let record = tempfile::Builder::new()
+            .prefix("pushcast-fanout-record-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let body = format!(
+            "http {{\n\
+               access_log off;\n\
+               client_body_temp_path {r}/body;\n\
+               proxy_temp_path {r}/proxy;\n\
+               fastcgi_temp_path {r}/fastcgi;\n\
+               uwsgi_temp_path {r}/uwsgi;\n\
+               scgi_temp_path {r}/scgi;\n\
+               server {{ listen 127.0.0.1:{stat_port}; location /stat {{ rtmp_stat all; }} }}\n\
+             }}\n\
+             rtmp {{\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 chunk_size 4096;\n\
+                 application live {{ live on; }}\n\
+                 application probe {{ live on; record all; record_path {r}; }}\n\
+               }}\n\
+             }}\n",
+            r = record.display()
+        );
+        let nginx = NginxProc::start("sink", port, streams * 2 + 64, &body);
+        Sink {
+            nginx,
+            stat_url: format!("http://127.0.0.1:{stat_port}/stat"),
+            record,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// `rtmp://127.0.0.1:PORT/{app}`.
+    fn url(&self, app: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{app}", self.nginx.port)
+    }
+
+    /// Bytes received so far by each live stream (rtmp_stat `bytes_in`: message payload
+    /// bytes, i.e. FLV tag bodies).
+    async fn streams(&self) -> HashMap<String, u64> {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let reply = match self.http.get(&self.stat_url).send().await {
+                Ok(r) => r.text().await,
+                Err(e) => Err(e),
+            };
+            match reply {
+                Ok(xml) => return parse_stat(&xml),
+                Err(e) => last_error = format!("{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "sink stat {} failed: {last_error}; sink log:\n{}",
+            self.stat_url,
+            self.nginx.error_log()
+        )
+    }
+
+    /// Waits until every one of `names` is publishing on the sink and has received data.
+    async fn wait_streams(&self, names: &[String], relay: &str, diag: &dyn Fn() -> String) {
+        let deadline = Instant::now() + SETUP_LIMIT;
+        loop {
+            let live = self.streams().await;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| live.get(*n).is_none_or(|b| *b == 0))
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{relay}: {} of {} destinations not receiving after {SETUP_LIMIT:?} (first: {}); \
+                 relay log:\n{}\nsink log:\n{}",
+                missing.len(),
+                names.len(),
+                missing[0],
+                diag(),
+                self.nginx.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until none of `names` is live any more (the previous relay's pushes ended).
+    async fn wait_gone(&self, names: &[String]) {
+        wait_for(
+            "the sink to see the previous relay's pushes end",
+            SETUP_LIMIT,
+            || async {
+                let live = self.streams().await;
+                names.iter().all(|n| !live.contains_key(n)).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.record);
+    }
+}
+
+/// `<stream><name>N</name>...<bytes_in>B</bytes_in>...` of nginx-rtmp's stat XML.
+fn parse_stat(xml: &str) -> HashMap<String, u64> {
+    fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+        let start = s.find(open)? + open.len();
+        let len = s[start..].find(close)?;
+        Some(&s[start..start + len])
+    }
+    xml.split("<stream>")
+        .skip(1)
+        .filter_map(|s| {
+            let name = between(s, "<name>", "</name>")?;
+            let bytes = between(s, "<bytes_in>", "</bytes_in>")?.parse().ok()?;
+            Some((name.to_owned(), bytes))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurement
+
+/// Clock ticks per second of /proc/PID/stat's utime and stime.
+fn clock_ticks() -> f64 {
+    run("getconf", &["CLK_TCK"])
+        .stdout
+        .iter()
+        .map(|&b| b as char)
+        .collect::<String>()
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of process `pid` (all its threads) in ms.
+fn cpu_ms(pid: u32, ticks_per_sec: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone during the measurement ({e})"));
+    // After the ")" closing the command name: field 3 (state) is index 0, utime (14) is
+    // index 11 and stime (15) index 12.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    assert!(
+        f.first() != Some(&"Z"),
+        "process {pid} exited during the measurement"
+    );
+    let utime: f64 = f[11].parse().expect("utime");
+    let stime: f64 = f[12].parse().expect("stime");
+    (utime + stime) * 1000.0 / ticks_per_sec
+}
+
+/// VmRSS of process `pid` in kB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone during the measurement ({e})"))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// What one relay process cost over one window.
+struct Cost {
+    secs: f64,
+    cpu_ms: f64,
+    rss_kb_mean: f64,
+    rss_kb_max: u64,
+    /// Lowest and mean payload rate (bits/s) received by one destination in the window.
+    delivered_min: f64,
+    delivered_mean: f64,
+}
+
+/// Measures process `pid` for `window`: CPU from start to end, RSS twice a second, and
+/// what each of `dests` received on the sink meanwhile.
+async fn measure(pid: u32, window: Duration, sink: &Sink, dests: &[String]) -> Cost {
+    let ticks = clock_ticks();
+    let before = sink.streams().await;
+    let cpu0 = cpu_ms(pid, ticks);
+    let t0 = Instant::now();
+    let mut rss = Vec::new();
+    loop {
+        rss.push(rss_kb(pid));
+        let left = window.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+    }
+    let cpu1 = cpu_ms(pid, ticks);
+    let secs = t0.elapsed().as_secs_f64();
+    let after = sink.streams().await;
+    let rates: Vec<f64> = dests
+        .iter()
+        .map(|d| {
+            let b0 = before.get(d).copied().unwrap_or(0);
+            let b1 = after.get(d).copied().unwrap_or(0);
+            b1.saturating_sub(b0) as f64 * 8.0 / secs
+        })
+        .collect();
+    Cost {
+        secs,
+        cpu_ms: cpu1 - cpu0,
+        rss_kb_mean: rss.iter().sum::<u64>() as f64 / rss.len() as f64,
+        rss_kb_max: rss.iter().copied().max().unwrap_or(0),
+        delivered_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+        delivered_mean: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+    }
+}
+
+/// One relay, measured with 0 and with N destinations.
+struct Outcome {
+    name: &'static str,
+    n: usize,
+    base: Cost,
+    full: Cost,
+}
+
+impl Outcome {
+    fn cpu_per_dest(&self) -> f64 {
+        (self.full.cpu_ms / self.full.secs - self.base.cpu_ms / self.base.secs) / self.n as f64
+    }
+
+    fn kb_per_dest(&self) -> f64 {
+        (self.full.rss_kb_mean - self.base.rss_kb_mean) / self.n as f64
+    }
+}
+
+fn dest_names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Peer A: nginx-rtmp `push`
+
+fn start_nginx_relay(what: &str, sink: &Sink, dests: &[String]) -> NginxProc {
+    let port = free_tcp_port();
+    let pushes: String = dests
+        .iter()
+        .map(|d| format!("      push {}/{d};\n", sink.url("live")))
+        .collect();
+    let body = format!(
+        "rtmp {{\n\
+           server {{\n\
+             listen 127.0.0.1:{port};\n\
+             chunk_size 4096;\n\
+             application live {{\n\
+               live on;\n\
+         {pushes}\
+             }}\n\
+           }}\n\
+         }}\n"
+    );
+    NginxProc::start(what, port, dests.len() * 2 + 64, &body)
+}
+
+/// Runs the nginx relay with `dests` (may be empty) and the source published to it,
+/// measures it, stops it.
+async fn nginx_phase(
+    s: &Settings,
+    src: &Source,
+    sink: &Sink,
+    dests: &[String],
+    logs: &Path,
+) -> Cost {
+    let what = format!("relay{}", dests.len());
+    let relay = start_nginx_relay(&what, sink, dests);
+    let url = format!("rtmp://127.0.0.1:{}/live/src", relay.port);
+    let mut publisher = publish(src, &url, &logs.join(format!("publish-nginx-{what}.log")));
+    wait_for("the nginx relay to log the publish", SETUP_LIMIT, || {
+        let ok = relay.error_log().contains("publish: name='src'");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    sink.wait_streams(dests, "nginx-rtmp", &|| relay.error_log())
+        .await;
+    tokio::time::sleep(s.warmup).await;
+    assert!(
+        publisher.try_status().is_none(),
+        "the publisher (ffmpeg) exited"
+    );
+    let cost = measure(relay.pid(), s.window, sink, dests).await;
+    publisher.terminate(Duration::from_secs(3));
+    drop(relay);
+    sink.wait_gone(dests).await;
+    cost
+}
+
+async fn bench_nginx(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> Outcome {
+    let base = nginx_phase(s, src, sink, &[], logs).await;
+    let full = nginx_phase(s, src, sink, &dest_names("d", s.n), logs).await;
+    Outcome {
+        name: "nginx-rtmp push",
+        n: s.n,
+        base,
+        full,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Peer B: pushcast
+
+async fn start_push(node: &Node, id: &str, url: &str, key: &str) {
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": id, "stream": {"name": "src"}, "protocol": "rtmp",
+                   "url": url, "streamKey": key}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "startPush {id}: {}", r.text);
+}
+
+async fn bench_pushcast(
+    s: &Settings,
+    src: &Source,
+    sink: &Sink,
+    logs: &Path,
+) -> (Outcome, Vec<Probe>) {
+    let data = tempfile::Builder::new()
+        .prefix("pushcast-fanout-data-")
+        .tempdir()
+        .expect("tempdir");
+    let node = Node::standalone(data.path(), TOKEN).await;
+    let pid = node.proc.pid();
+    let mut publisher = publish(
+        src,
+        &node.ingest_url("app", "src"),
+        &logs.join("publish-pushcast.log"),
+    );
+    wait_for("pushcast to log 'publish started'", SETUP_LIMIT, || {
+        let ok = node
+            .proc
+            .output()
+            .iter()
+            .any(|l| l.contains("publish started"));
+        async move { ok.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(s.warmup).await;
+    assert!(
+        publisher.try_status().is_none(),
+        "the publisher (ffmpeg) exited"
+    );
+    // Baseline: the same process, the publish only, no task.
+    let base = measure(pid, s.window, sink, &[]).await;
+
+    let dests = dest_names("p", s.n);
+    let live = sink.url("live");
+    for d in &dests {
+        start_push(&node, d, &live, d).await;
+    }
+    let diag = || node.proc.output().join("\n");
+    sink.wait_streams(&dests, "pushcast", &diag).await;
+    tokio::time::sleep(s.warmup).await;
+    assert!(
+        publisher.try_status().is_none(),
+        "the publisher (ffmpeg) exited"
+    );
+    let full = measure(pid, s.window, sink, &dests).await;
+
+    // Start latency, with the N pushes running: one more task at a time.
+    let mut probes = Vec::new();
+    for i in 0..s.probes {
+        probes.push(probe_start(&node, sink, i).await);
+        // Spread the probes over the 2 s GOP (an irregular step, not a multiple of it).
+        tokio::time::sleep(Duration::from_millis(730)).await;
+    }
+    publisher.terminate(Duration::from_secs(3));
+    let warnings: Vec<String> = node
+        .proc
+        .output()
+        .into_iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    if !warnings.is_empty() {
+        println!(
+            "fanout: pushcast logged {} warnings/errors, first: {}",
+            warnings.len(),
+            warnings[0]
+        );
+    }
+    drop(node);
+    let outcome = Outcome {
+        name: "pushcast",
+        n: s.n,
+        base,
+        full,
+    };
+    (outcome, probes)
+}
+
+/// One startPush-to-first-keyframe measurement.
+struct Probe {
+    /// startPush sent → the sink has written the push's first H.264 keyframe to disk.
+    to_keyframe: Duration,
+    /// startPush sent → its HTTP answer.
+    api: Duration,
+    /// Audio frames the sink wrote before that keyframe (0: the push began on a keyframe;
+    /// nginx's recorder drops video until the first keyframe but keeps audio).
+    audio_before_key: usize,
+}
+
+async fn probe_start(node: &Node, sink: &Sink, i: usize) -> Probe {
+    let key = format!("probe{i}");
+    let path = sink.record.join(format!("{key}.flv"));
+    let t0 = Instant::now();
+    start_push(node, &key, &sink.url("probe"), &key).await;
+    let api = t0.elapsed();
+    let limit = Duration::from_secs(10);
+    let audio_before_key = loop {
+        if let Ok(data) = std::fs::read(&path)
+            && let Some(audio) = first_keyframe(&data)
+        {
+            break audio;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "probe {key}: no keyframe recorded by the sink {limit:?} after startPush; sink log:\n{}",
+            sink.nginx.error_log()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let to_keyframe = t0.elapsed();
+    let r = node.action("stopPush", json!({"id": key})).await;
+    assert_eq!(r.status, 200, "stopPush {key}: {}", r.text);
+    Probe {
+        to_keyframe,
+        api,
+        audio_before_key,
+    }
+}
+
+/// When the (growing) FLV holds a complete H.264 keyframe (not a sequence header): the
+/// number of AAC frames before it.
+fn first_keyframe(data: &[u8]) -> Option<usize> {
+    if data.len() < 13 || &data[..3] != b"FLV" {
+        return None;
+    }
+    let frames = read_flv(data);
+    let key = frames
+        .iter()
+        .position(|f| f.kind == FrameKind::Video && f.payload.get(1) == Some(&1))?;
+    if !frames[key].is_keyframe() {
+        return None;
+    }
+    Some(
+        frames[..key]
+            .iter()
+            .filter(|f| f.kind == FrameKind::Audio && f.payload.get(1) == Some(&1))
+            .count(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+/// One line as soon as a relay is measured (so a later failure loses nothing).
+fn print_outcome(o: &Outcome) {
+    println!(
+        "fanout: {}: {:.3} CPU-ms per stream-second per destination, {:.1} kB per destination",
+        o.name,
+        o.cpu_per_dest(),
+        o.kb_per_dest()
+    );
+}
+
+fn report(s: &Settings, src: &Source, nginx: &Outcome, pushcast: &Outcome, probes: &[Probe]) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "fan-out of one {:.2} Mb/s 720p30 H.264 + AAC source to N = {} nginx-rtmp destinations \
+         on 127.0.0.1, {:.0} s windows, {cpus} CPUs",
+        src.bits_per_sec / 1e6,
+        s.n,
+        s.window.as_secs_f64()
+    );
+    println!(
+        "{:<16} {:>26} {:>18} {:>28}",
+        "relay", "CPU-ms/stream-s/dest", "memory/dest", "received/dest (min, mean)"
+    );
+    for o in [nginx, pushcast] {
+        println!(
+            "{:<16} {:>26.3} {:>15.1} kB {:>13.2} {:>6.2} Mb/s",
+            o.name,
+            o.cpu_per_dest(),
+            o.kb_per_dest(),
+            o.full.delivered_min / 1e6,
+            o.full.delivered_mean / 1e6
+        );
+    }
+    println!(
+        "{:<16} {:>26.2} {:>18.2}",
+        "pushcast/nginx",
+        pushcast.cpu_per_dest() / nginx.cpu_per_dest(),
+        pushcast.kb_per_dest() / nginx.kb_per_dest()
+    );
+    println!("raw (relay process; CPU over the window, RSS mean / max):");
+    for o in [nginx, pushcast] {
+        for (label, c) in [("0 dest", &o.base), ("N dest", &o.full)] {
+            println!(
+                "  {:<16} {label}: {:>8.0} CPU-ms in {:.1} s ({:.1}% of one CPU), RSS {:.0} / {} kB",
+                o.name,
+                c.cpu_ms,
+                c.secs,
+                c.cpu_ms / c.secs / 10.0,
+                c.rss_kb_mean,
+                c.rss_kb_max
+            );
+        }
+    }
+    if probes.is_empty() {
+        return;
+    }
+    let mut ms: Vec<f64> = probes
+        .iter()
+        .map(|p| p.to_keyframe.as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "pushcast startPush -> first keyframe written by the destination, with {} pushes \
+         running ({} probes): min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        s.n,
+        ms.len(),
+        ms[0],
+        ms[ms.len() / 2],
+        ms[ms.len() - 1]
+    );
+    for (i, p) in probes.iter().enumerate() {
+        println!(
+            "  probe {i}: {:>5.0} ms to keyframe (startPush answered in {:.0} ms), {} audio \
+             frames before it",
+            p.to_keyframe.as_secs_f64() * 1000.0,
+            p.api.as_secs_f64() * 1000.0,
+            p.audio_before_key
+        );
+    }
+}

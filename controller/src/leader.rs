@@ -1,0 +1,96 @@
+//! Leader election among controllers through a lease-guarded key: every replica serves
+//! the API, only the leader schedules.
+//!
+//! A candidate creates `leader` (if absent) attached to its own lease and keeps the lease
+//! alive. A leader that cannot renew steps down *before* its lease can expire (at two
+//! thirds of the TTL since the last renewal), so two leaders never schedule at once. On
+//! shutdown the leader revokes its lease: the next replica takes over at once instead of
+//! after a TTL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pushcast_proto::keys;
+use pushcast_runtime::CancellationToken;
+use pushcast_store::{Compare, Op, Store, Txn};
+use tokio::sync::watch;
+
+/// Starts campaigning; the receiver says whether this node leads right now.
+pub fn campaign(
+    store: Arc<dyn Store>,
+    node_id: String,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        while !shutdown.is_cancelled() {
+            match try_lead(store.as_ref(), &node_id, ttl, &tx, &shutdown).await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election: store error"),
+            }
+            let _ = tx.send(false);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(ttl / 4) => {}
+            }
+        }
+    });
+    rx
+}
+
+async fn try_lead(
+    store: &dyn Store,
+    node_id: &str,
+    ttl: Duration,
+    tx: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+) -> Result<(), pushcast_store::StoreError> {
+    let lease = store.grant_lease(ttl).await?;
+    let txn = Txn::new()
+        .when(Compare::Absent(keys::LEADER.to_string()))
+        .and_then(Op::put_with_lease(
+            keys::LEADER,
+            node_id.as_bytes().to_vec(),
+            lease,
+        ));
+    if !store.txn(txn).await?.succeeded {
+        let _ = store.revoke_lease(lease).await;
+        return Ok(());
+    }
+    tracing::info!(node = node_id, "elected leader");
+    let _ = tx.send(true);
+    let period = ttl / 4;
+    let step_down_after = ttl * 2 / 3;
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                // Hand over at once.
+                let _ = tx.send(false);
+                let _ = store.revoke_lease(lease).await;
+                tracing::info!(node = node_id, "leadership released at shutdown");
+                return Ok(());
+            }
+            _ = tokio::time::sleep(period) => {}
+        }
+        match tokio::time::timeout(period, store.keep_alive(lease)).await {
+            Ok(Ok(())) => last_ok = Instant::now(),
+            Ok(Err(pushcast_store::StoreError::LeaseNotFound(_))) => {
+                tracing::warn!(node = node_id, "leader lease lost");
+                return Ok(());
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+            Err(_) => tracing::warn!("renewing the leader lease timed out"),
+        }
+        if last_ok.elapsed() >= step_down_after {
+            tracing::warn!(
+                node = node_id,
+                "stepping down: the leader lease could not be renewed in time"
+            );
+            let _ = tx.send(false);
+            let _ = store.revoke_lease(lease).await;
+            return Ok(());
+        }
+    }
+}

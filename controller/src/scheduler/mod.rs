@@ -1,0 +1,264 @@
+//! The scheduler: level-triggered reconciliation of desired state (tasks) with actual
+//! state (workers, live streams, assignments), run by the elected leader only.
+//!
+//! Every pass reads the whole picture from the store, asks the pure [`placement::place`]
+//! where each task should run, and writes only the differences: assignments
+//! (`assign/{worker}/...`, each with a generation, guarded by the worker's registration
+//! so a dead worker is never assigned to) and relays (`relay/{from}/{to}/...`). Workers
+//! follow their own prefix. Passes run on every relevant store change (debounced) and on
+//! a timer, so a missed event is corrected by the next pass.
+
+pub mod placement;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use pushcast_proto::keys;
+use pushcast_proto::model::{Assignment, LiveStream, Relay, TaskSpec, WorkerInfo};
+use pushcast_runtime::CancellationToken;
+use pushcast_store::{Compare, Op, Store, StoreError, Txn};
+use tokio::sync::watch;
+
+use placement::{Key, Placement, View};
+
+/// How often a pass runs without any store event.
+const PERIOD: Duration = Duration::from_secs(2);
+
+/// Runs passes while this controller is the leader, until `shutdown`.
+pub async fn run(
+    store: Arc<dyn Store>,
+    mut leader: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // Wait to be the leader.
+        while !*leader.borrow() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = leader.changed() => if r.is_err() { return },
+            }
+        }
+        tracing::info!("leader: scheduling");
+        let lost = async {
+            while *leader.borrow() {
+                if leader.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = lost => tracing::info!("no longer the leader: scheduling stops"),
+            _ = lead(store.clone()) => {}
+        }
+    }
+}
+
+/// The control loop of a leader: pass on changes and on a timer.
+async fn lead(store: Arc<dyn Store>) {
+    loop {
+        let mut events = match store.watch("", 0).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler cannot watch the store; passes on the timer only");
+                None
+            }
+        };
+        let mut timer = tokio::time::interval(PERIOD);
+        loop {
+            let t0 = Instant::now();
+            match pass(store.as_ref()).await {
+                Ok(stats) if stats.changes > 0 => {
+                    tracing::info!(
+                        changes = stats.changes,
+                        placed = stats.placed,
+                        took_ms = t0.elapsed().as_millis() as u64,
+                        "scheduler pass"
+                    )
+                }
+                Ok(_) => tracing::debug!(
+                    took_ms = t0.elapsed().as_millis() as u64,
+                    "scheduler pass: nothing to do"
+                ),
+                Err(e) => tracing::warn!(error = %e, "scheduler pass failed; retrying"),
+            }
+            // Wait for a relevant change (then let a burst settle) or the timer.
+            let broke = match events.as_mut() {
+                Some(ev) => {
+                    tokio::select! {
+                        _ = timer.tick() => false,
+                        e = next_relevant(ev) => !e,
+                    }
+                }
+                None => {
+                    timer.tick().await;
+                    false
+                }
+            };
+            if broke {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Waits for a store change that matters to placement; false when the watch broke.
+async fn next_relevant(events: &mut pushcast_store::WatchStream) -> bool {
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(ev) => {
+                let k = ev.key();
+                if [keys::TASKS, keys::WORKERS, keys::STREAMS, keys::ASSIGNMENTS]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+                {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[derive(Debug, Default)]
+pub struct PassStats {
+    pub placed: usize,
+    pub changes: usize,
+}
+
+/// One reconciliation pass.
+pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
+    let tasks = store.list(keys::TASKS).await?;
+    let workers = store.list(keys::WORKERS).await?;
+    let streams = store.list(keys::STREAMS).await?;
+    let assigned = store.list(keys::ASSIGNMENTS).await?;
+    let relays_now = store.list(keys::RELAYS).await?;
+
+    let mut view = View::default();
+    for kv in &tasks.kvs {
+        if let Ok(spec) = serde_json::from_slice::<TaskSpec>(&kv.value) {
+            view.tasks.push(spec);
+        }
+    }
+    for kv in &workers.kvs {
+        if let Ok(w) = serde_json::from_slice::<WorkerInfo>(&kv.value) {
+            view.workers.insert(w.node_id.clone(), w);
+        }
+    }
+    for kv in &streams.kvs {
+        if let Ok(s) = serde_json::from_slice::<LiveStream>(&kv.value) {
+            view.streams.insert((s.vhost, s.app, s.stream), s.worker);
+        }
+    }
+    // Current assignments: task → (store key, worker, assignment).
+    let mut current: BTreeMap<Key, (String, String, Assignment)> = BTreeMap::new();
+    for kv in &assigned.kvs {
+        let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) else {
+            continue;
+        };
+        let worker = kv
+            .key
+            .strip_prefix(keys::ASSIGNMENTS)
+            .and_then(|r| r.split('/').next())
+            .map(keys::unescape)
+            .unwrap_or_default();
+        let key = (a.spec.vhost.clone(), a.spec.app.clone(), a.spec.id.clone());
+        view.current.insert(
+            key.clone(),
+            Placement {
+                worker: worker.clone(),
+                source: a.source.clone(),
+            },
+        );
+        current.insert(key, (kv.key.clone(), worker, a));
+    }
+
+    let plan = placement::place(&view);
+    let mut stats = PassStats {
+        placed: plan.len(),
+        changes: 0,
+    };
+    let specs: BTreeMap<Key, &TaskSpec> = view
+        .tasks
+        .iter()
+        .map(|t| ((t.vhost.clone(), t.app.clone(), t.id.clone()), t))
+        .collect();
+
+    // Assignments to write.
+    for (key, p) in &plan {
+        let Some(spec) = specs.get(key) else { continue };
+        let (old_key, generation) = match current.get(key) {
+            Some((_, w, a)) if *w == p.worker && a.source == p.source && a.spec == **spec => {
+                continue;
+            }
+            Some((k, w, a)) => (Some((k.clone(), w.clone())), a.generation + 1),
+            None => (None, 1),
+        };
+        let assignment = Assignment {
+            spec: (*spec).clone(),
+            source: p.source.clone(),
+            generation,
+        };
+        let Ok(value) = serde_json::to_vec(&assignment) else {
+            continue;
+        };
+        let new_key = keys::assignment(&p.worker, &key.0, &key.1, &key.2);
+        let mut txn = Txn::new()
+            .when(Compare::Present(keys::worker(&p.worker)))
+            .when(Compare::Present(keys::task(&key.0, &key.1, &key.2)))
+            .and_then(Op::put(new_key.clone(), value));
+        if let Some((old, _)) = old_key
+            && old != new_key
+        {
+            txn = txn.and_then(Op::delete(old));
+        }
+        if store.txn(txn).await?.succeeded {
+            stats.changes += 1;
+        }
+    }
+    // Assignments to remove: tasks gone, unplaceable, or on a dead worker.
+    for (key, (store_key, _, _)) in &current {
+        if !plan.contains_key(key) {
+            store.delete(store_key).await?;
+            stats.changes += 1;
+        }
+    }
+
+    // Relays.
+    let wanted = placement::relays(&view, &plan);
+    let mut have: BTreeSet<String> = relays_now.kvs.iter().map(|kv| kv.key.clone()).collect();
+    for (from, to, (v, a, s)) in &wanted {
+        let k = keys::relay(from, to, v, a, s);
+        if have.remove(&k) {
+            continue;
+        }
+        let Some(target) = view.workers.get(to) else {
+            continue;
+        };
+        let relay = Relay {
+            vhost: v.clone(),
+            app: a.clone(),
+            stream: s.clone(),
+            to_worker: to.clone(),
+            to_rtmp_addr: target.rtmp_addr.clone(),
+        };
+        let Ok(value) = serde_json::to_vec(&relay) else {
+            continue;
+        };
+        let txn = Txn::new()
+            .when(Compare::Present(keys::worker(from)))
+            .and_then(Op::put(k, value));
+        if store.txn(txn).await?.succeeded {
+            stats.changes += 1;
+        }
+    }
+    for stale in have {
+        store.delete(&stale).await?;
+        stats.changes += 1;
+    }
+    Ok(stats)
+}

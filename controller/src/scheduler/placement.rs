@@ -1,0 +1,274 @@
+//! Where each task runs: a pure function of the cluster's state, so every rule is unit-
+//! tested without etcd, sockets or clocks.
+//!
+//! Rules:
+//! - a task whose stream is not live anywhere is not placed (it is reserved, `ready`);
+//! - a task runs on the worker where its stream is live (no extra hop);
+//! - when that worker is full (`max_sessions`), the task goes to the least-loaded worker
+//!   with room, which gets the stream relayed from the ingest worker over RTMP;
+//! - nobody has room: the ingest worker takes it anyway (overloaded beats not pushing);
+//! - a placement that is still valid is kept (no churn: moving a push means a reconnect
+//!   at the destination).
+
+use std::collections::BTreeMap;
+
+use pushcast_proto::model::{SourceRef, TaskSpec, WorkerInfo};
+
+/// (vhost, app, id) of a task, or (vhost, app, stream) of a stream.
+pub type Key = (String, String, String);
+
+/// Where a task runs and how it gets its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub worker: String,
+    pub source: SourceRef,
+}
+
+/// What the scheduler knows.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub tasks: Vec<TaskSpec>,
+    /// Registered (alive) workers by node id.
+    pub workers: BTreeMap<String, WorkerInfo>,
+    /// Live streams: (vhost, app, stream) → the worker that ingests it.
+    pub streams: BTreeMap<Key, String>,
+    /// Current placements by task.
+    pub current: BTreeMap<Key, Placement>,
+}
+
+fn task_key(t: &TaskSpec) -> Key {
+    (t.vhost.clone(), t.app.clone(), t.id.clone())
+}
+
+fn stream_key(t: &TaskSpec) -> Key {
+    (t.vhost.clone(), t.app.clone(), t.stream.name.clone())
+}
+
+/// Computes the desired placement of every placeable task.
+pub fn place(view: &View) -> BTreeMap<Key, Placement> {
+    let mut load: BTreeMap<&str, usize> = view.workers.keys().map(|w| (w.as_str(), 0)).collect();
+    let has_room = |load: &BTreeMap<&str, usize>, w: &str| -> bool {
+        match view.workers.get(w) {
+            Some(info) => {
+                info.max_sessions == 0
+                    || load.get(w).copied().unwrap_or(0) < info.max_sessions as usize
+            }
+            None => false,
+        }
+    };
+    let mut tasks: Vec<&TaskSpec> = view.tasks.iter().collect();
+    tasks.sort_by_key(|t| task_key(t));
+    let mut plan = BTreeMap::new();
+    let mut pending = Vec::new();
+
+    // Keep what is still valid.
+    for t in &tasks {
+        let Some(ingest) = view.streams.get(&stream_key(t)) else {
+            continue;
+        };
+        if !view.workers.contains_key(ingest) {
+            continue;
+        }
+        let Some(cur) = view.current.get(&task_key(t)) else {
+            pending.push(*t);
+            continue;
+        };
+        let valid = view.workers.contains_key(&cur.worker)
+            && match &cur.source {
+                SourceRef::Local => cur.worker == *ingest,
+                SourceRef::Relay { from_worker } => from_worker == ingest && cur.worker != *ingest,
+            };
+        if valid && has_room(&load, &cur.worker) {
+            *load.entry(cur.worker.as_str()).or_default() += 1;
+            plan.insert(task_key(t), cur.clone());
+        } else {
+            pending.push(*t);
+        }
+    }
+
+    // Place the rest.
+    for t in pending {
+        let Some(ingest) = view.streams.get(&stream_key(t)) else {
+            continue;
+        };
+        let placement = if has_room(&load, ingest) {
+            Placement {
+                worker: ingest.clone(),
+                source: SourceRef::Local,
+            }
+        } else {
+            let other = view
+                .workers
+                .keys()
+                .filter(|w| *w != ingest && has_room(&load, w))
+                .min_by_key(|w| (load.get(w.as_str()).copied().unwrap_or(0), (*w).clone()));
+            match other {
+                Some(w) => Placement {
+                    worker: w.clone(),
+                    source: SourceRef::Relay {
+                        from_worker: ingest.clone(),
+                    },
+                },
+                None => Placement {
+                    worker: ingest.clone(),
+                    source: SourceRef::Local,
+                },
+            }
+        };
+        if let Some((name, _)) = view.workers.get_key_value(&placement.worker) {
+            *load.entry(name.as_str()).or_default() += 1;
+        }
+        plan.insert(task_key(t), placement);
+    }
+    plan
+}
+
+/// The relays a plan needs: (from worker, to worker, stream).
+pub fn relays(
+    view: &View,
+    plan: &BTreeMap<Key, Placement>,
+) -> std::collections::BTreeSet<(String, String, Key)> {
+    let mut out = std::collections::BTreeSet::new();
+    for t in &view.tasks {
+        if let Some(Placement {
+            worker,
+            source: SourceRef::Relay { from_worker },
+        }) = plan.get(&task_key(t))
+        {
+            out.insert((from_worker.clone(), worker.clone(), stream_key(t)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use pushcast_proto::model::{Protocol, StreamSelector};
+
+    use super::*;
+
+    fn task(id: &str, stream: &str) -> TaskSpec {
+        TaskSpec {
+            id: id.into(),
+            vhost: "default".into(),
+            app: "app".into(),
+            stream: StreamSelector {
+                name: stream.into(),
+                ..Default::default()
+            },
+            protocol: Protocol::Rtmp,
+            url: "rtmp://h/live".into(),
+            stream_key: id.into(),
+            created_ms: 0,
+        }
+    }
+
+    fn worker(name: &str, max: u32) -> (String, WorkerInfo) {
+        (
+            name.into(),
+            WorkerInfo {
+                node_id: name.into(),
+                grpc_addr: format!("{name}:9100"),
+                rtmp_addr: format!("{name}:1935"),
+                max_sessions: max,
+            },
+        )
+    }
+
+    fn k(s: &str) -> Key {
+        ("default".into(), "app".into(), s.into())
+    }
+
+    fn local(w: &str) -> Placement {
+        Placement {
+            worker: w.into(),
+            source: SourceRef::Local,
+        }
+    }
+
+    #[test]
+    fn tasks_follow_their_stream_and_wait_without_one() {
+        let view = View {
+            tasks: vec![task("a", "s1"), task("b", "s2"), task("c", "nowhere")],
+            workers: [worker("w1", 0), worker("w2", 0)].into(),
+            streams: [(k("s1"), "w1".to_string()), (k("s2"), "w2".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        let plan = place(&view);
+        assert_eq!(plan.get(&k("a")), Some(&local("w1")));
+        assert_eq!(plan.get(&k("b")), Some(&local("w2")));
+        assert_eq!(plan.get(&k("c")), None);
+        assert!(relays(&view, &plan).is_empty());
+    }
+
+    #[test]
+    fn a_full_ingest_worker_overflows_to_the_least_loaded_via_relay() {
+        let view = View {
+            tasks: (0..5).map(|i| task(&format!("t{i}"), "s1")).collect(),
+            workers: [worker("w1", 2), worker("w2", 2), worker("w3", 0)].into(),
+            streams: [(k("s1"), "w1".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        let plan = place(&view);
+        let on = |w: &str| plan.values().filter(|p| p.worker == w).count();
+        assert_eq!((on("w1"), on("w2"), on("w3")), (2, 2, 1));
+        let relayed: Vec<_> = plan.values().filter(|p| p.worker != "w1").collect();
+        assert!(relayed.iter().all(|p| p.source
+            == SourceRef::Relay {
+                from_worker: "w1".into()
+            }));
+        let r = relays(&view, &plan);
+        assert_eq!(r.len(), 2, "one relay per (from, to, stream): {r:?}");
+    }
+
+    #[test]
+    fn nobody_has_room_the_ingest_worker_takes_it() {
+        let view = View {
+            tasks: vec![task("a", "s1"), task("b", "s1")],
+            workers: [worker("w1", 1)].into(),
+            streams: [(k("s1"), "w1".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        let plan = place(&view);
+        assert_eq!(plan.len(), 2);
+        assert!(plan.values().all(|p| *p == local("w1")));
+    }
+
+    #[test]
+    fn valid_placements_stick_and_dead_workers_lose_theirs() {
+        let mut view = View {
+            tasks: vec![task("a", "s1"), task("b", "s1")],
+            workers: [worker("w1", 1), worker("w2", 0), worker("w3", 0)].into(),
+            streams: [(k("s1"), "w1".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        // b sits on w3 via relay; the least-loaded rule alone would pick w2.
+        view.current.insert(k("a"), local("w1"));
+        let b_on_w3 = Placement {
+            worker: "w3".into(),
+            source: SourceRef::Relay {
+                from_worker: "w1".into(),
+            },
+        };
+        view.current.insert(k("b"), b_on_w3.clone());
+        let plan = place(&view);
+        assert_eq!(plan.get(&k("b")), Some(&b_on_w3), "no churn");
+        // The stream moves to w2 (w1 died, the encoder reconnected): both follow it.
+        view.workers.remove("w1");
+        view.streams.insert(k("s1"), "w2".into());
+        let plan = place(&view);
+        assert_eq!(plan.get(&k("a")), Some(&local("w2")));
+        assert_eq!(plan.get(&k("b")), Some(&local("w2")));
+    }
+
+    #[test]
+    fn a_stream_on_an_unregistered_worker_places_nothing() {
+        let view = View {
+            tasks: vec![task("a", "s1")],
+            workers: [worker("w2", 0)].into(),
+            streams: [(k("s1"), "gone".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        assert!(place(&view).is_empty());
+    }
+}
