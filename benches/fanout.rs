@@ -37,11 +37,12 @@ mod support;
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use pushcast_worker::media::FrameKind;
 use serde_json::json;
-use support::api::Node;
 use support::peers::flv::{read_flv, read_flv_file};
 use support::peers::net::free_tcp_port;
 use support::peers::nginx::RTMP_MODULE;
@@ -106,12 +107,11 @@ fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
 async fn run_bench(s: Settings) {
     let started = Instant::now();
     check_tools();
-    // Build (or find up to date) the release binaries now, not in the middle of a phase.
-    println!("fanout: cargo build --release --bins (a no-op when up to date) ...");
-    let bin = support::process::binary("pushcast");
+    // The pushcast binary cargo built for this bench target (bench profile = release).
+    let bin = pushcast_binary();
     assert!(
         bin.parent().is_some_and(|d| d.ends_with("release")),
-        "{} is not a release build: run the benchmark with `cargo bench`",
+        "{} is not an optimized build: run the benchmark with `cargo bench`",
         bin.display()
     );
     let work = tempfile::Builder::new()
@@ -675,15 +675,129 @@ async fn bench_nginx(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> Ou
 // ---------------------------------------------------------------------------------------
 // Peer B: pushcast
 
-async fn start_push(node: &Node, id: &str, url: &str, key: &str) {
-    let r = node
-        .action(
+/// The `pushcast` standalone binary that cargo built for this bench target (the `bench`
+/// profile, i.e. release), killed when dropped. Not `tests/support`'s `Node`: that one
+/// runs `cargo build --release --bins` first, whose feature set (no dev-dependencies)
+/// differs from the bench build's, so every run would rebuild half the tree twice.
+struct Pushcast {
+    child: Child,
+    log: PathBuf,
+    rest: String,
+    rtmp: String,
+    auth: String,
+    http: reqwest::Client,
+}
+
+impl Pushcast {
+    async fn start(data_dir: &Path, log: &Path) -> Pushcast {
+        let out = std::fs::File::create(log).expect("create pushcast log");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(pushcast_binary())
+            .args([
+                &format!("--data-dir={}", data_dir.display()),
+                &format!("--access-token={TOKEN}"),
+                "--rest-addr=127.0.0.1:0",
+                "--grpc-addr=127.0.0.1:0",
+                "--rtmp-addr=127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info")
+            .env_remove("PUSHCAST_CONFIG")
+            .env_remove("PUSHCAST_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn the pushcast binary");
+        let mut p = Pushcast {
+            child,
+            log: log.to_owned(),
+            rest: String::new(),
+            rtmp: String::new(),
+            auth: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(TOKEN)
+            ),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        };
+        p.rest = p.logged_addr("REST gateway listening").await;
+        p.rtmp = p.logged_addr("RTMP ingest listening").await;
+        p
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `needle` and returns its `addr=` field.
+    async fn logged_addr(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + SETUP_LIMIT;
+        loop {
+            let found = self.output().lines().find_map(|l| {
+                let rest = l.split_once(needle)?.1;
+                let v = rest.split_once("addr=")?.1;
+                Some(v.split_whitespace().next()?.trim_matches('"').to_owned())
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "pushcast exited ({status}) before logging '{needle}':\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pushcast did not log '{needle}':\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `POST /v1/vhosts/default/apps/app:{action}`; panics unless the answer is 200.
+    async fn action(&self, action: &str, body: serde_json::Value) {
+        let url = format!("http://{}/v1/vhosts/default/apps/app:{action}", self.rest);
+        let r = self
+            .http
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{action}: {e:?}"));
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "{action} {body}: {text}");
+    }
+
+    async fn start_push(&self, id: &str, url: &str, key: &str) {
+        self.action(
             "startPush",
             json!({"id": id, "stream": {"name": "src"}, "protocol": "rtmp",
                    "url": url, "streamKey": key}),
         )
         .await;
-    assert_eq!(r.status, 200, "startPush {id}: {}", r.text);
+    }
+}
+
+impl Drop for Pushcast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pushcast_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pushcast"))
 }
 
 async fn bench_pushcast(
@@ -696,19 +810,15 @@ async fn bench_pushcast(
         .prefix("pushcast-fanout-data-")
         .tempdir()
         .expect("tempdir");
-    let node = Node::standalone(data.path(), TOKEN).await;
-    let pid = node.proc.pid();
+    let node = Pushcast::start(data.path(), &logs.join("pushcast.log")).await;
+    let pid = node.pid();
     let mut publisher = publish(
         src,
-        &node.ingest_url("app", "src"),
+        &format!("rtmp://{}/app/src", node.rtmp),
         &logs.join("publish-pushcast.log"),
     );
     wait_for("pushcast to log 'publish started'", SETUP_LIMIT, || {
-        let ok = node
-            .proc
-            .output()
-            .iter()
-            .any(|l| l.contains("publish started"));
+        let ok = node.output().contains("publish started");
         async move { ok.then_some(()) }
     })
     .await;
@@ -723,9 +833,9 @@ async fn bench_pushcast(
     let dests = dest_names("p", s.n);
     let live = sink.url("live");
     for d in &dests {
-        start_push(&node, d, &live, d).await;
+        node.start_push(d, &live, d).await;
     }
-    let diag = || node.proc.output().join("\n");
+    let diag = || node.output();
     sink.wait_streams(&dests, "pushcast", &diag).await;
     tokio::time::sleep(s.warmup).await;
     assert!(
@@ -742,10 +852,9 @@ async fn bench_pushcast(
         tokio::time::sleep(Duration::from_millis(730)).await;
     }
     publisher.terminate(Duration::from_secs(3));
-    let warnings: Vec<String> = node
-        .proc
-        .output()
-        .into_iter()
+    let output = node.output();
+    let warnings: Vec<&str> = output
+        .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
     if !warnings.is_empty() {
@@ -776,11 +885,11 @@ struct Probe {
     audio_before_key: usize,
 }
 
-async fn probe_start(node: &Node, sink: &Sink, i: usize) -> Probe {
+async fn probe_start(node: &Pushcast, sink: &Sink, i: usize) -> Probe {
     let key = format!("probe{i}");
     let path = sink.record.join(format!("{key}.flv"));
     let t0 = Instant::now();
-    start_push(node, &key, &sink.url("probe"), &key).await;
+    node.start_push(&key, &sink.url("probe"), &key).await;
     let api = t0.elapsed();
     let limit = Duration::from_secs(10);
     let audio_before_key = loop {
@@ -797,8 +906,7 @@ async fn probe_start(node: &Node, sink: &Sink, i: usize) -> Probe {
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let to_keyframe = t0.elapsed();
-    let r = node.action("stopPush", json!({"id": key})).await;
-    assert_eq!(r.status, 200, "stopPush {key}: {}", r.text);
+    node.action("stopPush", json!({"id": key})).await;
     Probe {
         to_keyframe,
         api,

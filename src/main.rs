@@ -3,11 +3,9 @@
 //! paths as the distributed mode; the controller reaches the worker over loopback gRPC.
 
 use clap::Parser;
-use pushcast_controller::config::{
-    ControllerArgs, ControllerConfig, VhostSection, vhosts_or_default,
-};
+use pushcast_controller::config::{ControllerArgs, ControllerConfig, vhosts_from};
 use pushcast_runtime::cli::CommonArgs;
-use pushcast_runtime::config_file::ConfigFile;
+use pushcast_runtime::config_file::parse_args;
 use pushcast_worker::WorkerArgs;
 
 #[derive(Parser, Debug)]
@@ -32,12 +30,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     pushcast_runtime::logging::init();
-    let args: Vec<_> = std::env::args_os().collect();
-    let file = ConfigFile::locate(&args)?;
-    let cli = Cli::parse_from(file.merge_into_args(args));
-    let (vhosts, apps) = vhosts_or_default(
-        file.section::<std::collections::BTreeMap<String, VhostSection>>("vhosts")?,
-    );
+    let (cli, file) = parse_args::<Cli>()?;
+    let (vhosts, apps) = vhosts_from(&file)?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
     let store = cli.common.open_store().await?;
     let node_id = cli.common.node_id();

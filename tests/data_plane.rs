@@ -335,45 +335,7 @@ async fn a_destination_that_stops_reading_does_not_hurt_its_sibling() {
     )
     .await;
     // A high bitrate (~12 Mb/s), so the stalled destination's socket buffers fill up.
-    let heavy = dir.path().join("heavy.flv");
-    let out = std::process::Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            "10",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "12M",
-            "-g",
-            "60",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-        ])
-        .arg(&heavy)
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let heavy = support::peers::media::make_clip_file(dir.path(), "1280x720", 12_000, 10);
     let heavy_frames = ffprobe::probe(&heavy);
     let heavy_video = ffprobe::stream(&heavy_frames, "h264").frames;
     let mut publisher = Guard::spawn(

@@ -69,6 +69,15 @@ pub fn vhosts_or_default(
     (vhosts, apps)
 }
 
+/// Vhosts and apps of a loaded config file (or the default ones).
+pub fn vhosts_from(
+    file: &pushcast_runtime::config_file::ConfigFile,
+) -> anyhow::Result<(Vec<String>, Vec<AppConfig>)> {
+    Ok(vhosts_or_default(
+        file.section::<BTreeMap<String, VhostSection>>("vhosts")?,
+    ))
+}
+
 /// Everything [`crate::server::start`] needs.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {

@@ -4,45 +4,24 @@
 //! in time leaves the checkpoint in place: the API never waits long on a sick worker.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use pushcast_proto::keys;
 use pushcast_proto::model::{Task, TaskState, TaskStatus, WorkerInfo};
-use pushcast_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use pushcast_proto::v1;
 use pushcast_store::Store;
-use tonic::transport::{Channel, Endpoint};
 
-/// How long the API waits for a worker's live counters.
-const WORKER_DEADLINE: Duration = Duration::from_millis(500);
+use crate::worker_clients::{WORKER_DEADLINE, WorkerClients};
 
 #[derive(Clone)]
 pub struct LiveStatus {
     store: Arc<dyn Store>,
-    /// One lazily connected channel per worker address.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    clients: WorkerClients,
 }
 
 impl LiveStatus {
-    pub fn new(store: Arc<dyn Store>) -> LiveStatus {
-        LiveStatus {
-            store,
-            channels: Arc::default(),
-        }
-    }
-
-    fn channel(&self, addr: &str) -> Option<Channel> {
-        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(addr) {
-            return Some(c.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(WORKER_DEADLINE)
-            .timeout(WORKER_DEADLINE);
-        let channel = endpoint.connect_lazy();
-        map.insert(addr.to_string(), channel.clone());
-        Some(channel)
+    pub fn new(store: Arc<dyn Store>, clients: WorkerClients) -> LiveStatus {
+        LiveStatus { store, clients }
     }
 
     /// Replaces the checkpointed status of `tasks` with their workers' live status.
@@ -98,10 +77,9 @@ impl LiveStatus {
             Ok(None) => return None,
             Err(_) => return Some(vec![]),
         };
-        let Some(channel) = self.channel(&info.grpc_addr) else {
+        let Some(mut client) = self.clients.client(&info.grpc_addr) else {
             return Some(vec![]);
         };
-        let mut client = WorkerServiceClient::new(channel);
         let call = client.get_task_status(v1::GetTaskStatusRequest { tasks: refs });
         Some(match tokio::time::timeout(WORKER_DEADLINE, call).await {
             Ok(Ok(resp)) => resp.into_inner().tasks,

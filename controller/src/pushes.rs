@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::apps::Apps;
 use crate::live_status::LiveStatus;
 use crate::store_error::{api_error, decode, encode};
+use crate::worker_clients::WorkerClients;
 use pushcast_proto::keys;
 
 /// A startPush request as it arrived. `None` (or empty) is "missing": REST and gRPC
@@ -56,8 +57,8 @@ pub struct Pushes {
 }
 
 impl Pushes {
-    pub fn new(store: Arc<dyn Store>, apps: Apps) -> Pushes {
-        let live = LiveStatus::new(store.clone());
+    pub fn new(store: Arc<dyn Store>, apps: Apps, clients: WorkerClients) -> Pushes {
+        let live = LiveStatus::new(store.clone(), clients);
         Pushes { store, apps, live }
     }
 

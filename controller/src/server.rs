@@ -65,7 +65,8 @@ pub async fn start(
     apps.seed(&cfg.apps)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the configured apps: {e}"))?;
-    let pushes = Pushes::new(store.clone(), apps);
+    let clients = crate::worker_clients::WorkerClients::default();
+    let pushes = Pushes::new(store.clone(), apps, clients.clone());
 
     // Every replica campaigns; the leader schedules.
     let leading = crate::leader::campaign(
@@ -87,7 +88,7 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     let (sched_store, stop) = (store.clone(), shutdown.clone());
     tasks.spawn(async move {
-        crate::scheduler::run(sched_store, leading, stop).await;
+        crate::scheduler::run(sched_store, clients, leading, stop).await;
         Ok(())
     });
     let router = gateway::router(Gateway {

@@ -101,6 +101,14 @@ impl ConfigFile {
     }
 }
 
+/// Parses the process's arguments with the config file applied (see the module docs).
+pub fn parse_args<C: clap::Parser>() -> anyhow::Result<(C, ConfigFile)> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let file = ConfigFile::locate(&args)?;
+    let cli = C::parse_from(file.merge_into_args(args));
+    Ok((cli, file))
+}
+
 fn scalar(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),

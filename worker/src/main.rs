@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use pushcast_runtime::cli::CommonArgs;
-use pushcast_runtime::config_file::ConfigFile;
+use pushcast_runtime::config_file::parse_args;
 use pushcast_worker::WorkerArgs;
 
 #[derive(Parser, Debug)]
@@ -27,9 +27,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     pushcast_runtime::logging::init();
-    let args: Vec<_> = std::env::args_os().collect();
-    let file = ConfigFile::locate(&args)?;
-    let cli = Cli::parse_from(file.merge_into_args(args));
+    let (cli, _file) = parse_args::<Cli>()?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
     let store = cli.common.open_store().await?;
     let worker = pushcast_worker::start(

@@ -20,9 +20,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::backoff::{Backoff, BackoffConfig, Retryable};
-use crate::hub::{Hub, QueueLimits, StreamKey, TryRecvError};
-use crate::media::Frame;
-use crate::push::{self, FrameSource, PushConfig, SessionCounters, SessionEnd, TrackSelection};
+use crate::hub::{Hub, QueueLimits, StreamKey};
+use crate::push::{self, PushConfig, SessionCounters, SessionEnd, TrackSelection};
 
 /// The store key of the relay token.
 const TOKEN_KEY: &str = "secrets/relay-token";
@@ -184,7 +183,7 @@ impl Relays {
                 _ = cancel.cancelled() => return,
                 s = self.hub.subscribe_when_live(&key, QueueLimits::default()) => s,
             };
-            let mut source = Sub(sub);
+            let mut source = sub;
             let mut cfg = self.push.clone();
             cfg.shutdown = cancel.child_token();
             let counters = SessionCounters::new();
@@ -210,22 +209,6 @@ impl Relays {
                     }
                 }
             }
-        }
-    }
-}
-
-struct Sub(crate::hub::Subscription);
-
-#[async_trait::async_trait]
-impl FrameSource for Sub {
-    async fn next_frame(&mut self) -> Option<Frame> {
-        self.0.recv().await
-    }
-    fn try_next_frame(&mut self) -> Option<Option<Frame>> {
-        match self.0.try_recv() {
-            Ok(f) => Some(Some(f)),
-            Err(TryRecvError::Empty) => None,
-            Err(_) => Some(None),
         }
     }
 }

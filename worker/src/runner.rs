@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use pushcast_proto::keys;
 use pushcast_proto::model::{Assignment, TaskSpec, TaskState};
+use pushcast_proto::v1::ApplyAssignmentsRequest;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Store, WatchEvent};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::backoff::{Backoff, BackoffConfig};
@@ -48,13 +49,94 @@ struct Running {
     cancel: CancellationToken,
 }
 
+/// Assignment updates pushed by the leader over gRPC (`WorkerService.ApplyAssignments`),
+/// with a reply channel for how many changed something.
+pub type Updates = mpsc::Receiver<(ApplyAssignmentsRequest, oneshot::Sender<u32>)>;
+
+/// The assignments this worker runs, keyed by their store key.
+struct Assigned<'a> {
+    runner: &'a Runner,
+    shutdown: &'a CancellationToken,
+    running: HashMap<String, Running>,
+}
+
+impl Assigned<'_> {
+    /// Starts (or restarts) an assignment unless the same one, or a newer generation of
+    /// it, already runs: etcd's watch and the gRPC path may deliver it in either order.
+    fn put(&mut self, key: String, a: Assignment) -> bool {
+        if let Some(cur) = self.running.get(&key)
+            && (cur.assignment == a || cur.assignment.generation > a.generation)
+        {
+            return false;
+        }
+        if let Some(old) = self.running.remove(&key) {
+            old.cancel.cancel();
+        }
+        let r = self.runner.spawn(a, self.shutdown);
+        self.running.insert(key, r);
+        true
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        match self.running.remove(key) {
+            Some(r) => {
+                r.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes `set` the whole set.
+    fn replace_all(&mut self, set: HashMap<String, Assignment>) -> u32 {
+        let stale: Vec<String> = self
+            .running
+            .keys()
+            .filter(|k| !set.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut changed = 0;
+        for k in stale {
+            changed += u32::from(self.delete(&k));
+        }
+        for (k, a) in set {
+            changed += u32::from(self.put(k, a));
+        }
+        changed
+    }
+
+    fn apply(&mut self, req: ApplyAssignmentsRequest) -> u32 {
+        let mut set = HashMap::new();
+        let mut changed = 0;
+        for u in req.updates {
+            if u.assignment.is_empty() {
+                changed += u32::from(self.delete(&u.key));
+            } else if let Ok(a) = serde_json::from_slice::<Assignment>(&u.assignment) {
+                if req.full {
+                    set.insert(u.key, a);
+                } else {
+                    changed += u32::from(self.put(u.key, a));
+                }
+            }
+        }
+        if req.full {
+            changed += self.replace_all(set);
+        }
+        changed
+    }
+}
+
 impl Runner {
-    /// Follows this worker's assignments in the store until `shutdown`: list, then watch
-    /// from the listing's revision; on a broken watch, list again and reconcile. Applying
-    /// an assignment that is already running (same generation and spec) is a no-op.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Follows this worker's assignments until `shutdown`: from the store (list, then
+    /// watch from the listing's revision; on a broken watch, list again) and from the
+    /// leader's gRPC updates. Applying an assignment that already runs is a no-op.
+    pub async fn run(self, shutdown: CancellationToken, mut updates: Updates) {
         let prefix = keys::assignments_of(&self.node_id);
-        let mut running: HashMap<String, Running> = HashMap::new();
+        let mut assigned = Assigned {
+            runner: &self,
+            shutdown: &shutdown,
+            running: HashMap::new(),
+        };
         while !shutdown.is_cancelled() {
             let listing = match self.store.list(&prefix).await {
                 Ok(l) => l,
@@ -62,28 +144,22 @@ impl Runner {
                     tracing::warn!(error = %e, "cannot list assignments; sessions keep running, retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
+                        u = updates.recv() => {
+                            if let Some((req, reply)) = u {
+                                let _ = reply.send(assigned.apply(req));
+                            }
+                            continue;
+                        }
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
             };
-            let mut seen: HashMap<String, Assignment> = HashMap::new();
-            for kv in &listing.kvs {
-                if let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) {
-                    seen.insert(kv.key.clone(), a);
-                }
-            }
-            running.retain(|k, r| {
-                let keep = seen.get(k).is_some_and(|a| *a == r.assignment);
-                if !keep {
-                    r.cancel.cancel();
-                }
-                keep
-            });
-            for (k, a) in seen {
-                if let std::collections::hash_map::Entry::Vacant(e) = running.entry(k) {
-                    e.insert(self.spawn(a, &shutdown));
-                }
-            }
+            let set = listing
+                .kvs
+                .iter()
+                .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
+                .collect();
+            assigned.replace_all(set);
             let mut events = match self.store.watch(&prefix, listing.revision + 1).await {
                 Ok(w) => w,
                 Err(e) => {
@@ -97,25 +173,22 @@ impl Runner {
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    u = updates.recv() => {
+                        if let Some((req, reply)) = u {
+                            let _ = reply.send(assigned.apply(req));
+                        }
+                        continue;
+                    }
                     ev = events.next() => ev,
                 };
                 match ev {
                     Some(Ok(WatchEvent::Put(kv))) => {
-                        let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) else {
-                            continue;
-                        };
-                        if running.get(&kv.key).is_some_and(|r| r.assignment == a) {
-                            continue;
+                        if let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) {
+                            assigned.put(kv.key, a);
                         }
-                        if let Some(old) = running.remove(&kv.key) {
-                            old.cancel.cancel();
-                        }
-                        running.insert(kv.key, self.spawn(a, &shutdown));
                     }
                     Some(Ok(WatchEvent::Delete { key, .. })) => {
-                        if let Some(r) = running.remove(&key) {
-                            r.cancel.cancel();
-                        }
+                        assigned.delete(&key);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "assignment watch broke; listing again");
@@ -125,7 +198,7 @@ impl Runner {
                 }
             }
         }
-        for r in running.values() {
+        for r in assigned.running.values() {
             r.cancel.cancel();
         }
     }
@@ -237,7 +310,7 @@ impl Runner {
                     return wait_end(sub, cancel).await;
                 }
             };
-            let mut source = SubscriptionSource(sub);
+            let mut source = sub;
             let mut cfg = self.push.clone();
             cfg.shutdown = cancel.child_token();
             let started = Instant::now();
@@ -263,7 +336,7 @@ impl Runner {
                         crate::backoff::Retryable::Rejected
                     });
                     // Keep following the stream while waiting, so its end is noticed.
-                    let sub = source.0;
+                    let sub = source;
                     tokio::select! {
                         _ = cancel.cancelled() => return SessionEnd::Cancelled,
                         end = wait_end(sub, cancel) => return end,
@@ -312,17 +385,15 @@ fn task_key(spec: &TaskSpec) -> TaskKey {
     (spec.vhost.clone(), spec.app.clone(), spec.id.clone())
 }
 
-/// The hub's subscription as a push session's frame source.
-struct SubscriptionSource(Subscription);
-
+/// A hub subscription is what push sessions read (tasks and relays alike).
 #[async_trait::async_trait]
-impl FrameSource for SubscriptionSource {
+impl FrameSource for Subscription {
     async fn next_frame(&mut self) -> Option<Frame> {
-        self.0.recv().await
+        self.recv().await
     }
 
     fn try_next_frame(&mut self) -> Option<Option<Frame>> {
-        match self.0.try_recv() {
+        match self.try_recv() {
             Ok(f) => Some(Some(f)),
             Err(TryRecvError::Empty) => None,
             Err(_) => Some(None),

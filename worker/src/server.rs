@@ -134,13 +134,17 @@ pub async fn start(
         node_id: node_id.clone(),
         fence: fence.clone(),
     };
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        runner.run(stop).await;
+        runner.run(stop, updates_rx).await;
         Ok(())
     });
 
-    let api = WorkerApi { live: live.clone() };
+    let api = WorkerApi {
+        live: live.clone(),
+        updates: updates_tx,
+    };
     let stop = shutdown.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()

@@ -1,6 +1,7 @@
 //! `WorkerService`: what the controllers ask a worker directly.
 
 use pushcast_proto::v1::{self, worker_service_server::WorkerService};
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::live::LiveTasks;
@@ -8,6 +9,8 @@ use crate::live::LiveTasks;
 #[derive(Clone)]
 pub struct WorkerApi {
     pub live: LiveTasks,
+    /// To the task runner, which applies assignment updates.
+    pub updates: mpsc::Sender<(v1::ApplyAssignmentsRequest, oneshot::Sender<u32>)>,
 }
 
 #[tonic::async_trait]
@@ -33,5 +36,20 @@ impl WorkerService for WorkerApi {
             })
             .collect();
         Ok(Response::new(v1::GetTaskStatusResponse { tasks }))
+    }
+
+    async fn apply_assignments(
+        &self,
+        req: Request<v1::ApplyAssignmentsRequest>,
+    ) -> Result<Response<v1::ApplyAssignmentsResponse>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.updates
+            .send((req.into_inner(), tx))
+            .await
+            .map_err(|_| Status::unavailable("the worker is shutting down"))?;
+        let changed = rx
+            .await
+            .map_err(|_| Status::unavailable("the worker is shutting down"))?;
+        Ok(Response::new(v1::ApplyAssignmentsResponse { changed }))
     }
 }

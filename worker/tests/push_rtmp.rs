@@ -133,6 +133,20 @@ async fn rtmp_to_nginx_records_every_frame() {
         first < 100,
         "recording starts near 0, not at the source's time: {first}"
     );
+
+    // The same with a write per frame (no gathering window).
+    let cfg = PushConfig {
+        write_interval: Duration::ZERO,
+        ..PushConfig::default()
+    };
+    let (result, counters, _) = push(&nginx.rtmp_url(), "stream2", frames.clone(), 4.0, &cfg).await;
+    assert_eq!(
+        result.expect("session ends cleanly"),
+        SessionEnd::SourceEnded
+    );
+    assert_eq!(counters.sent_bytes(), payload_bytes(&frames));
+    let path = nginx.finished_recording("stream2", Duration::from_secs(10));
+    assert_recording_matches(&path, &frames);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,18 +10,21 @@
 
 pub mod placement;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pushcast_proto::keys;
 use pushcast_proto::model::{Assignment, LiveStream, Relay, TaskSpec, WorkerInfo};
+use pushcast_proto::v1;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Compare, Op, Store, StoreError, Txn};
 use tokio::sync::watch;
 
 use placement::{Key, Placement, View};
+
+use crate::worker_clients::WorkerClients;
 
 /// How often a pass runs without any store event.
 const PERIOD: Duration = Duration::from_secs(2);
@@ -29,6 +32,7 @@ const PERIOD: Duration = Duration::from_secs(2);
 /// Runs passes while this controller is the leader, until `shutdown`.
 pub async fn run(
     store: Arc<dyn Store>,
+    clients: WorkerClients,
     mut leader: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
@@ -51,13 +55,15 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = lost => tracing::info!("no longer the leader: scheduling stops"),
-            _ = lead(store.clone()) => {}
+            _ = lead(store.clone(), clients.clone()) => {}
         }
     }
 }
 
 /// The control loop of a leader: pass on changes and on a timer.
-async fn lead(store: Arc<dyn Store>) {
+async fn lead(store: Arc<dyn Store>, clients: WorkerClients) {
+    // Workers told their full set, by node id → WorkerService address.
+    let mut told: HashMap<String, String> = HashMap::new();
     loop {
         let mut events = match store.watch("", 0).await {
             Ok(w) => Some(w),
@@ -70,18 +76,20 @@ async fn lead(store: Arc<dyn Store>) {
         loop {
             let t0 = Instant::now();
             match pass(store.as_ref()).await {
-                Ok(stats) if stats.changes > 0 => {
-                    tracing::info!(
-                        changes = stats.changes,
-                        placed = stats.placed,
-                        took_ms = t0.elapsed().as_millis() as u64,
-                        "scheduler pass"
-                    )
+                Ok(stats) => {
+                    let took_ms = t0.elapsed().as_millis() as u64;
+                    if stats.changes > 0 {
+                        tracing::info!(
+                            changes = stats.changes,
+                            placed = stats.placed,
+                            took_ms,
+                            "scheduler pass"
+                        );
+                    } else {
+                        tracing::debug!(took_ms, "scheduler pass: nothing to do");
+                    }
+                    notify(&clients, &mut told, stats).await;
                 }
-                Ok(_) => tracing::debug!(
-                    took_ms = t0.elapsed().as_millis() as u64,
-                    "scheduler pass: nothing to do"
-                ),
                 Err(e) => tracing::warn!(error = %e, "scheduler pass failed; retrying"),
             }
             // Wait for a relevant change (then let a burst settle) or the timer.
@@ -128,6 +136,48 @@ async fn next_relevant(events: &mut pushcast_store::WatchStream) -> bool {
 pub struct PassStats {
     pub placed: usize,
     pub changes: usize,
+    /// Registered workers: node id → WorkerService address.
+    pub workers: BTreeMap<String, String>,
+    /// What changed, per worker (a removal has an empty assignment).
+    pub drift: BTreeMap<String, Vec<v1::AssignmentUpdate>>,
+    /// Every worker's whole set after the pass.
+    pub full: BTreeMap<String, Vec<v1::AssignmentUpdate>>,
+}
+
+/// Tells the workers over gRPC: the drift to those already told, the full set to the
+/// others (new, or restarted on another address). Best effort: a worker also follows its
+/// assignments in the store, so a failed call only costs latency.
+async fn notify(clients: &WorkerClients, told: &mut HashMap<String, String>, mut stats: PassStats) {
+    told.retain(|w, addr| stats.workers.get(w) == Some(addr));
+    let calls = stats.workers.iter().filter_map(|(worker, addr)| {
+        let (updates, full) = if told.contains_key(worker) {
+            (stats.drift.remove(worker)?, false)
+        } else {
+            (stats.full.remove(worker).unwrap_or_default(), true)
+        };
+        let mut client = clients.client(addr)?;
+        let worker = worker.clone();
+        let addr = addr.clone();
+        Some(async move {
+            let r = client
+                .apply_assignments(v1::ApplyAssignmentsRequest { updates, full })
+                .await;
+            (worker, addr, full, r)
+        })
+    });
+    for (worker, addr, full, r) in futures::future::join_all(calls).await {
+        match r {
+            Ok(_) => {
+                if full {
+                    told.insert(worker, addr);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(worker, error = %e, "worker not told over gRPC (it follows the store)");
+                told.remove(&worker);
+            }
+        }
+    }
 }
 
 /// One reconciliation pass.
@@ -180,7 +230,16 @@ pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
     let plan = placement::place(&view);
     let mut stats = PassStats {
         placed: plan.len(),
-        changes: 0,
+        workers: view
+            .workers
+            .iter()
+            .map(|(w, i)| (w.clone(), i.grpc_addr.clone()))
+            .collect(),
+        ..PassStats::default()
+    };
+    let update = |key: &str, value: Vec<u8>| v1::AssignmentUpdate {
+        key: key.to_string(),
+        assignment: value,
     };
     let specs: BTreeMap<Key, &TaskSpec> = view
         .tasks
@@ -207,24 +266,41 @@ pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
             continue;
         };
         let new_key = keys::assignment(&p.worker, &key.0, &key.1, &key.2);
+        let put = update(&new_key, value.clone());
         let mut txn = Txn::new()
             .when(Compare::Present(keys::worker(&p.worker)))
             .when(Compare::Present(keys::task(&key.0, &key.1, &key.2)))
             .and_then(Op::put(new_key.clone(), value));
-        if let Some((old, _)) = old_key
+        let mut removed = None;
+        if let Some((old, old_worker)) = old_key
             && old != new_key
         {
-            txn = txn.and_then(Op::delete(old));
+            txn = txn.and_then(Op::delete(old.clone()));
+            removed = Some((old_worker, update(&old, vec![])));
         }
         if store.txn(txn).await?.succeeded {
             stats.changes += 1;
+            stats
+                .full
+                .entry(p.worker.clone())
+                .or_default()
+                .push(put.clone());
+            stats.drift.entry(p.worker.clone()).or_default().push(put);
+            if let Some((w, u)) = removed {
+                stats.drift.entry(w).or_default().push(u);
+            }
         }
     }
     // Assignments to remove: tasks gone, unplaceable, or on a dead worker.
-    for (key, (store_key, _, _)) in &current {
+    for (key, (store_key, worker, _)) in &current {
         if !plan.contains_key(key) {
             store.delete(store_key).await?;
             stats.changes += 1;
+            stats
+                .drift
+                .entry(worker.clone())
+                .or_default()
+                .push(update(store_key, vec![]));
         }
     }
 

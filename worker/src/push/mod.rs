@@ -28,9 +28,15 @@
 //! keyframe) at 0.
 //!
 //! Cost per destination: frames are refcounted, RTMP chunking is done once per frame
-//! into a segment list whose large pieces are slices of the frame, and every frame that
-//! is ready when the session wakes up goes into one vectored write (bounded by
-//! [`PushConfig::max_batch_frames`] / [`PushConfig::max_batch_bytes`]).
+//! into a segment list whose large pieces are slices of the frame, and a session writes
+//! at most once per [`PushConfig::write_interval`] (100 ms; the first frame after a pause
+//! at once), with every frame that is ready by then in one vectored write (bounded by
+//! [`PushConfig::max_batch_frames`] / [`PushConfig::max_batch_bytes`]). While it gathers,
+//! a session sleeps on a timer shared with every other session of the process instead of
+//! being woken by each frame: wake-ups, not bytes, are what a destination costs.
+//! Measured (`tests/push_bench.rs`, release, 50 RTMP destinations of a 3.2 Mb/s 720p30
+//! stream on one nginx-rtmp): 0.22–0.26 CPU-ms per stream-second per destination,
+//! against 0.21 for nginx-rtmp's own `push`; writing every frame at once costs ~1.5.
 
 mod dest;
 mod error;

@@ -87,6 +87,16 @@ pub fn test_media() -> &'static TestMedia {
 /// Makes an FLV clip of `seconds` of `size` (e.g. `1280x720`) 30 fps H.264 at about
 /// `video_kbps`, GOP 60, plus AAC, for benchmarks that want a realistic bitrate.
 pub fn make_clip(dir: &std::path::Path, size: &str, video_kbps: u32, seconds: u32) -> Vec<Frame> {
+    read_flv_file(&make_clip_file(dir, size, video_kbps, seconds))
+}
+
+/// Like [`make_clip`], returning the FLV file's path.
+pub fn make_clip_file(
+    dir: &std::path::Path,
+    size: &str,
+    video_kbps: u32,
+    seconds: u32,
+) -> std::path::PathBuf {
     let flv = dir.join(format!("clip-{size}-{video_kbps}k-{seconds}s.flv"));
     let rate = format!("{video_kbps}k");
     let out = run(
@@ -133,5 +143,5 @@ pub fn make_clip(dir: &std::path::Path, size: &str, video_kbps: u32, seconds: u3
         "ffmpeg could not make the clip: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    read_flv_file(&flv)
+    flv
 }
