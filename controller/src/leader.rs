@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use pushcast_proto::keys;
 use pushcast_runtime::CancellationToken;
-use pushcast_store::{Compare, Op, Store, Txn};
+use pushcast_store::{Compare, Op, Store, Txn, WatchEvent};
 use tokio::sync::watch;
 
 /// Starts campaigning; the receiver says whether this node leads right now.
@@ -25,27 +26,50 @@ pub fn campaign(
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         while !shutdown.is_cancelled() {
-            match try_lead(store.as_ref(), &node_id, ttl, &tx, &shutdown).await {
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election: store error"),
-            }
+            let lost_at = match try_lead(store.as_ref(), &node_id, ttl, &tx, &shutdown).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: store error");
+                    None
+                }
+            };
             let _ = tx.send(false);
+            // Another node leads: try again as soon as its key goes (its lease expired or
+            // was revoked), or after a TTL anyway.
+            let wait_for_vacancy = async {
+                match lost_at {
+                    Some(rev) => match store.watch(keys::LEADER, rev + 1).await {
+                        Ok(mut events) => {
+                            while let Some(Ok(ev)) = events.next().await {
+                                if matches!(ev, WatchEvent::Delete { .. }) {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(_) => tokio::time::sleep(ttl / 4).await,
+                    },
+                    None => tokio::time::sleep(ttl / 4).await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(ttl / 4) => {}
+                _ = wait_for_vacancy => {}
+                _ = tokio::time::sleep(ttl) => {}
             }
         }
     });
     rx
 }
 
+/// Campaigns once. `Some(revision)`: another node leads (seen at that revision); `None`:
+/// this node led and no longer does.
 async fn try_lead(
     store: &dyn Store,
     node_id: &str,
     ttl: Duration,
     tx: &watch::Sender<bool>,
     shutdown: &CancellationToken,
-) -> Result<(), pushcast_store::StoreError> {
+) -> Result<Option<i64>, pushcast_store::StoreError> {
     let lease = store.grant_lease(ttl).await?;
     let txn = Txn::new()
         .when(Compare::Absent(keys::LEADER.to_string()))
@@ -54,9 +78,10 @@ async fn try_lead(
             node_id.as_bytes().to_vec(),
             lease,
         ));
-    if !store.txn(txn).await?.succeeded {
+    let r = store.txn(txn).await?;
+    if !r.succeeded {
         let _ = store.revoke_lease(lease).await;
-        return Ok(());
+        return Ok(Some(r.revision));
     }
     tracing::info!(node = node_id, "elected leader");
     let _ = tx.send(true);
@@ -70,7 +95,7 @@ async fn try_lead(
                 let _ = tx.send(false);
                 let _ = store.revoke_lease(lease).await;
                 tracing::info!(node = node_id, "leadership released at shutdown");
-                return Ok(());
+                return Ok(None);
             }
             _ = tokio::time::sleep(period) => {}
         }
@@ -78,7 +103,7 @@ async fn try_lead(
             Ok(Ok(())) => last_ok = Instant::now(),
             Ok(Err(pushcast_store::StoreError::LeaseNotFound(_))) => {
                 tracing::warn!(node = node_id, "leader lease lost");
-                return Ok(());
+                return Ok(None);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease"),
             Err(_) => tracing::warn!("renewing the leader lease timed out"),
@@ -90,7 +115,7 @@ async fn try_lead(
             );
             let _ = tx.send(false);
             let _ = store.revoke_lease(lease).await;
-            return Ok(());
+            return Ok(None);
         }
     }
 }

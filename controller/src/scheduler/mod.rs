@@ -251,7 +251,11 @@ pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
     for (key, p) in &plan {
         let Some(spec) = specs.get(key) else { continue };
         let (old_key, generation) = match current.get(key) {
-            Some((_, w, a)) if *w == p.worker && a.source == p.source && a.spec == **spec => {
+            Some((k, w, a)) if *w == p.worker && a.source == p.source && a.spec == **spec => {
+                // Unchanged, but part of the worker's whole set (a new leader sends it).
+                if let Ok(v) = serde_json::to_vec(a) {
+                    stats.full.entry(w.clone()).or_default().push(update(k, v));
+                }
                 continue;
             }
             Some((k, w, a)) => (Some((k.clone(), w.clone())), a.generation + 1),
