@@ -880,6 +880,9 @@ struct Probe {
     to_keyframe: Duration,
     /// startPush sent → its HTTP answer.
     api: Duration,
+    /// startPush sent → the sink's recorder opened the file, i.e. it accepted the
+    /// push's RTMP `publish` (connect, handshake and publish are done by then).
+    publish: Duration,
     /// Audio frames the sink wrote before that keyframe (0: the push began on a keyframe;
     /// nginx's recorder drops video until the first keyframe but keeps audio).
     audio_before_key: usize,
@@ -892,11 +895,13 @@ async fn probe_start(node: &Pushcast, sink: &Sink, i: usize) -> Probe {
     node.start_push(&key, &sink.url("probe"), &key).await;
     let api = t0.elapsed();
     let limit = Duration::from_secs(10);
+    let mut publish = None;
     let audio_before_key = loop {
-        if let Ok(data) = std::fs::read(&path)
-            && let Some(audio) = first_keyframe(&data)
-        {
-            break audio;
+        if let Ok(data) = std::fs::read(&path) {
+            publish.get_or_insert_with(|| t0.elapsed());
+            if let Some(audio) = first_keyframe(&data) {
+                break audio;
+            }
         }
         assert!(
             t0.elapsed() < limit,
@@ -910,6 +915,7 @@ async fn probe_start(node: &Pushcast, sink: &Sink, i: usize) -> Probe {
     Probe {
         to_keyframe,
         api,
+        publish: publish.unwrap_or(to_keyframe),
         audio_before_key,
     }
 }
@@ -1011,10 +1017,11 @@ fn report(s: &Settings, src: &Source, nginx: &Outcome, pushcast: &Outcome, probe
     );
     for (i, p) in probes.iter().enumerate() {
         println!(
-            "  probe {i}: {:>5.0} ms to keyframe (startPush answered in {:.0} ms), {} audio \
-             frames before it",
+            "  probe {i}: {:>5.0} ms to keyframe (startPush answered in {:.0} ms, publish \
+             accepted by the sink at {:.0} ms), {} audio frames before it",
             p.to_keyframe.as_secs_f64() * 1000.0,
             p.api.as_secs_f64() * 1000.0,
+            p.publish.as_secs_f64() * 1000.0,
             p.audio_before_key
         );
     }

@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pushcast/v1/push.proto",
         "pushcast/v1/app.proto",
         "pushcast/v1/worker.proto",
+        "pushcast/v1/stream_key.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -35,15 +35,32 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = pushcast_runtime::shutdown::on_signal();
     let store = cli.common.open_store().await?;
     let node_id = cli.common.node_id();
+    let worker = pushcast_worker::start(
+        cli.worker,
+        cli.worker_grpc_addr,
+        node_id.clone(),
+        store.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let mut controller_args = cli.controller;
+    if controller_args.public_ingest_url.is_none() {
+        let ip = worker.rtmp_addr.ip();
+        let host = if ip.is_unspecified() {
+            "localhost".to_string()
+        } else {
+            ip.to_string()
+        };
+        controller_args.public_ingest_url =
+            Some(format!("rtmp://{host}:{}", worker.rtmp_addr.port()));
+    }
     let cfg = ControllerConfig {
-        args: cli.controller,
+        args: controller_args,
         vhosts,
         apps,
-        node_id: node_id.clone(),
+        node_id,
     };
-    let controller = pushcast_controller::start(cfg, store.clone(), shutdown.clone()).await?;
-    let worker =
-        pushcast_worker::start(cli.worker, cli.worker_grpc_addr, node_id, store, shutdown).await?;
+    let controller = pushcast_controller::start(cfg, store, shutdown).await?;
     println!("pushcast standalone is up");
     println!(
         "  REST API (OME-compatible): http://{}",

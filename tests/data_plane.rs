@@ -110,6 +110,7 @@ fn assert_clean_recording(path: &Path, min_video: usize, min_audio: usize) {
 async fn reserved_rtmp_push_starts_on_publish_and_restarts_on_republish() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
     let nginx = Nginx::start();
     let media = test_media();
 
@@ -173,6 +174,7 @@ async fn reserved_rtmp_push_starts_on_publish_and_restarts_on_republish() {
 async fn push_started_mid_stream_begins_on_a_keyframe_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
     let nginx = Nginx::start();
     let media = test_media();
     let mut publisher = publish(&node, "live1", 1, dir.path());
@@ -199,6 +201,7 @@ async fn push_started_mid_stream_begins_on_a_keyframe_at_once() {
 async fn mpegts_over_udp_reaches_an_ffmpeg_receiver() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
     let port = free_udp_port();
     let out = dir.path().join("udp.ts");
     let url =
@@ -242,6 +245,7 @@ async fn mpegts_over_udp_reaches_an_ffmpeg_receiver() {
 async fn twenty_pushes_of_one_stream_all_complete() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
     let nginx = Nginx::start();
     let media = test_media();
     for i in 0..20 {
@@ -267,6 +271,7 @@ async fn twenty_pushes_of_one_stream_all_complete() {
 async fn destination_down_at_start_errors_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
     // Nothing listens on this port yet.
     let port = support::free_port();
     start_push(
@@ -320,6 +325,7 @@ fn failure_times(node: &Node) -> Vec<f64> {
 async fn a_destination_that_stops_reading_does_not_hurt_its_sibling() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
     let healthy = Nginx::start();
     let stalling = Nginx::start();
     start_push(

@@ -113,6 +113,7 @@ fn publisher(node: &Node, stream: &str, dir: &std::path::Path, tag: &str) -> Gua
 async fn malformed_ingest_input_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
 
     // 1. Random bytes instead of a handshake.
     let mut s = connect(&node);

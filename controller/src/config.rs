@@ -30,6 +30,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "PUSHCAST_GRPC_ADDR", default_value = "0.0.0.0:9000")]
     pub grpc_addr: SocketAddr,
 
+    /// Where encoders publish, as stream-key answers show it (`rtmpUrl` is this + `/app`).
+    /// Default: `rtmp://localhost:1935` (standalone: its own ingest address).
+    #[arg(long, env = "PUSHCAST_PUBLIC_INGEST_URL")]
+    pub public_ingest_url: Option<String>,
+
     /// TTL of the leader's lease, in seconds: a dead leader is replaced within it.
     #[arg(long, env = "PUSHCAST_LEADER_TTL_SECS", default_value_t = 5)]
     pub leader_ttl_secs: u64,

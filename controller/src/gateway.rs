@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use crate::apps::AppPatch;
 use crate::auth::Auth;
 use crate::pushes::{Pushes, StartPush};
+use crate::stream_keys::StreamKeys;
 
 /// Largest request body accepted; more is 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -28,6 +29,7 @@ const REALM: &str = "pushcast";
 #[derive(Clone)]
 pub struct Gateway {
     pub pushes: Pushes,
+    pub keys: StreamKeys,
     pub auth: Auth,
 }
 
@@ -220,6 +222,9 @@ async fn app_target(
         (&Method::PATCH, None) => patch_app(&gw, &vhost, &app, body).await,
         (&Method::DELETE, None) => apps.delete(&vhost, &app).await.map(|()| Value::Null),
         (&Method::GET, Some("pushes")) => list_pushes(&gw, &vhost, &app, Map::new()).await,
+        (&Method::POST, Some(action @ ("streamKey" | "deleteStreamKey"))) => {
+            stream_key_action(&gw, &vhost, &app, action, body).await
+        }
         (&Method::POST, Some(action @ ("startPush" | "stopPush" | "pushes"))) => {
             post_action(&gw, &vhost, &app, action, body).await
         }
@@ -265,6 +270,27 @@ async fn post_action(
             Ok(gw.pushes.stop(vhost, app, id).await?.to_ome_json())
         }
         _ => list_pushes(gw, vhost, app, obj).await,
+    }
+}
+
+async fn stream_key_action(
+    gw: &Gateway,
+    vhost: &str,
+    app: &str,
+    action: &str,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let obj = json_object(body).await?;
+    let stream = obj.get("stream").and_then(Value::as_str);
+    let flag = |name: &str| obj.get(name).and_then(Value::as_bool).unwrap_or(false);
+    if action == "streamKey" {
+        let issued = gw.keys.get(vhost, app, stream, flag("regenerate")).await?;
+        Ok(issued.to_ome_json())
+    } else {
+        gw.keys
+            .delete(vhost, app, stream, flag("disconnect"))
+            .await?;
+        Ok(Value::Null)
     }
 }
 

@@ -6,15 +6,20 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use pushcast_proto::model::AppConfig;
-use pushcast_proto::v1::{self, app_service_server::AppService, push_service_server::PushService};
+use pushcast_proto::v1::{
+    self, app_service_server::AppService, push_service_server::PushService,
+    stream_key_service_server::StreamKeyService,
+};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Auth;
 use crate::pushes::{PushEvent, Pushes, StartPush};
+use crate::stream_keys::StreamKeys;
 
 #[derive(Clone)]
 pub struct Api {
     pub pushes: Pushes,
+    pub keys: StreamKeys,
 }
 
 /// Returns an interceptor that checks the `authorization` metadata.
@@ -170,5 +175,31 @@ impl AppService for Api {
         let r = req.into_inner();
         self.pushes.apps().delete(&r.vhost, &r.name).await?;
         Ok(Response::new(v1::DeleteAppResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl StreamKeyService for Api {
+    async fn get_stream_key(
+        &self,
+        req: Request<v1::GetStreamKeyRequest>,
+    ) -> Result<Response<v1::GetStreamKeyResponse>, Status> {
+        let r = req.into_inner();
+        let issued = self
+            .keys
+            .get(&r.vhost, &r.app, Some(&r.stream), r.regenerate)
+            .await?;
+        Ok(Response::new(issued.to_proto()))
+    }
+
+    async fn delete_stream_key(
+        &self,
+        req: Request<v1::DeleteStreamKeyRequest>,
+    ) -> Result<Response<v1::DeleteStreamKeyResponse>, Status> {
+        let r = req.into_inner();
+        self.keys
+            .delete(&r.vhost, &r.app, Some(&r.stream), r.disconnect)
+            .await?;
+        Ok(Response::new(v1::DeleteStreamKeyResponse {}))
     }
 }

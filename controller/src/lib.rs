@@ -13,6 +13,7 @@ pub mod pushes;
 pub mod scheduler;
 pub mod server;
 pub mod store_error;
+pub mod stream_keys;
 pub mod worker_clients;
 
 pub use config::{ControllerArgs, ControllerConfig};

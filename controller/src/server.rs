@@ -9,6 +9,7 @@ use anyhow::Context;
 use base64::Engine;
 use pushcast_proto::v1::app_service_server::AppServiceServer;
 use pushcast_proto::v1::push_service_server::PushServiceServer;
+use pushcast_proto::v1::stream_key_service_server::StreamKeyServiceServer;
 use pushcast_runtime::CancellationToken;
 use pushcast_runtime::logging::redact;
 use pushcast_store::{Compare, Op, Store, Txn};
@@ -66,7 +67,16 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the configured apps: {e}"))?;
     let clients = crate::worker_clients::WorkerClients::default();
-    let pushes = Pushes::new(store.clone(), apps, clients.clone());
+    let pushes = Pushes::new(store.clone(), apps.clone(), clients.clone());
+    let stream_keys = crate::stream_keys::StreamKeys::new(
+        store.clone(),
+        apps,
+        clients.clone(),
+        cfg.args
+            .public_ingest_url
+            .clone()
+            .unwrap_or_else(|| "rtmp://localhost:1935".to_string()),
+    );
 
     // Every replica campaigns; the leader schedules.
     let leading = crate::leader::campaign(
@@ -93,6 +103,7 @@ pub async fn start(
     });
     let router = gateway::router(Gateway {
         pushes: pushes.clone(),
+        keys: stream_keys.clone(),
         auth: auth.clone(),
     });
     let stop = shutdown.clone();
@@ -112,7 +123,10 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build gRPC reflection")?;
-    let api = Api { pushes };
+    let api = Api {
+        pushes,
+        keys: stream_keys,
+    };
     let interceptor = auth_interceptor(auth);
     let stop = shutdown.clone();
     tasks.spawn(async move {
@@ -123,7 +137,11 @@ pub async fn start(
                 api.clone(),
                 interceptor.clone(),
             ))
-            .add_service(AppServiceServer::with_interceptor(api, interceptor))
+            .add_service(AppServiceServer::with_interceptor(
+                api.clone(),
+                interceptor.clone(),
+            ))
+            .add_service(StreamKeyServiceServer::with_interceptor(api, interceptor))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async move { stop.cancelled().await },

@@ -107,6 +107,29 @@ pub fn relays_of(from: &str) -> String {
 /// Prefix of every relay.
 pub const RELAYS: &str = "relay/";
 
+/// The stream-key record of a stream (a nonce the key is derived from, never the key).
+pub fn stream_key(vhost: &str, app: &str, stream: &str) -> String {
+    format!(
+        "keys/{}/{}/streams/{}",
+        escape(vhost),
+        escape(app),
+        escape(stream)
+    )
+}
+
+/// The lookup entry of a stream key: by the SHA-256 of the key, the stream it opens.
+pub fn stream_key_lookup(vhost: &str, app: &str, key_hash_hex: &str) -> String {
+    format!(
+        "keys/{}/{}/lookup/{}",
+        escape(vhost),
+        escape(app),
+        key_hash_hex
+    )
+}
+
+/// The secret stream keys are derived from.
+pub const STREAM_KEY_SECRET: &str = "secrets/stream-key-secret";
+
 /// The controllers' election key.
 pub const LEADER: &str = "leader";
 

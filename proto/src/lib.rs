@@ -9,6 +9,7 @@
 pub mod error;
 pub mod keys;
 pub mod model;
+pub mod stream_keys;
 pub mod time;
 
 pub use error::{ApiError, ErrorKind};

@@ -86,6 +86,19 @@ impl Node {
         }
     }
 
+    /// Lets encoders publish to `app` with the stream name as key (the per-app
+    /// `openPublish` option), for tests about pushing rather than about stream keys.
+    pub async fn open_publish(&self, app: &str) {
+        let r = self
+            .call(
+                "PATCH",
+                &format!("/v1/vhosts/default/apps/{app}"),
+                Some(r#"{"openPublish":true}"#),
+            )
+            .await;
+        assert_eq!(r.status, 200, "openPublish on {app}: {}", r.text);
+    }
+
     /// Kills the process (SIGKILL) and starts it again; addresses are re-read.
     pub async fn restart(&mut self) {
         self.proc.restart().await;

@@ -124,6 +124,10 @@ impl Cluster {
             format!("--data-dir={}", data.display()),
         ];
         let node = Node::start("pushcast-controller", &id, args, TOKEN).await;
+        if i == 0 {
+            // These tests are about scheduling: publish by stream name.
+            node.open_publish("app").await;
+        }
         self.controllers.push(node);
         self.controller_alive.push(true);
         i

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_proto::keys;
-use pushcast_proto::model::{LiveStream, RELAY_APP};
+use pushcast_proto::model::{AppConfig, LiveStream, RELAY_APP};
+use pushcast_proto::stream_keys::lookup_hash;
 use pushcast_proto::time;
 use pushcast_runtime::CancellationToken;
 use pushcast_runtime::logging::redact;
@@ -52,6 +53,32 @@ pub struct Ingest {
     /// Live streams registered in the store by this worker: key → value, written again
     /// under a new lease if the old one was lost.
     pub published: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Live publishes, to disconnect one on request.
+    pub publishers: Publishers,
+    /// Publishes refused for a bad stream key (for metrics and tests).
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The live publishes of this worker, by stream: each connection's token, cancelled to
+/// disconnect it (a revoked key with `disconnect: true`).
+#[derive(Clone, Default)]
+pub struct Publishers(Arc<Mutex<HashMap<StreamKey, CancellationToken>>>);
+
+impl Publishers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, CancellationToken>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the publish of `key`; false when it is not live here.
+    pub fn disconnect(&self, key: &StreamKey) -> bool {
+        match self.lock().get(key) {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Why a publish is refused; the text goes to the encoder and the log.
@@ -79,7 +106,7 @@ impl Ingest {
                 },
             };
             let this = self.clone();
-            let stop = shutdown.clone();
+            let stop = shutdown.child_token();
             let conn = async move {
                 if let Err(e) = this.connection(sock, peer, stop).await {
                     tracing::info!(error = %e, "ingest connection closed");
@@ -133,6 +160,9 @@ impl Ingest {
                     ServerEvent::PublishRequested(req) => match self.admit(&req, peer).await {
                         Ok(p) => {
                             session.accept_publish(req.stream_id)?;
+                            self.publishers
+                                .lock()
+                                .insert(p.source.key().clone(), shutdown.clone());
                             *live = Some(p);
                         }
                         Err(r) => {
@@ -238,8 +268,11 @@ impl Ingest {
         }
         let vhost = "default".to_string();
         let app_key = keys::app(&vhost, &req.app);
-        match self.store.get(&app_key).await {
-            Ok(Some(_)) => {}
+        let app: AppConfig = match self.store.get(&app_key).await {
+            Ok(Some(kv)) => serde_json::from_slice(&kv.value).map_err(|_| Refusal {
+                code: RejectCode::Denied,
+                reason: format!("internal error: bad app {}", req.app),
+            })?,
             Ok(None) => {
                 return Err(Refusal {
                     code: RejectCode::Denied,
@@ -252,12 +285,19 @@ impl Ingest {
                     reason: format!("service unavailable: {e}"),
                 });
             }
-        }
-        let key = StreamKey::new(vhost.clone(), req.app.clone(), req.stream_name.clone());
+        };
+        // The name the encoder sent is its stream key, unless the app publishes openly.
+        let stream = if app.open_publish {
+            req.stream_name.clone()
+        } else {
+            self.stream_of_key(&vhost, &req.app, &req.stream_name)
+                .await?
+        };
+        let key = StreamKey::new(vhost.clone(), req.app.clone(), stream.clone());
         let record = LiveStream {
             vhost: vhost.clone(),
             app: req.app.clone(),
-            stream: req.stream_name.clone(),
+            stream: stream.clone(),
             worker: self.node_id.clone(),
             tracks: vec![],
             since_ms: time::now_ms(),
@@ -266,10 +306,10 @@ impl Ingest {
             code: RejectCode::Denied,
             reason: format!("internal error: {e}"),
         })?;
-        let store_key = keys::stream(&vhost, &req.app, &req.stream_name);
+        let store_key = keys::stream(&vhost, &req.app, &stream);
         let exist = || Refusal {
             code: RejectCode::BadName,
-            reason: format!("ExistStreamName: {}", req.stream_name),
+            reason: format!("ExistStreamName: {stream}"),
         };
         let txn = Txn::new()
             .when(Compare::Absent(store_key.clone()))
@@ -290,7 +330,7 @@ impl Ingest {
         }
         match self.hub.publish(key) {
             Ok(source) => {
-                tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), "publish started");
+                tracing::info!(%peer, app = %req.app, %stream, "publish started");
                 self.lock_published()
                     .insert(store_key.clone(), value.clone());
                 Ok(Published {
@@ -306,9 +346,42 @@ impl Ingest {
         }
     }
 
+    /// The stream a presented key opens; a refusal (`AuthencationFailed`, as the seed
+    /// spells it) when the key is unknown or revoked.
+    async fn stream_of_key(
+        &self,
+        vhost: &str,
+        app: &str,
+        presented: &str,
+    ) -> Result<String, Refusal> {
+        let lookup = keys::stream_key_lookup(vhost, app, &lookup_hash(presented));
+        match self.store.get(&lookup).await {
+            Ok(Some(kv)) => String::from_utf8(kv.value).map_err(|_| Refusal {
+                code: RejectCode::Denied,
+                reason: "internal error: bad stream key entry".into(),
+            }),
+            Ok(None) => {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(Refusal {
+                    code: RejectCode::Denied,
+                    reason: format!(
+                        "AuthencationFailed: unknown stream key {}",
+                        redact(presented)
+                    ),
+                })
+            }
+            Err(e) => Err(Refusal {
+                code: RejectCode::Denied,
+                reason: format!("service unavailable: {e}"),
+            }),
+        }
+    }
+
     /// Ends a publish: subscribers see the end, the stream leaves the store.
     async fn unpublish(&self, p: Published) {
-        tracing::info!(stream = %redact(&p.source.key().stream), "publish ended");
+        tracing::info!(stream = %p.source.key(), "publish ended");
+        self.publishers.lock().remove(p.source.key());
         p.source.end();
         let Some(store_key) = p.store_key else { return };
         self.lock_published().remove(&store_key);

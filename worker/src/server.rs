@@ -94,6 +94,7 @@ pub async fn start(
     };
 
     let mut tasks = JoinSet::new();
+    let publishers = crate::ingest::Publishers::default();
     let ingest = Ingest {
         hub: hub.clone(),
         store: store.clone(),
@@ -101,6 +102,8 @@ pub async fn start(
         node_id: node_id.clone(),
         relay_token: relay_token.clone(),
         published: Default::default(),
+        publishers: publishers.clone(),
+        refused: Default::default(),
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {
@@ -144,6 +147,7 @@ pub async fn start(
     let api = WorkerApi {
         live: live.clone(),
         updates: updates_tx,
+        publishers,
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {

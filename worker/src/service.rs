@@ -4,6 +4,8 @@ use pushcast_proto::v1::{self, worker_service_server::WorkerService};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::hub::StreamKey;
+use crate::ingest::Publishers;
 use crate::live::LiveTasks;
 
 #[derive(Clone)]
@@ -11,6 +13,8 @@ pub struct WorkerApi {
     pub live: LiveTasks,
     /// To the task runner, which applies assignment updates.
     pub updates: mpsc::Sender<(v1::ApplyAssignmentsRequest, oneshot::Sender<u32>)>,
+    /// Live publishes of the ingest.
+    pub publishers: Publishers,
 }
 
 #[tonic::async_trait]
@@ -51,5 +55,16 @@ impl WorkerService for WorkerApi {
             .await
             .map_err(|_| Status::unavailable("the worker is shutting down"))?;
         Ok(Response::new(v1::ApplyAssignmentsResponse { changed }))
+    }
+
+    async fn disconnect_stream(
+        &self,
+        req: Request<v1::DisconnectStreamRequest>,
+    ) -> Result<Response<v1::DisconnectStreamResponse>, Status> {
+        let r = req.into_inner();
+        let disconnected = self
+            .publishers
+            .disconnect(&StreamKey::new(r.vhost, r.app, r.stream));
+        Ok(Response::new(v1::DisconnectStreamResponse { disconnected }))
     }
 }

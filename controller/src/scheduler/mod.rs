@@ -108,7 +108,7 @@ async fn lead(store: Arc<dyn Store>, clients: WorkerClients) {
             if broke {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
