@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
 cargo build --workspace --bins
+scripts/helm-check.sh
 # Two test binaries at a time: each spawns etcd and pushcast processes of its own.
 cargo test --workspace --no-fail-fast -- --test-threads=2

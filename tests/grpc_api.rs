@@ -110,6 +110,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
             protocol: "mpegts".into(),
             url: "rtmp://x/y".into(),
             stream_key: String::new(),
+            destinations: vec![],
         }))
         .await
         .unwrap_err();
@@ -128,6 +129,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
             protocol: "mpegts".into(),
             url: "udp://127.0.0.1:5000".into(),
             stream_key: String::new(),
+            destinations: vec![],
         }))
         .await
         .unwrap()
@@ -147,6 +149,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
             protocol: "mpegts".into(),
             url: "udp://127.0.0.1:5001".into(),
             stream_key: String::new(),
+            destinations: vec![],
         }))
         .await
         .unwrap_err();

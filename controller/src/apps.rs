@@ -18,6 +18,8 @@ use pushcast_proto::keys;
 #[derive(Debug, Clone, Default)]
 pub struct AppPatch {
     pub open_publish: Option<bool>,
+    /// Replaces the callbacks as a whole.
+    pub callbacks: Option<pushcast_proto::model::Callbacks>,
 }
 
 #[derive(Clone)]
@@ -121,6 +123,9 @@ impl Apps {
             let mut app: AppConfig = decode(&key, &kv.value)?;
             if let Some(open) = patch.open_publish {
                 app.open_publish = open;
+            }
+            if let Some(c) = &patch.callbacks {
+                app.callbacks = c.clone();
             }
             let txn = Txn::new()
                 .when(Compare::ModRevision(key.clone(), kv.mod_revision))

@@ -68,6 +68,7 @@ pub fn vhosts_or_default(
                 vhost: vhost.clone(),
                 name: name.clone(),
                 open_publish: false,
+                callbacks: Default::default(),
             })
         })
         .collect();

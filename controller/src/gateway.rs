@@ -12,12 +12,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use pushcast_proto::ApiError;
-use pushcast_proto::model::AppConfig;
+use pushcast_proto::model::{AppConfig, Callbacks};
 use serde_json::{Map, Value, json};
 
 use crate::apps::AppPatch;
 use crate::auth::Auth;
-use crate::pushes::{Pushes, StartPush};
+use crate::pushes::{DestinationRef, DestinationRequest, Pushes, StartPush, UpdatePush};
 use crate::stream_keys::StreamKeys;
 
 /// Largest request body accepted; more is 413.
@@ -203,7 +203,18 @@ fn app_from_json(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
             .get("openPublish")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        callbacks: callbacks_from_json(v)?.unwrap_or_default(),
     })
+}
+
+/// The `callbacks` object of an app body, when present.
+fn callbacks_from_json(v: &Value) -> Result<Option<Callbacks>, ApiError> {
+    match v.get("callbacks") {
+        None | Some(Value::Null) => Ok(None),
+        Some(c) => Callbacks::from_ome_json(c)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("Invalid callbacks: {e}"))),
+    }
 }
 
 async fn app_target(
@@ -225,7 +236,7 @@ async fn app_target(
         (&Method::POST, Some(action @ ("streamKey" | "deleteStreamKey"))) => {
             stream_key_action(&gw, &vhost, &app, action, body).await
         }
-        (&Method::POST, Some(action @ ("startPush" | "stopPush" | "pushes"))) => {
+        (&Method::POST, Some(action @ ("startPush" | "stopPush" | "updatePush" | "pushes"))) => {
             post_action(&gw, &vhost, &app, action, body).await
         }
         _ => Err(controller_not_found()),
@@ -238,6 +249,7 @@ async fn patch_app(gw: &Gateway, vhost: &str, app: &str, body: Body) -> Result<V
     gw.pushes.apps().require(vhost, app).await?;
     let patch = AppPatch {
         open_publish: obj.get("openPublish").and_then(Value::as_bool),
+        callbacks: callbacks_from_json(&Value::Object(obj.clone()))?,
     };
     Ok(gw
         .pushes
@@ -261,6 +273,14 @@ async fn post_action(
             let task = gw
                 .pushes
                 .start(vhost, app, start_push_from_json(&obj))
+                .await?;
+            Ok(task.to_ome_json())
+        }
+        "updatePush" => {
+            gw.pushes.apps().require(vhost, app).await?;
+            let task = gw
+                .pushes
+                .update(vhost, app, update_push_from_json(&obj))
                 .await?;
             Ok(task.to_ome_json())
         }
@@ -340,5 +360,67 @@ fn start_push_from_json(obj: &Map<String, Value>) -> StartPush {
         protocol: str_field(&body, "protocol"),
         url: str_field(&body, "url"),
         stream_key: str_field(&body, "streamKey"),
+        destinations: destinations_from_json(body.get("destinations")),
+    }
+}
+
+fn string_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `[{protocol, url, streamKey, variantNames?}, ...]`; anything but an object in the
+/// array counts as a destination with every field missing.
+fn destinations_from_json(v: Option<&Value>) -> Vec<DestinationRequest> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|d| DestinationRequest {
+                    protocol: str_field(d, "protocol"),
+                    url: str_field(d, "url"),
+                    stream_key: str_field(d, "streamKey"),
+                    variant_names: string_list(d.get("variantNames")),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `{"id", "addDestinations": [...], "removeDestinations": [<{url,streamKey}> or index],
+/// "variantNames"?, "trackIds"?}`.
+fn update_push_from_json(obj: &Map<String, Value>) -> UpdatePush {
+    let remove = obj
+        .get("removeDestinations")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|r| match r.as_u64() {
+                    Some(i) => DestinationRef::Index(usize::try_from(i).unwrap_or(usize::MAX)),
+                    None => DestinationRef::Address {
+                        url: str_field(r, "url").unwrap_or_default(),
+                        stream_key: str_field(r, "streamKey").unwrap_or_default(),
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    UpdatePush {
+        id: obj.get("id").and_then(Value::as_str).map(str::to_string),
+        add: destinations_from_json(obj.get("addDestinations")),
+        remove,
+        variant_names: obj
+            .get("variantNames")
+            .filter(|v| v.is_array())
+            .map(|v| string_list(Some(v))),
+        track_ids: obj
+            .get("trackIds")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect()),
     }
 }

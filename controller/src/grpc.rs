@@ -13,7 +13,7 @@ use pushcast_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::Auth;
-use crate::pushes::{PushEvent, Pushes, StartPush};
+use crate::pushes::{DestinationRef, DestinationRequest, PushEvent, Pushes, StartPush, UpdatePush};
 use crate::stream_keys::StreamKeys;
 
 #[derive(Clone)]
@@ -35,6 +35,15 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+fn destination_request(d: v1::Destination) -> DestinationRequest {
+    DestinationRequest {
+        protocol: non_empty(d.protocol),
+        url: non_empty(d.url),
+        stream_key: non_empty(d.stream_key),
+        variant_names: d.variant_names,
+    }
+}
+
 #[tonic::async_trait]
 impl PushService for Api {
     async fn start_push(
@@ -52,9 +61,50 @@ impl PushService for Api {
             protocol: non_empty(r.protocol),
             url: non_empty(r.url),
             stream_key: non_empty(r.stream_key),
+            destinations: r
+                .destinations
+                .into_iter()
+                .map(destination_request)
+                .collect(),
         };
         let task = self.pushes.start(&r.vhost, &r.app, input).await?;
         Ok(Response::new(v1::StartPushResponse {
+            task: Some(task.to_proto()),
+        }))
+    }
+
+    async fn update_push(
+        &self,
+        req: Request<v1::UpdatePushRequest>,
+    ) -> Result<Response<v1::UpdatePushResponse>, Status> {
+        let r = req.into_inner();
+        self.pushes.apps().require(&r.vhost, &r.app).await?;
+        let input = UpdatePush {
+            id: non_empty(r.id),
+            add: r
+                .add_destinations
+                .into_iter()
+                .map(destination_request)
+                .collect(),
+            remove: r
+                .remove_destinations
+                .into_iter()
+                .map(|d| {
+                    if d.url.is_empty() {
+                        DestinationRef::Index(d.index as usize)
+                    } else {
+                        DestinationRef::Address {
+                            url: d.url,
+                            stream_key: d.stream_key,
+                        }
+                    }
+                })
+                .collect(),
+            variant_names: r.variant_names.map(|l| l.values),
+            track_ids: r.track_ids.map(|l| l.values),
+        };
+        let task = self.pushes.update(&r.vhost, &r.app, input).await?;
+        Ok(Response::new(v1::UpdatePushResponse {
             task: Some(task.to_proto()),
         }))
     }
@@ -142,6 +192,7 @@ impl AppService for Api {
                 vhost: app.vhost,
                 name: app.name,
                 open_publish: app.open_publish,
+                callbacks: Default::default(),
             })
             .await?;
         Ok(Response::new(v1::CreateAppResponse {

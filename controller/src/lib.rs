@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod leader;
 pub mod live_status;
+pub mod notifier;
 pub mod pushes;
 pub mod scheduler;
 pub mod server;

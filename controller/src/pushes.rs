@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use pushcast_proto::ApiError;
-use pushcast_proto::model::{Protocol, StreamSelector, Task, TaskSpec, TaskState, TaskStatus};
+use pushcast_proto::model::{
+    DestinationSpec, Protocol, StreamSelector, Task, TaskSpec, TaskState, TaskStatus,
+};
 use pushcast_proto::time;
 use pushcast_store::{Compare, KeyValue, Op, Store, Txn, WatchEvent};
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,36 @@ pub struct StartPush {
     pub protocol: Option<String>,
     pub url: Option<String>,
     pub stream_key: Option<String>,
+    /// Relay task: several destinations in place of `protocol`/`url`/`stream_key`
+    /// (used when not empty).
+    pub destinations: Vec<DestinationRequest>,
+}
+
+/// One destination of a startPush or updatePush request, as it arrived.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationRequest {
+    pub protocol: Option<String>,
+    pub url: Option<String>,
+    pub stream_key: Option<String>,
+    pub variant_names: Vec<String>,
+}
+
+/// A destination to remove from a task: by url + stream key, or by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationRef {
+    Address { url: String, stream_key: String },
+    Index(usize),
+}
+
+/// An updatePush request as it arrived.
+#[derive(Debug, Clone, Default)]
+pub struct UpdatePush {
+    pub id: Option<String>,
+    pub add: Vec<DestinationRequest>,
+    pub remove: Vec<DestinationRef>,
+    /// `Some` = replace the task's selection.
+    pub variant_names: Option<Vec<String>>,
+    pub track_ids: Option<Vec<i64>>,
 }
 
 /// Value of a destination claim: the task that holds it.
@@ -71,26 +103,37 @@ impl Pushes {
     pub async fn start(&self, vhost: &str, app: &str, req: StartPush) -> Result<Task, ApiError> {
         let spec = validate(vhost, app, req)?;
         let task_key = keys::task(vhost, app, &spec.id);
-        let dest_key = keys::destination(&spec.destination());
+        let dest_keys: Vec<String> = spec
+            .destination_list()
+            .iter()
+            .map(|d| keys::destination(&d.destination()))
+            .collect();
         let claim = encode(&Claim {
             vhost: vhost.into(),
             app: app.into(),
             id: spec.id.clone(),
         })?;
         let spec_bytes = encode(&spec)?;
-        // The destination claim may be stale (its task was deleted with its app while it
+        // A destination claim may be stale (its task was deleted with its app while it
         // was being created); such a claim is taken over with a compare on its revision.
-        let mut dest_compare = Compare::Absent(dest_key.clone());
+        let mut dest_compares: Vec<Compare> = dest_keys
+            .iter()
+            .map(|k| Compare::Absent(k.clone()))
+            .collect();
         for _ in 0..3 {
-            let txn = Txn::new()
+            let mut txn = Txn::new()
                 .when(Compare::Present(keys::app(vhost, app)))
-                .when(Compare::Absent(task_key.clone()))
-                .when(dest_compare.clone())
-                .and_then(Op::put(task_key.clone(), spec_bytes.clone()))
-                .and_then(Op::put(dest_key.clone(), claim.clone()))
-                .and_then(Op::delete(keys::status(vhost, app, &spec.id)));
+                .when(Compare::Absent(task_key.clone()));
+            for c in &dest_compares {
+                txn = txn.when(c.clone());
+            }
+            txn = txn.and_then(Op::put(task_key.clone(), spec_bytes.clone()));
+            for k in &dest_keys {
+                txn = txn.and_then(Op::put(k.clone(), claim.clone()));
+            }
+            txn = txn.and_then(Op::delete(keys::status(vhost, app, &spec.id)));
             if self.store.txn(txn).await.map_err(api_error)?.succeeded {
-                tracing::info!(vhost, app, id = %spec.id, protocol = spec.protocol.as_str(), "push task created");
+                tracing::info!(vhost, app, id = %spec.id, protocol = spec.protocol.as_str(), destinations = dest_keys.len(), "push task created");
                 return Ok(Task {
                     spec,
                     status: TaskStatus::default(),
@@ -107,29 +150,118 @@ impl Pushes {
             {
                 return Err(duplicate_id());
             }
-            match self.store.get(&dest_key).await.map_err(api_error)? {
-                None => dest_compare = Compare::Absent(dest_key.clone()),
-                Some(kv) => {
-                    let holder: Claim = decode(&kv.key, &kv.value)?;
-                    let holder_key = keys::task(&holder.vhost, &holder.app, &holder.id);
-                    if self
-                        .store
-                        .get(&holder_key)
-                        .await
-                        .map_err(api_error)?
-                        .is_some()
-                    {
-                        return Err(ApiError::conflict(format!(
-                            "Destination already in use by push '{}'",
-                            holder.id
-                        )));
-                    }
-                    dest_compare = Compare::ModRevision(dest_key.clone(), kv.mod_revision);
-                }
-            }
+            dest_compares = self.claim_compares(&dest_keys, None).await?;
         }
         Err(ApiError::unavailable(
             "The task could not be created under concurrent changes, try again",
+        ))
+    }
+
+    /// The compares that let a transaction claim `dest_keys`: absent, or held by a task
+    /// that no longer exists (stale). A destination held by a live task other than
+    /// `own` is a 409 naming that task.
+    async fn claim_compares(
+        &self,
+        dest_keys: &[String],
+        own: Option<&Claim>,
+    ) -> Result<Vec<Compare>, ApiError> {
+        let mut out = Vec::with_capacity(dest_keys.len());
+        for dest_key in dest_keys {
+            match self.store.get(dest_key).await.map_err(api_error)? {
+                None => out.push(Compare::Absent(dest_key.clone())),
+                Some(kv) => {
+                    let holder: Claim = decode(&kv.key, &kv.value)?;
+                    let holder_key = keys::task(&holder.vhost, &holder.app, &holder.id);
+                    if own != Some(&holder)
+                        && self
+                            .store
+                            .get(&holder_key)
+                            .await
+                            .map_err(api_error)?
+                            .is_some()
+                    {
+                        return Err(in_use(&holder.id));
+                    }
+                    out.push(Compare::ModRevision(dest_key.clone(), kv.mod_revision));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `:updatePush`: adds and removes destinations and changes the track selection of
+    /// a task, in one transaction on the task's key. The worker applies it live: the
+    /// destinations left untouched keep their sessions.
+    pub async fn update(&self, vhost: &str, app: &str, req: UpdatePush) -> Result<Task, ApiError> {
+        let id = match req.id.as_deref() {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "There is no required parameter [ id]",
+                ));
+            }
+        };
+        let task_key = keys::task(vhost, app, &id);
+        let own = Claim {
+            vhost: vhost.into(),
+            app: app.into(),
+            id: id.clone(),
+        };
+        let claim = encode(&own)?;
+        for _ in 0..5 {
+            let Some(kv) = self.store.get(&task_key).await.map_err(api_error)? else {
+                return Err(not_found(vhost, app, &id));
+            };
+            let old: TaskSpec = decode(&kv.key, &kv.value)?;
+            let new = apply_update(&old, &req)?;
+            let old_keys: Vec<String> = old
+                .destination_list()
+                .iter()
+                .map(|d| keys::destination(&d.destination()))
+                .collect();
+            let new_keys: Vec<String> = new
+                .destination_list()
+                .iter()
+                .map(|d| keys::destination(&d.destination()))
+                .collect();
+            let added: Vec<String> = new_keys
+                .iter()
+                .filter(|k| !old_keys.contains(k))
+                .cloned()
+                .collect();
+            let removed: Vec<String> = old_keys
+                .iter()
+                .filter(|k| !new_keys.contains(k))
+                .cloned()
+                .collect();
+            let compares = self.claim_compares(&added, Some(&own)).await?;
+            let mut txn = Txn::new().when(Compare::ModRevision(task_key.clone(), kv.mod_revision));
+            for c in compares {
+                txn = txn.when(c);
+            }
+            txn = txn.and_then(Op::put(task_key.clone(), encode(&new)?));
+            for k in &added {
+                txn = txn.and_then(Op::put(k.clone(), claim.clone()));
+            }
+            for k in &removed {
+                txn = txn.and_then(Op::delete(k.clone()));
+            }
+            if self.store.txn(txn).await.map_err(api_error)?.succeeded {
+                tracing::info!(
+                    vhost,
+                    app,
+                    id,
+                    added = added.len(),
+                    removed = removed.len(),
+                    "push task updated"
+                );
+                let mut task = self.get(vhost, app, &id).await?;
+                task.spec = new;
+                return Ok(task);
+            }
+        }
+        Err(ApiError::unavailable(
+            "The task changed concurrently while updating, try again",
         ))
     }
 
@@ -153,8 +285,10 @@ impl Pushes {
             let txn = Txn::new()
                 .when(Compare::ModRevision(task_key.clone(), kv.mod_revision))
                 .and_then(Op::delete(task_key.clone()))
-                .and_then(Op::delete(keys::status(vhost, app, id)))
-                .and_then(Op::delete(keys::destination(&task.spec.destination())));
+                .and_then(Op::delete(keys::status(vhost, app, id)));
+            let txn = task.spec.destination_list().iter().fold(txn, |txn, d| {
+                txn.and_then(Op::delete(keys::destination(&d.destination())))
+            });
             if self.store.txn(txn).await.map_err(api_error)?.succeeded {
                 let now = time::now_ms();
                 let st = &mut task.status;
@@ -344,6 +478,10 @@ fn duplicate_id() -> ApiError {
     ApiError::bad_request("Duplicate ID").with_grpc_code(tonic::Code::AlreadyExists)
 }
 
+fn in_use(holder: &str) -> ApiError {
+    ApiError::conflict(format!("Destination already in use by push '{holder}'"))
+}
+
 fn not_found(vhost: &str, app: &str, id: &str) -> ApiError {
     ApiError::not_found(format!("Could not find id '{id}': [{vhost}/{app}]"))
 }
@@ -353,20 +491,25 @@ fn present(s: Option<String>) -> Option<String> {
 }
 
 /// The startPush checks of the contract, in its order (1–5; 6 and 7 need the store).
+/// A relay task's destinations are checked one after the other with the same rules.
 pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiError> {
-    let protocol_text = req
-        .protocol
-        .as_deref()
-        .map(|p| p.trim().to_lowercase())
-        .unwrap_or_default();
-    let Some(protocol) = Protocol::parse(&protocol_text) else {
-        return Err(ApiError::bad_request(format!(
-            "Could not find protocol '{protocol_text}': [{vhost}/{app}]"
-        )));
+    let dests = if req.destinations.is_empty() {
+        vec![DestinationRequest {
+            protocol: req.protocol,
+            url: req.url,
+            stream_key: req.stream_key,
+            variant_names: Vec::new(),
+        }]
+    } else {
+        req.destinations
     };
+    let mut protocols = Vec::with_capacity(dests.len());
+    for d in &dests {
+        protocols.push(check_protocol(vhost, app, d)?);
+    }
     let id = present(req.id);
     let stream_name = present(req.stream_name);
-    let url = present(req.url.map(|u| u.trim().trim_end_matches('/').to_string()));
+    let urls: Vec<Option<String>> = dests.iter().map(|d| normalize_url(&d.url)).collect();
     let mut missing = String::new();
     if id.is_none() {
         missing.push_str(" id");
@@ -374,14 +517,71 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
     if stream_name.is_none() {
         missing.push_str(" stream.name");
     }
-    if url.is_none() {
+    if urls.iter().any(Option::is_none) {
         missing.push_str(" url");
     }
-    let (Some(id), Some(stream_name), Some(url)) = (id, stream_name, url) else {
-        return Err(ApiError::bad_request(format!(
-            "There is no required parameter [{missing}]"
-        )));
+    let (Some(id), Some(stream_name)) = (id, stream_name) else {
+        return Err(missing_params(&missing));
     };
+    if !missing.is_empty() {
+        return Err(missing_params(&missing));
+    }
+    let mut list = Vec::with_capacity(dests.len());
+    for ((d, protocol), url) in dests.into_iter().zip(protocols).zip(urls) {
+        list.push(check_destination(protocol, url.unwrap_or_default(), d)?);
+    }
+    check_distinct(&list, &id)?;
+    let mut spec = TaskSpec {
+        id,
+        vhost: vhost.to_string(),
+        app: app.to_string(),
+        stream: StreamSelector {
+            name: stream_name,
+            track_ids: req.track_ids,
+            variant_names: req.variant_names,
+        },
+        protocol: Protocol::Rtmp,
+        url: String::new(),
+        stream_key: String::new(),
+        created_ms: time::now_ms(),
+        destinations: Vec::new(),
+    };
+    spec.set_destinations(list);
+    Ok(spec)
+}
+
+fn missing_params(missing: &str) -> ApiError {
+    ApiError::bad_request(format!("There is no required parameter [{missing}]"))
+}
+
+/// Check 1: the protocol word.
+fn check_protocol(vhost: &str, app: &str, d: &DestinationRequest) -> Result<Protocol, ApiError> {
+    let protocol_text = d
+        .protocol
+        .as_deref()
+        .map(|p| p.trim().to_lowercase())
+        .unwrap_or_default();
+    Protocol::parse(&protocol_text).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Could not find protocol '{protocol_text}': [{vhost}/{app}]"
+        ))
+    })
+}
+
+/// Trimmed, trailing "/" stripped; `None` when missing or empty.
+fn normalize_url(url: &Option<String>) -> Option<String> {
+    present(
+        url.as_deref()
+            .map(|u| u.trim().trim_end_matches('/').to_string()),
+    )
+}
+
+/// Checks 3–5 of one destination.
+fn check_destination(
+    protocol: Protocol,
+    url: String,
+    d: DestinationRequest,
+) -> Result<DestinationSpec, ApiError> {
     let parsed = url::Url::parse(&url).map_err(|_| ApiError::bad_request("Could not parse url"))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(ApiError::bad_request("Could not parse url"));
@@ -399,23 +599,81 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
         }
     }
     let stream_key = match protocol {
-        Protocol::Rtmp => req.stream_key.unwrap_or_default(),
+        Protocol::Rtmp => d.stream_key.unwrap_or_default(),
         Protocol::Mpegts | Protocol::Srt => String::new(),
     };
-    Ok(TaskSpec {
-        id,
-        vhost: vhost.to_string(),
-        app: app.to_string(),
-        stream: StreamSelector {
-            name: stream_name,
-            track_ids: req.track_ids,
-            variant_names: req.variant_names,
-        },
+    Ok(DestinationSpec {
         protocol,
         url,
         stream_key,
-        created_ms: time::now_ms(),
+        variant_names: d.variant_names,
     })
+}
+
+/// A task cannot push one destination twice: 409 naming the task itself.
+fn check_distinct(list: &[DestinationSpec], id: &str) -> Result<(), ApiError> {
+    for (i, d) in list.iter().enumerate() {
+        if list[..i].iter().any(|e| e.destination() == d.destination()) {
+            return Err(in_use(id));
+        }
+    }
+    Ok(())
+}
+
+/// The task `old` with the changes of `req` (validated with the startPush rules).
+pub fn apply_update(old: &TaskSpec, req: &UpdatePush) -> Result<TaskSpec, ApiError> {
+    let (vhost, app) = (&old.vhost, &old.app);
+    let mut list = old.destination_list();
+    let mut drop = vec![false; list.len()];
+    for r in &req.remove {
+        let at = match r {
+            DestinationRef::Index(i) => (*i < list.len()).then_some(*i),
+            DestinationRef::Address { url, stream_key } => {
+                let url = url.trim().trim_end_matches('/');
+                list.iter().position(|d| {
+                    d.url == url && (d.stream_key == *stream_key || d.protocol != Protocol::Rtmp)
+                })
+            }
+        };
+        let Some(at) = at else {
+            let what = match r {
+                DestinationRef::Index(i) => i.to_string(),
+                DestinationRef::Address { url, .. } => url.clone(),
+            };
+            return Err(ApiError::not_found(format!(
+                "Could not find destination '{what}': [{vhost}/{app}]"
+            )));
+        };
+        drop[at] = true;
+    }
+    let mut keep = drop.iter();
+    list.retain(|_| !keep.next().copied().unwrap_or(false));
+    let mut protocols = Vec::with_capacity(req.add.len());
+    for d in &req.add {
+        protocols.push(check_protocol(vhost, app, d)?);
+    }
+    let urls: Vec<Option<String>> = req.add.iter().map(|d| normalize_url(&d.url)).collect();
+    if urls.iter().any(Option::is_none) {
+        return Err(missing_params(" url"));
+    }
+    for ((d, protocol), url) in req.add.iter().cloned().zip(protocols).zip(urls) {
+        list.push(check_destination(protocol, url.unwrap_or_default(), d)?);
+    }
+    if list.is_empty() {
+        return Err(ApiError::bad_request(
+            "A push needs at least one destination",
+        ));
+    }
+    check_distinct(&list, &old.id)?;
+    let mut new = old.clone();
+    if let Some(v) = &req.variant_names {
+        new.stream.variant_names = v.clone();
+    }
+    if let Some(t) = &req.track_ids {
+        new.stream.track_ids = t.clone();
+    }
+    new.set_destinations(list);
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -471,5 +729,174 @@ mod tests {
         assert_eq!(s.stream_key, "");
         let s = validate("default", "app", req("srt", "srt://h:1?mode=caller")).unwrap();
         assert_eq!(s.protocol, Protocol::Srt);
+    }
+    fn dest(protocol: &str, url: &str, key: &str) -> DestinationRequest {
+        DestinationRequest {
+            protocol: Some(protocol.into()),
+            url: (!url.is_empty()).then(|| url.into()),
+            stream_key: Some(key.into()),
+            ..Default::default()
+        }
+    }
+
+    fn relay(dests: Vec<DestinationRequest>) -> StartPush {
+        StartPush {
+            id: Some("t".into()),
+            stream_name: Some("s".into()),
+            destinations: dests,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn destinations_are_checked_with_the_start_push_rules() {
+        let ok = dest("rtmp", "rtmp://h/live", "a");
+        assert_eq!(
+            msg(relay(vec![ok.clone(), dest("hls", "rtmp://h/live", "b")])),
+            "Could not find protocol 'hls': [default/app]"
+        );
+        let mut r = relay(vec![ok.clone(), dest("rtmp", "", "b")]);
+        r.id = None;
+        assert_eq!(msg(r), "There is no required parameter [ id url]");
+        assert_eq!(
+            msg(relay(vec![ok.clone(), dest("rtmp", "not a url", "b")])),
+            "Could not parse url"
+        );
+        assert_eq!(
+            msg(relay(vec![ok.clone(), dest("mpegts", "rtmp://h/a", "")])),
+            "Unsupported protocol"
+        );
+        assert_eq!(
+            msg(relay(vec![
+                ok.clone(),
+                dest("srt", "srt://h:1?mode=listener", "")
+            ])),
+            "Unsupported connection mode"
+        );
+        let e = validate("default", "app", relay(vec![ok.clone(), ok.clone()])).unwrap_err();
+        assert_eq!(
+            (e.http_status(), e.message.as_str()),
+            (409, "Destination already in use by push 't'")
+        );
+    }
+
+    #[test]
+    fn relay_spec_mirrors_its_first_destination() {
+        let s = validate(
+            "default",
+            "app",
+            relay(vec![
+                dest(" RTMP ", "rtmp://h/live/", "a"),
+                dest("mpegts", "udp://127.0.0.1:5000", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.protocol, s.url.as_str(), s.stream_key.as_str()),
+            (Protocol::Rtmp, "rtmp://h/live", "a")
+        );
+        assert!(s.is_relay());
+        let list = s.destination_list();
+        assert_eq!(list[1].destination(), "udp://127.0.0.1:5000");
+        assert_eq!(list[1].stream_key, "");
+        // A single destination given as a list is stored as a plain task.
+        let s = validate(
+            "default",
+            "app",
+            relay(vec![dest("rtmp", "rtmp://h/live", "a")]),
+        )
+        .unwrap();
+        assert!(s.destinations.is_empty());
+        assert_eq!(s.destination(), "rtmp://h/live/a");
+    }
+
+    #[test]
+    fn update_adds_and_removes_destinations() {
+        let old = validate("default", "app", req("rtmp", "rtmp://h/live")).unwrap();
+        let up = UpdatePush {
+            id: Some("t".into()),
+            add: vec![
+                dest("rtmp", "rtmp://h/live", "k2"),
+                dest("rtmp", "rtmp://h/live", "k3"),
+            ],
+            ..Default::default()
+        };
+        let three = apply_update(&old, &up).unwrap();
+        assert_eq!(three.destination_list().len(), 3);
+        assert_eq!(three.created_ms, old.created_ms);
+        let up = UpdatePush {
+            id: Some("t".into()),
+            add: vec![dest("rtmp", "rtmp://h/live", "k4")],
+            remove: vec![
+                DestinationRef::Index(0),
+                DestinationRef::Address {
+                    url: "rtmp://h/live/".into(),
+                    stream_key: "k3".into(),
+                },
+            ],
+            variant_names: Some(vec!["bypass_video".into()]),
+            ..Default::default()
+        };
+        let two = apply_update(&three, &up).unwrap();
+        let keys: Vec<String> = two
+            .destination_list()
+            .into_iter()
+            .map(|d| d.stream_key)
+            .collect();
+        assert_eq!(keys, ["k2", "k4"]);
+        assert_eq!(two.stream_key, "k2");
+        assert_eq!(two.stream.variant_names, ["bypass_video"]);
+    }
+
+    #[test]
+    fn update_errors() {
+        let old = validate("default", "app", req("rtmp", "rtmp://h/live")).unwrap();
+        let err = |up: UpdatePush| {
+            let e = apply_update(&old, &up).unwrap_err();
+            (e.http_status(), e.message)
+        };
+        let add = |d| UpdatePush {
+            id: Some("t".into()),
+            add: vec![d],
+            ..Default::default()
+        };
+        assert_eq!(
+            err(add(dest("hls", "rtmp://h/x", "k"))),
+            (400, "Could not find protocol 'hls': [default/app]".into())
+        );
+        assert_eq!(
+            err(add(dest("rtmp", "", "k"))),
+            (400, "There is no required parameter [ url]".into())
+        );
+        assert_eq!(
+            err(add(dest("rtmp", "bad url", "k"))),
+            (400, "Could not parse url".into())
+        );
+        assert_eq!(
+            err(add(dest("srt", "rtmp://h/x", ""))),
+            (400, "Unsupported protocol".into())
+        );
+        assert_eq!(
+            err(add(dest("rtmp", "rtmp://h/live", "k"))),
+            (409, "Destination already in use by push 't'".into())
+        );
+        assert_eq!(
+            err(UpdatePush {
+                remove: vec![DestinationRef::Index(3)],
+                ..Default::default()
+            }),
+            (404, "Could not find destination '3': [default/app]".into())
+        );
+        assert_eq!(
+            err(UpdatePush {
+                remove: vec![DestinationRef::Index(0)],
+                ..Default::default()
+            }),
+            (400, "A push needs at least one destination".into())
+        );
+        assert_eq!(
+            not_found("default", "app", "x").message,
+            "Could not find id 'x': [default/app]"
+        );
     }
 }

@@ -96,6 +96,11 @@ pub async fn start(
     let grpc_addr = grpc.local_addr()?;
 
     let mut tasks = JoinSet::new();
+    let (notify_store, notify_leader, stop) = (store.clone(), leading.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        crate::notifier::run(notify_store, notify_leader, stop).await;
+        Ok(())
+    });
     let (sched_store, stop) = (store.clone(), shutdown.clone());
     tasks.spawn(async move {
         crate::scheduler::run(sched_store, clients, leading, stop).await;

@@ -67,9 +67,85 @@ pub struct TaskSpec {
     pub stream_key: String,
     /// Milliseconds since the Unix epoch.
     pub created_ms: i64,
+    /// Relay tasks: every destination, the first one mirrored in `protocol`/`url`/
+    /// `stream_key`. Empty for a plain single-destination task (as stored before relay
+    /// tasks existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationSpec>,
+}
+
+/// One push address of a relay task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationSpec {
+    pub protocol: Protocol,
+    pub url: String,
+    #[serde(default)]
+    pub stream_key: String,
+    /// Tracks by name for this destination; empty = the task's selection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variant_names: Vec<String>,
+}
+
+impl DestinationSpec {
+    /// Where the push actually goes (see [`TaskSpec::destination`]); also what identifies
+    /// a destination across tasks.
+    pub fn destination(&self) -> String {
+        if self.protocol == Protocol::Rtmp && !self.stream_key.is_empty() {
+            format!("{}/{}", self.url, self.stream_key)
+        } else {
+            self.url.clone()
+        }
+    }
 }
 
 impl TaskSpec {
+    /// Every destination of the task, the first one first.
+    pub fn destination_list(&self) -> Vec<DestinationSpec> {
+        if self.destinations.is_empty() {
+            vec![DestinationSpec {
+                protocol: self.protocol,
+                url: self.url.clone(),
+                stream_key: self.stream_key.clone(),
+                variant_names: Vec::new(),
+            }]
+        } else {
+            self.destinations.clone()
+        }
+    }
+
+    /// Replaces the destinations (`list` must not be empty): the first one is mirrored
+    /// in `protocol`/`url`/`stream_key`; a lone destination without its own tracks is
+    /// stored as a plain task.
+    pub fn set_destinations(&mut self, list: Vec<DestinationSpec>) {
+        let Some(first) = list.first() else { return };
+        self.protocol = first.protocol;
+        self.url = first.url.clone();
+        self.stream_key = first.stream_key.clone();
+        self.destinations = if list.len() == 1 && first.variant_names.is_empty() {
+            Vec::new()
+        } else {
+            list
+        };
+    }
+
+    /// True when the task shows its `destinations` (more than one).
+    pub fn is_relay(&self) -> bool {
+        self.destinations.len() > 1
+    }
+
+    /// The single-destination spec a push session of `d` runs.
+    pub fn for_destination(&self, d: &DestinationSpec) -> TaskSpec {
+        let mut spec = self.clone();
+        spec.protocol = d.protocol;
+        spec.url = d.url.clone();
+        spec.stream_key = d.stream_key.clone();
+        spec.destinations = Vec::new();
+        if !d.variant_names.is_empty() {
+            spec.stream.variant_names = d.variant_names.clone();
+        }
+        spec
+    }
+
     /// Where the push actually goes: for rtmp, `url/streamKey`; otherwise the url.
     pub fn destination(&self) -> String {
         if self.protocol == Protocol::Rtmp && !self.stream_key.is_empty() {
@@ -129,6 +205,28 @@ pub struct TaskStatus {
     pub finish_ms: Option<i64>,
     pub last_error: Option<String>,
     pub worker: Option<String>,
+    /// Relay tasks: the status of each destination (its `worker` and `destinations`
+    /// unused); the fields above then sum them up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationStatus>,
+}
+
+/// The status of one destination of a relay task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationStatus {
+    /// [`DestinationSpec::destination`] of the destination it belongs to.
+    pub destination: String,
+    pub status: TaskStatus,
+}
+
+impl TaskStatus {
+    /// The status of the destination `d` (by [`DestinationSpec::destination`]).
+    pub fn of_destination(&self, d: &str) -> Option<&TaskStatus> {
+        self.destinations
+            .iter()
+            .find(|s| s.destination == d)
+            .map(|s| &s.status)
+    }
 }
 
 /// A task as the API shows it.
@@ -175,6 +273,41 @@ impl Task {
             if let Some(w) = &st.worker {
                 map.insert("worker".into(), json!(w));
             }
+            if spec.is_relay() {
+                let dests: Vec<serde_json::Value> = spec
+                    .destinations
+                    .iter()
+                    .map(|d| {
+                        let none = TaskStatus::default();
+                        let ds = st.of_destination(&d.destination()).unwrap_or(&none);
+                        let mut o = json!({
+                            "protocol": d.protocol.as_str(),
+                            "url": d.url,
+                            "state": ds.state.as_str(),
+                            "sentBytes": ds.sent_bytes,
+                            "sentTime": ds.sent_time_ms,
+                            "sequence": ds.sequence,
+                            "totalsentBytes": ds.total_sent_bytes,
+                            "totalsentTime": ds.total_sent_time_ms,
+                            "startTime": time::format_ms(ds.start_ms),
+                            "finishTime": time::format_ms(ds.finish_ms),
+                        });
+                        if let Some(m) = o.as_object_mut() {
+                            if !d.stream_key.is_empty() {
+                                m.insert("streamKey".into(), json!(d.stream_key));
+                            }
+                            if !d.variant_names.is_empty() {
+                                m.insert("variantNames".into(), json!(d.variant_names));
+                            }
+                            if let Some(e) = &ds.last_error {
+                                m.insert("lastError".into(), json!(e));
+                            }
+                        }
+                        o
+                    })
+                    .collect();
+                map.insert("destinations".into(), serde_json::Value::Array(dests));
+            }
         }
         obj
     }
@@ -204,6 +337,32 @@ impl Task {
             finish_time: st.finish_ms.map(time::to_timestamp),
             last_error: st.last_error.clone().unwrap_or_default(),
             worker: st.worker.clone().unwrap_or_default(),
+            destinations: if spec.is_relay() {
+                spec.destinations
+                    .iter()
+                    .map(|d| {
+                        let none = TaskStatus::default();
+                        let ds = st.of_destination(&d.destination()).unwrap_or(&none);
+                        v1::PushDestination {
+                            protocol: d.protocol.as_str().to_string(),
+                            url: d.url.clone(),
+                            stream_key: d.stream_key.clone(),
+                            variant_names: d.variant_names.clone(),
+                            state: ds.state.to_proto() as i32,
+                            sent_bytes: ds.sent_bytes,
+                            sent_time_ms: ds.sent_time_ms,
+                            sequence: ds.sequence,
+                            total_sent_bytes: ds.total_sent_bytes,
+                            total_sent_time_ms: ds.total_sent_time_ms,
+                            start_time: ds.start_ms.map(time::to_timestamp),
+                            finish_time: ds.finish_ms.map(time::to_timestamp),
+                            last_error: ds.last_error.clone().unwrap_or_default(),
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -216,6 +375,104 @@ pub struct AppConfig {
     /// Stream name = key when true (off by default).
     #[serde(default)]
     pub open_publish: bool,
+    #[serde(default)]
+    pub callbacks: Callbacks,
+}
+
+/// Where an app's events are sent (`spec/ingest-keys-callbacks.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callbacks {
+    /// PubStart / PubEnd notifications.
+    #[serde(default)]
+    pub publish: Vec<PublishCallback>,
+    /// Asked before a publish is accepted (fail closed).
+    #[serde(default)]
+    pub authorize: Option<AuthorizeCallback>,
+    /// Push task events, signed.
+    #[serde(default)]
+    pub status: Vec<StatusCallback>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishCallback {
+    pub url: String,
+    /// `new` (JSON) or `old` (form).
+    #[serde(default = "default_format")]
+    pub format: String,
+}
+
+fn default_format() -> String {
+    "new".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeCallback {
+    pub url: String,
+    #[serde(default = "default_authorize_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_authorize_timeout() -> u64 {
+    2000
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCallback {
+    pub url: String,
+    /// HMAC-SHA256 key of the `X-Signature` header; write-only in the API.
+    #[serde(default)]
+    pub secret: String,
+}
+
+impl Callbacks {
+    /// From the API's JSON (`{"publish":[{url,format}], "authorize":{url,timeoutMs},
+    /// "status":[{url,secret}]}`); unknown fields are ignored.
+    pub fn from_ome_json(v: &serde_json::Value) -> Result<Callbacks, String> {
+        let str_of =
+            |o: &serde_json::Value, k: &str| o.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let list = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_array())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut out = Callbacks::default();
+        for p in list("publish") {
+            let url = str_of(&p, "url").ok_or("callbacks.publish[].url is required")?;
+            let format = str_of(&p, "format").unwrap_or_else(default_format);
+            if format != "new" && format != "old" {
+                return Err(format!(
+                    "callbacks.publish[].format must be \"new\" or \"old\", not \"{format}\""
+                ));
+            }
+            out.publish.push(PublishCallback { url, format });
+        }
+        if let Some(a) = v.get("authorize").filter(|a| a.is_object()) {
+            out.authorize = Some(AuthorizeCallback {
+                url: str_of(a, "url").ok_or("callbacks.authorize.url is required")?,
+                timeout_ms: a
+                    .get("timeoutMs")
+                    .and_then(|x| x.as_u64())
+                    .unwrap_or_else(default_authorize_timeout),
+            });
+        }
+        for st in list("status") {
+            out.status.push(StatusCallback {
+                url: str_of(&st, "url").ok_or("callbacks.status[].url is required")?,
+                secret: str_of(&st, "secret").unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// As the API shows it: secrets replaced by `***`.
+    pub fn to_ome_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "publish": self.publish.iter().map(|p| serde_json::json!({"url": p.url, "format": p.format})).collect::<Vec<_>>(),
+            "authorize": self.authorize.as_ref().map(|a| serde_json::json!({"url": a.url, "timeoutMs": a.timeout_ms})),
+            "status": self.status.iter().map(|s| serde_json::json!({"url": s.url, "secret": "***"})).collect::<Vec<_>>(),
+        })
+    }
 }
 
 impl AppConfig {
@@ -228,7 +485,11 @@ impl AppConfig {
     }
 
     pub fn to_ome_json(&self) -> serde_json::Value {
-        serde_json::json!({ "name": self.name, "openPublish": self.open_publish })
+        serde_json::json!({
+            "name": self.name,
+            "openPublish": self.open_publish,
+            "callbacks": self.callbacks.to_ome_json(),
+        })
     }
 }
 
@@ -249,6 +510,7 @@ mod tests {
             url: "rtmp://h/live".into(),
             stream_key: key.into(),
             created_ms: 0,
+            destinations: vec![],
         }
     }
 
@@ -293,6 +555,14 @@ impl TaskStatus {
             finish_time_ms: self.finish_ms.unwrap_or(0),
             last_error: self.last_error.clone().unwrap_or_default(),
             worker: self.worker.clone().unwrap_or_default(),
+            destinations: self
+                .destinations
+                .iter()
+                .map(|d| v1::LiveDestinationStatus {
+                    destination: d.destination.clone(),
+                    status: Some(d.status.to_live_proto(vhost, app, id)),
+                })
+                .collect(),
         }
     }
 
@@ -318,6 +588,18 @@ impl TaskStatus {
             finish_ms: opt(p.finish_time_ms),
             last_error: text(&p.last_error),
             worker: text(&p.worker),
+            destinations: p
+                .destinations
+                .iter()
+                .map(|d| DestinationStatus {
+                    destination: d.destination.clone(),
+                    status: d
+                        .status
+                        .as_ref()
+                        .map(TaskStatus::from_live_proto)
+                        .unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 }

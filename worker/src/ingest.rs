@@ -22,6 +22,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use pushcast_proto::model::PublishCallback;
+use pushcast_webhooks::{
+    CloseMode, Dispatcher, Format, Payload, PublishEnd, PublishEvent, Target, host_from_tc_url,
+    new_vdoid, parse_query,
+};
+
 use crate::hub::{Hub, Source, StreamKey};
 use crate::lease::Lease;
 use crate::rtmp::{
@@ -57,6 +63,8 @@ pub struct Ingest {
     pub publishers: Publishers,
     /// Publishes refused for a bad stream key (for metrics and tests).
     pub refused: Arc<std::sync::atomic::AtomicU64>,
+    /// Delivers the apps' publish callbacks.
+    pub webhooks: Dispatcher,
 }
 
 /// The live publishes of this worker, by stream: each connection's token, cancelled to
@@ -138,7 +146,11 @@ impl Ingest {
             )
             .await;
         if let Some(p) = live.take() {
-            self.unpublish(p).await;
+            let why = match &result {
+                Ok(()) => "connection closed".to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.unpublish(p, false, &why).await;
         }
         result
     }
@@ -179,7 +191,7 @@ impl Ingest {
                     }
                     ServerEvent::PublishEnded { .. } => {
                         if let Some(p) = live.take() {
-                            self.unpublish(p).await;
+                            self.unpublish(p, true, "unpublished").await;
                         }
                     }
                     ServerEvent::Connected(_) => {}
@@ -258,6 +270,7 @@ impl Ingest {
             source,
             store_key: None,
             value: vec![],
+            notify: None,
         })
     }
 
@@ -293,6 +306,35 @@ impl Ingest {
             self.stream_of_key(&vhost, &req.app, &req.stream_name)
                 .await?
         };
+        let event = PublishEvent {
+            app: req.app.clone(),
+            vhost: vhost.clone(),
+            domain: req
+                .tc_url
+                .as_deref()
+                .and_then(host_from_tc_url)
+                .unwrap_or_default(),
+            stream: stream.clone(),
+            client: peer,
+            node: self.node_id.clone(),
+            params: req.query.as_deref().map(parse_query).unwrap_or_default(),
+            tc_url: req.tc_url.clone().unwrap_or_default(),
+            flashver: req.connect.flash_ver.clone(),
+            swfurl: req.connect.swf_url.clone(),
+            vdoid: new_vdoid(),
+            start_ms: time::now_ms().max(0) as u64,
+        };
+        if let Some(auth) = &app.callbacks.authorize {
+            let timeout = Duration::from_millis(auth.timeout_ms.max(1));
+            if let Err(denied) = self.webhooks.authorize(&auth.url, timeout, &event).await {
+                return Err(Refusal {
+                    code: RejectCode::Denied,
+                    reason: format!(
+                        "AuthencationFailed: the authorization callback said no ({denied})"
+                    ),
+                });
+            }
+        }
         let key = StreamKey::new(vhost.clone(), req.app.clone(), stream.clone());
         let record = LiveStream {
             vhost: vhost.clone(),
@@ -333,10 +375,14 @@ impl Ingest {
                 tracing::info!(%peer, app = %req.app, %stream, "publish started");
                 self.lock_published()
                     .insert(store_key.clone(), value.clone());
+                for cb in &app.callbacks.publish {
+                    self.notify(cb, Payload::publish_start(&event, format_of(cb)));
+                }
                 Ok(Published {
                     source,
                     store_key: Some(store_key),
                     value,
+                    notify: Some((event, app.callbacks.publish.clone())),
                 })
             }
             Err(_) => {
@@ -378,8 +424,32 @@ impl Ingest {
         }
     }
 
-    /// Ends a publish: subscribers see the end, the stream leaves the store.
-    async fn unpublish(&self, p: Published) {
+    fn notify(&self, cb: &PublishCallback, payload: Payload) {
+        match Target::new(&cb.url) {
+            Ok(target) => {
+                self.webhooks.send(&target, payload);
+            }
+            Err(e) => tracing::warn!(error = %e, "bad publish callback URL"),
+        }
+    }
+
+    /// Ends a publish: subscribers see the end, the stream leaves the store, the app's
+    /// callbacks hear PubEnd (`normal`: the encoder unpublished; else the connection broke).
+    async fn unpublish(&self, p: Published, normal: bool, why: &str) {
+        if let Some((event, callbacks)) = &p.notify {
+            let end = PublishEnd {
+                time_ms: time::now_ms().max(0) as u64,
+                message: why.to_string(),
+                mode: if normal {
+                    CloseMode::Normal
+                } else {
+                    CloseMode::Abnormal
+                },
+            };
+            for cb in callbacks {
+                self.notify(cb, Payload::publish_end(event, &end, format_of(cb)));
+            }
+        }
         tracing::info!(stream = %p.source.key(), "publish ended");
         self.publishers.lock().remove(p.source.key());
         p.source.end();
@@ -400,6 +470,8 @@ struct Published {
     /// `None` for relays, which are not registered in the store.
     store_key: Option<String>,
     value: Vec<u8>,
+    /// The publish session for PubStart / PubEnd, and where to send them.
+    notify: Option<(PublishEvent, Vec<PublishCallback>)>,
 }
 
 async fn flush(sock: &mut TcpStream, session: &mut ServerSession) -> Result<(), IngestError> {
@@ -407,4 +479,12 @@ async fn flush(sock: &mut TcpStream, session: &mut ServerSession) -> Result<(), 
         sock.write_all(&segment).await?;
     }
     Ok(())
+}
+
+fn format_of(cb: &PublishCallback) -> Format {
+    if cb.format == "old" {
+        Format::Old
+    } else {
+        Format::New
+    }
 }

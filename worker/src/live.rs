@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use pushcast_proto::model::{TaskState, TaskStatus};
+use pushcast_proto::model::{DestinationStatus, TaskSpec, TaskState, TaskStatus};
 use pushcast_proto::time;
 
 use crate::push::SessionCounters;
@@ -13,8 +13,9 @@ use crate::push::SessionCounters;
 /// Identity of a task: (vhost, app, id).
 pub type TaskKey = (String, String, String);
 
-/// One task's live state. `status.total_*` hold ended sessions only; the current session
-/// is added when a snapshot is taken, so counters never need a write per frame.
+/// One task's live state, per destination (a plain task has one). Each destination's
+/// `status.total_*` hold its ended sessions only; the current session is added when a
+/// snapshot is taken, so counters never need a write per frame.
 #[derive(Debug)]
 pub struct TaskLive {
     pub key: TaskKey,
@@ -23,6 +24,18 @@ pub struct TaskLive {
 
 #[derive(Debug, Default)]
 struct Inner {
+    worker: String,
+    /// In the task's order; shown as `destinations` when the task is a relay task.
+    dests: Vec<Dest>,
+    relay: bool,
+    /// The last stored status: where a destination added later starts its totals.
+    previous: TaskStatus,
+}
+
+#[derive(Debug)]
+struct Dest {
+    /// [`DestinationSpec::destination`].
+    id: String,
     status: TaskStatus,
     session: Option<Session>,
 }
@@ -33,32 +46,23 @@ struct Session {
     started: Instant,
 }
 
-impl TaskLive {
-    pub fn new(key: TaskKey, worker: &str, previous: Option<TaskStatus>) -> TaskLive {
-        let mut status = previous.unwrap_or_default();
-        status.worker = Some(worker.to_string());
+impl Dest {
+    fn new(id: String, mut status: TaskStatus) -> Dest {
         status.state = TaskState::Ready;
         status.sent_bytes = 0;
         status.sent_time_ms = 0;
-        TaskLive {
-            key,
-            inner: Mutex::new(Inner {
-                status,
-                session: None,
-            }),
+        status.worker = None;
+        status.destinations = Vec::new();
+        Dest {
+            id,
+            status,
+            session: None,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the plain data inconsistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The status as the API should show it now.
-    pub fn snapshot(&self) -> TaskStatus {
-        let inner = self.lock();
-        let mut st = inner.status.clone();
-        if let Some(s) = &inner.session {
+    fn snapshot(&self) -> TaskStatus {
+        let mut st = self.status.clone();
+        if let Some(s) = &self.session {
             st.sent_bytes = s.counters.sent_bytes();
             st.sent_time_ms = s.started.elapsed().as_millis() as u64;
             st.total_sent_bytes += st.sent_bytes;
@@ -67,45 +71,11 @@ impl TaskLive {
         st
     }
 
-    /// A session begins (the source is live and the first connection is attempted).
-    pub fn begin_session(&self) -> Arc<SessionCounters> {
-        let counters = SessionCounters::new();
-        let mut inner = self.lock();
-        inner.status.sent_bytes = 0;
-        inner.status.sent_time_ms = 0;
-        inner.session = Some(Session {
-            counters: counters.clone(),
-            started: Instant::now(),
-        });
-        counters
-    }
-
-    /// The connection is up and sending.
-    pub fn started(&self) {
-        let mut inner = self.lock();
-        inner.status.state = TaskState::Started;
-        inner.status.last_error = None;
-        inner.status.start_ms = Some(time::now_ms());
-    }
-
-    /// A connection failed; the session goes on (retrying).
-    pub fn failed(&self, error: &str) {
-        let mut inner = self.lock();
-        inner.status.state = TaskState::Error;
-        inner.status.last_error = Some(error.to_string());
-    }
-
-    pub fn set_state(&self, state: TaskState) {
-        self.lock().status.state = state;
-    }
-
-    /// The session ended (source ended or stop): counters move into the totals.
-    pub fn end_session(&self, state: TaskState) {
-        let mut inner = self.lock();
-        if let Some(s) = inner.session.take() {
+    fn end_session(&mut self, state: TaskState) {
+        if let Some(s) = self.session.take() {
             let bytes = s.counters.sent_bytes();
             let ms = s.started.elapsed().as_millis() as u64;
-            let st = &mut inner.status;
+            let st = &mut self.status;
             st.sent_bytes = bytes;
             st.sent_time_ms = ms;
             st.total_sent_bytes += bytes;
@@ -113,8 +83,175 @@ impl TaskLive {
             st.sequence += 1;
             st.finish_ms = Some(time::now_ms());
         }
-        inner.status.state = state;
+        self.status.state = state;
     }
+}
+
+impl TaskLive {
+    /// A task pushing to `spec`'s destinations; totals continue from `previous`.
+    pub fn new(
+        key: TaskKey,
+        worker: &str,
+        previous: Option<TaskStatus>,
+        spec: &TaskSpec,
+    ) -> TaskLive {
+        let live = TaskLive {
+            key,
+            inner: Mutex::new(Inner {
+                worker: worker.to_string(),
+                previous: previous.unwrap_or_default(),
+                ..Inner::default()
+            }),
+        };
+        live.set_destinations(spec);
+        live
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the plain data inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows a change of the task's destinations: the ones kept keep their status
+    /// and session, new ones start from their last stored status (if any).
+    pub fn set_destinations(&self, spec: &TaskSpec) {
+        let list = spec.destination_list();
+        let mut inner = self.lock();
+        let mut old = std::mem::take(&mut inner.dests);
+        let single = inner.previous.destinations.is_empty();
+        for d in &list {
+            let id = d.destination();
+            let dest = match old.iter().position(|o| o.id == id) {
+                Some(i) => old.swap_remove(i),
+                None => {
+                    let seed = match inner.previous.of_destination(&id) {
+                        Some(st) => st.clone(),
+                        // A plain task's status is its one destination's.
+                        None if single && list.len() == 1 => inner.previous.clone(),
+                        None => TaskStatus::default(),
+                    };
+                    Dest::new(id, seed)
+                }
+            };
+            inner.dests.push(dest);
+        }
+        inner.relay = spec.is_relay();
+    }
+
+    /// The status as the API should show it now.
+    pub fn snapshot(&self) -> TaskStatus {
+        let inner = self.lock();
+        let dests: Vec<(String, TaskStatus)> = inner
+            .dests
+            .iter()
+            .map(|d| (d.id.clone(), d.snapshot()))
+            .collect();
+        let mut st = if inner.relay {
+            let mut sum = aggregate(dests.iter().map(|(_, s)| s));
+            sum.destinations = dests
+                .into_iter()
+                .map(|(destination, status)| DestinationStatus {
+                    destination,
+                    status,
+                })
+                .collect();
+            sum
+        } else {
+            dests.into_iter().next().map(|(_, s)| s).unwrap_or_default()
+        };
+        st.worker = Some(inner.worker.clone());
+        st
+    }
+
+    fn with_dest(&self, dest: &str, f: impl FnOnce(&mut Dest)) {
+        let mut inner = self.lock();
+        if let Some(d) = inner.dests.iter_mut().find(|d| d.id == dest) {
+            f(d);
+        }
+    }
+
+    /// A session of `dest` begins (the source is live and the first connection is
+    /// attempted).
+    pub fn begin_session(&self, dest: &str) -> Arc<SessionCounters> {
+        let counters = SessionCounters::new();
+        self.with_dest(dest, |d| {
+            d.end_session(TaskState::Ready);
+            d.status.sent_bytes = 0;
+            d.status.sent_time_ms = 0;
+            d.status.state = TaskState::Ready;
+            d.session = Some(Session {
+                counters: counters.clone(),
+                started: Instant::now(),
+            });
+        });
+        counters
+    }
+
+    /// The connection of `dest` is up and sending.
+    pub fn started(&self, dest: &str) {
+        self.with_dest(dest, |d| {
+            d.status.state = TaskState::Started;
+            d.status.last_error = None;
+            d.status.start_ms = Some(time::now_ms());
+        });
+    }
+
+    /// A connection of `dest` failed; its session goes on (retrying).
+    pub fn failed(&self, dest: &str, error: &str) {
+        self.with_dest(dest, |d| {
+            d.status.state = TaskState::Error;
+            d.status.last_error = Some(error.to_string());
+        });
+    }
+
+    /// Sets the state of every destination.
+    pub fn set_state(&self, state: TaskState) {
+        for d in &mut self.lock().dests {
+            d.status.state = state;
+        }
+    }
+
+    /// The sessions ended (source ended or stop): counters move into the totals.
+    pub fn end_session(&self, state: TaskState) {
+        for d in &mut self.lock().dests {
+            d.end_session(state);
+        }
+    }
+}
+
+/// A relay task's status: the sum of its destinations'.
+fn aggregate<'a>(dests: impl Iterator<Item = &'a TaskStatus>) -> TaskStatus {
+    let mut sum = TaskStatus::default();
+    let mut states = Vec::new();
+    for d in dests {
+        states.push(d.state);
+        sum.sent_bytes += d.sent_bytes;
+        sum.sent_time_ms = sum.sent_time_ms.max(d.sent_time_ms);
+        sum.sequence = sum.sequence.max(d.sequence);
+        sum.total_sent_bytes += d.total_sent_bytes;
+        sum.total_sent_time_ms = sum.total_sent_time_ms.max(d.total_sent_time_ms);
+        sum.start_ms = match (sum.start_ms, d.start_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        sum.finish_ms = sum.finish_ms.max(d.finish_ms);
+        if sum.last_error.is_none() {
+            sum.last_error.clone_from(&d.last_error);
+        }
+    }
+    let any = |s: TaskState| states.contains(&s);
+    sum.state = if any(TaskState::Started) {
+        TaskState::Started
+    } else if any(TaskState::Error) {
+        TaskState::Error
+    } else if any(TaskState::Stopping) {
+        TaskState::Stopping
+    } else if !states.is_empty() && states.iter().all(|s| *s == TaskState::Stopped) {
+        TaskState::Stopped
+    } else {
+        TaskState::Ready
+    };
+    sum
 }
 
 /// Every task this worker holds.
@@ -166,25 +303,68 @@ impl LiveTasks {
 mod tests {
     use std::sync::atomic::Ordering;
 
+    use pushcast_proto::model::{DestinationSpec, Protocol};
+
     use super::*;
+
+    fn spec(keys: &[&str]) -> TaskSpec {
+        let mut spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "id": "t", "vhost": "default", "app": "app", "stream": {"name": "s"},
+            "protocol": "rtmp", "url": "rtmp://h/live", "stream_key": "k", "created_ms": 0,
+        }))
+        .expect("spec");
+        spec.set_destinations(
+            keys.iter()
+                .map(|k| DestinationSpec {
+                    protocol: Protocol::Rtmp,
+                    url: "rtmp://h/live".into(),
+                    stream_key: (*k).into(),
+                    variant_names: vec![],
+                })
+                .collect(),
+        );
+        spec
+    }
 
     #[test]
     fn totals_include_the_current_session_and_survive_its_end() {
         let key = ("default".to_string(), "app".to_string(), "t".to_string());
-        let live = TaskLive::new(key, "w1", None);
-        let c = live.begin_session();
+        let live = TaskLive::new(key, "w1", None, &spec(&["k"]));
+        let d = "rtmp://h/live/k";
+        let c = live.begin_session(d);
         c.sent_bytes.fetch_add(100, Ordering::Relaxed);
-        live.started();
+        live.started(d);
         let s = live.snapshot();
         assert_eq!(
             (s.state, s.sent_bytes, s.total_sent_bytes),
             (TaskState::Started, 100, 100)
         );
         live.end_session(TaskState::Stopped);
-        let c = live.begin_session();
+        let c = live.begin_session(d);
         c.sent_bytes.fetch_add(50, Ordering::Relaxed);
         let s = live.snapshot();
         assert_eq!((s.sent_bytes, s.total_sent_bytes, s.sequence), (50, 150, 1));
         assert_eq!(s.worker.as_deref(), Some("w1"));
+        assert!(s.destinations.is_empty());
+    }
+
+    #[test]
+    fn destinations_kept_by_an_update_keep_their_session() {
+        let key = ("default".to_string(), "app".to_string(), "t".to_string());
+        let live = TaskLive::new(key, "w1", None, &spec(&["a", "b"]));
+        let b = "rtmp://h/live/b";
+        let c = live.begin_session(b);
+        c.sent_bytes.fetch_add(70, Ordering::Relaxed);
+        live.started(b);
+        live.set_destinations(&spec(&["b", "c"]));
+        c.sent_bytes.fetch_add(30, Ordering::Relaxed);
+        let s = live.snapshot();
+        assert_eq!(s.state, TaskState::Started);
+        assert_eq!(s.destinations.len(), 2);
+        let sb = s.of_destination(b).expect("b");
+        assert_eq!((sb.sent_bytes, sb.state), (100, TaskState::Started));
+        let sc = s.of_destination("rtmp://h/live/c").expect("c");
+        assert_eq!((sc.sent_bytes, sc.state), (0, TaskState::Ready));
+        assert_eq!(s.sent_bytes, 100);
     }
 }

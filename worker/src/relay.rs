@@ -165,6 +165,7 @@ impl Relays {
                 self.token
             ),
             created_ms: 0,
+            destinations: Vec::new(),
         };
         let mut backoff = Backoff::new(BackoffConfig {
             initial: Duration::from_millis(250),

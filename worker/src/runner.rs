@@ -47,6 +47,9 @@ pub struct Runner {
 struct Running {
     assignment: Assignment,
     cancel: CancellationToken,
+    /// The running task follows changes of its spec that keep its source (updatePush):
+    /// only the destinations that changed start or stop.
+    spec: watch::Sender<TaskSpec>,
 }
 
 /// Assignment updates pushed by the leader over gRPC (`WorkerService.ApplyAssignments`),
@@ -64,10 +67,16 @@ impl Assigned<'_> {
     /// Starts (or restarts) an assignment unless the same one, or a newer generation of
     /// it, already runs: etcd's watch and the gRPC path may deliver it in either order.
     fn put(&mut self, key: String, a: Assignment) -> bool {
-        if let Some(cur) = self.running.get(&key)
-            && (cur.assignment == a || cur.assignment.generation > a.generation)
-        {
-            return false;
+        if let Some(cur) = self.running.get_mut(&key) {
+            if cur.assignment == a || cur.assignment.generation > a.generation {
+                return false;
+            }
+            if cur.assignment.source == a.source && same_source(&cur.assignment.spec, &a.spec) {
+                tracing::info!(id = %a.spec.id, generation = a.generation, "task updated in place");
+                cur.spec.send_replace(a.spec.clone());
+                cur.assignment = a;
+                return true;
+            }
         }
         if let Some(old) = self.running.remove(&key) {
             old.cancel.cancel();
@@ -213,12 +222,18 @@ impl Runner {
             stream = %spec.stream.name,
             generation = assignment.generation
         );
-        tokio::spawn(self.clone().task(spec, cancel.clone()).instrument(span));
-        Running { assignment, cancel }
+        let (tx, rx) = watch::channel(spec);
+        tokio::spawn(self.clone().task(rx, cancel.clone()).instrument(span));
+        Running {
+            assignment,
+            cancel,
+            spec: tx,
+        }
     }
 
     /// One task's whole life on this worker.
-    async fn task(self, spec: TaskSpec, cancel: CancellationToken) {
+    async fn task(self, mut spec_rx: watch::Receiver<TaskSpec>, cancel: CancellationToken) {
+        let spec = spec_rx.borrow_and_update().clone();
         let key = task_key(&spec);
         let stream = StreamKey::new(
             spec.vhost.clone(),
@@ -230,8 +245,9 @@ impl Runner {
             Ok(Some(kv)) => serde_json::from_slice(&kv.value).ok(),
             _ => None,
         };
-        let live = Arc::new(TaskLive::new(key.clone(), &self.node_id, previous));
+        let live = Arc::new(TaskLive::new(key.clone(), &self.node_id, previous, &spec));
         let mut fence = self.fence.clone();
+        let mut spec_open = true;
         loop {
             // A fenced worker runs no session (see `lease`).
             if !wait_unfenced(&mut fence, &cancel).await {
@@ -240,6 +256,13 @@ impl Runner {
             let sub = tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = wait_fenced(&mut fence) => continue,
+                r = spec_rx.changed(), if spec_open => {
+                    match r {
+                        Ok(()) => live.set_destinations(&spec_rx.borrow_and_update()),
+                        Err(_) => spec_open = false,
+                    }
+                    continue;
+                }
                 s = self.hub.subscribe_when_live(&stream, self.queue) => s,
             };
             // The stream is live here: this worker holds the task now.
@@ -252,7 +275,14 @@ impl Runner {
                 fenced_stop.cancel();
             });
             let end = self
-                .session(&spec, &stream, &live, sub, &session_cancel)
+                .source_session(
+                    &mut spec_rx,
+                    &mut spec_open,
+                    &stream,
+                    &live,
+                    sub,
+                    &session_cancel,
+                )
                 .await;
             guard.abort();
             live.end_session(TaskState::Stopped);
@@ -266,25 +296,110 @@ impl Runner {
         self.live.remove_if_same(&live);
     }
 
-    /// One source session: connect, push, reconnect with backoff, until the source ends
-    /// or the task is cancelled.
-    async fn session(
+    /// While the source is live: one push session per destination, each with its own
+    /// hub subscription, started and stopped as the task's destinations change. Ends
+    /// when the source ends or the task is cancelled.
+    async fn source_session(
         &self,
-        spec: &TaskSpec,
+        spec_rx: &mut watch::Receiver<TaskSpec>,
+        spec_open: &mut bool,
         stream: &StreamKey,
         live: &Arc<TaskLive>,
         first: Subscription,
         cancel: &CancellationToken,
     ) -> SessionEnd {
-        let counters = live.begin_session();
-        live.set_state(TaskState::Ready);
-        self.status.changed(live);
+        let mut first = Some(first);
+        // destination → (its session's spec, its cancel token)
+        let mut running: HashMap<String, (TaskSpec, CancellationToken)> = HashMap::new();
+        let mut sessions: tokio::task::JoinSet<SessionEnd> = tokio::task::JoinSet::new();
+        let end = 'outer: loop {
+            let spec = spec_rx.borrow_and_update().clone();
+            live.set_destinations(&spec);
+            let wanted: Vec<(String, TaskSpec)> = spec
+                .destination_list()
+                .iter()
+                .map(|d| (d.destination(), spec.for_destination(d)))
+                .collect();
+            running.retain(|dest, (s, c)| {
+                let keep = wanted.iter().any(|(w, ws)| w == dest && ws == s);
+                if !keep {
+                    tracing::info!(url = %s.url, "destination removed; its session stops");
+                    c.cancel();
+                }
+                keep
+            });
+            for (dest, dspec) in wanted {
+                if running.contains_key(&dest) {
+                    continue;
+                }
+                let Some(sub) = first
+                    .take()
+                    .or_else(|| self.hub.subscribe(stream, self.queue))
+                else {
+                    break 'outer SessionEnd::SourceEnded;
+                };
+                let c = cancel.child_token();
+                let counters = live.begin_session(&dest);
+                self.status.changed(live);
+                let span = tracing::info_span!("destination", url = %dspec.url);
+                sessions.spawn(
+                    self.clone()
+                        .session(
+                            dspec.clone(),
+                            dest.clone(),
+                            stream.clone(),
+                            live.clone(),
+                            counters,
+                            sub,
+                            c.clone(),
+                        )
+                        .instrument(span),
+                );
+                running.insert(dest, (dspec, c));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break SessionEnd::Cancelled,
+                r = spec_rx.changed(), if *spec_open => {
+                    if r.is_err() {
+                        *spec_open = false;
+                    }
+                }
+                Some(r) = sessions.join_next() => {
+                    if let Ok(SessionEnd::SourceEnded) = r {
+                        break SessionEnd::SourceEnded;
+                    }
+                }
+            }
+        };
+        for (_, c) in running.values() {
+            c.cancel();
+        }
+        while sessions.join_next().await.is_some() {}
+        end
+    }
+
+    /// One destination while the source is live: connect, push, reconnect with
+    /// backoff, until the source ends or the session is cancelled.
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        self,
+        spec: TaskSpec,
+        dest: String,
+        stream: StreamKey,
+        live: Arc<TaskLive>,
+        counters: Arc<push::SessionCounters>,
+        first: Subscription,
+        cancel: CancellationToken,
+    ) -> SessionEnd {
+        let spec = &spec;
+        let live = &live;
+        let cancel = &cancel;
         let mut backoff = Backoff::new(self.backoff);
         let mut next = Some(first);
         loop {
             let Some(mut sub) = next
                 .take()
-                .or_else(|| self.hub.subscribe(stream, self.queue))
+                .or_else(|| self.hub.subscribe(&stream, self.queue))
             else {
                 return SessionEnd::SourceEnded;
             };
@@ -305,7 +420,7 @@ impl Runner {
                 },
                 Err(e) => {
                     // Nothing to do until the stream changes: report and wait for its end.
-                    live.failed(&e.to_string());
+                    live.failed(&dest, &e.to_string());
                     self.status.changed(live);
                     return wait_end(sub, cancel).await;
                 }
@@ -318,7 +433,7 @@ impl Runner {
             let task_live = live.clone();
             let result = push::run_session(spec, selection, &mut source, &counters, &cfg, |ev| {
                 if let SessionEvent::Connected { .. } = ev {
-                    task_live.started();
+                    task_live.started(&dest);
                     status.changed(&task_live);
                 }
             })
@@ -327,7 +442,7 @@ impl Runner {
                 Ok(end) => return end,
                 Err(e) => {
                     tracing::warn!(error = %e, "push failed; retrying");
-                    live.failed(&e.to_string());
+                    live.failed(&dest, &e.to_string());
                     self.status.changed(live);
                     backoff.record_success(started.elapsed());
                     let delay = backoff.next_delay_for(if e.is_transient() {
@@ -346,6 +461,11 @@ impl Runner {
             }
         }
     }
+}
+
+/// True when `b` is `a` changed in place: same task, same source stream.
+fn same_source(a: &TaskSpec, b: &TaskSpec) -> bool {
+    (&a.vhost, &a.app, &a.id, &a.stream.name) == (&b.vhost, &b.app, &b.id, &b.stream.name)
 }
 
 /// Waits until the fence is down; false if the task was cancelled meanwhile.

@@ -104,6 +104,8 @@ pub async fn start(
         published: Default::default(),
         publishers: publishers.clone(),
         refused: Default::default(),
+        webhooks: pushcast_webhooks::Dispatcher::new(Default::default())
+            .context("cannot start the webhook dispatcher")?,
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {

@@ -160,6 +160,7 @@ mod tests {
             url: "rtmp://h/live".into(),
             stream_key: id.into(),
             created_ms: 0,
+            destinations: Vec::new(),
         }
     }
 
