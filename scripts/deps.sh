@@ -6,7 +6,7 @@ set -euo pipefail
 
 want=(protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = "test" ]; then
-  want+=(etcd-server etcd-client ffmpeg nginx libnginx-mod-rtmp stunnel4 ca-certificates)
+  want+=(etcd-server etcd-client ffmpeg nginx libnginx-mod-rtmp stunnel4 ca-certificates prometheus)
 fi
 
 missing=()

@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let (cli, file) = parse_args::<Cli>()?;
     let (vhosts, apps) = vhosts_from(&file)?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
+    cli.common.serve_metrics(&shutdown).await?;
     let store = cli.common.open_store().await?;
     let node_id = cli.common.node_id();
     let worker = pushcast_worker::start(

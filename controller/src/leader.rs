@@ -34,6 +34,7 @@ pub fn campaign(
                 }
             };
             let _ = tx.send(false);
+            metrics::gauge!("pushcast_leader").set(0.0);
             // Another node leads: try again as soon as its key goes (its lease expired or
             // was revoked), or after a TTL anyway.
             let wait_for_vacancy = async {
@@ -84,6 +85,7 @@ async fn try_lead(
         return Ok(Some(r.revision));
     }
     tracing::info!(node = node_id, "elected leader");
+    metrics::gauge!("pushcast_leader").set(1.0);
     let _ = tx.send(true);
     let period = ttl / 4;
     let step_down_after = ttl * 2 / 3;

@@ -48,10 +48,17 @@ pub async fn run(
                 }
             }
         };
+        let export = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                dispatcher.stats().record_metrics();
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = lost => {}
             _ = follow(store.as_ref(), &dispatcher) => {}
+            _ = export => {}
         }
     }
 }

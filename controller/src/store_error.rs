@@ -6,9 +6,12 @@ use pushcast_store::StoreError;
 /// Maps a store failure to the API: an unreachable store is 503 (retry later), the rest 500.
 pub fn api_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::Unavailable(msg) => ApiError::unavailable(format!(
-            "State store is unavailable, try again later: {msg}"
-        )),
+        StoreError::Unavailable(msg) => {
+            metrics::counter!("pushcast_store_errors_total", "kind" => "unavailable").increment(1);
+            ApiError::unavailable(format!(
+                "State store is unavailable, try again later: {msg}"
+            ))
+        }
         other => ApiError::internal(format!("State store error: {other}")),
     }
 }

@@ -37,12 +37,24 @@ pub struct CommonArgs {
     #[arg(long, env = "PUSHCAST_DATA_DIR", default_value = "./pushcast-data")]
     pub data_dir: PathBuf,
 
+    /// Prometheus `/metrics` (off unless set).
+    #[arg(long, env = "PUSHCAST_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Stable name of this process in the cluster (default: the host name).
     #[arg(long, env = "PUSHCAST_NODE_ID")]
     pub node_id: Option<String>,
 }
 
 impl CommonArgs {
+    /// Serves `/metrics` when `--metrics-addr` is set.
+    pub async fn serve_metrics(&self, shutdown: &crate::CancellationToken) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_addr {
+            crate::metrics::serve(addr, shutdown.clone()).await?;
+        }
+        Ok(())
+    }
+
     /// Opens the configured store: etcd when endpoints are given, else the embedded one.
     pub async fn open_store(&self) -> anyhow::Result<Arc<dyn Store>> {
         if self.etcd_endpoints.is_empty() {

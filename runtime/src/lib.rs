@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config_file;
 pub mod logging;
+pub mod metrics;
 pub mod shutdown;
 
 pub use tokio_util::sync::CancellationToken;

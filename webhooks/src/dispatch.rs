@@ -314,6 +314,21 @@ pub struct Stats {
     pub in_flight: u64,
 }
 
+impl Stats {
+    /// Publishes these counts as Prometheus metrics (`pushcast_callback_*`).
+    pub fn record_metrics(&self) {
+        for (result, n) in [
+            ("delivered", self.delivered),
+            ("failed", self.failed),
+            ("dropped", self.dropped),
+        ] {
+            metrics::counter!("pushcast_callback_deliveries_total", "result" => result).absolute(n);
+        }
+        metrics::counter!("pushcast_callback_retries_total").absolute(self.retried);
+        metrics::gauge!("pushcast_callback_queued").set((self.queued + self.in_flight) as f64);
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 enum LaneKey {
     Ordered(Arc<str>, Arc<str>),

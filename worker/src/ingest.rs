@@ -178,6 +178,9 @@ impl Ingest {
                             *live = Some(p);
                         }
                         Err(r) => {
+                            let reason = r.reason.split(':').next().unwrap_or("other").to_string();
+                            metrics::counter!("pushcast_ingest_refused_total", "reason" => reason)
+                                .increment(1);
                             tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), reason = %r.reason, "publish refused");
                             session.reject_publish(req.stream_id, r.code, &r.reason)?;
                             flush(sock, session).await?;
@@ -373,6 +376,8 @@ impl Ingest {
         match self.hub.publish(key) {
             Ok(source) => {
                 tracing::info!(%peer, app = %req.app, %stream, "publish started");
+                metrics::counter!("pushcast_ingest_publishes_total").increment(1);
+                metrics::gauge!("pushcast_ingest_streams").increment(1.0);
                 self.lock_published()
                     .insert(store_key.clone(), value.clone());
                 for cb in &app.callbacks.publish {
@@ -454,6 +459,7 @@ impl Ingest {
         self.publishers.lock().remove(p.source.key());
         p.source.end();
         let Some(store_key) = p.store_key else { return };
+        metrics::gauge!("pushcast_ingest_streams").decrement(1.0);
         self.lock_published().remove(&store_key);
         let txn = Txn::new()
             .when(Compare::Value(store_key.clone(), p.value))

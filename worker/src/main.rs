@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     pushcast_runtime::logging::init();
     let (cli, _file) = parse_args::<Cli>()?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
+    cli.common.serve_metrics(&shutdown).await?;
     let store = cli.common.open_store().await?;
     let worker = pushcast_worker::start(
         cli.worker,

@@ -95,6 +95,8 @@ pub async fn start(
 
     let mut tasks = JoinSet::new();
     let publishers = crate::ingest::Publishers::default();
+    let webhooks = pushcast_webhooks::Dispatcher::new(Default::default())
+        .context("cannot start the webhook dispatcher")?;
     let ingest = Ingest {
         hub: hub.clone(),
         store: store.clone(),
@@ -104,8 +106,7 @@ pub async fn start(
         published: Default::default(),
         publishers: publishers.clone(),
         refused: Default::default(),
-        webhooks: pushcast_webhooks::Dispatcher::new(Default::default())
-            .context("cannot start the webhook dispatcher")?,
+        webhooks: webhooks.clone(),
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {
@@ -144,6 +145,29 @@ pub async fn start(
     tasks.spawn(async move {
         runner.run(stop, updates_rx).await;
         Ok(())
+    });
+
+    // Gauges read from the live state, every few seconds.
+    let (gauge_live, gauge_webhooks, stop) = (live.clone(), webhooks.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let mut by_state = std::collections::BTreeMap::new();
+            for s in ["ready", "started", "stopping", "stopped", "error"] {
+                by_state.insert(s, 0u64);
+            }
+            for t in gauge_live.all() {
+                *by_state.entry(t.snapshot().state.as_str()).or_default() += 1;
+            }
+            for (state, n) in by_state {
+                metrics::gauge!("pushcast_push_tasks", "state" => state).set(n as f64);
+            }
+            gauge_webhooks.stats().record_metrics();
+        }
     });
 
     let api = WorkerApi {

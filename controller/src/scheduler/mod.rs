@@ -78,6 +78,10 @@ async fn lead(store: Arc<dyn Store>, clients: WorkerClients) {
             match pass(store.as_ref()).await {
                 Ok(stats) => {
                     let took_ms = t0.elapsed().as_millis() as u64;
+                    metrics::counter!("pushcast_scheduler_passes_total").increment(1);
+                    metrics::histogram!("pushcast_scheduler_pass_duration_seconds")
+                        .record(t0.elapsed().as_secs_f64());
+                    metrics::gauge!("pushcast_scheduler_placed_tasks").set(stats.placed as f64);
                     if stats.changes > 0 {
                         tracing::info!(
                             changes = stats.changes,

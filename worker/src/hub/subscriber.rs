@@ -249,6 +249,7 @@ impl Subscriber {
         self.counters
             .dropped_frames
             .fetch_add(frames, Ordering::Relaxed);
+        metrics::counter!("pushcast_hub_dropped_frames_total").increment(frames);
         self.counters
             .dropped_bytes
             .fetch_add(bytes, Ordering::Relaxed);

@@ -115,6 +115,7 @@ impl SessionCounters {
     pub(crate) fn add_sent(&self, bytes: u64, frames: u64) {
         if bytes > 0 {
             self.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+            metrics::counter!("pushcast_push_sent_bytes_total").increment(bytes);
         }
         if frames > 0 {
             self.sent_frames.fetch_add(frames, Ordering::Relaxed);
@@ -122,6 +123,7 @@ impl SessionCounters {
     }
     pub(crate) fn add_dropped(&self, frames: u64) {
         self.dropped_frames.fetch_add(frames, Ordering::Relaxed);
+        metrics::counter!("pushcast_push_dropped_frames_total").increment(frames);
     }
 }
 

@@ -1,0 +1,128 @@
+//! Prometheus metrics: the `metrics` facade everywhere in the code, one exporter per
+//! process, served as text at `/metrics` on `--metrics-addr`.
+//!
+//! Names follow Prometheus conventions: `pushcast_` prefix, `_total` for counters, base
+//! units (`_bytes`, `_seconds`).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Every metric pushcast exports, with its help text (also the reference for dashboards).
+pub const METRICS: &[(&str, &str)] = &[
+    (
+        "pushcast_push_tasks",
+        "Push tasks held by this worker, by state.",
+    ),
+    (
+        "pushcast_push_sent_bytes_total",
+        "Media bytes written to push destinations.",
+    ),
+    (
+        "pushcast_push_dropped_frames_total",
+        "Frames a push session dropped.",
+    ),
+    (
+        "pushcast_push_reconnects_total",
+        "Push sessions that failed and will reconnect.",
+    ),
+    (
+        "pushcast_hub_dropped_frames_total",
+        "Frames skipped for slow push sessions (to the next keyframe).",
+    ),
+    (
+        "pushcast_ingest_streams",
+        "Live streams ingested by this worker.",
+    ),
+    (
+        "pushcast_ingest_publishes_total",
+        "Accepted RTMP publishes.",
+    ),
+    (
+        "pushcast_ingest_refused_total",
+        "Refused RTMP publishes, by reason.",
+    ),
+    (
+        "pushcast_callback_deliveries_total",
+        "Webhook deliveries, by result.",
+    ),
+    (
+        "pushcast_callback_retries_total",
+        "Webhook delivery retries.",
+    ),
+    ("pushcast_callback_queued", "Webhooks waiting or in flight."),
+    (
+        "pushcast_scheduler_passes_total",
+        "Scheduler passes run by the leader.",
+    ),
+    (
+        "pushcast_scheduler_pass_duration_seconds",
+        "Duration of one scheduler pass.",
+    ),
+    (
+        "pushcast_scheduler_placed_tasks",
+        "Tasks placed on workers by the last pass.",
+    ),
+    ("pushcast_leader", "1 while this controller is the leader."),
+    (
+        "pushcast_store_errors_total",
+        "State store calls that failed, by kind.",
+    ),
+];
+
+/// Installs the global recorder once (later calls reuse it).
+fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => {
+                for (name, help) in METRICS {
+                    // The kind does not matter for the help text of the exposition.
+                    metrics::describe_counter!(*name, *help);
+                }
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Serves `/metrics` on `addr` until `shutdown`; returns the bound address.
+pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let handle = handle()
+        .context("cannot install the metrics recorder")?
+        .clone();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind metrics to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let h = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    h.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    tracing::info!(addr = %bound, "metrics listening");
+    Ok(bound)
+}
