@@ -36,8 +36,10 @@ async fn main() -> anyhow::Result<()> {
     cli.common.serve_metrics(&shutdown).await?;
     let store = cli.common.open_store().await?;
     let node_id = cli.common.node_id();
+    let mut worker_args = cli.worker;
+    worker_args.grpc_tls = cli.common.grpc_tls.clone();
     let worker = pushcast_worker::start(
-        cli.worker,
+        worker_args,
         cli.worker_grpc_addr,
         node_id.clone(),
         store.clone(),
@@ -45,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let mut controller_args = cli.controller;
+    controller_args.grpc_tls = cli.common.grpc_tls.clone();
     if controller_args.public_ingest_url.is_none() {
         let ip = worker.rtmp_addr.ip();
         let host = if ip.is_unspecified() {
@@ -55,16 +58,25 @@ async fn main() -> anyhow::Result<()> {
         controller_args.public_ingest_url =
             Some(format!("rtmp://{host}:{}", worker.rtmp_addr.port()));
     }
+    let controller_args_tls = controller_args.rest_tls_cert.is_some();
     let cfg = ControllerConfig {
         args: controller_args,
         vhosts,
         apps,
         node_id,
     };
-    let controller = pushcast_controller::start(cfg, store, shutdown).await?;
+    // The controller stays up while the worker drains, then stops with it.
+    let controller_stop = pushcast_runtime::CancellationToken::new();
+    let (stopped, cs) = (worker.stopped.clone(), controller_stop.clone());
+    tokio::spawn(async move {
+        stopped.cancelled().await;
+        cs.cancel();
+    });
+    let controller = pushcast_controller::start(cfg, store, controller_stop).await?;
     println!("pushcast standalone is up");
+    let rest_scheme = if controller_args_tls { "https" } else { "http" };
     println!(
-        "  REST API (OME-compatible): http://{}",
+        "  REST API (OME-compatible): {rest_scheme}://{}",
         controller.rest_addr
     );
     println!("  gRPC API:                  {}", controller.grpc_addr);
@@ -72,10 +84,13 @@ async fn main() -> anyhow::Result<()> {
         "  RTMP ingest:               rtmp://{}/app/<stream>",
         worker.rtmp_addr
     );
+    if let Some(addr) = worker.rtmps_addr {
+        println!("  RTMPS ingest:              rtmps://{addr}/app/<stream>");
+    }
     if let Some(token) = &controller.generated_token {
         println!("  access token:              {token}");
         println!(
-            "  try: curl -H \"Authorization: Basic $(printf %s '{token}' | base64 -w0)\" http://{}/v1/vhosts/default/apps/app:pushes",
+            "  try: curl -H \"Authorization: Basic $(printf %s '{token}' | base64 -w0)\" {rest_scheme}://{}/v1/vhosts/default/apps/app:pushes",
             controller.rest_addr
         );
     }

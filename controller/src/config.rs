@@ -26,6 +26,19 @@ pub struct ControllerArgs {
     #[arg(long, env = "PUSHCAST_REST_ADDR", default_value = "0.0.0.0:8081")]
     pub rest_addr: SocketAddr,
 
+    /// HTTPS for the REST gateway: certificate chain (PEM). Set with --rest-tls-key, the
+    /// REST port speaks only TLS.
+    #[arg(long, env = "PUSHCAST_REST_TLS_CERT", value_name = "FILE")]
+    pub rest_tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --rest-tls-cert.
+    #[arg(long, env = "PUSHCAST_REST_TLS_KEY", value_name = "FILE")]
+    pub rest_tls_key: Option<std::path::PathBuf>,
+
+    /// gRPC TLS (the shared `--grpc-tls-*` flags, copied here by the binary).
+    #[arg(skip)]
+    pub grpc_tls: pushcast_runtime::tls::GrpcTlsArgs,
+
     /// gRPC API (PushService, AppService, health, reflection).
     #[arg(long, env = "PUSHCAST_GRPC_ADDR", default_value = "0.0.0.0:9000")]
     pub grpc_addr: SocketAddr,

@@ -27,8 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = pushcast_runtime::shutdown::on_signal();
     cli.common.serve_metrics(&shutdown).await?;
     let store = cli.common.open_store().await?;
+    let mut args = cli.controller;
+    args.grpc_tls = cli.common.grpc_tls.clone();
     let cfg = ControllerConfig {
-        args: cli.controller,
+        args,
         vhosts,
         apps,
         node_id: cli.common.node_id(),

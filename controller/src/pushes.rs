@@ -291,12 +291,17 @@ impl Pushes {
             });
             if self.store.txn(txn).await.map_err(api_error)?.succeeded {
                 let now = time::now_ms();
-                let st = &mut task.status;
-                if st.state == TaskState::Started || st.state == TaskState::Error {
-                    st.sequence += 1;
-                    st.finish_ms = Some(now);
+                let stopped = |st: &mut TaskStatus| {
+                    if st.state == TaskState::Started || st.state == TaskState::Error {
+                        st.sequence += 1;
+                        st.finish_ms = Some(now);
+                    }
+                    st.state = TaskState::Stopped;
+                };
+                for d in &mut task.status.destinations {
+                    stopped(&mut d.status);
                 }
-                st.state = TaskState::Stopped;
+                stopped(&mut task.status);
                 tracing::info!(vhost, app, id, "push task stopped and removed");
                 return Ok(task);
             }

@@ -66,7 +66,19 @@ pub async fn start(
     apps.seed(&cfg.apps)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the configured apps: {e}"))?;
-    let clients = crate::worker_clients::WorkerClients::default();
+    let rest_tls = pushcast_runtime::tls::pair(
+        cfg.args.rest_tls_cert.as_deref(),
+        cfg.args.rest_tls_key.as_deref(),
+        "--rest-tls-cert/--rest-tls-key",
+    )?
+    .map(|(c, k)| (c.to_path_buf(), k.to_path_buf()));
+    let grpc_tls = cfg.args.grpc_tls.server(false).context("gRPC API TLS")?;
+    let clients = crate::worker_clients::WorkerClients::with_tls(
+        cfg.args
+            .grpc_tls
+            .client()
+            .context("TLS toward the workers")?,
+    );
     let pushes = Pushes::new(store.clone(), apps.clone(), clients.clone());
     let stream_keys = crate::stream_keys::StreamKeys::new(
         store.clone(),
@@ -112,13 +124,24 @@ pub async fn start(
         auth: auth.clone(),
     });
     let stop = shutdown.clone();
-    tasks.spawn(async move {
-        axum::serve(rest, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("REST gateway failed")
-    });
-    tracing::info!(addr = %rest_addr, node = %cfg.node_id, "REST gateway listening");
+    if let Some((cert, key)) = rest_tls {
+        // Load now so a bad file fails the start, not the first connection.
+        pushcast_runtime::tls::server_config(&cert, &key, &[])?;
+        tasks.spawn(async move {
+            pushcast_runtime::tls::serve_https(rest, &cert, &key, router, stop)
+                .await
+                .context("REST gateway (HTTPS) failed")
+        });
+        tracing::info!(addr = %rest_addr, node = %cfg.node_id, tls = true, "REST gateway listening");
+    } else {
+        tasks.spawn(async move {
+            axum::serve(rest, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("REST gateway failed")
+        });
+        tracing::info!(addr = %rest_addr, node = %cfg.node_id, "REST gateway listening");
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PushServiceServer<Api>>().await;
@@ -134,8 +157,15 @@ pub async fn start(
     };
     let interceptor = auth_interceptor(auth);
     let stop = shutdown.clone();
+    let grpc_is_tls = grpc_tls.is_some();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls {
+        builder = builder
+            .tls_config(tls)
+            .context("cannot set up TLS for the gRPC API")?;
+    }
     tasks.spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(PushServiceServer::with_interceptor(
@@ -154,7 +184,7 @@ pub async fn start(
             .await
             .context("gRPC server failed")
     });
-    tracing::info!(addr = %grpc_addr, "gRPC API listening");
+    tracing::info!(addr = %grpc_addr, tls = grpc_is_tls, "gRPC API listening");
 
     Ok(Controller {
         rest_addr,

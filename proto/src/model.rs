@@ -629,6 +629,9 @@ pub struct WorkerInfo {
     /// Most push sessions it runs at once (0 = no limit).
     #[serde(default)]
     pub max_sessions: u32,
+    /// Shutting down: takes no new work (its live streams finish here).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Where a worker gets the source stream of an assigned task.

@@ -44,6 +44,9 @@ pub struct CommonArgs {
     /// Stable name of this process in the cluster (default: the host name).
     #[arg(long, env = "PUSHCAST_NODE_ID")]
     pub node_id: Option<String>,
+
+    #[command(flatten)]
+    pub grpc_tls: crate::tls::GrpcTlsArgs,
 }
 
 impl CommonArgs {

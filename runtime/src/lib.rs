@@ -6,5 +6,6 @@ pub mod config_file;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;

@@ -9,6 +9,23 @@ pub struct WorkerArgs {
     #[arg(long, env = "PUSHCAST_RTMP_ADDR", default_value = "0.0.0.0:1935")]
     pub rtmp_addr: SocketAddr,
 
+    /// RTMPS ingest (RTMP over TLS, its own port): needs --rtmps-cert and --rtmps-key.
+    #[arg(long, env = "PUSHCAST_RTMPS_ADDR", value_name = "ADDR")]
+    pub rtmps_addr: Option<SocketAddr>,
+
+    /// Certificate chain (PEM) of the RTMPS ingest.
+    #[arg(long, env = "PUSHCAST_RTMPS_CERT", value_name = "FILE")]
+    pub rtmps_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --rtmps-cert.
+    #[arg(long, env = "PUSHCAST_RTMPS_KEY", value_name = "FILE")]
+    pub rtmps_key: Option<std::path::PathBuf>,
+
+    /// gRPC TLS of WorkerService (the shared `--grpc-tls-*` flags, copied here by the
+    /// binary).
+    #[arg(skip)]
+    pub grpc_tls: pushcast_runtime::tls::GrpcTlsArgs,
+
     /// Host name or IP other nodes reach this worker at (default: the bound IP, or the
     /// node id when bound to all interfaces).
     #[arg(long, env = "PUSHCAST_ADVERTISE_HOST")]
@@ -17,6 +34,11 @@ pub struct WorkerArgs {
     /// Most push sessions this worker runs at once (0 = no limit).
     #[arg(long, env = "PUSHCAST_MAX_SESSIONS", default_value_t = 0)]
     pub max_sessions: u32,
+
+    /// On SIGTERM, how long live publishes may go on before the worker stops anyway
+    /// (no new publish is accepted meanwhile), in seconds.
+    #[arg(long, env = "PUSHCAST_DRAIN_GRACE_SECS", default_value_t = 3600)]
+    pub drain_grace_secs: u64,
 
     /// TTL of the worker's lease in the store, in seconds.
     #[arg(long, env = "PUSHCAST_LEASE_TTL_SECS", default_value_t = 5)]

@@ -18,8 +18,16 @@ use pushcast_proto::time;
 use pushcast_runtime::CancellationToken;
 use pushcast_runtime::logging::redact;
 use pushcast_store::{Compare, Op, Store, Txn};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+/// What an ingest session runs over: a TCP stream, or one wrapped in TLS (RTMPS).
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// How long an RTMPS client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 use tracing::Instrument;
 
 use pushcast_proto::model::PublishCallback;
@@ -77,6 +85,15 @@ impl Publishers {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many publishes are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Closes the publish of `key`; false when it is not live here.
     pub fn disconnect(&self, key: &StreamKey) -> bool {
         match self.lock().get(key) {
@@ -98,11 +115,18 @@ struct Refusal {
 }
 
 impl Ingest {
-    /// Accepts connections until `shutdown`.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+    /// Accepts connections until `accept_until` (a drain begins: no new publishes), and
+    /// serves them until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        accept_until: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
         tokio::spawn(self.clone().reregister(shutdown.clone()));
         loop {
             let (sock, peer) = tokio::select! {
+                _ = accept_until.cancelled() => break,
                 _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -113,6 +137,7 @@ impl Ingest {
                     }
                 },
             };
+            let _ = sock.set_nodelay(true);
             let this = self.clone();
             let stop = shutdown.child_token();
             let conn = async move {
@@ -124,13 +149,61 @@ impl Ingest {
         }
     }
 
-    async fn connection(
+    /// Accepts RTMPS connections (`acceptor` wraps each before the session; a failed
+    /// handshake closes that one connection) until `accept_until`, serves them until
+    /// `shutdown`.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        accept_until: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let (sock, peer) = tokio::select! {
+                _ = accept_until.cancelled() => break,
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "RTMPS accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = sock.set_nodelay(true);
+            let (this, acceptor) = (self.clone(), acceptor.clone());
+            let stop = shutdown.child_token();
+            let conn = async move {
+                let tls = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)) => match r {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::info!(error = %e, "RTMPS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!("RTMPS handshake timed out");
+                            return;
+                        }
+                    },
+                };
+                if let Err(e) = this.connection(tls, peer, stop).await {
+                    tracing::info!(error = %e, "ingest connection closed");
+                }
+            };
+            tokio::spawn(conn.instrument(tracing::info_span!("ingest", %peer, tls = true)));
+        }
+    }
+
+    async fn connection<S: Conn>(
         &self,
-        mut sock: TcpStream,
+        mut sock: S,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
-        let _ = sock.set_nodelay(true);
         let mut buf = vec![0u8; 64 * 1024];
         // The session does the handshake itself: it sees every byte from the first.
         let mut session = ServerSession::new(ServerConfig::default());
@@ -156,9 +229,9 @@ impl Ingest {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn drive(
+    async fn drive<S: Conn>(
         &self,
-        sock: &mut TcpStream,
+        sock: &mut S,
         session: &mut ServerSession,
         buf: &mut [u8],
         peer: SocketAddr,
@@ -480,7 +553,7 @@ struct Published {
     notify: Option<(PublishEvent, Vec<PublishCallback>)>,
 }
 
-async fn flush(sock: &mut TcpStream, session: &mut ServerSession) -> Result<(), IngestError> {
+async fn flush<S: Conn>(sock: &mut S, session: &mut ServerSession) -> Result<(), IngestError> {
     for segment in session.take_outbound() {
         sock.write_all(&segment).await?;
     }

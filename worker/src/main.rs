@@ -31,13 +31,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = pushcast_runtime::shutdown::on_signal();
     cli.common.serve_metrics(&shutdown).await?;
     let store = cli.common.open_store().await?;
-    let worker = pushcast_worker::start(
-        cli.worker,
-        cli.grpc_addr,
-        cli.common.node_id(),
-        store,
-        shutdown,
-    )
-    .await?;
+    let mut args = cli.worker;
+    args.grpc_tls = cli.common.grpc_tls.clone();
+    let worker =
+        pushcast_worker::start(args, cli.grpc_addr, cli.common.node_id(), store, shutdown).await?;
     worker.wait().await
 }

@@ -27,8 +27,12 @@ use crate::status::StatusWriter;
 
 /// A running worker.
 pub struct Worker {
+    /// Cancelled when the worker stops (after its drain).
+    pub stopped: CancellationToken,
     pub rtmp_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// RTMPS ingest, when configured.
+    pub rtmps_addr: Option<SocketAddr>,
     pub hub: Hub,
     pub live: LiveTasks,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -49,12 +53,37 @@ pub async fn start(
     grpc_listen: SocketAddr,
     node_id: String,
     store: Arc<dyn Store>,
-    shutdown: CancellationToken,
+    drain: CancellationToken,
 ) -> anyhow::Result<Worker> {
+    // `drain` (SIGTERM) stops new publishes; `shutdown` stops everything, once the live
+    // publishes have ended or the grace has run out.
+    let shutdown = CancellationToken::new();
     let rtmp = TcpListener::bind(args.rtmp_addr)
         .await
         .with_context(|| format!("cannot bind RTMP ingest to {}", args.rtmp_addr))?;
     let rtmp_addr = rtmp.local_addr()?;
+    let rtmps = match &args.rtmps_addr {
+        Some(addr) => {
+            let (cert, key) = pushcast_runtime::tls::pair(
+                args.rtmps_cert.as_deref(),
+                args.rtmps_key.as_deref(),
+                "--rtmps-cert/--rtmps-key",
+            )?
+            .context("--rtmps-addr needs --rtmps-cert and --rtmps-key")?;
+            let acceptor = pushcast_runtime::tls::acceptor(cert, key)
+                .context("cannot set up TLS for RTMPS ingest")?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind RTMPS ingest to {addr}"))?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
+    let rtmps_addr = match &rtmps {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+    let grpc_tls = args.grpc_tls.server(true).context("WorkerService TLS")?;
     let grpc = TcpListener::bind(grpc_listen)
         .await
         .with_context(|| format!("cannot bind WorkerService to {grpc_listen}"))?;
@@ -70,6 +99,7 @@ pub async fn start(
         grpc_addr: format!("{host}:{}", grpc_addr.port()),
         rtmp_addr: format!("{host}:{}", rtmp_addr.port()),
         max_sessions: args.max_sessions,
+        draining: false,
     };
 
     let lease = Lease::keep(store.clone(), args.lease_ttl(), shutdown.clone())
@@ -100,7 +130,7 @@ pub async fn start(
     let ingest = Ingest {
         hub: hub.clone(),
         store: store.clone(),
-        lease,
+        lease: lease.clone(),
         node_id: node_id.clone(),
         relay_token: relay_token.clone(),
         published: Default::default(),
@@ -108,9 +138,50 @@ pub async fn start(
         refused: Default::default(),
         webhooks: webhooks.clone(),
     };
-    let stop = shutdown.clone();
+    if let (Some((listener, acceptor)), Some(addr)) = (rtmps, rtmps_addr) {
+        let (ingest, accept_until, stop) = (ingest.clone(), drain.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            ingest
+                .serve_tls(listener, acceptor, accept_until, stop)
+                .await;
+            Ok(())
+        });
+        tracing::info!(%addr, node = %node_id, "RTMPS ingest listening");
+    }
+    let (accept_until, stop) = (drain.clone(), shutdown.clone());
     tasks.spawn(async move {
-        ingest.serve(rtmp, stop).await;
+        ingest.serve(rtmp, accept_until, stop).await;
+        Ok(())
+    });
+    let (drain_store, drain_info, drain_lease) = (store.clone(), info.clone(), lease.clone());
+    let (pubs, stop) = (publishers.clone(), shutdown.clone());
+    let grace = Duration::from_secs(args.drain_grace_secs);
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = drain.cancelled() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        tracing::info!(
+            live = pubs.len(),
+            grace_secs = grace.as_secs(),
+            "draining: no new publishes; waiting for the live ones to end"
+        );
+        // Tell the controllers: the scheduler places no new work here.
+        let draining = WorkerInfo {
+            draining: true,
+            ..drain_info
+        };
+        if let Ok(v) = serde_json::to_vec(&draining) {
+            let _ = drain_store
+                .put(&keys::worker(&draining.node_id), v, drain_lease.id())
+                .await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !pubs.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!(left = pubs.len(), "drained; stopping");
+        stop.cancel();
         Ok(())
     });
     tracing::info!(addr = %rtmp_addr, node = %node_id, "RTMP ingest listening");
@@ -176,8 +247,15 @@ pub async fn start(
         publishers,
     };
     let stop = shutdown.clone();
+    let mut builder = tonic::transport::Server::builder();
+    let tls = grpc_tls.is_some();
+    if let Some(config) = grpc_tls {
+        builder = builder
+            .tls_config(config)
+            .context("cannot set up TLS for WorkerService")?;
+    }
     tasks.spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .add_service(WorkerServiceServer::new(api))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
@@ -186,11 +264,13 @@ pub async fn start(
             .await
             .context("WorkerService failed")
     });
-    tracing::info!(addr = %grpc_addr, advertised = %info.grpc_addr, "WorkerService listening");
+    tracing::info!(addr = %grpc_addr, advertised = %info.grpc_addr, tls, "WorkerService listening");
 
     Ok(Worker {
+        stopped: shutdown,
         rtmp_addr,
         grpc_addr,
+        rtmps_addr,
         hub,
         live,
         tasks,

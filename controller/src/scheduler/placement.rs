@@ -47,11 +47,15 @@ fn stream_key(t: &TaskSpec) -> Key {
 /// Computes the desired placement of every placeable task.
 pub fn place(view: &View) -> BTreeMap<Key, Placement> {
     let mut load: BTreeMap<&str, usize> = view.workers.keys().map(|w| (w.as_str(), 0)).collect();
-    let has_room = |load: &BTreeMap<&str, usize>, w: &str| -> bool {
+    // Room on `w` for a task whose stream is ingested on `ingest`: a draining worker takes
+    // no new work from other workers' streams, but keeps pushing its own (the stream is
+    // there until its publisher ends; moving the push away would only add a reconnect).
+    let has_room = |load: &BTreeMap<&str, usize>, w: &str, ingest: &str| -> bool {
         match view.workers.get(w) {
             Some(info) => {
-                info.max_sessions == 0
-                    || load.get(w).copied().unwrap_or(0) < info.max_sessions as usize
+                (!info.draining || w == ingest)
+                    && (info.max_sessions == 0
+                        || load.get(w).copied().unwrap_or(0) < info.max_sessions as usize)
             }
             None => false,
         }
@@ -78,7 +82,7 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
                 SourceRef::Local => cur.worker == *ingest,
                 SourceRef::Relay { from_worker } => from_worker == ingest && cur.worker != *ingest,
             };
-        if valid && has_room(&load, &cur.worker) {
+        if valid && has_room(&load, &cur.worker, ingest) {
             *load.entry(cur.worker.as_str()).or_default() += 1;
             plan.insert(task_key(t), cur.clone());
         } else {
@@ -91,7 +95,7 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
         let Some(ingest) = view.streams.get(&stream_key(t)) else {
             continue;
         };
-        let placement = if has_room(&load, ingest) {
+        let placement = if has_room(&load, ingest, ingest) {
             Placement {
                 worker: ingest.clone(),
                 source: SourceRef::Local,
@@ -100,7 +104,7 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
             let other = view
                 .workers
                 .keys()
-                .filter(|w| *w != ingest && has_room(&load, w))
+                .filter(|w| *w != ingest && has_room(&load, w, ingest))
                 .min_by_key(|w| (load.get(w.as_str()).copied().unwrap_or(0), (*w).clone()));
             match other {
                 Some(w) => Placement {
@@ -172,6 +176,7 @@ mod tests {
                 grpc_addr: format!("{name}:9100"),
                 rtmp_addr: format!("{name}:1935"),
                 max_sessions: max,
+                draining: false,
             },
         )
     }
@@ -260,6 +265,27 @@ mod tests {
         let plan = place(&view);
         assert_eq!(plan.get(&k("a")), Some(&local("w2")));
         assert_eq!(plan.get(&k("b")), Some(&local("w2")));
+    }
+
+    #[test]
+    fn a_draining_worker_takes_no_overflow_but_keeps_its_own_streams() {
+        let (w1, mut w2) = (worker("w1", 1), worker("w2", 0));
+        w2.1.draining = true;
+        let view = View {
+            tasks: vec![task("a", "s1"), task("b", "s1"), task("c", "s2")],
+            workers: [w1, w2, worker("w3", 0)].into(),
+            streams: [(k("s1"), "w1".to_string()), (k("s2"), "w2".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        let plan = place(&view);
+        assert_eq!(plan.get(&k("a")), Some(&local("w1")));
+        assert_eq!(
+            plan.get(&k("b")).map(|p| p.worker.as_str()),
+            Some("w3"),
+            "not the draining w2"
+        );
+        // Its own stream still pushes from it (overloaded beats not pushing).
+        assert_eq!(plan.get(&k("c")), Some(&local("w2")));
     }
 
     #[test]
