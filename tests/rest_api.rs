@@ -385,9 +385,11 @@ async fn check_apps(node: &Node) {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["response"]["name"], "live");
+    assert_eq!(r.json["response"]["openPublish"], true);
     assert_eq!(
-        r.json["response"],
-        json!({"name": "live", "openPublish": true})
+        r.json["response"]["callbacks"],
+        json!({"publish": [], "authorize": null, "status": []})
     );
     let r = node
         .post("/v1/vhosts/default/apps", r#"{"name":"live"}"#)

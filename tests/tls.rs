@@ -19,6 +19,7 @@ use rcgen::{
 use support::api::Node;
 use support::cluster::Publisher;
 use support::etcd::EtcdProcess;
+use support::peers::nginx::Nginx;
 use support::process::Proc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -284,7 +285,10 @@ async fn worker_service_mutual_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rtmps_ingest_publishes() {
+/// RTMPS ingest, and the standalone's controller reading live counters from its worker
+/// over mutual TLS (checkpoints in the store are 30 s apart: counters that move within
+/// seconds come from `GetTaskStatus` over the mTLS channel).
+async fn rtmps_ingest_and_live_counters_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
     let data = dir.path().join("data");
@@ -297,6 +301,10 @@ async fn rtmps_ingest_publishes() {
         "--rtmps-addr=127.0.0.1:0".into(),
         format!("--rtmps-cert={}", pki.server_cert.display()),
         format!("--rtmps-key={}", pki.server_key.display()),
+        format!("--grpc-tls-cert={}", pki.server_cert.display()),
+        format!("--grpc-tls-key={}", pki.server_key.display()),
+        format!("--grpc-tls-ca={}", pki.ca.display()),
+        "--grpc-tls-client-auth".into(),
     ];
     let mut node = Node::start("pushcast", "standalone", args, TOKEN).await;
     let rtmps = node
@@ -321,6 +329,29 @@ async fn rtmps_ingest_publishes() {
             .iter()
             .any(|l| l.contains("publish started") && l.contains("cam"));
         async move { seen.then_some(()) }
+    })
+    .await;
+    let nginx = Nginx::start();
+    let r = node
+        .action(
+            "startPush",
+            serde_json::json!({"id": "out", "stream": {"name": "cam"}, "protocol": "rtmp",
+                               "url": nginx.rtmp_url(), "streamKey": "k"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sent = |t: &serde_json::Value| t["sentBytes"].as_u64().unwrap_or(0);
+    let first = support::wait_for("push started and sending", Duration::from_secs(15), || {
+        let node = &node;
+        async move {
+            let t = node.task("out").await;
+            (t["state"] == "started" && sent(&t) > 0).then_some(sent(&t))
+        }
+    })
+    .await;
+    support::wait_for("live counters growing", Duration::from_secs(10), || {
+        let node = &node;
+        async move { (sent(&node.task("out").await) > first).then_some(()) }
     })
     .await;
     publisher.stop();

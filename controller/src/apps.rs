@@ -147,19 +147,22 @@ impl Apps {
             .list(&keys::tasks_of(vhost, name))
             .await
             .map_err(api_error)?;
-        let mut txn = Txn::new()
+        let txn = Txn::new()
             .when(Compare::Present(keys::app(vhost, name)))
             .and_then(Op::delete(keys::app(vhost, name)))
             .and_then(Op::DeletePrefix(keys::tasks_of(vhost, name)))
             .and_then(Op::DeletePrefix(keys::statuses_of(vhost, name)));
+        self.store.txn(txn).await.map_err(api_error)?;
+        // The destination claims go after (one transaction could exceed etcd's operation
+        // limit). A claim left behind names a task that no longer exists, and `pushes`
+        // takes such a claim over, so a failure here blocks nothing.
         for kv in &tasks.kvs {
             if let Ok(spec) = decode::<pushcast_proto::model::TaskSpec>(&kv.key, &kv.value) {
-                txn = txn.and_then(Op::delete(keys::destination(&spec.destination())));
+                for d in spec.destination_list() {
+                    let _ = self.store.delete(&keys::destination(&d.destination())).await;
+                }
             }
         }
-        // A task created between the listing and this txn keeps its destination claim; the
-        // claim names a task that no longer exists, and `pushes` treats such a claim as free.
-        self.store.txn(txn).await.map_err(api_error)?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use axum::routing::any;
 use pushcast_proto::ApiError;
 use pushcast_proto::model::{AppConfig, Callbacks};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::apps::AppPatch;
 use crate::auth::Auth;
@@ -63,12 +64,20 @@ async fn preflight_and_auth(State(gw): State<Gateway>, req: Request, next: Next)
         );
         return resp;
     }
+    // One span per API call, continuing the caller's trace when it sent one.
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    let carrier: std::collections::HashMap<String, String> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    pushcast_runtime::logging::set_parent(&span, &carrier);
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     match gw.auth.check(header) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => next.run(req).instrument(span).await,
         Err(e) => error(e),
     }
 }

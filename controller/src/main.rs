@@ -21,7 +21,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    pushcast_runtime::logging::init();
+    let telemetry = pushcast_runtime::logging::init("pushcast-controller");
     let (cli, file) = parse_args::<Cli>()?;
     let (vhosts, apps) = vhosts_from(&file)?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
@@ -39,5 +39,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(token) = &controller.generated_token {
         println!("access token: {token}");
     }
-    controller.wait().await
+    let result = controller.wait().await;
+    telemetry.shutdown();
+    result
 }

@@ -534,6 +534,72 @@ mod tests {
         assert_eq!(spec(Protocol::Rtmp, "").destination(), "rtmp://h/live");
         assert_eq!(spec(Protocol::Mpegts, "k").destination(), "rtmp://h/live");
     }
+
+    #[test]
+    fn stored_single_destination_specs_still_decode_and_look_the_same() {
+        let old = r#"{"id":"t1","vhost":"default","app":"app","stream":{"name":"s"},
+            "protocol":"rtmp","url":"rtmp://h/live","stream_key":"k","created_ms":0}"#;
+        let s: TaskSpec = serde_json::from_str(old).expect("decodes");
+        assert_eq!(s, spec(Protocol::Rtmp, "k"));
+        assert_eq!(s.destination_list().len(), 1);
+        let text = serde_json::to_string(&s).expect("encodes");
+        assert!(!text.contains("destinations"), "{text}");
+        let t = Task {
+            spec: s,
+            status: TaskStatus::default(),
+        };
+        assert!(t.to_ome_json().get("destinations").is_none());
+        assert!(t.to_proto().destinations.is_empty());
+    }
+
+    #[test]
+    fn relay_task_lists_each_destination_with_its_status() {
+        let mut s = spec(Protocol::Rtmp, "a");
+        let mut list = s.destination_list();
+        list.push(DestinationSpec {
+            protocol: Protocol::Mpegts,
+            url: "udp://1.2.3.4:5".into(),
+            stream_key: String::new(),
+            variant_names: vec!["bypass_video".into()],
+        });
+        s.set_destinations(list);
+        let status = TaskStatus {
+            state: TaskState::Started,
+            destinations: vec![DestinationStatus {
+                destination: "udp://1.2.3.4:5".into(),
+                status: TaskStatus {
+                    state: TaskState::Error,
+                    sent_bytes: 7,
+                    last_error: Some("connection refused".into()),
+                    ..Default::default()
+                },
+            }],
+            ..Default::default()
+        };
+        let t = Task { spec: s, status };
+        let v = t.to_ome_json();
+        assert_eq!(
+            (&v["url"], &v["streamKey"]),
+            (&serde_json::json!("rtmp://h/live"), &serde_json::json!("a"))
+        );
+        let d = v["destinations"].as_array().expect("destinations");
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            (&d[0]["state"], &d[0]["streamKey"]),
+            (&serde_json::json!("ready"), &serde_json::json!("a"))
+        );
+        assert_eq!(d[1]["state"], "error");
+        assert_eq!(d[1]["sentBytes"], 7);
+        assert_eq!(d[1]["lastError"], "connection refused");
+        assert_eq!(d[1]["variantNames"][0], "bypass_video");
+        assert!(d[1].get("streamKey").is_none());
+        let p = t.to_proto();
+        assert_eq!(p.destinations.len(), 2);
+        assert_eq!(p.destinations[1].sent_bytes, 7);
+        // The live status round-trips through WorkerService with its destinations.
+        let back = TaskStatus::from_live_proto(&t.status.to_live_proto("default", "app", "t1"));
+        assert_eq!(back, t.status);
+    }
 }
 
 impl TaskStatus {

@@ -26,7 +26,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    pushcast_runtime::logging::init();
+    let telemetry = pushcast_runtime::logging::init("pushcast-worker");
     let (cli, _file) = parse_args::<Cli>()?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
     cli.common.serve_metrics(&shutdown).await?;
@@ -35,5 +35,7 @@ async fn main() -> anyhow::Result<()> {
     args.grpc_tls = cli.common.grpc_tls.clone();
     let worker =
         pushcast_worker::start(args, cli.grpc_addr, cli.common.node_id(), store, shutdown).await?;
-    worker.wait().await
+    let result = worker.wait().await;
+    telemetry.shutdown();
+    result
 }

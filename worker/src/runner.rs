@@ -4,6 +4,10 @@
 //! follows its own assignments and keeps, per task, a runner that waits for the stream in
 //! its local [`Hub`] (ingested here, or relayed here by the ingest worker).
 //!
+//! A task pushes to each of its destinations in a session of its own (one hub
+//! subscription each); a change of its destinations while it runs starts and stops only
+//! the sessions of the destinations that changed.
+//!
 //! A runner's life: wait for the stream (`ready`) → session: connect (`ready`) → sending
 //! (`started`) → on failure `error` + backoff + reconnect from the GOP cache → the source
 //! ends (`stopped`, `sequence`+1) → `ready` again, waiting for the next publish.
@@ -66,6 +70,8 @@ struct Assigned<'a> {
 impl Assigned<'_> {
     /// Starts (or restarts) an assignment unless the same one, or a newer generation of
     /// it, already runs: etcd's watch and the gRPC path may deliver it in either order.
+    /// A newer generation of the same task from the same source (an `updatePush`) is
+    /// handed to the running task instead: only its changed destinations start or stop.
     fn put(&mut self, key: String, a: Assignment) -> bool {
         if let Some(cur) = self.running.get_mut(&key) {
             if cur.assignment == a || cur.assignment.generation > a.generation {
