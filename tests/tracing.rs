@@ -167,8 +167,12 @@ async fn a_start_push_is_one_trace_across_controller_and_worker() {
         "the API call: {names:?}"
     );
     assert!(
-        names.iter().any(|(_, n)| n == "task"),
-        "the worker's task: {names:?}"
+        names.iter().any(|(_, n)| n == "schedule"),
+        "the scheduling: {names:?}"
+    );
+    assert!(
+        names.iter().any(|(_, n)| n == "assigned"),
+        "the worker taking the task: {names:?}"
     );
     let _ = publisher.terminate(Duration::from_secs(3));
     server.abort();

@@ -159,7 +159,10 @@ impl Apps {
         for kv in &tasks.kvs {
             if let Ok(spec) = decode::<pushcast_proto::model::TaskSpec>(&kv.key, &kv.value) {
                 for d in spec.destination_list() {
-                    let _ = self.store.delete(&keys::destination(&d.destination())).await;
+                    let _ = self
+                        .store
+                        .delete(&keys::destination(&d.destination()))
+                        .await;
                 }
             }
         }

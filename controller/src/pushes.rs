@@ -101,7 +101,10 @@ impl Pushes {
     /// `:startPush`. The caller has already checked vhost and app (the contract checks
     /// them before the body's fields); they are checked again inside the transaction.
     pub async fn start(&self, vhost: &str, app: &str, req: StartPush) -> Result<Task, ApiError> {
-        let spec = validate(vhost, app, req)?;
+        let mut spec = validate(vhost, app, req)?;
+        // The task remembers the trace of the call that made it (see `TaskSpec`).
+        spec.trace_parent =
+            pushcast_runtime::logging::inject(&tracing::Span::current()).remove("traceparent");
         let task_key = keys::task(vhost, app, &spec.id);
         let dest_keys: Vec<String> = spec
             .destination_list()
@@ -549,6 +552,7 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
         url: String::new(),
         stream_key: String::new(),
         created_ms: time::now_ms(),
+        trace_parent: None,
         destinations: Vec::new(),
     };
     spec.set_destinations(list);

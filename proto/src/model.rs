@@ -72,6 +72,10 @@ pub struct TaskSpec {
     /// tasks existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationSpec>,
+    /// W3C trace context (`traceparent`) of the API call that created the task, so its
+    /// scheduling and push sessions join that trace across processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// One push address of a relay task.
@@ -510,6 +514,7 @@ mod tests {
             url: "rtmp://h/live".into(),
             stream_key: key.into(),
             created_ms: 0,
+            trace_parent: None,
             destinations: vec![],
         }
     }

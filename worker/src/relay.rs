@@ -165,6 +165,7 @@ impl Relays {
                 self.token
             ),
             created_ms: 0,
+            trace_parent: None,
             destinations: Vec::new(),
         };
         let mut backoff = Backoff::new(BackoffConfig {

@@ -228,6 +228,17 @@ impl Runner {
             stream = %spec.stream.name,
             generation = assignment.generation
         );
+        // The task joins the trace of the API call that created it, and leaves a short
+        // span there at once (the task span itself is exported when the task ends).
+        if let Some(tp) = &spec.trace_parent {
+            let carrier =
+                std::collections::HashMap::from([("traceparent".to_string(), tp.clone())]);
+            pushcast_runtime::logging::set_parent(&span, &carrier);
+            let assigned =
+                tracing::info_span!("assigned", id = %spec.id, generation = assignment.generation);
+            pushcast_runtime::logging::set_parent(&assigned, &carrier);
+            assigned.in_scope(|| tracing::debug!("task assigned to this worker"));
+        }
         let (tx, rx) = watch::channel(spec);
         tokio::spawn(self.clone().task(rx, cancel.clone()).instrument(span));
         Running {

@@ -287,6 +287,16 @@ pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
             removed = Some((old_worker, update(&old, vec![])));
         }
         if store.txn(txn).await?.succeeded {
+            // A short span in the task's own trace: where the scheduler put it.
+            if let Some(tp) = &spec.trace_parent {
+                let span =
+                    tracing::info_span!("schedule", task = %key.2, worker = %p.worker, generation);
+                pushcast_runtime::logging::set_parent(
+                    &span,
+                    &HashMap::from([("traceparent".to_string(), tp.clone())]),
+                );
+                span.in_scope(|| tracing::debug!("assigned"));
+            }
             stats.changes += 1;
             stats
                 .full

@@ -164,6 +164,7 @@ mod tests {
             url: "rtmp://h/live".into(),
             stream_key: id.into(),
             created_ms: 0,
+            trace_parent: None,
             destinations: Vec::new(),
         }
     }

@@ -38,6 +38,7 @@ pub fn task_spec(protocol: Protocol, url: &str, stream_key: &str) -> TaskSpec {
         url: url.to_owned(),
         stream_key: stream_key.to_owned(),
         created_ms: 0,
+        trace_parent: None,
         destinations: Vec::new(),
     }
 }
