@@ -158,7 +158,8 @@ pub async fn start(
     let interceptor = auth_interceptor(auth);
     let stop = shutdown.clone();
     let grpc_is_tls = grpc_tls.is_some();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder =
+        tonic::transport::Server::builder().trace_fn(pushcast_runtime::logging::grpc_span);
     if let Some(tls) = grpc_tls {
         builder = builder
             .tls_config(tls)

@@ -108,6 +108,19 @@ pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
     }
 }
 
+/// The span of one gRPC call (for tonic's `Server::trace_fn`), continuing the caller's
+/// trace when its metadata carries a `traceparent`.
+pub fn grpc_span(req: &axum::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("grpc", path = %req.uri().path());
+    let carrier: HashMap<String, String> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    set_parent(&span, &carrier);
+    span
+}
+
 /// Shows the first 4 characters of a secret and hides the rest, so logs can tell keys
 /// apart without revealing them.
 pub fn redact(secret: &str) -> String {

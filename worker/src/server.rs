@@ -247,7 +247,8 @@ pub async fn start(
         publishers,
     };
     let stop = shutdown.clone();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder =
+        tonic::transport::Server::builder().trace_fn(pushcast_runtime::logging::grpc_span);
     let tls = grpc_tls.is_some();
     if let Some(config) = grpc_tls {
         builder = builder
