@@ -13,34 +13,10 @@ use std::time::Duration;
 use receiver::{Plan, Receiver, always};
 use serde_json::{Value, json};
 use support::api::Node;
-use support::peers::media::test_media;
 use support::peers::nginx::Nginx;
-use support::peers::proc::Guard;
+use support::publish;
 
 const TOKEN: &str = "callbacks";
-
-fn publish(url: &str, dir: &std::path::Path, tag: &str, loops: u32) -> Guard {
-    let loops = loops.to_string();
-    Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-stream_loop",
-            &loops,
-            "-i",
-            test_media().flv.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            url,
-        ],
-        &dir.join(format!("{tag}.log")),
-    )
-}
 
 async fn set_callbacks(node: &Node, callbacks: Value) {
     let r = node

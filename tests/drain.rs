@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::api::Node;
-use support::peers::media::test_media;
 use support::peers::nginx::Nginx;
-use support::peers::proc::Guard;
+use support::publish;
 
 const TOKEN: &str = "drain";
 
@@ -26,29 +25,6 @@ async fn node(dir: &std::path::Path, grace_secs: u64) -> Node {
     let node = Node::start("pushcast", "standalone", args, TOKEN).await;
     node.open_publish("app").await;
     node
-}
-
-fn publish(url: &str, dir: &std::path::Path, tag: &str, loops: u32) -> Guard {
-    let loops = loops.to_string();
-    Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-stream_loop",
-            &loops,
-            "-i",
-            test_media().flv.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            url,
-        ],
-        &dir.join(format!("{tag}.log")),
-    )
 }
 
 fn size(p: &std::path::Path) -> u64 {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use pushcast_worker::rtmp::Amf0Value;
 use pushcast_worker::rtmp::amf0;
 use support::api::Node;
-use support::peers::media::test_media;
 use support::peers::proc::Guard;
 
 const TOKEN: &str = "ingest";
@@ -89,24 +88,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 fn publisher(node: &Node, stream: &str, dir: &std::path::Path, tag: &str) -> Guard {
-    let url = node.ingest_url("app", stream);
-    Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-i",
-            test_media().flv.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            &url,
-        ],
-        &dir.join(format!("{tag}.log")),
-    )
+    support::publish(&node.ingest_url("app", stream), dir, tag, 0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,29 +20,8 @@ const TOKEN: &str = "relay-tasks";
 
 /// ffmpeg publishing the test FLV (4 s) in real time, `loops` extra times.
 fn publish(node: &Node, stream: &str, loops: u32, log_dir: &Path) -> Guard {
-    let media = test_media();
     let url = node.ingest_url("app", stream);
-    let loops = loops.to_string();
-    let log = log_dir.join(format!("publish-{stream}.log"));
-    Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-stream_loop",
-            &loops,
-            "-i",
-            media.flv.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            &url,
-        ],
-        &log,
-    )
+    support::publish(&url, log_dir, &format!("publish-{stream}"), loops)
 }
 
 /// The `destinations` entry of the task with stream key `key`.

@@ -9,34 +9,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::api::Node;
-use support::peers::media::test_media;
-use support::peers::proc::Guard;
+use support::publish;
 use support::wait_for;
 
 const TOKEN: &str = "keys";
-
-fn publish(url: &str, dir: &std::path::Path, tag: &str, loops: u32) -> Guard {
-    let loops = loops.to_string();
-    Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-stream_loop",
-            &loops,
-            "-i",
-            test_media().flv.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            url,
-        ],
-        &dir.join(format!("{tag}.log")),
-    )
-}
 
 async fn key(node: &Node, body: Value) -> (u16, Value) {
     let r = node.action("streamKey", body).await;

@@ -33,6 +33,32 @@ where
     }
 }
 
+/// ffmpeg publishing the test FLV (H.264 High + AAC) to `url` in real time (`-re`),
+/// repeated `loops` more times; its output goes to `dir/{tag}.log`.
+pub fn publish(url: &str, dir: &std::path::Path, tag: &str, loops: u32) -> peers::proc::Guard {
+    let loops = loops.to_string();
+    let media = peers::media::test_media();
+    peers::proc::Guard::spawn(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-re",
+            "-stream_loop",
+            &loops,
+            "-i",
+            media.flv.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "flv",
+            url,
+        ],
+        &dir.join(format!("{tag}.log")),
+    )
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; used only for peers like etcd
 /// that cannot report the port they bound).
 pub fn free_port() -> u16 {
