@@ -374,3 +374,28 @@ async fn steady_state_etcd_writes_are_bounded() {
     );
     c.assert_no_double_publish();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_sigterm_hands_leadership_over_at_once() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(Etcd::start()).await;
+    c.add_controller().await;
+    c.add_controller().await;
+    let leader = c.wait_for_leader(secs(15)).await;
+    let ttl = secs(c.leader_ttl_secs);
+    let t0 = Instant::now();
+    c.controllers[leader].proc.signal("TERM");
+    let new = wait_for("another leader", ttl + secs(5), || async {
+        c.leader().await.filter(|n| *n != leader)
+    })
+    .await;
+    let took = t0.elapsed();
+    println!("MEASURED leader SIGTERM to new leader: {took:?} (leader TTL {ttl:?})");
+    assert_eq!(new, 1 - leader);
+    assert!(
+        took < ttl,
+        "handed over at once (revoked lease), not after the TTL: {took:?}"
+    );
+    let code = c.controllers[leader].proc.wait_exit(secs(10)).await;
+    assert_eq!(code, Some(0), "the old leader exits cleanly");
+}

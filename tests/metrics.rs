@@ -1,16 +1,18 @@
-//! Prometheus `/metrics` of the real binaries during a push: the exposition is valid (as
-//! `promtool check metrics` says) and the push counters move.
+//! Prometheus `/metrics` of the real `pushcast-controller` and `pushcast-worker` binaries
+//! during a push: both expositions are valid (as `promtool check metrics` says) and the
+//! push counters move.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
 use support::api::Node;
-use support::peers::media::test_media;
+use support::etcd::EtcdProcess as Etcd;
 use support::peers::nginx::Nginx;
-use support::peers::proc::Guard;
+use support::process::Proc;
 use support::wait_for;
 
 const TOKEN: &str = "metrics";
@@ -33,7 +35,7 @@ fn value(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn promtool_check(text: &str) {
+fn promtool_check(what: &str, text: &str) {
     use std::io::Write;
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -56,30 +58,58 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // promtool exits 3 for lint warnings only (e.g. a counter without `_total`); an
-    // unparsable exposition is exit 1.
-    assert!(
-        out.status.code() == Some(0),
-        "promtool check metrics: {said}\n{text}"
+    // Exit 3 is lint only (e.g. a missing help text), 1 an unparsable exposition: both fail.
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "promtool check metrics ({what}): {said}\n{text}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn metrics_parse_and_push_counters_move() {
+async fn metrics_of_both_binaries_parse_and_push_counters_move() {
+    let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
-    let args = vec![
-        format!("--data-dir={}", dir.path().display()),
-        format!("--access-token={TOKEN}"),
-        "--rest-addr=127.0.0.1:0".into(),
-        "--grpc-addr=127.0.0.1:0".into(),
-        "--rtmp-addr=127.0.0.1:0".into(),
-        "--metrics-addr=127.0.0.1:0".into(),
-    ];
-    let mut node = Node::start("pushcast", "standalone", args, TOKEN).await;
-    let metrics = node.proc.wait_for_field("metrics listening", "addr").await;
-    node.open_publish("app").await;
+    let mut controller = Node::start(
+        "pushcast-controller",
+        "c0",
+        vec![
+            format!("--etcd-endpoints={}", etcd.endpoint()),
+            format!("--access-token={TOKEN}"),
+            "--node-id=c0".into(),
+            "--rest-addr=127.0.0.1:0".into(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--metrics-addr=127.0.0.1:0".into(),
+            format!("--data-dir={}", dir.path().join("c0").display()),
+        ],
+        TOKEN,
+    )
+    .await;
+    let controller_metrics = controller
+        .proc
+        .wait_for_field("metrics listening", "addr")
+        .await;
+    controller.open_publish("app").await;
+    let mut worker = Proc::start(
+        "pushcast-worker",
+        "w0",
+        vec![
+            format!("--etcd-endpoints={}", etcd.endpoint()),
+            "--node-id=w0".into(),
+            "--rtmp-addr=127.0.0.1:0".into(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--advertise-host=127.0.0.1".into(),
+            "--metrics-addr=127.0.0.1:0".into(),
+            format!("--data-dir={}", dir.path().join("w0").display()),
+        ],
+        HashMap::new(),
+    )
+    .await;
+    let worker_metrics = worker.wait_for_field("metrics listening", "addr").await;
+    let rtmp = worker.wait_for_field("RTMP ingest listening", "addr").await;
+
     let nginx = Nginx::start();
-    let r = node
+    let r = controller
         .action(
             "startPush",
             json!({"id": "m", "stream": {"name": "cam"}, "protocol": "rtmp",
@@ -87,51 +117,32 @@ async fn metrics_parse_and_push_counters_move() {
         )
         .await;
     assert_eq!(r.status, 200);
-    let url = node.ingest_url("app", "cam");
-    let mut publisher = Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-stream_loop",
-            "1",
-            "-i",
-            test_media().flv.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            &url,
-        ],
-        &dir.path().join("publish.log"),
-    );
+    let mut publisher = support::publish(&format!("rtmp://{rtmp}/app/cam"), dir.path(), "p", 1);
+
     let first = wait_for(
-        "push bytes in /metrics",
+        "push bytes in the worker's /metrics",
         Duration::from_secs(20),
         || async {
-            let t = scrape(&metrics).await;
+            let t = scrape(&worker_metrics).await;
             (value(&t, "pushcast_push_sent_bytes_total").unwrap_or(0.0) > 0.0).then_some(t)
         },
     )
     .await;
     let bytes1 = value(&first, "pushcast_push_sent_bytes_total").unwrap();
-    let second = wait_for("push bytes growing", Duration::from_secs(20), || async {
-        let t = scrape(&metrics).await;
+    let worker_text = wait_for("push bytes growing", Duration::from_secs(20), || async {
+        let t = scrape(&worker_metrics).await;
         (value(&t, "pushcast_push_sent_bytes_total").unwrap_or(0.0) > bytes1).then_some(t)
     })
     .await;
-    for name in [
-        "pushcast_ingest_streams",
-        "pushcast_ingest_publishes_total",
-        "pushcast_scheduler_passes_total",
-        "pushcast_leader",
-    ] {
-        assert!(value(&second, name).is_some(), "{name} in:\n{second}");
-    }
-    assert_eq!(value(&second, "pushcast_ingest_streams"), Some(1.0));
-    promtool_check(&second);
+    assert_eq!(value(&worker_text, "pushcast_ingest_streams"), Some(1.0));
+    assert!(value(&worker_text, "pushcast_ingest_publishes_total").is_some());
+    promtool_check("worker", &worker_text);
+
+    let controller_text = scrape(&controller_metrics).await;
+    assert_eq!(value(&controller_text, "pushcast_leader"), Some(1.0));
+    assert!(value(&controller_text, "pushcast_scheduler_passes_total").unwrap_or(0.0) >= 1.0);
+    assert!(value(&controller_text, "pushcast_scheduler_placed_tasks").is_some());
+    promtool_check("controller", &controller_text);
     assert!(
         publisher
             .wait_exit(Duration::from_secs(20))
