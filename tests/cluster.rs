@@ -399,3 +399,44 @@ async fn leader_sigterm_hands_leadership_over_at_once() {
     let code = c.controllers[leader].proc.wait_exit(secs(10)).await;
     assert_eq!(code, Some(0), "the old leader exits cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_ingest_worker_overflows_to_another_worker_over_a_relay() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(Etcd::start()).await;
+    c.add_controller().await;
+    c.add_worker(WorkerOpts {
+        max_sessions: 1,
+        ..WorkerOpts::default()
+    })
+    .await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.wait_for_leader(secs(15)).await;
+    let _publisher = Publisher::start(&c.workers[0].ingest_url("hot"), &c.path().join("hot.log"));
+    c.start_push(0, "a", "hot", "ka").await;
+    c.start_push(0, "b", "hot", "kb").await;
+    let ids = ["a".to_string(), "b".to_string()];
+    let tasks = c.wait_started_on(0, &ids, None, secs(30)).await;
+    let mut workers: Vec<String> = tasks
+        .values()
+        .map(|t| t["worker"].as_str().unwrap_or_default().to_string())
+        .collect();
+    workers.sort();
+    assert_eq!(
+        workers,
+        ["w0", "w1"],
+        "one push stays on the full ingest worker, one overflows"
+    );
+    // Both destinations receive the stream, the relayed one included.
+    c.wait_recordings_grow(&["ka".to_string(), "kb".to_string()], secs(15))
+        .await;
+    assert!(
+        c.workers[0]
+            .proc
+            .output()
+            .iter()
+            .any(|l| l.contains("relay{to=w1")),
+        "w0 relays the stream to w1"
+    );
+    c.assert_no_double_publish();
+}
