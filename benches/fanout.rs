@@ -724,6 +724,17 @@ impl Pushcast {
         };
         p.rest = p.logged_addr("REST gateway listening").await;
         p.rtmp = p.logged_addr("RTMP ingest listening").await;
+        // The source publishes by stream name: the app publishes openly.
+        let url = format!("http://{}/v1/vhosts/default/apps/app", p.rest);
+        let r = p
+            .http
+            .patch(&url)
+            .header("Authorization", &p.auth)
+            .body(r#"{"openPublish":true}"#)
+            .send()
+            .await
+            .expect("PATCH app");
+        assert_eq!(r.status().as_u16(), 200, "openPublish");
         p
     }
 
