@@ -16,15 +16,17 @@ use pushcast_runtime::CancellationToken;
 use pushcast_store::{Compare, Op, Store, Txn, WatchEvent};
 use tokio::sync::watch;
 
-/// Starts campaigning; the receiver says whether this node leads right now.
+/// Starts campaigning; the receiver says whether this node leads right now. Await the
+/// handle at shutdown: the leader revokes its lease on the way out (immediate handover),
+/// and the process must not exit before that call is done.
 pub fn campaign(
     store: Arc<dyn Store>,
     node_id: String,
     ttl: Duration,
     shutdown: CancellationToken,
-) -> watch::Receiver<bool> {
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         while !shutdown.is_cancelled() {
             let lost_at = match try_lead(store.as_ref(), &node_id, ttl, &tx, &shutdown).await {
                 Ok(r) => r,
@@ -59,7 +61,7 @@ pub fn campaign(
             }
         }
     });
-    rx
+    (rx, handle)
 }
 
 /// Campaigns once. `Some(revision)`: another node leads (seen at that revision); `None`:

@@ -91,7 +91,7 @@ pub async fn start(
     );
 
     // Every replica campaigns; the leader schedules.
-    let leading = crate::leader::campaign(
+    let (leading, campaign) = crate::leader::campaign(
         store.clone(),
         cfg.node_id.clone(),
         Duration::from_secs(cfg.args.leader_ttl_secs.max(1)),
@@ -108,6 +108,8 @@ pub async fn start(
     let grpc_addr = grpc.local_addr()?;
 
     let mut tasks = JoinSet::new();
+    // Waited for at shutdown, so the leader's lease is revoked before the process exits.
+    tasks.spawn(async move { campaign.await.context("leader election task panicked") });
     let (notify_store, notify_leader, stop) = (store.clone(), leading.clone(), shutdown.clone());
     tasks.spawn(async move {
         crate::notifier::run(notify_store, notify_leader, stop).await;

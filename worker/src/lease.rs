@@ -22,6 +22,8 @@ use tokio::time::Instant;
 pub struct Lease {
     rx: watch::Receiver<LeaseId>,
     fenced: watch::Receiver<bool>,
+    /// The renewal task; it revokes the lease at shutdown (see [`Lease::stopped`]).
+    task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Lease {
@@ -34,8 +36,22 @@ impl Lease {
         let id = store.grant_lease(ttl).await?;
         let (tx, rx) = watch::channel(id);
         let (fence_tx, fenced) = watch::channel(false);
-        tokio::spawn(renew(store, ttl, tx, fence_tx, shutdown));
-        Ok(Lease { rx, fenced })
+        let task = tokio::spawn(renew(store, ttl, tx, fence_tx, shutdown));
+        Ok(Lease {
+            rx,
+            fenced,
+            task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// Resolves once the renewal task has ended, i.e. after shutdown, when the lease has
+    /// been revoked (its streams vanish at once instead of after a TTL). Await it before
+    /// the process exits.
+    pub async fn stopped(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
     }
 
     /// The current lease id.

@@ -107,6 +107,7 @@ pub async fn start(
         .context("cannot get a lease from the store")?;
     register(store.clone(), info.clone(), lease.clone(), shutdown.clone()).await?;
     let fence = lease.fence();
+    let lease_done = lease.clone();
     let relay_token = crate::relay::cluster_token(store.as_ref())
         .await
         .context("cannot read the relay token")?;
@@ -124,6 +125,11 @@ pub async fn start(
     };
 
     let mut tasks = JoinSet::new();
+    // Waited for at shutdown: the lease is revoked before the process exits.
+    tasks.spawn(async move {
+        lease_done.stopped().await;
+        Ok(())
+    });
     let publishers = crate::ingest::Publishers::default();
     let webhooks = pushcast_webhooks::Dispatcher::new(Default::default())
         .context("cannot start the webhook dispatcher")?;
