@@ -345,27 +345,14 @@ fn str_field(v: &Value, name: &str) -> Option<String> {
 fn start_push_from_json(obj: &Map<String, Value>) -> StartPush {
     let body = Value::Object(obj.clone());
     let stream = body.get("stream").filter(|s| s.is_object());
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     // `tracks` is the old name of `trackIds`.
-    let track_ids = stream
-        .and_then(|s| s.get("trackIds").or_else(|| s.get("tracks")))
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+    let track_ids = int_list(stream.and_then(|s| s.get("trackIds").or_else(|| s.get("tracks"))))
         .unwrap_or_default();
     StartPush {
         id: str_field(&body, "id"),
         stream_name: stream.and_then(|s| str_field(s, "name")),
         track_ids,
-        variant_names: strings(stream.and_then(|s| s.get("variantNames"))),
+        variant_names: string_list(stream.and_then(|s| s.get("variantNames"))),
         protocol: str_field(&body, "protocol"),
         url: str_field(&body, "url"),
         stream_key: str_field(&body, "streamKey"),
@@ -373,6 +360,13 @@ fn start_push_from_json(obj: &Map<String, Value>) -> StartPush {
     }
 }
 
+/// The integers of a JSON array (other items skipped); `None` when it is not an array.
+fn int_list(v: Option<&Value>) -> Option<Vec<i64>> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+}
+
+/// The strings of a JSON array (other items skipped); empty when it is not an array.
 fn string_list(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
@@ -427,9 +421,6 @@ fn update_push_from_json(obj: &Map<String, Value>) -> UpdatePush {
             .get("variantNames")
             .filter(|v| v.is_array())
             .map(|v| string_list(Some(v))),
-        track_ids: obj
-            .get("trackIds")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_i64).collect()),
+        track_ids: int_list(obj.get("trackIds")),
     }
 }
