@@ -144,36 +144,40 @@ async fn a_start_push_is_one_trace_across_controller_and_worker() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
-    // One trace holds spans of both services.
-    let (trace, names) = support::wait_for(
-        "one trace with controller and worker spans",
-        Duration::from_secs(30),
-        || async {
-            let spans = received.0.lock().unwrap().clone();
-            let mut by_trace: HashMap<String, HashSet<(String, String)>> = HashMap::new();
-            for (t, service, name) in spans {
-                by_trace.entry(t).or_default().insert((service, name));
-            }
-            by_trace.into_iter().find(|(_, s)| {
-                s.iter().any(|(svc, _)| svc.contains("pushcast-controller"))
-                    && s.iter().any(|(svc, _)| svc.contains("pushcast-worker"))
-            })
-        },
-    )
-    .await;
+    // One trace holds the API call and the scheduling (controller) and the worker
+    // taking the task. Spans reach the collector in export batches, one process at a
+    // time: wait for all three, then say which one is missing if they never come.
+    const WANTED: [(&str, &str); 3] = [
+        ("pushcast-controller", "http"),
+        ("pushcast-controller", "schedule"),
+        ("pushcast-worker", "assigned"),
+    ];
+    let traces = || {
+        let spans = received.0.lock().unwrap().clone();
+        let mut by_trace: HashMap<String, HashSet<(String, String)>> = HashMap::new();
+        for (t, service, name) in spans {
+            by_trace.entry(t).or_default().insert((service, name));
+        }
+        by_trace
+    };
+    let complete = |s: &HashSet<(String, String)>| {
+        WANTED
+            .iter()
+            .all(|(svc, name)| s.iter().any(|(sv, n)| sv.contains(svc) && n == name))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (trace, names) = loop {
+        if let Some(found) = traces().into_iter().find(|(_, s)| complete(s)) {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trace holds all of {WANTED:?} after 30 s; traces seen: {:?}",
+            traces()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     println!("trace {trace}: {names:?}");
-    assert!(
-        names.iter().any(|(_, n)| n == "http"),
-        "the API call: {names:?}"
-    );
-    assert!(
-        names.iter().any(|(_, n)| n == "schedule"),
-        "the scheduling: {names:?}"
-    );
-    assert!(
-        names.iter().any(|(_, n)| n == "assigned"),
-        "the worker taking the task: {names:?}"
-    );
     let _ = publisher.terminate(Duration::from_secs(3));
     server.abort();
 }
