@@ -7,7 +7,7 @@
 //! - **All writes go through one lock** that covers the redb commit, the lease bookkeeping
 //!   and the publication of watch events, so write order == revision order == event order.
 //!   The commit fsyncs, so every write (and every read, which may hit the disk) runs on
-//!   tokio's blocking pool instead of an async worker thread.
+//!   a thread of the store's own instead of an async worker thread (see [`Threads`]).
 //! - **Watches read from one in-memory history** of the last N events rather than from
 //!   per-watcher queues: a watcher keeps only "the next revision I need" and a
 //!   `tokio::sync::watch` receiver that wakes it. Replay and live delivery are the same
@@ -20,11 +20,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::{
     Compare, KeyValue, LeaseId, Listing, Op, Result, Store, StoreError, Txn, TxnResult, WatchEvent,
@@ -92,6 +92,61 @@ struct Inner {
     notify_tx: watch::Sender<i64>,
     /// Wakes the lease expiry task (new lease, store dropped).
     expiry_wake: Arc<Notify>,
+    threads: Threads,
+}
+
+/// A unit of redb work for a store thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The store's two threads: one runs the writes (serialized by `write_lock` anyway),
+/// one the reads, so that a read never waits behind a commit's fsync.
+///
+/// Not tokio's blocking pool: that one starts a thread per concurrent call, and each new
+/// thread gets a malloc arena of its own that outlives it. A burst of API calls (200
+/// startPush in a row, in the fan-out benchmark) left six such arenas behind, a few
+/// hundred KiB each, for the life of the process. The threads end with the store.
+struct Threads {
+    reads: mpsc::Sender<Job>,
+    writes: mpsc::Sender<Job>,
+}
+
+impl Threads {
+    fn start() -> Result<Threads> {
+        Ok(Threads {
+            reads: spawn_thread("pushcast-store-r")?,
+            writes: spawn_thread("pushcast-store-w")?,
+        })
+    }
+}
+
+fn spawn_thread(name: &str) -> Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            // Ends when the store (the last sender) is gone.
+            for job in rx {
+                // A job that panics must not take the thread, and the store, with it: its
+                // caller gets an error from the dropped reply.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })
+        .map_err(|e| StoreError::Internal(format!("cannot start a store thread: {e}")))?;
+    Ok(tx)
+}
+
+/// Runs `f` on the thread behind `jobs` and waits for its answer.
+async fn run_on<T: Send + 'static>(
+    jobs: &mpsc::Sender<Job>,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    jobs.send(Box::new(move || {
+        let _ = tx.send(f());
+    }))
+    .map_err(|_| StoreError::Internal("the embedded store's thread has stopped".into()))?;
+    rx.await
+        .map_err(|_| StoreError::Internal("embedded store task failed".into()))?
 }
 
 impl Drop for Inner {
@@ -278,6 +333,7 @@ impl EmbeddedStore {
             })),
             notify_tx,
             expiry_wake: expiry_wake.clone(),
+            threads: Threads::start()?,
         });
         runtime.spawn(expiry_task(Arc::downgrade(&inner), expiry_wake));
         Ok(EmbeddedStore { inner })
@@ -322,15 +378,22 @@ impl EmbeddedStore {
         Ok((revision, dropped))
     }
 
-    /// Runs `f` on the blocking pool (redb reads may touch the disk, commits fsync).
-    async fn blocking<T: Send + 'static>(
+    /// Runs `f` on the store's read thread (redb reads may touch the disk).
+    async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))?
+        run_on(&self.inner.threads.reads, move || f(&inner)).await
+    }
+
+    /// Runs `f` on the store's write thread (commits fsync).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        run_on(&self.inner.threads.writes, move || f(&inner)).await
     }
 }
 
@@ -603,13 +666,15 @@ async fn expiry_task(inner: Weak<Inner>, wake: Arc<Notify>) {
         if due.is_empty() {
             continue;
         }
-        let result = tokio::task::spawn_blocking(move || {
+        let writes = store.threads.writes.clone();
+        let result = run_on(&writes, move || {
             for id in due {
                 match store.drop_lease(id, true) {
                     Ok(_) => tracing::debug!(lease = id, "lease expired"),
                     Err(e) => tracing::warn!(lease = id, error = %e, "cannot expire lease"),
                 }
             }
+            Ok(())
         })
         .await;
         if let Err(e) = result {
@@ -657,29 +722,26 @@ impl Inner {
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let key = key.to_string();
-        self.blocking(move |inner| inner.read_kv(&key)).await
+        self.read(move |inner| inner.read_kv(&key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
         let prefix = prefix.to_string();
-        self.blocking(move |inner| inner.read_prefix(&prefix)).await
+        self.read(move |inner| inner.read_prefix(&prefix)).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<i64> {
         let txn = Txn::new().and_then(Op::put_with_lease(key, value, lease));
-        Ok(self
-            .blocking(move |inner| inner.apply(&txn))
-            .await?
-            .revision)
+        Ok(self.write(move |inner| inner.apply(&txn)).await?.revision)
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let txn = Txn::new().and_then(Op::delete(key));
-        Ok(self.blocking(move |inner| inner.apply(&txn)).await?.deleted > 0)
+        Ok(self.write(move |inner| inner.apply(&txn)).await?.deleted > 0)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
-        let applied = self.blocking(move |inner| inner.apply(&txn)).await?;
+        let applied = self.write(move |inner| inner.apply(&txn)).await?;
         Ok(TxnResult {
             succeeded: applied.succeeded,
             revision: applied.revision,
@@ -752,7 +814,7 @@ impl Store for EmbeddedStore {
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         if self
-            .blocking(move |inner| inner.drop_lease(lease, false))
+            .write(move |inner| inner.drop_lease(lease, false))
             .await?
         {
             Ok(())

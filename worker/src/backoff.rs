@@ -34,7 +34,7 @@
 
 use std::time::Duration;
 
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 /// How a failed attempt should be retried. Every failure is retried (the spec says
@@ -110,7 +110,7 @@ impl Default for BackoffConfig {
 /// then sleep [`next_delay`](Backoff::next_delay). [`attempts`](Backoff::attempts) is the
 /// number of delays handed out since the last reset (the task's `retries`).
 #[derive(Debug, Clone)]
-pub struct Backoff<R = StdRng> {
+pub struct Backoff<R = SmallRng> {
     config: BackoffConfig,
     /// Exponent of the next base delay (saturating; the cap bounds the result anyway).
     exponent: u32,
@@ -118,10 +118,12 @@ pub struct Backoff<R = StdRng> {
     rng: R,
 }
 
-impl Backoff<StdRng> {
+impl Backoff<SmallRng> {
     /// A backoff seeded from the OS, so tasks that fail together do not retry together.
+    /// Jitter needs no cryptographic generator: a small one keeps the 32-byte state
+    /// (StdRng's is ~330 bytes) in every destination's session.
     pub fn new(config: BackoffConfig) -> Self {
-        Backoff::with_rng(config, StdRng::from_os_rng())
+        Backoff::with_rng(config, SmallRng::from_os_rng())
     }
 }
 
@@ -212,6 +214,8 @@ impl<R: Rng> Backoff<R> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use rand::rngs::StdRng;
+
     use super::*;
 
     fn seeded(jitter: Jitter) -> Backoff<StdRng> {

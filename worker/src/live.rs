@@ -117,7 +117,7 @@ impl TaskLive {
     pub fn set_destinations(&self, spec: &TaskSpec) {
         let list = spec.destination_list();
         let mut inner = self.lock();
-        let mut old = std::mem::take(&mut inner.dests);
+        let mut old = std::mem::replace(&mut inner.dests, Vec::with_capacity(list.len()));
         let single = inner.previous.destinations.is_empty();
         for d in &list {
             let id = d.destination();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pushcast_proto::keys;
-use pushcast_proto::model::{Assignment, TaskSpec, TaskState};
+use pushcast_proto::model::{Assignment, SourceRef, TaskSpec, TaskState};
 use pushcast_proto::v1::ApplyAssignmentsRequest;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Store, WatchEvent};
@@ -49,7 +49,9 @@ pub struct Runner {
 }
 
 struct Running {
-    assignment: Assignment,
+    /// The assignment, less its spec (which `spec` holds: one copy per task).
+    source: SourceRef,
+    generation: u64,
     cancel: CancellationToken,
     /// The running task follows changes of its spec that keep its source (updatePush):
     /// only the destinations that changed start or stop.
@@ -62,7 +64,7 @@ pub type Updates = mpsc::Receiver<(ApplyAssignmentsRequest, oneshot::Sender<u32>
 
 /// The assignments this worker runs, keyed by their store key.
 struct Assigned<'a> {
-    runner: &'a Runner,
+    runner: &'a Arc<Runner>,
     shutdown: &'a CancellationToken,
     running: HashMap<String, Running>,
 }
@@ -74,13 +76,16 @@ impl Assigned<'_> {
     /// handed to the running task instead: only its changed destinations start or stop.
     fn put(&mut self, key: String, a: Assignment) -> bool {
         if let Some(cur) = self.running.get_mut(&key) {
-            if cur.assignment == a || cur.assignment.generation > a.generation {
+            let same = cur.generation == a.generation
+                && cur.source == a.source
+                && *cur.spec.borrow() == a.spec;
+            if same || cur.generation > a.generation {
                 return false;
             }
-            if cur.assignment.source == a.source && same_source(&cur.assignment.spec, &a.spec) {
+            if cur.source == a.source && same_source(&cur.spec.borrow(), &a.spec) {
                 tracing::info!(id = %a.spec.id, generation = a.generation, "task updated in place");
-                cur.spec.send_replace(a.spec.clone());
-                cur.assignment = a;
+                cur.generation = a.generation;
+                cur.spec.send_replace(a.spec);
                 return true;
             }
         }
@@ -145,7 +150,7 @@ impl Runner {
     /// Follows this worker's assignments until `shutdown`: from the store (list, then
     /// watch from the listing's revision; on a broken watch, list again) and from the
     /// leader's gRPC updates. Applying an assignment that already runs is a no-op.
-    pub async fn run(self, shutdown: CancellationToken, mut updates: Updates) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, mut updates: Updates) {
         let prefix = keys::assignments_of(&self.node_id);
         let mut assigned = Assigned {
             runner: &self,
@@ -218,15 +223,19 @@ impl Runner {
         }
     }
 
-    fn spawn(&self, assignment: Assignment, shutdown: &CancellationToken) -> Running {
+    fn spawn(self: &Arc<Self>, assignment: Assignment, shutdown: &CancellationToken) -> Running {
         let cancel = shutdown.child_token();
-        let spec = assignment.spec.clone();
+        let Assignment {
+            spec,
+            source,
+            generation,
+        } = assignment;
         let span = tracing::info_span!(
             "task",
             id = %spec.id,
             app = %spec.app,
             stream = %spec.stream.name,
-            generation = assignment.generation
+            generation
         );
         // The task joins the trace of the API call that created it, and leaves a short
         // span there at once (the task span itself is exported when the task ends).
@@ -234,35 +243,47 @@ impl Runner {
             let carrier =
                 std::collections::HashMap::from([("traceparent".to_string(), tp.clone())]);
             pushcast_runtime::logging::set_parent(&span, &carrier);
-            let assigned =
-                tracing::info_span!("assigned", id = %spec.id, generation = assignment.generation);
+            let assigned = tracing::info_span!("assigned", id = %spec.id, generation);
             pushcast_runtime::logging::set_parent(&assigned, &carrier);
             assigned.in_scope(|| tracing::debug!("task assigned to this worker"));
         }
         let (tx, rx) = watch::channel(spec);
-        tokio::spawn(self.clone().task(rx, cancel.clone()).instrument(span));
+        tokio::spawn(Arc::clone(self).task(rx, cancel.clone()).instrument(span));
         Running {
-            assignment,
+            source,
+            generation,
             cancel,
             spec: tx,
         }
     }
 
     /// One task's whole life on this worker.
-    async fn task(self, mut spec_rx: watch::Receiver<TaskSpec>, cancel: CancellationToken) {
-        let spec = spec_rx.borrow_and_update().clone();
-        let key = task_key(&spec);
-        let stream = StreamKey::new(
-            spec.vhost.clone(),
-            spec.app.clone(),
-            spec.stream.name.clone(),
-        );
+    async fn task(
+        self: Arc<Self>,
+        mut spec_rx: watch::Receiver<TaskSpec>,
+        cancel: CancellationToken,
+    ) {
+        // Only what the whole life needs stays in this (long-lived) future: not the spec.
+        let (key, stream) = {
+            let spec = spec_rx.borrow_and_update();
+            let stream = StreamKey::new(
+                spec.vhost.clone(),
+                spec.app.clone(),
+                spec.stream.name.clone(),
+            );
+            (task_key(&spec), stream)
+        };
         // Totals and `sequence` continue from the last status, whichever worker wrote it.
         let previous = match self.store.get(&keys::status(&key.0, &key.1, &key.2)).await {
             Ok(Some(kv)) => serde_json::from_slice(&kv.value).ok(),
             _ => None,
         };
-        let live = Arc::new(TaskLive::new(key.clone(), &self.node_id, previous, &spec));
+        let live = Arc::new(TaskLive::new(
+            key.clone(),
+            &self.node_id,
+            previous,
+            &spec_rx.borrow(),
+        ));
         let mut fence = self.fence.clone();
         let mut spec_open = true;
         loop {
@@ -284,24 +305,17 @@ impl Runner {
             };
             // The stream is live here: this worker holds the task now.
             self.live.insert(live.clone());
-            let session_cancel = cancel.child_token();
-            let mut fence_watch = self.fence.clone();
-            let fenced_stop = session_cancel.clone();
-            let guard = tokio::spawn(async move {
-                wait_fenced(&mut fence_watch).await;
-                fenced_stop.cancel();
-            });
             let end = self
                 .source_session(
                     &mut spec_rx,
                     &mut spec_open,
+                    &mut fence,
                     &stream,
                     &live,
                     sub,
-                    &session_cancel,
+                    &cancel,
                 )
                 .await;
-            guard.abort();
             live.end_session(TaskState::Stopped);
             self.status.changed(&live);
             if end == SessionEnd::Cancelled && cancel.is_cancelled() {
@@ -315,11 +329,13 @@ impl Runner {
 
     /// While the source is live: one push session per destination, each with its own
     /// hub subscription, started and stopped as the task's destinations change. Ends
-    /// when the source ends or the task is cancelled.
+    /// when the source ends, the task is cancelled or the worker is fenced.
+    #[allow(clippy::too_many_arguments)]
     async fn source_session(
-        &self,
+        self: &Arc<Self>,
         spec_rx: &mut watch::Receiver<TaskSpec>,
         spec_open: &mut bool,
+        fence: &mut watch::Receiver<bool>,
         stream: &StreamKey,
         live: &Arc<TaskLive>,
         first: Subscription,
@@ -327,15 +343,15 @@ impl Runner {
     ) -> SessionEnd {
         let mut first = Some(first);
         // destination → (its session's spec, its cancel token)
-        let mut running: HashMap<String, (TaskSpec, CancellationToken)> = HashMap::new();
+        let mut running: HashMap<String, (Arc<TaskSpec>, CancellationToken)> = HashMap::new();
         let mut sessions: tokio::task::JoinSet<SessionEnd> = tokio::task::JoinSet::new();
         let end = 'outer: loop {
             let spec = spec_rx.borrow_and_update().clone();
             live.set_destinations(&spec);
-            let wanted: Vec<(String, TaskSpec)> = spec
+            let wanted: Vec<(String, Arc<TaskSpec>)> = spec
                 .destination_list()
                 .iter()
-                .map(|d| (d.destination(), spec.for_destination(d)))
+                .map(|d| (d.destination(), Arc::new(spec.for_destination(d))))
                 .collect();
             running.retain(|dest, (s, c)| {
                 let keep = wanted.iter().any(|(w, ws)| w == dest && ws == s);
@@ -358,24 +374,24 @@ impl Runner {
                 let c = cancel.child_token();
                 let counters = live.begin_session(&dest);
                 self.status.changed(live);
-                let span = tracing::info_span!("destination", url = %dspec.url);
-                sessions.spawn(
-                    self.clone()
-                        .session(
-                            dspec.clone(),
-                            dest.clone(),
-                            stream.clone(),
-                            live.clone(),
-                            counters,
-                            sub,
-                            c.clone(),
-                        )
-                        .instrument(span),
-                );
+                let args = SessionArgs {
+                    runner: Arc::clone(self),
+                    spec: Arc::clone(&dspec),
+                    dest: dest.clone(),
+                    stream: stream.clone(),
+                    live: live.clone(),
+                    counters,
+                    cancel: c.clone(),
+                };
+                // In the task's span: the push span inside names the destination, and one
+                // more span per destination is memory per destination.
+                sessions.spawn(Runner::session(Box::new(args), sub).in_current_span());
                 running.insert(dest, (dspec, c));
             }
             tokio::select! {
                 _ = cancel.cancelled() => break SessionEnd::Cancelled,
+                // A fenced worker runs no session (see `lease`).
+                _ = wait_fenced(fence) => break SessionEnd::Cancelled,
                 r = spec_rx.changed(), if *spec_open => {
                     if r.is_err() {
                         *spec_open = false;
@@ -397,39 +413,39 @@ impl Runner {
 
     /// One destination while the source is live: connect, push, reconnect with
     /// backoff, until the source ends or the session is cancelled.
-    #[allow(clippy::too_many_arguments)]
-    async fn session(
-        self,
-        spec: TaskSpec,
-        dest: String,
-        stream: StreamKey,
-        live: Arc<TaskLive>,
-        counters: Arc<push::SessionCounters>,
-        first: Subscription,
-        cancel: CancellationToken,
-    ) -> SessionEnd {
-        let spec = &spec;
-        let live = &live;
-        let cancel = &cancel;
-        let mut backoff = Backoff::new(self.backoff);
+    ///
+    /// Its arguments come in one box: an async fn keeps its arguments twice (as captured
+    /// and as moved-in locals), and this future lives, per destination, for as long as
+    /// the push does.
+    async fn session(args: Box<SessionArgs>, first: Subscription) -> SessionEnd {
+        let SessionArgs {
+            runner,
+            spec,
+            dest,
+            stream,
+            live,
+            counters,
+            cancel,
+        } = &*args;
+        let mut backoff = Backoff::new(runner.backoff);
         let mut next = Some(first);
         loop {
-            let Some(mut sub) = next
+            let Some(mut source) = next
                 .take()
-                .or_else(|| self.hub.subscribe(&stream, self.queue))
+                .or_else(|| runner.hub.subscribe(stream, runner.queue))
             else {
                 return SessionEnd::SourceEnded;
             };
             // Tracks are known once a decodable start (headers + keyframe) is queued; a
             // reserved task wakes at publish time, before any frame.
-            let info = tokio::select! {
+            let tracks = tokio::select! {
                 _ = cancel.cancelled() => return SessionEnd::Cancelled,
-                i = sub.ready() => match i {
-                    Some(i) => i,
+                i = source.ready() => match i {
+                    Some(info) => info.tracks(),
                     None => return SessionEnd::SourceEnded,
                 },
             };
-            let selection = match tracks::select(spec.protocol, &spec.stream, &info.tracks()) {
+            let selection = match tracks::select(spec.protocol, &spec.stream, &tracks) {
                 Ok(s) => TrackSelection {
                     video: s.video,
                     audio: s.audio,
@@ -437,30 +453,28 @@ impl Runner {
                 },
                 Err(e) => {
                     // Nothing to do until the stream changes: report and wait for its end.
-                    live.failed(&dest, &e.to_string());
-                    self.status.changed(live);
-                    return wait_end(sub, cancel).await;
+                    live.failed(dest, &e.to_string());
+                    runner.status.changed(live);
+                    return wait_end(source, cancel).await;
                 }
             };
-            let mut source = sub;
-            let mut cfg = self.push.clone();
+            drop(tracks);
+            let mut cfg = runner.push.clone();
             cfg.shutdown = cancel.child_token();
             let started = Instant::now();
-            let status = self.status.clone();
-            let task_live = live.clone();
-            let result = push::run_session(spec, selection, &mut source, &counters, &cfg, |ev| {
+            let result = push::run_session(spec, selection, &mut source, counters, &cfg, |ev| {
                 if let SessionEvent::Connected { .. } = ev {
-                    task_live.started(&dest);
-                    status.changed(&task_live);
+                    live.started(dest);
+                    runner.status.changed(live);
                 }
             })
             .await;
             match result {
                 Ok(end) => return end,
                 Err(e) => {
-                    tracing::warn!(error = %e, "push failed; retrying");
-                    live.failed(&dest, &e.to_string());
-                    self.status.changed(live);
+                    tracing::warn!(url = %spec.url, error = %e, "push failed; retrying");
+                    live.failed(dest, &e.to_string());
+                    runner.status.changed(live);
                     backoff.record_success(started.elapsed());
                     let delay = backoff.next_delay_for(if e.is_transient() {
                         crate::backoff::Retryable::Yes
@@ -468,16 +482,26 @@ impl Runner {
                         crate::backoff::Retryable::Rejected
                     });
                     // Keep following the stream while waiting, so its end is noticed.
-                    let sub = source;
                     tokio::select! {
                         _ = cancel.cancelled() => return SessionEnd::Cancelled,
-                        end = wait_end(sub, cancel) => return end,
+                        end = wait_end(source, cancel) => return end,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
     }
+}
+
+/// Everything one destination's session works with (see [`Runner::session`]).
+struct SessionArgs {
+    runner: Arc<Runner>,
+    spec: Arc<TaskSpec>,
+    dest: String,
+    stream: StreamKey,
+    live: Arc<TaskLive>,
+    counters: Arc<push::SessionCounters>,
+    cancel: CancellationToken,
 }
 
 /// True when `b` is `a` changed in place: same task, same source stream.

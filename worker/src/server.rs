@@ -220,7 +220,7 @@ pub async fn start(
     let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        runner.run(stop, updates_rx).await;
+        Arc::new(runner).run(stop, updates_rx).await;
         Ok(())
     });
 

@@ -12,13 +12,14 @@
 //! - Frames are refcounted ([`Frame`] holds [`bytes::Bytes`]): fanning a frame out to N
 //!   subscribers clones N pointers, never the payload.
 //!
-//! # Queue mechanism: per-subscriber unbounded mpsc + our own byte/frame accounting
-//! Each subscriber has its own `tokio::sync::mpsc` channel; the source holds the senders.
-//! The channel is unbounded to tokio, but the source only sends after checking the
-//! subscriber's [`QueueLimits`] against counters the receiver decrements, so the queue is
-//! bounded by frames *and* bytes (a bounded tokio channel only bounds slots). Publishing
-//! a frame is therefore O(subscribers) lock-free pushes, with no `await` anywhere: a
-//! stalled reader only ever costs the source one counter check.
+//! # Queue mechanism: a queue per subscriber + our own byte/frame accounting
+//! Each subscriber has its own queue ([`queue`]: one producer, one consumer); the source
+//! holds the senders. The queue itself is unbounded, but the source only sends after
+//! checking the subscriber's [`QueueLimits`] against counters the receiver decrements, so
+//! the queue is bounded by frames *and* bytes (a bounded channel only bounds slots).
+//! Publishing a frame is therefore O(subscribers) short pushes, with no `await` anywhere:
+//! a stalled reader only ever costs the source one counter check. (The queue replaced
+//! `tokio::sync::mpsc`, whose 32-slot blocks cost ~4 KiB per destination: see [`queue`].)
 //!
 //! We chose this over a shared ring with per-reader cursors (`tokio::sync::broadcast`
 //! style) because (a) limits are per subscriber and by bytes, which a ring with one
@@ -52,6 +53,7 @@
 //! which nothing reverses).
 
 mod gop;
+mod queue;
 mod subscriber;
 #[cfg(test)]
 mod tests;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::gop::{self, GopCache};
+use super::queue::{self, Receiver, Sender, TryRecv};
 use super::{SourceShared, StreamInfo, StreamKey};
 use crate::media::{Frame, FrameKind};
 
@@ -80,7 +80,7 @@ enum Mode {
 /// The source's handle on one subscriber.
 #[derive(Debug)]
 pub(crate) struct Subscriber {
-    tx: mpsc::UnboundedSender<Frame>,
+    tx: Sender<Frame>,
     counters: Arc<Counters>,
     limits: QueueLimits,
     mode: Mode,
@@ -105,8 +105,8 @@ impl Subscriber {
     pub fn new(
         limits: QueueLimits,
         gop: &GopCache,
-    ) -> (Subscriber, mpsc::UnboundedReceiver<Frame>, Arc<Counters>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (Subscriber, Receiver<Frame>, Arc<Counters>) {
+        let (tx, rx) = queue::channel();
         let counters = Arc::new(Counters::default());
         let mut sub = Subscriber {
             tx,
@@ -280,7 +280,7 @@ pub enum TryRecvError {
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) key: StreamKey,
-    pub(crate) rx: mpsc::UnboundedReceiver<Frame>,
+    pub(crate) rx: Receiver<Frame>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) source: Arc<SourceShared>,
     /// A frame taken out of the queue by [`Subscription::ready`], handed out next.
@@ -360,8 +360,8 @@ impl Subscription {
                 self.taken(&frame);
                 Ok(frame)
             }
-            Err(mpsc::error::TryRecvError::Empty) => Err(TryRecvError::Empty),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(TryRecvError::Ended),
+            Err(TryRecv::Empty) => Err(TryRecvError::Empty),
+            Err(TryRecv::Closed) => Err(TryRecvError::Ended),
         }
     }
 

@@ -13,19 +13,23 @@ use std::net::SocketAddr;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::dest::{RtmpTarget, redact_secret};
 use super::error::{PushError, io_cause};
 use super::net::{connect_tcp, next_write_tick, write_segments};
 use super::timeline::Rebaser;
-use super::{Ctx, SessionEnd, SessionEvent};
+use super::{Ctx, PushConfig, SessionEnd, SessionEvent};
 use crate::media::Frame;
 use crate::rtmp::{ClientConfig, ClientEvent, ClientSession};
 
-/// Read buffer per session: server traffic is small (acks, pings, status).
-const READ_BUF: usize = 4096;
+/// Read buffer per session. Once publishing, servers send little (acks, pings, status);
+/// the handshake's 3 KiB S0+S1+S2 just takes a few reads. Every destination keeps one for
+/// its whole life, so it is kept small.
+const READ_BUF: usize = 512;
 
 pub(crate) async fn run(target: &RtmpTarget, ctx: &mut Ctx<'_>) -> Result<SessionEnd, PushError> {
     let host_port = if target.host.contains(':') {
@@ -33,40 +37,67 @@ pub(crate) async fn run(target: &RtmpTarget, ctx: &mut Ctx<'_>) -> Result<Sessio
     } else {
         format!("{}:{}", target.host, target.port)
     };
-    let cancel = ctx.cfg.shutdown.clone();
+    // Each phase is boxed on its own: a session lives for hours in `drive`, and should not
+    // keep the connect phase's state (a TLS handshake's is the largest) beside it.
+    let Some((stream, peer, deadline)) = Box::pin(connect(target, &host_port, ctx.cfg)).await?
+    else {
+        return Ok(SessionEnd::Cancelled);
+    };
+    match stream {
+        Connected::Plain(tcp) => {
+            Box::pin(drive(tcp, peer, target, &host_port, deadline, ctx)).await
+        }
+        Connected::Tls(tls) => Box::pin(drive(*tls, peer, target, &host_port, deadline, ctx)).await,
+    }
+}
+
+/// A connection ready for the RTMP handshake.
+enum Connected {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// TCP, then TLS for `rtmps`. Returns the stream, the peer address and the deadline for
+/// the RTMP handshake; `None` when cancelled meanwhile.
+async fn connect(
+    target: &RtmpTarget,
+    host_port: &str,
+    cfg: &PushConfig,
+) -> Result<Option<(Connected, Option<SocketAddr>, Instant)>, PushError> {
+    let cancel = cfg.shutdown.clone();
     let tcp = tokio::select! {
         biased;
-        _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-        r = connect_tcp(&target.host, target.port, ctx.cfg.connect_timeout) => r?,
+        _ = cancel.cancelled() => return Ok(None),
+        r = connect_tcp(&target.host, target.port, cfg.connect_timeout) => r?,
     };
     let peer = tcp.peer_addr().ok();
     // The TLS and RTMP handshakes up to Publish.Start get their own connect timeout.
-    let deadline = Instant::now() + ctx.cfg.connect_timeout;
+    let deadline = Instant::now() + cfg.connect_timeout;
     if !target.tls {
-        return drive(tcp, peer, target, &host_port, deadline, ctx).await;
+        return Ok(Some((Connected::Plain(tcp), peer, deadline)));
     }
     let name = ServerName::try_from(target.host.clone()).map_err(|_| {
         PushError::InvalidDestination(format!("'{}' is not a valid TLS server name", target.host))
     })?;
-    let connector = TlsConnector::from(ctx.cfg.tls.clone());
+    let connector = TlsConnector::from(cfg.tls.clone());
     let tls = tokio::select! {
         biased;
-        _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+        _ = cancel.cancelled() => return Ok(None),
         r = timeout_at(deadline, connector.connect(name, tcp)) => match r {
             Err(_) => {
                 return Err(PushError::Connect {
-                    target: host_port,
+                    target: host_port.to_owned(),
                     cause: format!(
                         "TLS handshake timed out after {} ms",
-                        ctx.cfg.connect_timeout.as_millis()
+                        cfg.connect_timeout.as_millis()
                     ),
                 });
             }
-            Ok(Err(e)) => return Err(super::tls::handshake_error(&host_port, &e)),
+            Ok(Err(e)) => return Err(super::tls::handshake_error(host_port, &e)),
             Ok(Ok(tls)) => tls,
         },
     };
-    drive(tls, peer, target, &host_port, deadline, ctx).await
+    Ok(Some((Connected::Tls(Box::new(tls)), peer, deadline)))
 }
 
 /// Frames and payload bytes queued since the last write.
@@ -343,6 +374,52 @@ fn scrub_error(e: PushError, stream_name: &str) -> PushError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::{FrameSource, SessionCounters, TrackSelection};
+
+    struct NoFrames;
+
+    #[async_trait::async_trait]
+    impl FrameSource for NoFrames {
+        async fn next_frame(&mut self) -> Option<Frame> {
+            None
+        }
+    }
+
+    /// Per destination, an RTMP push keeps `run` and the relay loop (`drive`) alive for
+    /// hours: both stay small (the connect phase, TLS handshake included, is boxed apart
+    /// and freed once connected).
+    #[tokio::test]
+    async fn an_rtmp_session_keeps_little_state() {
+        let cfg = PushConfig::default();
+        let counters = SessionCounters::default();
+        let mut source = NoFrames;
+        let mut events = |_: SessionEvent| {};
+        let mut ctx = Ctx {
+            tracks: TrackSelection {
+                video: true,
+                audio: true,
+                data: true,
+            },
+            source: &mut source,
+            counters: &counters,
+            cfg: &cfg,
+            events: &mut events,
+        };
+        let target = RtmpTarget {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 1935,
+            app: "live".into(),
+            tc_url: "rtmp://127.0.0.1/live".into(),
+            stream_name: "key".into(),
+        };
+        let run_size = std::mem::size_of_val(&run(&target, &mut ctx));
+        assert!(run_size <= 256, "run takes {run_size} bytes");
+        let (stream, _peer) = tokio::io::duplex(64);
+        let drive_size =
+            std::mem::size_of_val(&drive(stream, None, &target, "x", Instant::now(), &mut ctx));
+        assert!(drive_size <= 2048, "drive takes {drive_size} bytes");
+    }
 
     #[test]
     fn stream_keys_are_scrubbed_from_server_texts() {

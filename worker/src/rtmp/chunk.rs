@@ -574,8 +574,14 @@ fn put_basic_header(w: &mut &mut [u8], fmt: u8, csid: u32) {
 
 /// Payload pieces at least this long go out as zero-copy slices of the frame's
 /// [`Bytes`]; shorter ones are copied next to their headers (a tiny iovec costs more
-/// than the copy).
-const ZERO_COPY_MIN: usize = 1024;
+/// than the copy). Low enough that AAC frames (~350 bytes at 128 kb/s) are not copied:
+/// the copies made the per-session header buffer grow to a window's worth of audio
+/// (~2 KiB per destination, for as long as the push runs).
+const ZERO_COPY_MIN: usize = 128;
+
+/// First allocation of an [`OutBuf`]'s header buffer: a write window's chunk headers
+/// (and small payloads) fit.
+const PENDING_INITIAL: usize = 256;
 
 /// Encoded bytes waiting to be written, as a list of segments for a vectored write.
 ///
@@ -605,6 +611,7 @@ impl OutBuf {
 
     /// Queues raw bytes (handshake bytes, chunk headers).
     pub fn put_header(&mut self, bytes: &[u8]) {
+        self.pending_room(bytes.len());
         self.pending.extend_from_slice(bytes);
         self.len += bytes.len();
     }
@@ -617,6 +624,7 @@ impl OutBuf {
             self.flush_pending();
             self.segments.push(payload.slice(offset..end));
         } else if let Some(piece) = payload.get(offset..end) {
+            self.pending_room(piece.len());
             self.pending.extend_from_slice(piece);
         }
         self.len += n;
@@ -631,8 +639,18 @@ impl OutBuf {
     /// Everything queued, in order; leaves the buffer empty.
     pub fn take(&mut self) -> Vec<Bytes> {
         self.flush_pending();
+        // The header buffer's allocation goes with the segments cut from it (and is freed
+        // once they are written) instead of staying with the connection for its whole
+        // life, idle between writes: the next headers start a small one.
+        self.pending = BytesMut::new();
         self.len = 0;
         std::mem::take(&mut self.segments)
+    }
+
+    fn pending_room(&mut self, n: usize) {
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(n.max(PENDING_INITIAL));
+        }
     }
 
     /// Everything queued as one contiguous buffer (copies when there are several
