@@ -10,7 +10,10 @@
 //! recording; the sink is not measured). The relays under test:
 //!
 //! - nginx-rtmp: an nginx (`master_process off`, so one process) with N `push` lines;
-//! - pushcast: the release `pushcast` standalone binary with N tasks made over REST.
+//! - pushcast: the release `pushcast` standalone binary with N tasks made over REST;
+//! - pushcast worker: the data plane alone, the release `pushcast-worker` of a cluster
+//!   (etcd + `pushcast-controller` + one worker, the tasks made over the controller's
+//!   REST API); only the worker process is measured, like nginx-rtmp's one process.
 //!
 //! For each relay, the CPU time (utime + stime from /proc/PID/stat) and the resident
 //! memory (VmRSS, sampled twice a second, mean) of the relay process are measured over a
@@ -139,8 +142,15 @@ async fn run_bench(s: Settings) {
     println!("fanout: pushcast, 0 then {} destinations ...", s.n);
     let (pushcast, probes) = bench_pushcast(&s, &src, &sink, work.path()).await;
     print_outcome(&pushcast);
+    println!(
+        "fanout: pushcast worker (cluster mode: etcd, controller, worker), 0 then {} \
+         destinations ...",
+        s.n
+    );
+    let worker = bench_worker(&s, &src, &sink, work.path()).await;
+    print_outcome(&worker);
 
-    report(&s, &src, &nginx, &pushcast, &probes);
+    report(&s, &src, &nginx, &[&pushcast, &worker], &probes);
     println!(
         "fanout: done in {:.0} s (load average now {})",
         started.elapsed().as_secs_f64(),
@@ -148,7 +158,7 @@ async fn run_bench(s: Settings) {
     );
     // Fail loudly (after printing everything) when a destination did not get the stream:
     // a relay that drops data would look cheap.
-    for r in [&nginx, &pushcast] {
+    for r in [&nginx, &pushcast, &worker] {
         let min = r.full.delivered_min;
         assert!(
             min >= 0.9 * src.bits_per_sec,
@@ -689,17 +699,29 @@ struct Pushcast {
 }
 
 impl Pushcast {
+    /// The standalone binary (worker and controller in one process, embedded store),
+    /// with its app open for publishing.
     async fn start(data_dir: &Path, log: &Path) -> Pushcast {
+        let args = vec![
+            format!("--data-dir={}", data_dir.display()),
+            format!("--access-token={TOKEN}"),
+            "--rest-addr=127.0.0.1:0".into(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--rtmp-addr=127.0.0.1:0".into(),
+        ];
+        let mut p = Pushcast::spawn(&pushcast_binary(), &args, log);
+        p.rest = p.logged_addr("REST gateway listening").await;
+        p.rtmp = p.logged_addr("RTMP ingest listening").await;
+        p.open_publish().await;
+        p
+    }
+
+    /// Starts `bin` with `args`, its output to `log`; the addresses are not known yet.
+    fn spawn(bin: &Path, args: &[String], log: &Path) -> Pushcast {
         let out = std::fs::File::create(log).expect("create pushcast log");
         let err = out.try_clone().expect("clone log file");
-        let child = Command::new(pushcast_binary())
-            .args([
-                &format!("--data-dir={}", data_dir.display()),
-                &format!("--access-token={TOKEN}"),
-                "--rest-addr=127.0.0.1:0",
-                "--grpc-addr=127.0.0.1:0",
-                "--rtmp-addr=127.0.0.1:0",
-            ])
+        let child = Command::new(bin)
+            .args(args)
             .env("RUST_LOG", "info")
             .env_remove("PUSHCAST_CONFIG")
             .env_remove("PUSHCAST_LOG_FORMAT")
@@ -707,8 +729,8 @@ impl Pushcast {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .expect("spawn the pushcast binary");
-        let mut p = Pushcast {
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        Pushcast {
             child,
             log: log.to_owned(),
             rest: String::new(),
@@ -721,21 +743,21 @@ impl Pushcast {
                 .timeout(Duration::from_secs(20))
                 .build()
                 .unwrap(),
-        };
-        p.rest = p.logged_addr("REST gateway listening").await;
-        p.rtmp = p.logged_addr("RTMP ingest listening").await;
-        // The source publishes by stream name: the app publishes openly.
-        let url = format!("http://{}/v1/vhosts/default/apps/app", p.rest);
-        let r = p
+        }
+    }
+
+    /// The source publishes by stream name: the app publishes openly.
+    async fn open_publish(&self) {
+        let url = format!("http://{}/v1/vhosts/default/apps/app", self.rest);
+        let r = self
             .http
             .patch(&url)
-            .header("Authorization", &p.auth)
+            .header("Authorization", &self.auth)
             .body(r#"{"openPublish":true}"#)
             .send()
             .await
             .expect("PATCH app");
         assert_eq!(r.status().as_u16(), 200, "openPublish");
-        p
     }
 
     fn pid(&self) -> u32 {
@@ -809,6 +831,112 @@ impl Drop for Pushcast {
 
 fn pushcast_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pushcast"))
+}
+
+/// The release `pushcast-controller` and `pushcast-worker` binaries, built now (they
+/// belong to other packages, so `cargo bench` does not build them). Only those two are
+/// built: the `pushcast` binary measured before is left as it is.
+fn cluster_binaries() -> (PathBuf, PathBuf) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "pushcast-controller",
+            "-p",
+            "pushcast-worker",
+            "--bins",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build of the cluster binaries failed"
+    );
+    let dir = pushcast_binary()
+        .parent()
+        .expect("target directory")
+        .to_path_buf();
+    (dir.join("pushcast-controller"), dir.join("pushcast-worker"))
+}
+
+/// The data plane alone: etcd, a controller and one worker, each its own process; the
+/// worker process is measured. That is what compares with nginx-rtmp's relay, which has
+/// no control plane; the standalone measurement above also holds the controller's and
+/// the embedded store's per-task state.
+async fn bench_worker(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> Outcome {
+    let (controller_bin, worker_bin) = cluster_binaries();
+    let etcd = support::etcd::EtcdProcess::start();
+    let data = tempfile::Builder::new()
+        .prefix("pushcast-fanout-cluster-")
+        .tempdir()
+        .expect("tempdir");
+    let mut controller = Pushcast::spawn(
+        &controller_bin,
+        &[
+            format!("--etcd-endpoints={}", etcd.endpoint()),
+            format!("--access-token={TOKEN}"),
+            "--node-id=c0".into(),
+            "--rest-addr=127.0.0.1:0".into(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            format!("--data-dir={}", data.path().join("c0").display()),
+        ],
+        &logs.join("controller.log"),
+    );
+    controller.rest = controller.logged_addr("REST gateway listening").await;
+    let mut worker = Pushcast::spawn(
+        &worker_bin,
+        &[
+            format!("--etcd-endpoints={}", etcd.endpoint()),
+            "--node-id=w0".into(),
+            "--rtmp-addr=127.0.0.1:0".into(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--advertise-host=127.0.0.1".into(),
+            format!("--data-dir={}", data.path().join("w0").display()),
+        ],
+        &logs.join("worker.log"),
+    );
+    worker.rtmp = worker.logged_addr("RTMP ingest listening").await;
+    controller.open_publish().await;
+    let pid = worker.pid();
+    let mut publisher = publish(
+        src,
+        &format!("rtmp://{}/app/src", worker.rtmp),
+        &logs.join("publish-worker.log"),
+    );
+    wait_for("the worker to log 'publish started'", SETUP_LIMIT, || {
+        let ok = worker.output().contains("publish started");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(s.warmup).await;
+    let base = measure(pid, s.window, sink, &[]).await;
+
+    let dests = dest_names("w", s.n);
+    let live = sink.url("live");
+    for d in &dests {
+        controller.start_push(d, &live, d).await;
+    }
+    let diag = || format!("{}\n{}", controller.output(), worker.output());
+    sink.wait_streams(&dests, "pushcast worker", &diag).await;
+    tokio::time::sleep(s.warmup).await;
+    assert!(
+        publisher.try_status().is_none(),
+        "the publisher (ffmpeg) exited"
+    );
+    let full = measure(pid, s.window, sink, &dests).await;
+    publisher.terminate(Duration::from_secs(3));
+    drop(worker);
+    drop(controller);
+    drop(etcd);
+    sink.wait_gone(&dests).await;
+    Outcome {
+        name: "pushcast worker",
+        n: s.n,
+        base,
+        full,
+    }
 }
 
 async fn bench_pushcast(
@@ -965,7 +1093,7 @@ fn print_outcome(o: &Outcome) {
     );
 }
 
-fn report(s: &Settings, src: &Source, nginx: &Outcome, pushcast: &Outcome, probes: &[Probe]) {
+fn report(s: &Settings, src: &Source, nginx: &Outcome, ours: &[&Outcome], probes: &[Probe]) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
     println!(
@@ -979,7 +1107,8 @@ fn report(s: &Settings, src: &Source, nginx: &Outcome, pushcast: &Outcome, probe
         "{:<16} {:>26} {:>18} {:>28}",
         "relay", "CPU-ms/stream-s/dest", "memory/dest", "received/dest (min, mean)"
     );
-    for o in [nginx, pushcast] {
+    let rows: Vec<&Outcome> = std::iter::once(nginx).chain(ours.iter().copied()).collect();
+    for o in &rows {
         println!(
             "{:<16} {:>26.3} {:>15.1} kB {:>13.2} {:>6.2} Mb/s",
             o.name,
@@ -989,14 +1118,16 @@ fn report(s: &Settings, src: &Source, nginx: &Outcome, pushcast: &Outcome, probe
             o.full.delivered_mean / 1e6
         );
     }
-    println!(
-        "{:<16} {:>26.2} {:>18.2}",
-        "pushcast/nginx",
-        pushcast.cpu_per_dest() / nginx.cpu_per_dest(),
-        pushcast.kb_per_dest() / nginx.kb_per_dest()
-    );
+    for o in ours {
+        println!(
+            "{:<16} {:>26.2} {:>18.2}",
+            format!("{} / nginx", o.name.trim_start_matches("pushcast ")),
+            o.cpu_per_dest() / nginx.cpu_per_dest(),
+            o.kb_per_dest() / nginx.kb_per_dest()
+        );
+    }
     println!("raw (relay process; CPU over the window, RSS mean / max):");
-    for o in [nginx, pushcast] {
+    for o in &rows {
         for (label, c) in [("0 dest", &o.base), ("N dest", &o.full)] {
             println!(
                 "  {:<16} {label}: {:>8.0} CPU-ms in {:.1} s ({:.1}% of one CPU), RSS {:.0} / {} kB",
