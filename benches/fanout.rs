@@ -899,44 +899,71 @@ async fn bench_worker(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> O
     );
     worker.rtmp = worker.logged_addr("RTMP ingest listening").await;
     controller.open_publish().await;
-    let pid = worker.pid();
-    let mut publisher = publish(
-        src,
-        &format!("rtmp://{}/app/src", worker.rtmp),
-        &logs.join("publish-worker.log"),
-    );
-    wait_for("the worker to log 'publish started'", SETUP_LIMIT, || {
-        let ok = worker.output().contains("publish started");
-        async move { ok.then_some(()) }
-    })
-    .await;
-    tokio::time::sleep(s.warmup).await;
-    let base = measure(pid, s.window, sink, &[]).await;
-
-    let dests = dest_names("w", s.n);
-    let live = sink.url("live");
-    for d in &dests {
-        controller.start_push(d, &live, d).await;
-    }
-    let diag = || format!("{}\n{}", controller.output(), worker.output());
-    sink.wait_streams(&dests, "pushcast worker", &diag).await;
-    tokio::time::sleep(s.warmup).await;
-    assert!(
-        publisher.try_status().is_none(),
-        "the publisher (ffmpeg) exited"
-    );
-    let full = measure(pid, s.window, sink, &dests).await;
+    let (base, full, mut publisher) =
+        fan_out(s, src, sink, logs, "pushcast worker", &worker, &controller).await;
     publisher.terminate(Duration::from_secs(3));
     drop(worker);
     drop(controller);
     drop(etcd);
-    sink.wait_gone(&dests).await;
     Outcome {
         name: "pushcast worker",
         n: s.n,
         base,
         full,
     }
+}
+
+/// The two measurements of a pushcast relay: the source published to `ingest` and
+/// measured (process `ingest`) with the publish only, then with N pushes made over
+/// `api`'s REST API, once every destination receives. Returns the costs and the
+/// publisher, still publishing.
+async fn fan_out(
+    s: &Settings,
+    src: &Source,
+    sink: &Sink,
+    logs: &Path,
+    name: &str,
+    ingest: &Pushcast,
+    api: &Pushcast,
+) -> (Cost, Cost, Guard) {
+    let pid = ingest.pid();
+    let mut publisher = publish(
+        src,
+        &format!("rtmp://{}/app/src", ingest.rtmp),
+        &logs.join(format!("publish-{}.log", name.replace(' ', "-"))),
+    );
+    wait_for(
+        &format!("{name} to log 'publish started'"),
+        SETUP_LIMIT,
+        || {
+            let ok = ingest.output().contains("publish started");
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(s.warmup).await;
+    assert!(
+        publisher.try_status().is_none(),
+        "the publisher (ffmpeg) exited"
+    );
+    // Baseline: the same process, the publish only, no task.
+    let base = measure(pid, s.window, sink, &[]).await;
+
+    // Named after the relay: the sink must not mistake one relay's streams for another's.
+    let dests = dest_names(&format!("{}-", name.replace(' ', "-")), s.n);
+    let live = sink.url("live");
+    for d in &dests {
+        api.start_push(d, &live, d).await;
+    }
+    let diag = || format!("{}\n{}", api.output(), ingest.output());
+    sink.wait_streams(&dests, name, &diag).await;
+    tokio::time::sleep(s.warmup).await;
+    assert!(
+        publisher.try_status().is_none(),
+        "the publisher (ffmpeg) exited"
+    );
+    let full = measure(pid, s.window, sink, &dests).await;
+    (base, full, publisher)
 }
 
 async fn bench_pushcast(
@@ -950,38 +977,7 @@ async fn bench_pushcast(
         .tempdir()
         .expect("tempdir");
     let node = Pushcast::start(data.path(), &logs.join("pushcast.log")).await;
-    let pid = node.pid();
-    let mut publisher = publish(
-        src,
-        &format!("rtmp://{}/app/src", node.rtmp),
-        &logs.join("publish-pushcast.log"),
-    );
-    wait_for("pushcast to log 'publish started'", SETUP_LIMIT, || {
-        let ok = node.output().contains("publish started");
-        async move { ok.then_some(()) }
-    })
-    .await;
-    tokio::time::sleep(s.warmup).await;
-    assert!(
-        publisher.try_status().is_none(),
-        "the publisher (ffmpeg) exited"
-    );
-    // Baseline: the same process, the publish only, no task.
-    let base = measure(pid, s.window, sink, &[]).await;
-
-    let dests = dest_names("p", s.n);
-    let live = sink.url("live");
-    for d in &dests {
-        node.start_push(d, &live, d).await;
-    }
-    let diag = || node.output();
-    sink.wait_streams(&dests, "pushcast", &diag).await;
-    tokio::time::sleep(s.warmup).await;
-    assert!(
-        publisher.try_status().is_none(),
-        "the publisher (ffmpeg) exited"
-    );
-    let full = measure(pid, s.window, sink, &dests).await;
+    let (base, full, mut publisher) = fan_out(s, src, sink, logs, "pushcast", &node, &node).await;
 
     // Start latency, with the N pushes running: one more task at a time.
     let mut probes = Vec::new();

@@ -124,20 +124,7 @@ impl Ingest {
         shutdown: CancellationToken,
     ) {
         tokio::spawn(self.clone().reregister(shutdown.clone()));
-        loop {
-            let (sock, peer) = tokio::select! {
-                _ = accept_until.cancelled() => break,
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ingest accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = sock.set_nodelay(true);
+        while let Some((sock, peer)) = accept(&listener, &accept_until, &shutdown, "ingest").await {
             let this = self.clone();
             let stop = shutdown.child_token();
             let conn = async move {
@@ -159,20 +146,7 @@ impl Ingest {
         accept_until: CancellationToken,
         shutdown: CancellationToken,
     ) {
-        loop {
-            let (sock, peer) = tokio::select! {
-                _ = accept_until.cancelled() => break,
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "RTMPS accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = sock.set_nodelay(true);
+        while let Some((sock, peer)) = accept(&listener, &accept_until, &shutdown, "RTMPS").await {
             let (this, acceptor) = (self.clone(), acceptor.clone());
             let stop = shutdown.child_token();
             let conn = async move {
@@ -565,5 +539,33 @@ fn format_of(cb: &PublishCallback) -> Format {
         Format::Old
     } else {
         Format::New
+    }
+}
+
+/// The next connection on `listener`, with `TCP_NODELAY` set (media goes out as it
+/// comes); `None` once `accept_until` or `shutdown` fires. A failed accept (out of file
+/// descriptors, say) is logged and retried after a short pause rather than ending the
+/// listener.
+async fn accept(
+    listener: &TcpListener,
+    accept_until: &CancellationToken,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = accept_until.cancelled() => return None,
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    return Some((sock, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }

@@ -219,6 +219,18 @@ mod tests {
         assert_eq!(rx.try_recv(), Err(TryRecv::Closed));
     }
 
+    /// Until the receiver is parked on the queue (its waker registered).
+    async fn waiting<T>(tx: &Sender<T>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while lock(&tx.shared).waker.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the receiver never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_waiting_receiver_is_woken_by_send_and_by_close() {
         let (tx, mut rx) = channel::<u32>();
@@ -227,9 +239,9 @@ mod tests {
             let second = rx.recv().await;
             (first, second)
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting(&tx).await;
         tx.send(7).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting(&tx).await;
         drop(tx);
         let got = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await

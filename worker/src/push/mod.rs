@@ -302,18 +302,21 @@ pub async fn run_session(
     .await
 }
 
+/// A source that has ended: for tests that build a session without running it.
+#[cfg(test)]
+pub(crate) struct NoFrames;
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl FrameSource for NoFrames {
+    async fn next_frame(&mut self) -> Option<Frame> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct NoFrames;
-
-    #[async_trait::async_trait]
-    impl FrameSource for NoFrames {
-        async fn next_frame(&mut self) -> Option<Frame> {
-            None
-        }
-    }
 
     /// A destination keeps its session future for as long as it pushes, so its size is
     /// memory per destination. The protocol futures are boxed: only the one in use is

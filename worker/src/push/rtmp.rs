@@ -374,16 +374,7 @@ fn scrub_error(e: PushError, stream_name: &str) -> PushError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::{FrameSource, SessionCounters, TrackSelection};
-
-    struct NoFrames;
-
-    #[async_trait::async_trait]
-    impl FrameSource for NoFrames {
-        async fn next_frame(&mut self) -> Option<Frame> {
-            None
-        }
-    }
+    use crate::push::{NoFrames, SessionCounters, TrackSelection};
 
     /// Per destination, an RTMP push keeps `run` and the relay loop (`drive`) alive for
     /// hours: both stay small (the connect phase, TLS handshake included, is boxed apart
