@@ -44,7 +44,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use pushcast_worker::media::FrameKind;
+use pushcast_media::FrameKind;
 use serde_json::json;
 use support::peers::flv::{read_flv, read_flv_file};
 use support::peers::net::free_tcp_port;

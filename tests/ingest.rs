@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use pushcast_worker::rtmp::Amf0Value;
-use pushcast_worker::rtmp::amf0;
+use pushcast_rtmp::Amf0Value;
+use pushcast_rtmp::amf0;
 use support::api::Node;
 use support::peers::proc::Guard;
 

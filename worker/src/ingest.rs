@@ -1,6 +1,6 @@
 //! RTMP ingest: encoders publish `rtmp://HOST:PORT/{app}/{stream}` here.
 //!
-//! One tokio task per connection drives a sans-IO [`ServerSession`]; an accepted publish
+//! One tokio task per connection drives a sans-IO [`ServerConnection`]; an accepted publish
 //! becomes a [`Source`] in the [`Hub`] and a `streams/...` key in the store under the
 //! worker's lease, which makes the stream live in the whole cluster (and unique in it: a
 //! second publisher anywhere is refused with `ExistStreamName`). Malformed input closes
@@ -38,8 +38,8 @@ use pushcast_webhooks::{
 
 use crate::hub::{Hub, Source, StreamKey};
 use crate::lease::Lease;
-use crate::rtmp::{
-    PublishRequest, RejectCode, RtmpError, ServerConfig, ServerEvent, ServerSession,
+use pushcast_rtmp::{
+    PublishRequest, RejectCode, RtmpError, ServerConfig, ServerConnection, ServerEvent,
 };
 
 /// An encoder that sends nothing for this long is disconnected.
@@ -180,17 +180,10 @@ impl Ingest {
     ) -> Result<(), IngestError> {
         let mut buf = vec![0u8; 64 * 1024];
         // The session does the handshake itself: it sees every byte from the first.
-        let mut session = ServerSession::new(ServerConfig::default());
+        let mut conn = ServerConnection::new(ServerConfig::default());
         let mut live: Option<Published> = None;
         let result = self
-            .drive(
-                &mut sock,
-                &mut session,
-                &mut buf,
-                peer,
-                &mut live,
-                &shutdown,
-            )
+            .drive(&mut sock, &mut conn, &mut buf, peer, &mut live, &shutdown)
             .await;
         if let Some(p) = live.take() {
             let why = match &result {
@@ -206,7 +199,7 @@ impl Ingest {
     async fn drive<S: Conn>(
         &self,
         sock: &mut S,
-        session: &mut ServerSession,
+        conn: &mut ServerConnection,
         buf: &mut [u8],
         peer: SocketAddr,
         live: &mut Option<Published>,
@@ -214,11 +207,11 @@ impl Ingest {
     ) -> Result<(), IngestError> {
         let mut input = Vec::new();
         loop {
-            for event in session.handle_input(&input)? {
+            for event in conn.handle_input(&input)? {
                 match event {
                     ServerEvent::PublishRequested(req) => match self.admit(&req, peer).await {
                         Ok(p) => {
-                            session.accept_publish(req.stream_id)?;
+                            conn.accept_publish(req.stream_id)?;
                             self.publishers
                                 .lock()
                                 .insert(p.source.key().clone(), shutdown.clone());
@@ -229,8 +222,8 @@ impl Ingest {
                             metrics::counter!("pushcast_ingest_refused_total", "reason" => reason)
                                 .increment(1);
                             tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), reason = %r.reason, "publish refused");
-                            session.reject_publish(req.stream_id, r.code, &r.reason)?;
-                            flush(sock, session).await?;
+                            conn.reject_publish(req.stream_id, r.code, &r.reason)?;
+                            flush(sock, conn).await?;
                             return Ok(());
                         }
                     },
@@ -247,7 +240,7 @@ impl Ingest {
                     ServerEvent::Connected(_) => {}
                 }
             }
-            flush(sock, session).await?;
+            flush(sock, conn).await?;
             let n = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 r = tokio::time::timeout(IDLE_TIMEOUT, sock.read(buf)) => match r {
@@ -527,8 +520,8 @@ struct Published {
     notify: Option<(PublishEvent, Vec<PublishCallback>)>,
 }
 
-async fn flush<S: Conn>(sock: &mut S, session: &mut ServerSession) -> Result<(), IngestError> {
-    for segment in session.take_outbound() {
+async fn flush<S: Conn>(sock: &mut S, conn: &mut ServerConnection) -> Result<(), IngestError> {
+    for segment in conn.take_outbound() {
         sock.write_all(&segment).await?;
     }
     Ok(())

@@ -28,10 +28,10 @@ use tracing::Instrument;
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::hub::{Hub, QueueLimits, StreamKey, Subscription, TryRecvError};
 use crate::live::{LiveTasks, TaskKey, TaskLive};
-use crate::media::Frame;
-use crate::push::{self, FrameSource, PushConfig, SessionEnd, SessionEvent, TrackSelection};
+use crate::push::{self, FrameSource, PushConfig, SessionEnd, SessionEvent};
 use crate::status::StatusWriter;
 use crate::tracks;
+use pushcast_media::Frame;
 
 /// What every runner shares.
 #[derive(Clone)]
@@ -446,11 +446,7 @@ impl Runner {
                 },
             };
             let selection = match tracks::select(spec.protocol, &spec.stream, &tracks) {
-                Ok(s) => TrackSelection {
-                    video: s.video,
-                    audio: s.audio,
-                    data: s.data,
-                },
+                Ok(s) => s.kinds,
                 Err(e) => {
                     // Nothing to do until the stream changes: report and wait for its end.
                     live.failed(dest, &e.to_string());

@@ -23,7 +23,8 @@ use std::fmt;
 
 use pushcast_proto::model::{Protocol, StreamSelector};
 
-use crate::media::{Frame, FrameKind};
+use pushcast_media::codec::{FLV_AUDIO_AAC, FLV_VIDEO_AVC};
+use pushcast_media::{AudioCodec, Frame, FrameKind, VideoCodec};
 
 /// Id of the video track of an RTMP ingest.
 pub const VIDEO_TRACK_ID: i64 = 101;
@@ -34,24 +35,18 @@ pub const AUDIO_TRACK_ID: i64 = 102;
 /// Name (variant name) of the audio track of an RTMP ingest.
 pub const AUDIO_TRACK_NAME: &str = "bypass_audio";
 
-/// FLV video codec id of H.264/AVC.
-pub const FLV_VIDEO_AVC: u8 = 7;
-/// FLV sound format of AAC.
-pub const FLV_AUDIO_AAC: u8 = 10;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrackKind {
     Video,
     Audio,
 }
 
-/// The codec of a track, in FLV terms (what an RTMP ingest tells us).
+/// The codec of a track, as the source names it (names come from the one codec table,
+/// [`pushcast_media::codec`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrackCodec {
-    /// FLV video codec id (low nibble of the first byte of a video tag).
-    Video(u8),
-    /// FLV sound format (high nibble of the first byte of an audio tag).
-    Audio(u8),
+    Video(VideoCodec),
+    Audio(AudioCodec),
 }
 
 impl TrackCodec {
@@ -62,39 +57,6 @@ impl TrackCodec {
         }
     }
 
-    /// The codec's common name, if the FLV spec defines the id.
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self {
-            TrackCodec::Video(id) => match id {
-                1 => "JPEG",
-                2 => "Sorenson H.263",
-                3 => "Screen video",
-                4 => "On2 VP6",
-                5 => "On2 VP6 with alpha",
-                6 => "Screen video v2",
-                7 => "H.264",
-                12 => "HEVC (non-standard FLV id 12)",
-                _ => return None,
-            },
-            TrackCodec::Audio(format) => match format {
-                0 => "Linear PCM (platform endian)",
-                1 => "ADPCM",
-                2 => "MP3",
-                3 => "Linear PCM (little endian)",
-                4 => "Nellymoser 16 kHz mono",
-                5 => "Nellymoser 8 kHz mono",
-                6 => "Nellymoser",
-                7 => "G.711 A-law",
-                8 => "G.711 mu-law",
-                10 => "AAC",
-                11 => "Speex",
-                14 => "MP3 8 kHz",
-                15 => "Device-specific sound",
-                _ => return None,
-            },
-        })
-    }
-
     /// Whether a push over `protocol` can carry this codec.
     pub fn carried_by(self, protocol: Protocol) -> bool {
         match protocol {
@@ -102,15 +64,18 @@ impl TrackCodec {
             // Reserved/undefined ids (and the non-standard HEVC id 12) are refused: a
             // destination would drop or misparse them.
             Protocol::Rtmp => match self {
-                TrackCodec::Video(id) => (2..=7).contains(&id),
-                TrackCodec::Audio(format) => {
+                TrackCodec::Video(VideoCodec::Flv(id)) => (2..=FLV_VIDEO_AVC).contains(&id),
+                TrackCodec::Audio(AudioCodec::Flv(format)) => {
                     matches!(format, 0..=8 | FLV_AUDIO_AAC | 11 | 14)
                 }
+                TrackCodec::Video(VideoCodec::FourCc(_))
+                | TrackCodec::Audio(AudioCodec::FourCc(_)) => false,
             },
             // Our MPEG-TS muxer writes H.264 (Annex-B) and AAC (ADTS), nothing else.
             Protocol::Mpegts | Protocol::Srt => matches!(
                 self,
-                TrackCodec::Video(FLV_VIDEO_AVC) | TrackCodec::Audio(FLV_AUDIO_AAC)
+                TrackCodec::Video(VideoCodec::Flv(FLV_VIDEO_AVC))
+                    | TrackCodec::Audio(AudioCodec::Flv(FLV_AUDIO_AAC))
             ),
         }
     }
@@ -118,10 +83,9 @@ impl TrackCodec {
 
 impl fmt::Display for TrackCodec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.name(), self) {
-            (Some(name), _) => f.write_str(name),
-            (None, TrackCodec::Video(id)) => write!(f, "unknown video codec {id}"),
-            (None, TrackCodec::Audio(format)) => write!(f, "unknown audio format {format}"),
+        match self {
+            TrackCodec::Video(c) => c.fmt(f),
+            TrackCodec::Audio(c) => c.fmt(f),
         }
     }
 }
@@ -152,28 +116,34 @@ pub fn rtmp_source_tracks(video_codec: Option<u8>, audio_format: Option<u8>) -> 
     let video = video_codec.map(|id| SourceTrack {
         id: VIDEO_TRACK_ID,
         name: VIDEO_TRACK_NAME.to_string(),
-        codec: TrackCodec::Video(id),
+        codec: TrackCodec::Video(VideoCodec::Flv(id)),
     });
     let audio = audio_format.map(|format| SourceTrack {
         id: AUDIO_TRACK_ID,
         name: AUDIO_TRACK_NAME.to_string(),
-        codec: TrackCodec::Audio(format),
+        codec: TrackCodec::Audio(AudioCodec::Flv(format)),
     });
     video.into_iter().chain(audio).collect()
 }
 
-/// What a push sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selection {
+/// Which kinds of frames a push sends: what [`select`] decided, all a push needs to
+/// filter its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackSelection {
     pub video: bool,
     pub audio: bool,
-    /// AMF data frames (`onMetaData` and friends): sent whenever any track is.
+    /// AMF data (`onMetaData`): sent whenever any track is; only RTMP carries it.
     pub data: bool,
-    /// The kept tracks, in source order (for status and logs).
-    pub tracks: Vec<SourceTrack>,
 }
 
-impl Selection {
+impl TrackSelection {
+    /// Everything: video, audio and metadata (a forward carries the whole stream).
+    pub const ALL: TrackSelection = TrackSelection {
+        video: true,
+        audio: true,
+        data: true,
+    };
+
     /// Whether a frame of the source belongs in this push.
     pub fn keeps(&self, frame: &Frame) -> bool {
         match frame.kind {
@@ -182,6 +152,14 @@ impl Selection {
             FrameKind::Data => self.data,
         }
     }
+}
+
+/// What a push sends: the kinds of frames, and the tracks they come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub kinds: TrackSelection,
+    /// The kept tracks, in source order (for status and logs).
+    pub tracks: Vec<SourceTrack>,
 }
 
 /// Why a push cannot send its source; the `Display` text is written for `lastError`.
@@ -287,9 +265,11 @@ pub fn select(
     }
 
     Ok(Selection {
-        video: videos > 0,
-        audio: audios > 0,
-        data: true,
+        kinds: TrackSelection {
+            video: videos > 0,
+            audio: audios > 0,
+            data: true,
+        },
         tracks: kept.into_iter().cloned().collect(),
     })
 }
@@ -345,26 +325,38 @@ mod tests {
     #[test]
     fn rtmp_without_selection_takes_first_video_and_first_audio() {
         let mut tracks = h264_aac();
-        tracks.push(track(201, "second_video", TrackCodec::Video(7)));
-        tracks.push(track(202, "second_audio", TrackCodec::Audio(10)));
+        tracks.push(track(
+            201,
+            "second_video",
+            TrackCodec::Video(VideoCodec::Flv(7)),
+        ));
+        tracks.push(track(
+            202,
+            "second_audio",
+            TrackCodec::Audio(AudioCodec::Flv(10)),
+        ));
         let s = select(Protocol::Rtmp, &sel(&[], &[]), &tracks).unwrap();
-        assert!(s.video && s.audio && s.data);
+        assert!(s.kinds.video && s.kinds.audio && s.kinds.data);
         let ids: Vec<_> = s.tracks.iter().map(|t| t.id).collect();
         assert_eq!(ids, [101, 102]);
         // Audio-only source: just the audio.
         let audio_only = rtmp_source_tracks(None, Some(10));
         let s = select(Protocol::Rtmp, &sel(&[], &[]), &audio_only).unwrap();
-        assert!(!s.video && s.audio && s.data);
+        assert!(!s.kinds.video && s.kinds.audio && s.kinds.data);
     }
 
     #[test]
     fn mpegts_and_srt_without_selection_take_all_tracks() {
         let mut tracks = h264_aac();
-        tracks.push(track(202, "second_audio", TrackCodec::Audio(10)));
+        tracks.push(track(
+            202,
+            "second_audio",
+            TrackCodec::Audio(AudioCodec::Flv(10)),
+        ));
         for protocol in [Protocol::Mpegts, Protocol::Srt] {
             let s = select(protocol, &sel(&[], &[]), &tracks).unwrap();
             assert_eq!(s.tracks.len(), 3);
-            assert!(s.video && s.audio && s.data);
+            assert!(s.kinds.video && s.kinds.audio && s.kinds.data);
         }
     }
 
@@ -372,14 +364,14 @@ mod tests {
     fn selection_keeps_a_track_by_id_or_by_name() {
         let tracks = h264_aac();
         let by_id = select(Protocol::Rtmp, &sel(&[101], &[]), &tracks).unwrap();
-        assert!(by_id.video && !by_id.audio && by_id.data);
+        assert!(by_id.kinds.video && !by_id.kinds.audio && by_id.kinds.data);
         let by_name = select(Protocol::Mpegts, &sel(&[], &["bypass_audio"]), &tracks).unwrap();
-        assert!(!by_name.video && by_name.audio);
+        assert!(!by_name.kinds.video && by_name.kinds.audio);
         let either = select(Protocol::Rtmp, &sel(&[101], &["bypass_audio"]), &tracks).unwrap();
-        assert!(either.video && either.audio);
+        assert!(either.kinds.video && either.kinds.audio);
         // Entries that match nothing are ignored while something matches.
         let partial = select(Protocol::Rtmp, &sel(&[7, 102], &["hd"]), &tracks).unwrap();
-        assert!(!partial.video && partial.audio);
+        assert!(!partial.kinds.video && partial.kinds.audio);
     }
 
     #[test]
@@ -425,7 +417,7 @@ mod tests {
         );
         // Selecting around the unsupported track makes it work.
         let s = select(Protocol::Srt, &sel(&[101], &[]), &mp3).unwrap();
-        assert!(s.video && !s.audio);
+        assert!(s.kinds.video && !s.kinds.audio);
     }
 
     #[test]
@@ -438,13 +430,20 @@ mod tests {
             assert!(matches!(err, TrackError::UnsupportedCodec { .. }), "{err}");
             assert!(err.to_string().starts_with("rtmp cannot carry"), "{err}");
         }
-        assert_eq!(TrackCodec::Video(15).to_string(), "unknown video codec 15");
+        assert_eq!(
+            TrackCodec::Video(VideoCodec::Flv(15)).to_string(),
+            "unknown video codec 15"
+        );
     }
 
     #[test]
     fn rtmp_cannot_take_two_tracks_of_a_kind() {
         let mut tracks = h264_aac();
-        tracks.push(track(201, "second_video", TrackCodec::Video(7)));
+        tracks.push(track(
+            201,
+            "second_video",
+            TrackCodec::Video(VideoCodec::Flv(7)),
+        ));
         let err = select(Protocol::Rtmp, &sel(&[101, 201], &[]), &tracks).unwrap_err();
         assert_eq!(
             err,
@@ -465,8 +464,8 @@ mod tests {
             timestamp_ms: 0,
             payload: Bytes::new(),
         };
-        assert!(!s.keeps(&frame(FrameKind::Video)));
-        assert!(s.keeps(&frame(FrameKind::Audio)));
-        assert!(s.keeps(&frame(FrameKind::Data)));
+        assert!(!s.kinds.keeps(&frame(FrameKind::Video)));
+        assert!(s.kinds.keeps(&frame(FrameKind::Audio)));
+        assert!(s.kinds.keeps(&frame(FrameKind::Data)));
     }
 }

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pushcast_worker::media::{Frame, FrameKind};
-use pushcast_worker::mpegts::{Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
+use pushcast_media::{Frame, FrameKind};
+use pushcast_mpegts::{Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
 use serde_json::Value;
 use support::flv::{media_frames, read_flv};
 

@@ -8,8 +8,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pushcast_media::Frame;
 use pushcast_proto::model::Protocol;
-use pushcast_worker::media::Frame;
 use pushcast_worker::push::{
     PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_session,
 };
@@ -280,7 +280,7 @@ async fn unsupported_codec_and_empty_selection_are_reported() {
     let mut frames = media.frames.clone();
     for f in frames
         .iter_mut()
-        .filter(|f| f.kind == pushcast_worker::media::FrameKind::Audio)
+        .filter(|f| f.kind == pushcast_media::FrameKind::Audio)
     {
         let mut p = f.payload.to_vec();
         p[0] = (2 << 4) | (p[0] & 0x0f);

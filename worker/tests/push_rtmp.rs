@@ -8,8 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use pushcast_media::{Frame, FrameKind};
 use pushcast_proto::model::Protocol;
-use pushcast_worker::media::{Frame, FrameKind};
 use pushcast_worker::push::{
     PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_session,
     tls_client_config,

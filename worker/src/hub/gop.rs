@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 
 /// Bounds of a stream's GOP cache.
 ///

@@ -65,8 +65,8 @@ use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::media::{Frame, FrameKind};
 use crate::tracks::{self, SourceTrack};
+use pushcast_media::{Frame, FrameKind};
 
 pub use gop::GopLimits;
 pub use subscriber::{QueueLimits, Subscription, SubscriptionStats, TryRecvError};

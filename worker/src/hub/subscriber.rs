@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::gop::{self, GopCache};
 use super::queue::{self, Receiver, Sender, TryRecv};
 use super::{SourceShared, StreamInfo, StreamKey};
-use crate::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 
 /// Bounds of one subscription's queue. Both apply; a frame (or a resume bundle) that would
 /// pass either is not queued. One exception keeps a subscriber from starving forever: a

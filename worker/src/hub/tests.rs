@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 
 fn key(stream: &str) -> StreamKey {
     StreamKey::new("default", "app", stream)

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::rtmp::RtmpError;
+use pushcast_rtmp::RtmpError;
 
 /// Why a push session ended with an error.
 #[derive(Debug, thiserror::Error)]

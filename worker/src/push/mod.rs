@@ -7,7 +7,7 @@
 //! business: a session is one attempt, [`run_session`].
 //!
 //! ```text
-//!            ┌ rtmp://, rtmps:// ─ ClientSession (sans-IO) ─ TCP [+ TLS] ─ coalesced writev
+//!            ┌ rtmp://, rtmps:// ─ ClientConnection (sans-IO) ─ TCP [+ TLS] ─ coalesced writev
 //! source ──▶ ┤ udp://             ─ TsMuxer ─ TsPacer ─ 1316-byte datagrams
 //! (frames)   ├ tcp://             ─ TsMuxer ─ plain byte stream
 //!            └ srt://             ─ TsMuxer ─ TsPacer ─ srt-tokio caller
@@ -23,7 +23,8 @@
 //! - `Err(`[`PushError`]`)` otherwise, classified ([`PushError::kind`]) so a rejected
 //!   stream key is reported as such and not hammered.
 //!
-//! Output timestamps start at 0 for each session and stay monotonic (see `timeline`):
+//! Output timestamps start at 0 for each session and stay monotonic (the one rebaser,
+//! [`pushcast_media::Rebaser`]):
 //! sequence headers and metadata first at 0, then the first media frame (the hub's cached
 //! keyframe) at 0.
 //!
@@ -43,7 +44,6 @@ mod error;
 mod net;
 mod rtmp;
 mod srt;
-mod timeline;
 mod tls;
 mod ts;
 
@@ -57,8 +57,9 @@ use pushcast_proto::model::TaskSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::media::{Frame, FrameKind};
+use pushcast_media::Frame;
 
+pub use crate::tracks::TrackSelection;
 pub use dest::{Destination, RtmpTarget, SrtOptions, Target, redact_secret};
 pub use error::{PushError, PushErrorKind};
 pub use tls::{
@@ -124,33 +125,6 @@ impl SessionCounters {
     pub(crate) fn add_dropped(&self, frames: u64) {
         self.dropped_frames.fetch_add(frames, Ordering::Relaxed);
         metrics::counter!("pushcast_push_dropped_frames_total").increment(frames);
-    }
-}
-
-/// Which kinds of frames a session sends: the outcome of the task's track selection
-/// (`tracks::select` decides it from the spec's rules; the session only filters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrackSelection {
-    pub video: bool,
-    pub audio: bool,
-    /// AMF data (`onMetaData`); only RTMP carries it.
-    pub data: bool,
-}
-
-impl TrackSelection {
-    /// Everything: video, audio and metadata.
-    pub const ALL: TrackSelection = TrackSelection {
-        video: true,
-        audio: true,
-        data: true,
-    };
-
-    pub fn keeps(&self, frame: &Frame) -> bool {
-        match frame.kind {
-            FrameKind::Video => self.video,
-            FrameKind::Audio => self.audio,
-            FrameKind::Data => self.data,
-        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! RTMP and RTMPS pushes: the sans-IO [`ClientSession`] driven over TCP or TLS.
+//! RTMP and RTMPS pushes: the sans-IO [`ClientConnection`] driven over TCP or TLS.
 //!
 //! Phases: connect (TCP, then TLS for `rtmps`), negotiate (handshake, `connect`,
 //! `createStream`, `publish` until `NetStream.Publish.Start`, bounded by the connect
@@ -21,10 +21,10 @@ use tokio_rustls::client::TlsStream;
 use super::dest::{RtmpTarget, redact_secret};
 use super::error::{PushError, io_cause};
 use super::net::{connect_tcp, next_write_tick, write_segments};
-use super::timeline::Rebaser;
 use super::{Ctx, PushConfig, SessionEnd, SessionEvent};
-use crate::media::Frame;
-use crate::rtmp::{ClientConfig, ClientEvent, ClientSession};
+use pushcast_media::Frame;
+use pushcast_media::Rebaser;
+use pushcast_rtmp::{ClientConfig, ClientConnection, ClientEvent};
 
 /// Read buffer per session. Once publishing, servers send little (acks, pings, status);
 /// the handshake's 3 KiB S0+S1+S2 just takes a few reads. Every destination keeps one for
@@ -117,7 +117,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<SessionEnd, PushError> {
     let mut config = ClientConfig::new(&target.app, &target.tc_url, &target.stream_name);
     config.chunk_size = ctx.cfg.rtmp_chunk_size;
-    let mut session = ClientSession::new(config);
+    let mut conn = ClientConnection::new(config);
     let mut rbuf = vec![0u8; READ_BUF];
     let cancel = ctx.cfg.shutdown.clone();
     let send_timeout = ctx.cfg.send_timeout;
@@ -125,7 +125,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     // Negotiate until the publish starts.
     let mut connect_answered = false;
     loop {
-        let out = session.take_outbound();
+        let out = conn.take_outbound();
         if !out.is_empty() {
             tokio::select! {
                 biased;
@@ -136,7 +136,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let n = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                close(&mut stream, &mut session, send_timeout).await;
+                close(&mut stream, &mut conn, send_timeout).await;
                 return Ok(SessionEnd::Cancelled);
             }
             r = timeout_at(deadline, stream.read(&mut rbuf)) => match r {
@@ -176,7 +176,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             },
         };
         let mut published = false;
-        let events = session
+        let events = conn
             .handle_input(&rbuf[..n])
             .map_err(|e| scrub_error(e.into(), &target.stream_name))?;
         for event in events {
@@ -212,7 +212,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             Some(until) => tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    close(&mut stream, &mut session, send_timeout).await;
+                    close(&mut stream, &mut conn, send_timeout).await;
                     return Ok(SessionEnd::Cancelled);
                 }
                 r = stream.read(&mut rbuf) => Wake::Input(r),
@@ -221,7 +221,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             None => tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    close(&mut stream, &mut session, send_timeout).await;
+                    close(&mut stream, &mut conn, send_timeout).await;
                     return Ok(SessionEnd::Cancelled);
                 }
                 r = stream.read(&mut rbuf) => Wake::Input(r),
@@ -234,7 +234,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(PushError::io("reading from the destination failed", e));
             }
             Wake::Input(Ok(n)) => {
-                let events = session
+                let events = conn
                     .handle_input(&rbuf[..n])
                     .map_err(|e| scrub_error(e.into(), &target.stream_name))?;
                 for event in events {
@@ -249,7 +249,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Wake::Timer => {
-                source_ended = drain(&mut session, &mut rebaser, ctx, &mut batch)?;
+                source_ended = drain(&mut conn, &mut rebaser, ctx, &mut batch)?;
                 if batch.frames == 0 {
                     // Nothing came during the window: wait for the next frame itself.
                     hold_until = None;
@@ -257,14 +257,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Wake::Frame(None) => source_ended = true,
             Wake::Frame(Some(frame)) => {
-                queue(&mut session, &mut rebaser, ctx, &frame, &mut batch)?;
-                source_ended = drain(&mut session, &mut rebaser, ctx, &mut batch)?;
+                queue(&mut conn, &mut rebaser, ctx, &frame, &mut batch)?;
+                source_ended = drain(&mut conn, &mut rebaser, ctx, &mut batch)?;
             }
         }
         if source_ended {
-            session.unpublish()?;
+            conn.unpublish()?;
         }
-        let out = session.take_outbound();
+        let out = conn.take_outbound();
         if !out.is_empty() {
             tokio::select! {
                 biased;
@@ -287,16 +287,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 /// Queues every frame that is ready now, up to the batch bounds. Returns whether the
 /// source ended.
 fn drain(
-    session: &mut ClientSession,
+    conn: &mut ClientConnection,
     rebaser: &mut Rebaser,
     ctx: &mut Ctx<'_>,
     batch: &mut Batch,
 ) -> Result<bool, PushError> {
     while batch.frames < ctx.cfg.max_batch_frames as u64
-        && session.outbound_len() < ctx.cfg.max_batch_bytes
+        && conn.outbound_len() < ctx.cfg.max_batch_bytes
     {
         match ctx.source.try_next_frame() {
-            Some(Some(frame)) => queue(session, rebaser, ctx, &frame, batch)?,
+            Some(Some(frame)) => queue(conn, rebaser, ctx, &frame, batch)?,
             Some(None) => return Ok(true),
             None => break,
         }
@@ -312,7 +312,7 @@ enum Wake {
 
 /// Filters, re-stamps and chunks one frame into the session's outbound buffer.
 fn queue(
-    session: &mut ClientSession,
+    conn: &mut ClientConnection,
     rebaser: &mut Rebaser,
     ctx: &Ctx<'_>,
     frame: &Frame,
@@ -321,11 +321,18 @@ fn queue(
     if !ctx.tracks.keeps(frame) {
         return Ok(());
     }
+    let jumps = rebaser.discontinuities();
     let stamped = Frame {
-        timestamp_ms: rebaser.map(frame),
+        timestamp_ms: rebaser.map_wire(frame),
         ..frame.clone()
     };
-    session.send_frame(&stamped)?;
+    if rebaser.discontinuities() != jumps {
+        tracing::info!(
+            count = rebaser.discontinuities(),
+            "source timestamp jump bridged"
+        );
+    }
+    conn.send_frame(&stamped)?;
     batch.frames += 1;
     batch.bytes += stamped.payload.len() as u64;
     Ok(())
@@ -336,14 +343,14 @@ fn queue(
 /// that does not read gets no goodbye.
 async fn close<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    session: &mut ClientSession,
+    conn: &mut ClientConnection,
     send_timeout: std::time::Duration,
 ) {
-    if session.unpublish().is_err() {
+    if conn.unpublish().is_err() {
         return;
     }
     let grace = send_timeout.min(std::time::Duration::from_millis(500));
-    let out = session.take_outbound();
+    let out = conn.take_outbound();
     if write_segments(stream, &out, grace).await.is_ok() {
         let _ = timeout(grace, stream.shutdown()).await;
     }

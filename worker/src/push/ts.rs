@@ -1,7 +1,8 @@
 //! MPEG-TS pushes: `udp://` and `srt://` (paced 1316-byte datagrams) and `tcp://` (a
 //! plain byte stream).
 //!
-//! Frames are re-stamped (`timeline`), muxed by [`TsMuxer`] into a buffer, and sent:
+//! Frames are muxed by [`TsMuxer`] (which rebases their timestamps with the one
+//! [`pushcast_media::Rebaser`]) into a buffer, and sent:
 //! - datagrams leave when [`TsPacer`] says they are due, so a keyframe is spread over a
 //!   frame interval instead of bursting into the receiver's socket buffer;
 //! - TCP writes each batch of ready frames at once: the source's real-time rate is the
@@ -22,15 +23,13 @@ use tokio::time::{Instant, timeout};
 use super::dest::SrtOptions;
 use super::error::PushError;
 use super::net::{connect_tcp, next_write_tick, resolve, write_buf};
-use super::timeline::Rebaser;
 use super::{Ctx, SessionEnd, SessionEvent, TrackSelection};
-use crate::media::Frame;
-use crate::mpegts::{Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
+use pushcast_media::Frame;
+use pushcast_mpegts::{Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
 
 /// Frames → TS bytes for one session.
 struct TsStage {
     mux: TsMuxer,
-    rebaser: Rebaser,
     tracks: TrackSelection,
 }
 
@@ -41,7 +40,6 @@ impl TsStage {
                 video: tracks.video,
                 audio: tracks.audio,
             }),
-            rebaser: Rebaser::default(),
             tracks,
         }
     }
@@ -53,16 +51,18 @@ impl TsStage {
         out: &mut Vec<u8>,
         ctx: &Ctx<'_>,
     ) -> Result<usize, PushError> {
-        // Metadata has no place in the TS; unselected tracks are not even re-stamped.
-        if frame.kind == crate::media::FrameKind::Data || !self.tracks.keeps(frame) {
+        // Metadata has no place in the TS; unselected tracks are not even rebased.
+        if frame.kind == pushcast_media::FrameKind::Data || !self.tracks.keeps(frame) {
             return Ok(0);
         }
-        let stamped = Frame {
-            timestamp_ms: self.rebaser.map(frame),
-            ..frame.clone()
-        };
         let before = out.len();
-        match self.mux.push(&stamped, out) {
+        let jumps = self.mux.stats().timestamp_discontinuities;
+        let result = self.mux.push(frame, out);
+        let bridged = self.mux.stats().timestamp_discontinuities;
+        if bridged != jumps {
+            tracing::info!(count = bridged, "source timestamp jump bridged");
+        }
+        match result {
             Ok(()) => {}
             Err(e) if e.is_unsupported() => return Err(PushError::Unsupported(e.to_string())),
             Err(e) => {

@@ -1,7 +1,7 @@
 //! A minimal FLV reader producing [`Frame`]s as an RTMP ingest would deliver them.
 
 use bytes::Bytes;
-use pushcast_worker::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 
 /// Reads an FLV file's tags: 9-byte header (+ its length field), PreviousTagSize0, then
 /// tags of 11-byte header (type, 24-bit size, 24-bit timestamp + 8-bit extension, 3-byte

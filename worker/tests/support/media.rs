@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use pushcast_worker::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 
 use super::flv::{count_media, read_flv_file};
 use super::proc::run;

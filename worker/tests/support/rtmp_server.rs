@@ -1,12 +1,12 @@
-//! An in-process RTMP destination built on the crate's own sans-IO `ServerSession`: it
+//! An in-process RTMP destination built on the crate's own sans-IO `ServerConnection`: it
 //! records exactly what arrives (frames with their timestamps, the publish request, the
 //! unpublish), and can misbehave on purpose (refuse the key, stop reading).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pushcast_worker::media::Frame;
-use pushcast_worker::rtmp::{RejectCode, ServerConfig, ServerEvent, ServerSession};
+use pushcast_media::Frame;
+use pushcast_rtmp::{RejectCode, ServerConfig, ServerConnection, ServerEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -62,7 +62,7 @@ impl TestRtmpServer {
                     parked.push(sock);
                     continue;
                 }
-                let mut session = ServerSession::new(ServerConfig::default());
+                let mut session = ServerConnection::new(ServerConfig::default());
                 let mut buf = vec![0u8; 64 * 1024];
                 'conn: loop {
                     let n = match sock.read(&mut buf).await {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pushcast_worker::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 use pushcast_worker::push::FrameSource;
 use tokio::time::Instant;
 

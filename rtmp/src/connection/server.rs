@@ -1,23 +1,23 @@
 //! The ingest side: an encoder (OBS, ffmpeg, a relay) connects and publishes to us.
 //!
-//! The session answers the command sequence encoders use — `connect`, `releaseStream`,
+//! The server answers the command sequence encoders use — `connect`, `releaseStream`,
 //! `FCPublish`, `createStream`, `publish`, and at the end `FCUnpublish`/`deleteStream` —
 //! with the replies they expect (window size, peer bandwidth, chunk size, `_result`,
 //! `onStatus`). It decides nothing about *who* may publish: a `publish` becomes a
 //! [`ServerEvent::PublishRequested`], and the caller answers with
-//! [`ServerSession::accept_publish`] or [`ServerSession::reject_publish`] once it has
+//! [`ServerConnection::accept_publish`] or [`ServerConnection::reject_publish`] once it has
 //! checked the stream key (possibly asynchronously; media is not accepted meanwhile).
 
 use bytes::Bytes;
 
-use super::{Connection, SET_DATA_FRAME, frame_of};
-use crate::media::{Frame, FrameKind};
-use crate::rtmp::amf0::Amf0Value;
-use crate::rtmp::chunk::{DecoderConfig, csid};
-use crate::rtmp::error::RtmpError;
-use crate::rtmp::message::{Command, Message, RtmpMessage, UserControlEvent};
+use super::{SET_DATA_FRAME, Transport, frame_of};
+use crate::amf0::Amf0Value;
+use crate::chunk::{DecoderConfig, csid};
+use crate::error::RtmpError;
+use crate::message::{Command, Message, RtmpMessage, UserControlEvent};
+use pushcast_media::{Frame, FrameKind};
 
-/// Tunables of an ingest session.
+/// Tunables of an ingest connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Chunk size we send with (announced right after connect).
@@ -59,7 +59,7 @@ pub struct ConnectInfo {
 /// A `publish` waiting for the caller's decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishRequest {
-    /// Message stream id to pass to [`ServerSession::accept_publish`] / `reject_publish`.
+    /// Message stream id to pass to [`ServerConnection::accept_publish`] / `reject_publish`.
     pub stream_id: u32,
     /// Application name without any `?query`.
     pub app: String,
@@ -123,11 +123,11 @@ struct Publishing {
 const MAX_STREAMS: u32 = 16;
 
 /// The ingest protocol state machine of one connection. See the module docs of
-/// [`crate::rtmp`] for how to drive it.
+/// [`crate`] for how to drive it.
 #[derive(Debug)]
-pub struct ServerSession {
+pub struct ServerConnection {
     config: ServerConfig,
-    conn: Connection,
+    conn: Transport,
     connect: Option<ConnectInfo>,
     streams_created: u32,
     /// One publish per connection: that is what encoders do, and it keeps the
@@ -135,11 +135,11 @@ pub struct ServerSession {
     publishing: Option<Publishing>,
 }
 
-impl ServerSession {
-    /// A session for a freshly accepted connection. The server speaks only after the
+impl ServerConnection {
+    /// A server for a freshly accepted connection. The server speaks only after the
     /// client's first bytes, so nothing is queued yet.
     pub fn new(config: ServerConfig) -> Self {
-        let conn = Connection::server(config.decoder, config.window_ack_size);
+        let conn = Transport::server(config.decoder, config.window_ack_size);
         Self {
             config,
             conn,

@@ -1,36 +1,39 @@
-//! Output timestamps of a session: zero at the start, monotonic afterwards.
+//! The one timestamp rebaser: a push's output time is zero at its start and never goes
+//! back, whatever the source's clock does.
 //!
-//! A session joins a live stream in the middle: the hub hands it the sequence headers and
+//! A push joins a live stream in the middle: the hub hands it the sequence headers and
 //! metadata (stamped whenever the encoder sent them, often long ago) and then the cached
 //! GOP from its keyframe on. Destinations expect a publish to start near zero and never go
-//! back (YouTube and Twitch warn or disconnect otherwise), and RTMP's 32-bit milliseconds
-//! may wrap in a long session. So:
-//! - sequence headers and metadata before the first media frame go out at 0;
+//! back (YouTube and Twitch warn or disconnect otherwise), RTMP's 32-bit milliseconds
+//! may wrap in a long push, and MPEG-TS wants monotonic DTS per PID. So:
+//! - sequence headers and metadata before the first media frame are at 0;
 //! - the first media frame (audio or video, normally the cached keyframe) is 0, and every
-//!   media frame after it is offset by the same amount;
-//! - input steps are measured modulo 2^32 (the wrap is invisible); a step outside a
-//!   plausible window (encoder restart, broken clock) continues the line just after the
-//!   latest time seen instead of jumping;
+//!   media frame after it is offset by the same amount, on a 64-bit line that never
+//!   wraps (RTMP wraps it again on the wire: [`Rebaser::map_wire`]; MPEG-TS wraps to 33
+//!   bits only when it writes a packet);
+//! - input steps are measured modulo 2^32 (the source's wrap is invisible); a step outside
+//!   a plausible window (encoder restart, broken clock) continues the line just after the
+//!   latest time seen instead of jumping (counted: [`Rebaser::discontinuities`]);
 //! - each kind (video, audio, data) never goes back: interleaving skew that would put a
 //!   frame before its predecessor of the same kind, or before 0, is clamped;
 //! - configuration frames later in the stream (a new sequence header, new metadata) are
 //!   stamped with the current time and do not move the line.
 
-use crate::media::{Frame, FrameKind};
+use crate::frame::{Frame, FrameKind};
 
 /// Larger forward steps between consecutive media frames are discontinuities.
-const MAX_FORWARD_STEP_MS: i64 = 10_000;
+pub const MAX_FORWARD_STEP_MS: i64 = 10_000;
 /// Larger backward steps are discontinuities; smaller ones are audio/video skew.
-const MAX_BACKWARD_STEP_MS: i64 = 5_000;
+pub const MAX_BACKWARD_STEP_MS: i64 = 5_000;
 
-/// Maps source timestamps to session timestamps. See the module docs.
+/// Maps source timestamps to a push's output time. See the module docs.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Rebaser {
+pub struct Rebaser {
     /// Raw timestamp of the last media frame; `None` before the first one.
     last_raw: Option<u32>,
-    /// Session time of the last media frame.
+    /// Output time of the last media frame.
     line: i64,
-    /// Latest session time seen.
+    /// Latest output time seen.
     max: i64,
     /// Last output per kind (video, audio, data).
     last_out: [i64; 3],
@@ -46,8 +49,9 @@ fn slot(kind: FrameKind) -> usize {
 }
 
 impl Rebaser {
-    /// The session timestamp for `frame` (32-bit ms, wrapping after 49.7 days like RTMP).
-    pub(crate) fn map(&mut self, frame: &Frame) -> u32 {
+    /// The output time of `frame`, in milliseconds since the push's first media frame:
+    /// never negative, never behind the previous frame of the same kind.
+    pub fn map(&mut self, frame: &Frame) -> i64 {
         let config = frame.kind == FrameKind::Data || frame.is_sequence_header();
         let t = match (self.last_raw, config) {
             (None, true) => return 0,
@@ -57,16 +61,12 @@ impl Rebaser {
             }
             (Some(_), true) => self.max,
             (Some(last), false) => {
+                // The wrapped difference read as signed is the shortest step.
                 let step = i64::from(frame.timestamp_ms.wrapping_sub(last) as i32);
                 let t = if (-MAX_BACKWARD_STEP_MS..=MAX_FORWARD_STEP_MS).contains(&step) {
                     self.line.saturating_add(step)
                 } else {
                     self.discontinuities = self.discontinuities.saturating_add(1);
-                    tracing::info!(
-                        step_ms = step,
-                        count = self.discontinuities,
-                        "source timestamp jump bridged"
-                    );
                     self.max.saturating_add(1)
                 };
                 self.last_raw = Some(frame.timestamp_ms);
@@ -78,13 +78,16 @@ impl Rebaser {
         let last = &mut self.last_out[slot(frame.kind)];
         let out = t.max(0).max(*last);
         *last = out;
-        // RTMP timestamps are 32-bit and wrap; the TS muxer unwraps them again.
-        (out & 0xffff_ffff) as u32
+        out
+    }
+
+    /// [`map`](Self::map) as RTMP's 32-bit milliseconds, which wrap after 49.7 days.
+    pub fn map_wire(&mut self, frame: &Frame) -> u32 {
+        (self.map(frame) & 0xffff_ffff) as u32
     }
 
     /// How many source timestamp jumps were bridged.
-    #[cfg(test)]
-    pub(crate) fn discontinuities(&self) -> u64 {
+    pub fn discontinuities(&self) -> u64 {
         self.discontinuities
     }
 }
@@ -149,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn each_kind_is_monotonic() {
+    fn each_kind_is_monotonic_and_real_gaps_stay() {
         let mut r = Rebaser::default();
         assert_eq!(r.map(&f(FrameKind::Audio, 1000, AAC)), 0);
         assert_eq!(r.map(&f(FrameKind::Audio, 1100, AAC)), 100);
@@ -158,6 +161,33 @@ mod tests {
             r.map(&f(FrameKind::Video, 1060, AVC_KEY)),
             60,
             "other kind unaffected"
+        );
+        assert_eq!(
+            r.map(&f(FrameKind::Video, 10_060, AVC_INTER)),
+            9_060,
+            "a 9 s gap is real"
+        );
+        assert_eq!(r.discontinuities(), 0);
+    }
+
+    #[test]
+    fn the_line_does_not_wrap_but_the_wire_does() {
+        let mut r = Rebaser::default();
+        let mut raw = 0u32;
+        assert_eq!(r.map(&f(FrameKind::Video, raw, AVC_KEY)), 0);
+        // 2^32 ms in steps of 10 s (each a plausible step).
+        let steps = (1u64 << 32) / 10_000 + 1;
+        let mut t = 0;
+        for _ in 0..steps {
+            raw = raw.wrapping_add(10_000);
+            t = r.map(&f(FrameKind::Video, raw, AVC_INTER));
+        }
+        assert_eq!(t, steps as i64 * 10_000);
+        assert!(t > i64::from(u32::MAX));
+        raw = raw.wrapping_add(10_000);
+        assert_eq!(
+            r.map_wire(&f(FrameKind::Video, raw, AVC_INTER)),
+            ((t + 10_000) & 0xffff_ffff) as u32
         );
     }
 }

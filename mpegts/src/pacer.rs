@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use pushcast_worker::mpegts::{Pace, PacerConfig, TsPacer};
+//! use pushcast_mpegts::{Pace, PacerConfig, TsPacer};
 //!
 //! let mut pacer = TsPacer::new(PacerConfig::default());
 //! let t0 = Instant::now();

@@ -1,5 +1,5 @@
 //! RTMP protocol (sans-IO): handshake, chunk stream, AMF0, messages, and the ingest
-//! (server) and publish (client) session state machines.
+//! (server) and publish (client) connection state machines.
 //!
 //! We write this ourselves instead of using rml_rtmp 0.8 because its chunk deserializer
 //! keeps one partial-message buffer for all chunk streams (messages interleaved across
@@ -15,12 +15,12 @@
 //! - [`amf0`]: [`Amf0Value`] encode/decode.
 //! - [`message`]: [`RawMessage`] ↔ typed [`Message`] (control, media, commands;
 //!   aggregates split).
-//! - [`session`]: [`ServerSession`] and [`ClientSession`].
+//! - [`connection`]: [`ServerConnection`] and [`ClientConnection`].
 //!
-//! # Driving a session
-//! No sockets here: the I/O task owns the socket and the session, and loops:
-//! 1. read bytes → `session.handle_input(&bytes)?` → act on the returned events;
-//! 2. write everything from `session.take_outbound()` (a `Vec<Bytes>` of segments, in
+//! # Driving a connection
+//! No sockets here: the I/O task owns the socket and the connection, and loops:
+//! 1. read bytes → `conn.handle_input(&bytes)?` → act on the returned events;
+//! 2. write everything from `conn.take_outbound()` (a `Vec<Bytes>` of segments, in
 //!    order: one `write_vectored`/`write_all` pass; large frame payloads are refcounted
 //!    slices, not copies);
 //! 3. for a client, call `send_frame` for each frame to relay, then flush as in 2 —
@@ -31,15 +31,15 @@
 //! [`RtmpError::class`] tells a refusal (bad key, name in use) from a protocol error.
 //!
 //! ```
-//! use pushcast_worker::media::{Frame, FrameKind};
-//! use pushcast_worker::rtmp::{ClientConfig, ClientEvent, ClientSession, ServerConfig, ServerEvent, ServerSession};
+//! use pushcast_media::{Frame, FrameKind};
+//! use pushcast_rtmp::{ClientConfig, ClientEvent, ClientConnection, ServerConfig, ServerEvent, ServerConnection};
 //!
 //! fn flat(segments: Vec<bytes::Bytes>) -> Vec<u8> {
 //!     segments.concat()
 //! }
 //!
-//! let mut server = ServerSession::new(ServerConfig::default());
-//! let mut client = ClientSession::new(ClientConfig::new("live", "rtmp://127.0.0.1/live", "key?token=1"));
+//! let mut server = ServerConnection::new(ServerConfig::default());
+//! let mut client = ClientConnection::new(ClientConfig::new("live", "rtmp://127.0.0.1/live", "key?token=1"));
 //! let frame = Frame { kind: FrameKind::Video, timestamp_ms: 0, payload: bytes::Bytes::from_static(&[0x17, 0, 0, 0, 0]) };
 //! let mut received = Vec::new();
 //! // Shuttle bytes both ways until the frame arrives (a real driver uses a socket).
@@ -61,23 +61,24 @@
 //!     }
 //! }
 //! assert_eq!(received, vec![frame]);
-//! # Ok::<(), pushcast_worker::rtmp::RtmpError>(())
+//! # Ok::<(), pushcast_rtmp::RtmpError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod amf0;
 pub mod chunk;
+pub mod connection;
 pub mod error;
 pub mod handshake;
 pub mod message;
 mod reader;
-pub mod session;
 
 pub use amf0::{Amf0Error, Amf0Value};
 pub use chunk::{ChunkDecoder, ChunkEncoder, DecoderConfig, OutBuf, RawMessage};
+pub use connection::client::{ClientConfig, ClientConnection, ClientEvent};
+pub use connection::server::{
+    ConnectInfo, PublishRequest, RejectCode, ServerConfig, ServerConnection, ServerEvent,
+};
 pub use error::{ErrorClass, RtmpError};
 pub use handshake::{Handshake, HandshakeStatus};
 pub use message::{Command, Message, RtmpMessage, UserControlEvent};
-pub use session::client::{ClientConfig, ClientEvent, ClientSession};
-pub use session::server::{
-    ConnectInfo, PublishRequest, RejectCode, ServerConfig, ServerEvent, ServerSession,
-};

@@ -2,7 +2,7 @@
 //!
 //! Media bodies (audio, video, data) stay raw [`Bytes`]: they are parsed once at ingest
 //! and passed through to every destination untouched. Commands are decoded into
-//! [`Command`] because the session state machines act on them. Aggregate messages (type
+//! [`Command`] because the connection state machines act on them. Aggregate messages (type
 //! 22, sent by some servers and relays) are split into their sub-messages here, with
 //! timestamps rebased on the aggregate's timestamp, so nothing above this layer has to
 //! know they exist.
@@ -122,7 +122,7 @@ pub enum RtmpMessage {
     Command(Command),
     /// The sub-messages of an aggregate, timestamps already rebased.
     Aggregate(Vec<Message>),
-    /// A type we do not handle (shared objects, AMF3 data, ...): ignored by sessions.
+    /// A type we do not handle (shared objects, AMF3 data, ...): ignored by the connections.
     Unknown {
         type_id: u8,
         payload: Bytes,

@@ -5,19 +5,19 @@
 //! `connect` (app, tcUrl, flashVer `FMLE/3.0`, type `nonprivate`), then `releaseStream`,
 //! `FCPublish` and `createStream` together, then `publish(name, "live")` on the created
 //! stream. [`ClientEvent::Published`] arrives with `NetStream.Publish.Start`; from then on
-//! [`ClientSession::send_frame`] queues media. A refusal (`_error` to connect or
+//! [`ClientConnection::send_frame`] queues media. A refusal (`_error` to connect or
 //! createStream, an error-level `onStatus` such as `NetStream.Publish.BadName`) is an
 //! [`RtmpError::Rejected`], which a push session must treat differently from a network
 //! error: the stream key is wrong or in use, hammering will not fix it.
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Connection, ON_META_DATA, SET_DATA_FRAME};
-use crate::media::{Frame, FrameKind};
-use crate::rtmp::amf0::Amf0Value;
-use crate::rtmp::chunk::{DecoderConfig, RawMessage, csid};
-use crate::rtmp::error::RtmpError;
-use crate::rtmp::message::{Command, Message, RtmpMessage, type_id};
+use super::{ON_META_DATA, SET_DATA_FRAME, Transport};
+use crate::amf0::Amf0Value;
+use crate::chunk::{DecoderConfig, RawMessage, csid};
+use crate::error::RtmpError;
+use crate::message::{Command, Message, RtmpMessage, type_id};
+use pushcast_media::{Frame, FrameKind};
 
 /// What OBS announces; some ingest servers look at it.
 pub const DEFAULT_FLASH_VER: &str = "FMLE/3.0 (compatible; FMSc/1.0)";
@@ -97,19 +97,19 @@ mod txn {
 }
 
 /// The publish protocol state machine of one connection. See the module docs of
-/// [`crate::rtmp`] for how to drive it.
+/// [`crate`] for how to drive it.
 #[derive(Debug)]
-pub struct ClientSession {
+pub struct ClientConnection {
     config: ClientConfig,
-    conn: Connection,
+    conn: Transport,
     state: State,
 }
 
-impl ClientSession {
-    /// A session for a freshly opened connection, with C0 + C1 queued: write
+impl ClientConnection {
+    /// A client for a freshly opened connection, with C0 + C1 queued: write
     /// [`Self::take_outbound`] first.
     pub fn new(config: ClientConfig) -> Self {
-        let conn = Connection::client(config.decoder, config.window_ack_size);
+        let conn = Transport::client(config.decoder, config.window_ack_size);
         Self {
             config,
             conn,

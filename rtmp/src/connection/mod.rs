@@ -3,7 +3,7 @@
 //!
 //! Both are sans-IO: bytes in, events out, bytes to send queued in an outbound buffer.
 //! What they share — handshake, chunk codec, acknowledgements, pings, the outbound queue
-//! — lives in [`Connection`] here.
+//! — lives in [`Transport`] here.
 
 pub mod client;
 pub mod server;
@@ -14,7 +14,7 @@ use super::chunk::{ChunkDecoder, ChunkEncoder, DecoderConfig, OutBuf, RawMessage
 use super::error::RtmpError;
 use super::handshake::{Handshake, HandshakeStatus};
 use super::message::{Message, PeerBandwidthLimit, RtmpMessage, UserControlEvent};
-use crate::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 
 /// The AMF0 encoding of the string `"@setDataFrame"`, as it starts a data message that a
 /// publisher sends to set the stream's metadata.
@@ -22,9 +22,9 @@ pub(crate) const SET_DATA_FRAME: &[u8] = b"\x02\x00\x0d@setDataFrame";
 /// The AMF0 encoding of the string `"onMetaData"`.
 pub(crate) const ON_META_DATA: &[u8] = b"\x02\x00\x0aonMetaData";
 
-/// The transport-level half of a session: handshake, chunk codec, flow control.
+/// The transport-level half of a connection: handshake, chunk codec, flow control.
 #[derive(Debug)]
-pub(crate) struct Connection {
+pub(crate) struct Transport {
     handshake: Handshake,
     decoder: ChunkDecoder,
     encoder: ChunkEncoder,
@@ -39,7 +39,7 @@ pub(crate) struct Connection {
     sent_window: Option<u32>,
 }
 
-impl Connection {
+impl Transport {
     pub(crate) fn server(decoder: DecoderConfig, ack_window: u32) -> Self {
         Self::with_handshake(Handshake::server(), decoder, ack_window)
     }

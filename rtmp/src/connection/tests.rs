@@ -1,15 +1,15 @@
-//! The session state machines against each other and against scripted peers.
+//! The connection state machines against each other and against scripted peers.
 
 use bytes::Bytes;
 
-use super::client::{ClientConfig, ClientEvent, ClientSession};
-use super::server::{RejectCode, ServerConfig, ServerEvent, ServerSession};
-use crate::media::{Frame, FrameKind};
-use crate::rtmp::amf0::{self, Amf0Value};
-use crate::rtmp::chunk::{ChunkDecoder, ChunkEncoder, OutBuf, RawMessage, csid};
-use crate::rtmp::error::{ErrorClass, RtmpError};
-use crate::rtmp::handshake::{Handshake, HandshakeStatus};
-use crate::rtmp::message::{Command, Message, RtmpMessage, UserControlEvent, type_id};
+use super::client::{ClientConfig, ClientConnection, ClientEvent};
+use super::server::{RejectCode, ServerConfig, ServerConnection, ServerEvent};
+use crate::amf0::{self, Amf0Value};
+use crate::chunk::{ChunkDecoder, ChunkEncoder, OutBuf, RawMessage, csid};
+use crate::error::{ErrorClass, RtmpError};
+use crate::handshake::{Handshake, HandshakeStatus};
+use crate::message::{Command, Message, RtmpMessage, UserControlEvent, type_id};
+use pushcast_media::{Frame, FrameKind};
 
 fn flat(segments: Vec<Bytes>) -> Vec<u8> {
     segments.concat()
@@ -24,8 +24,8 @@ enum Decision {
 
 /// A client and a server wired back to back in memory.
 struct Pair {
-    client: ClientSession,
-    server: ServerSession,
+    client: ClientConnection,
+    server: ServerConnection,
     decision: Decision,
     server_events: Vec<ServerEvent>,
     client_events: Vec<ClientEvent>,
@@ -35,12 +35,12 @@ struct Pair {
 impl Pair {
     fn new(stream_name: &str, decision: Decision) -> Self {
         Self {
-            client: ClientSession::new(ClientConfig::new(
+            client: ClientConnection::new(ClientConfig::new(
                 "live",
                 "rtmp://127.0.0.1:1935/live",
                 stream_name,
             )),
-            server: ServerSession::new(ServerConfig::default()),
+            server: ServerConnection::new(ServerConfig::default()),
             decision,
             server_events: Vec::new(),
             client_events: Vec::new(),
@@ -72,7 +72,7 @@ impl Pair {
             let events = self.client.handle_input(&s)?;
             self.client_events.extend(events);
         }
-        panic!("the sessions never went quiet");
+        panic!("the connections never went quiet");
     }
 
     fn media(&self) -> Vec<Frame> {
@@ -228,7 +228,7 @@ fn byte_by_byte_delivery_gives_the_same_result() {
             }
         }
     }
-    let mut server = ServerSession::new(ServerConfig::default());
+    let mut server = ServerConnection::new(ServerConfig::default());
     let mut media = Vec::new();
     for b in &transcript {
         for e in server
@@ -310,7 +310,7 @@ fn media_before_acceptance_is_not_delivered() {
     assert!(pair.client.is_published());
 }
 
-/// A hand-driven client: our own chunk codec speaking to a `ServerSession`, to check
+/// A hand-driven client: our own chunk codec speaking to a `ServerConnection`, to check
 /// the exact replies an encoder sees.
 struct Scripted {
     enc: ChunkEncoder,
@@ -318,7 +318,7 @@ struct Scripted {
 }
 
 impl Scripted {
-    fn connect(server: &mut ServerSession) -> (Self, Vec<Message>) {
+    fn connect(server: &mut ServerConnection) -> (Self, Vec<Message>) {
         let (mut hs, c0c1) = Handshake::client();
         assert!(server.handle_input(&c0c1).expect("c0c1").is_empty());
         let s0s1s2 = flat(server.take_outbound());
@@ -361,7 +361,7 @@ impl Scripted {
 
     fn send(
         &mut self,
-        server: &mut ServerSession,
+        server: &mut ServerConnection,
         stream_id: u32,
         body: RtmpMessage,
     ) -> Result<Vec<ServerEvent>, RtmpError> {
@@ -371,7 +371,7 @@ impl Scripted {
 
     fn call(
         &mut self,
-        server: &mut ServerSession,
+        server: &mut ServerConnection,
         stream_id: u32,
         name: &str,
         txn: f64,
@@ -385,7 +385,7 @@ impl Scripted {
         .expect("server accepts the call")
     }
 
-    fn replies(&mut self, server: &mut ServerSession) -> Vec<Message> {
+    fn replies(&mut self, server: &mut ServerConnection) -> Vec<Message> {
         self.dec.push(&flat(server.take_outbound()));
         let mut out = Vec::new();
         while let Some(raw) = self.dec.next_message().expect("server output decodes") {
@@ -408,7 +408,7 @@ fn info_code(m: &Message) -> Option<&str> {
 
 #[test]
 fn server_answers_the_obs_ffmpeg_command_sequence() {
-    let mut server = ServerSession::new(ServerConfig::default());
+    let mut server = ServerConnection::new(ServerConfig::default());
     let (mut peer, replies) = Scripted::connect(&mut server);
     let bodies: Vec<_> = replies.iter().map(|m| &m.body).collect();
     assert_eq!(bodies[0], &RtmpMessage::WindowAckSize(2_500_000));
@@ -538,7 +538,7 @@ fn server_answers_the_obs_ffmpeg_command_sequence() {
 
 #[test]
 fn server_splits_aggregate_messages_into_frames() {
-    let mut server = ServerSession::new(ServerConfig::default());
+    let mut server = ServerConnection::new(ServerConfig::default());
     let (mut peer, _) = Scripted::connect(&mut server);
     peer.call(&mut server, 0, "createStream", 2.0, vec![]);
     peer.call(&mut server, 1, "publish", 0.0, vec![Amf0Value::string("k")]);
@@ -575,7 +575,7 @@ fn server_splits_aggregate_messages_into_frames() {
 
 #[test]
 fn server_acknowledges_per_the_peer_window_and_answers_pings() {
-    let mut server = ServerSession::new(ServerConfig::default());
+    let mut server = ServerConnection::new(ServerConfig::default());
     let (mut peer, _) = Scripted::connect(&mut server);
     peer.send(&mut server, 0, RtmpMessage::WindowAckSize(5000))
         .expect("ok");
@@ -622,7 +622,7 @@ fn server_acknowledges_per_the_peer_window_and_answers_pings() {
 
 #[test]
 fn server_refuses_commands_before_connect_and_garbage() {
-    let mut server = ServerSession::new(ServerConfig::default());
+    let mut server = ServerConnection::new(ServerConfig::default());
     let (mut hs, c0c1) = Handshake::client();
     server.handle_input(&c0c1).expect("c0c1");
     let mut c2 = Vec::new();
@@ -643,7 +643,7 @@ fn server_refuses_commands_before_connect_and_garbage() {
     assert!(matches!(err, RtmpError::Protocol(_)));
 
     // Not RTMP at all.
-    let mut server = ServerSession::new(ServerConfig::default());
+    let mut server = ServerConnection::new(ServerConfig::default());
     assert_eq!(
         server.handle_input(b"GET / HTTP/1.1\r\n"),
         Err(RtmpError::UnsupportedVersion(b'G'))
@@ -652,7 +652,7 @@ fn server_refuses_commands_before_connect_and_garbage() {
 
 #[test]
 fn client_answers_pings_and_bandwidth_and_classifies_connect_refusal() {
-    let mut client = ClientSession::new(ClientConfig::new("app", "rtmp://h/app", "k"));
+    let mut client = ClientConnection::new(ClientConfig::new("app", "rtmp://h/app", "k"));
     let c0c1 = flat(client.take_outbound());
     let mut server_hs = Handshake::server();
     let mut s0s1s2 = Vec::new();
@@ -704,7 +704,7 @@ fn client_answers_pings_and_bandwidth_and_classifies_connect_refusal() {
     put(
         RtmpMessage::SetPeerBandwidth {
             size: 1_000_000,
-            limit: crate::rtmp::message::PeerBandwidthLimit::Dynamic,
+            limit: crate::message::PeerBandwidthLimit::Dynamic,
         },
         csid::PROTOCOL_CONTROL,
     );
@@ -713,7 +713,7 @@ fn client_answers_pings_and_bandwidth_and_classifies_connect_refusal() {
             "_error",
             1.0,
             Amf0Value::Null,
-            vec![crate::rtmp::session::server::status_object(
+            vec![crate::connection::server::status_object(
                 "error",
                 "NetConnection.Connect.Rejected",
                 "[ AccessManager.Reject ] : unknown app",
@@ -740,7 +740,7 @@ fn client_answers_pings_and_bandwidth_and_classifies_connect_refusal() {
 
 #[test]
 fn client_rejects_send_before_publish_and_protocol_errors_are_not_rejections() {
-    let mut client = ClientSession::new(ClientConfig::new("app", "rtmp://h/app", "k"));
+    let mut client = ClientConnection::new(ClientConfig::new("app", "rtmp://h/app", "k"));
     let err = client
         .send_frame(&frame(FrameKind::Video, 0, vec![0x17]))
         .expect_err("not yet");
@@ -789,7 +789,7 @@ fn server_survives_random_input_after_a_valid_start() {
                 input[i] = next() as u8;
             }
         }
-        let mut server = ServerSession::new(ServerConfig::default());
+        let mut server = ServerConnection::new(ServerConfig::default());
         for piece in input.chunks(1 + (next() % 512) as usize) {
             match server.handle_input(piece) {
                 Ok(events) => {

@@ -20,8 +20,8 @@
 //! Usage (the I/O is the caller's):
 //!
 //! ```
-//! use pushcast_worker::media::Frame;
-//! use pushcast_worker::mpegts::{MuxError, Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
+//! use pushcast_media::Frame;
+//! use pushcast_mpegts::{MuxError, Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
 //!
 //! fn on_frame(
 //!     mux: &mut TsMuxer,
@@ -53,24 +53,25 @@
 //! Frames that cannot be used yet are dropped and counted in [`TsMuxStats`], not errors:
 //! frames before their sequence header, video before the first keyframe, frames of a
 //! track the caller did not select, `onMetaData`.
+#![forbid(unsafe_code)]
 
 mod aac;
 mod avc;
 mod error;
 mod pacer;
 mod packet;
-mod timeline;
 
-pub use error::{AudioCodec, MuxError, VideoCodec};
+pub use error::MuxError;
 pub use pacer::{Pace, PacerConfig, TsPacer};
 pub use packet::TS_PACKET_SIZE;
+pub use pushcast_media::{AudioCodec, VideoCodec};
 
-use crate::media::{Frame, FrameKind};
+use pushcast_media::codec::{FLV_AUDIO_AAC, FLV_VIDEO_AVC};
+use pushcast_media::{Frame, FrameKind, Rebaser};
 
 use aac::AacConfig;
 use avc::AvcConfig;
 use packet::{AUDIO_PID, AUDIO_STREAM_ID, Counters, PesSpec, Program, VIDEO_PID, VIDEO_STREAM_ID};
-use timeline::Timeline;
 
 /// TS packets per datagram: 7 × 188 = 1316 bytes, the largest whole number of packets
 /// that fits a 1500-byte Ethernet MTU with IP/UDP (and RTP) headers; the universal
@@ -125,7 +126,8 @@ pub struct TsMuxStats {
     pub dropped_before_config: u64,
     /// Video frames before the first keyframe (a decoder could not start on them).
     pub dropped_before_keyframe: u64,
-    /// Frames so early that their timestamp would fall before the session start.
+    /// Frames whose presentation time would fall before the session start (a negative
+    /// composition offset larger than the PCR delay).
     pub dropped_late: u64,
     /// Frames with no media in them (empty tags, AVC end of sequence, no NAL units).
     pub dropped_empty: u64,
@@ -151,7 +153,8 @@ pub struct TsMuxer {
     config: TsMuxerConfig,
     avc: Option<AvcConfig>,
     aac: Option<AacConfig>,
-    timeline: Timeline,
+    /// Output time: zero at the first media frame, monotonic per track.
+    timeline: Rebaser,
     state: OutputState,
     seen_keyframe: bool,
     /// Reused elementary stream buffer (Annex-B access unit or ADTS frame).
@@ -182,7 +185,7 @@ impl TsMuxer {
             config,
             avc: None,
             aac: None,
-            timeline: Timeline::default(),
+            timeline: Rebaser::default(),
             state: OutputState::default(),
             seen_keyframe: false,
             es: Vec::new(),
@@ -238,21 +241,13 @@ impl TsMuxer {
 
     fn push_video(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
         let p = &frame.payload;
-        let Some(&first) = p.first() else {
-            self.stats.dropped_empty += 1;
-            return Ok(());
-        };
-        if first & 0x80 != 0 {
-            // Enhanced RTMP: IsExHeader bit, FourCC in bytes 1..5.
-            let cc = p.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok());
-            return Err(MuxError::UnsupportedVideoCodec(match cc {
-                Some(cc) => VideoCodec::FourCc(cc),
-                None => VideoCodec::Flv(first & 0x0F),
-            }));
-        }
-        let codec = first & 0x0F;
-        if codec != 7 {
-            return Err(MuxError::UnsupportedVideoCodec(VideoCodec::Flv(codec)));
+        match VideoCodec::of_tag(p) {
+            Some(VideoCodec::Flv(FLV_VIDEO_AVC)) => {}
+            Some(codec) => return Err(MuxError::UnsupportedVideoCodec(codec)),
+            None => {
+                self.stats.dropped_empty += 1;
+                return Ok(());
+            }
         }
         if p.len() < 5 {
             return Err(MuxError::MalformedVideoFrame(
@@ -290,7 +285,7 @@ impl TsMuxer {
             }
             self.seen_keyframe = true;
         }
-        let t = self.timeline.map(frame.timestamp_ms);
+        let t = self.timeline.map(frame);
         let delay = i64::from(self.config.pcr_delay_ms);
         let dts = ms_to_ticks(t.saturating_add(delay));
         let pts = ms_to_ticks(
@@ -308,21 +303,13 @@ impl TsMuxer {
 
     fn push_audio(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
         let p = &frame.payload;
-        let Some(&first) = p.first() else {
-            self.stats.dropped_empty += 1;
-            return Ok(());
-        };
-        let format = first >> 4;
-        if format == 9 {
-            // Enhanced RTMP v2 audio: SoundFormat 9 = ExHeader, FourCC in bytes 1..5.
-            let cc = p.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok());
-            return Err(MuxError::UnsupportedAudioCodec(match cc {
-                Some(cc) => AudioCodec::FourCc(cc),
-                None => AudioCodec::Flv(format),
-            }));
-        }
-        if format != 10 {
-            return Err(MuxError::UnsupportedAudioCodec(AudioCodec::Flv(format)));
+        match AudioCodec::of_tag(p) {
+            Some(AudioCodec::Flv(FLV_AUDIO_AAC)) => {}
+            Some(codec) => return Err(MuxError::UnsupportedAudioCodec(codec)),
+            None => {
+                self.stats.dropped_empty += 1;
+                return Ok(());
+            }
         }
         match p.get(1) {
             None => {
@@ -350,7 +337,7 @@ impl TsMuxer {
         self.es.clear();
         self.es.extend_from_slice(&header);
         self.es.extend_from_slice(raw);
-        let t = self.timeline.map(frame.timestamp_ms);
+        let t = self.timeline.map(frame);
         let Some(pts) = ms_to_ticks(t.saturating_add(i64::from(self.config.pcr_delay_ms))) else {
             self.stats.dropped_late += 1;
             return Ok(());

@@ -16,7 +16,15 @@ use mpeg2ts::ts::{
 };
 
 use super::error::MuxError;
-use super::timeline::wrap33;
+
+/// MPEG-TS PTS/DTS/PCR-base modulus: 33 bits of 90 kHz ticks (~26.5 hours). The muxer
+/// keeps time on a 64-bit line that never wraps; only a value written to a packet does.
+pub(crate) const WRAP_33: u64 = 1 << 33;
+
+/// Reduces a 90 kHz tick count to the 33 bits a PTS/DTS/PCR base holds.
+pub(crate) fn wrap33(ticks: u64) -> u64 {
+    ticks & (WRAP_33 - 1)
+}
 
 /// Size of one TS packet.
 pub const TS_PACKET_SIZE: usize = 188;
@@ -312,6 +320,12 @@ pub(crate) fn write_pes(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrap33_masks() {
+        assert_eq!(wrap33(WRAP_33 + 5), 5);
+        assert_eq!(wrap33(WRAP_33 - 1), WRAP_33 - 1);
+    }
 
     fn spec(data: &[u8], pcr: Option<u64>, random_access: bool) -> PesSpec<'_> {
         PesSpec {

@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 
+use crate::codec::{FLV_AUDIO_AAC, FLV_VIDEO_AVC};
+
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
@@ -50,15 +52,19 @@ impl Frame {
     /// AudioSpecificConfig (AACPacketType 0). Decoders need it before any other frame.
     pub fn is_sequence_header(&self) -> bool {
         match self.kind {
-            FrameKind::Video => self.video_codec() == Some(7) && self.payload.get(1) == Some(&0),
-            FrameKind::Audio => self.audio_format() == Some(10) && self.payload.get(1) == Some(&0),
+            FrameKind::Video => {
+                self.video_codec() == Some(FLV_VIDEO_AVC) && self.payload.get(1) == Some(&0)
+            }
+            FrameKind::Audio => {
+                self.audio_format() == Some(FLV_AUDIO_AAC) && self.payload.get(1) == Some(&0)
+            }
             FrameKind::Data => false,
         }
     }
 
     /// AVC composition time offset (PTS - DTS) in milliseconds, signed 24-bit; 0 otherwise.
     pub fn composition_offset_ms(&self) -> i32 {
-        if self.video_codec() != Some(7) {
+        if self.video_codec() != Some(FLV_VIDEO_AVC) {
             return 0;
         }
         match self.payload.get(2..5) {

@@ -58,8 +58,8 @@ pub enum RtmpError {
     #[error("rejected by the server: {code}: {description}")]
     Rejected { code: String, description: String },
 
-    /// The caller used the session out of order (e.g. sent media before `Published`).
-    #[error("invalid use of the session: {0}")]
+    /// The caller used the connection out of order (e.g. sent media before `Published`).
+    #[error("invalid use of the connection: {0}")]
     InvalidState(String),
 }
 

@@ -7,9 +7,9 @@ use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
 use mpeg2ts::ts::TsPacketReader;
 
 use super::avc::tests::record;
-use super::timeline::WRAP_33;
+use super::packet::WRAP_33;
 use super::*;
-use crate::media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind};
 
 const SPS: &[u8] = &[0x67, 0x64, 0x00, 0x1F, 0xAC];
 const PPS: &[u8] = &[0x68, 0xEE, 0x3C, 0x80];

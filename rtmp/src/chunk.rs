@@ -575,7 +575,7 @@ fn put_basic_header(w: &mut &mut [u8], fmt: u8, csid: u32) {
 /// Payload pieces at least this long go out as zero-copy slices of the frame's
 /// [`Bytes`]; shorter ones are copied next to their headers (a tiny iovec costs more
 /// than the copy). Low enough that AAC frames (~350 bytes at 128 kb/s) are not copied:
-/// the copies made the per-session header buffer grow to a window's worth of audio
+/// the copies made the per-connection header buffer grow to a window's worth of audio
 /// (~2 KiB per destination, for as long as the push runs).
 const ZERO_COPY_MIN: usize = 128;
 
