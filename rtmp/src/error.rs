@@ -1,8 +1,8 @@
 //! The one error type of the RTMP layer.
 //!
 //! Every error here is fatal for the connection it came from: the caller logs it and
-//! closes the socket. [`RtmpError::class`] tells a push session whether retrying soon
-//! makes sense (a protocol hiccup) or not (the server said no: wrong key, name taken).
+//! closes the socket. [`RtmpError::Rejected`] means the server said no (wrong key, name
+//! taken): retrying soon makes no sense, unlike after a protocol hiccup.
 
 use super::amf0::Amf0Error;
 
@@ -63,33 +63,7 @@ pub enum RtmpError {
     InvalidState(String),
 }
 
-/// How a push session should treat an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorClass {
-    /// The remote side refused the stream (bad key, name in use, app unknown): report it
-    /// clearly and back off hard instead of hammering the destination.
-    Rejected,
-    /// Malformed or unexpected traffic: like a network error, worth a reconnect.
-    Protocol,
-    /// A bug in the caller (API misuse); not the peer's fault.
-    Usage,
-}
-
 impl RtmpError {
-    /// The class of this error, for the reconnect policy and for status reporting.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            RtmpError::Rejected { .. } => ErrorClass::Rejected,
-            RtmpError::InvalidState(_) => ErrorClass::Usage,
-            _ => ErrorClass::Protocol,
-        }
-    }
-
-    /// Shorthand for `self.class() == ErrorClass::Rejected`.
-    pub fn is_rejected(&self) -> bool {
-        self.class() == ErrorClass::Rejected
-    }
-
     pub(crate) fn malformed(kind: &'static str, reason: impl Into<String>) -> Self {
         RtmpError::MalformedMessage {
             kind,

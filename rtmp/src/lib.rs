@@ -28,7 +28,8 @@
 //!
 //! Methods that answer an event (`accept_publish`, `reject_publish`, `unpublish`) also
 //! only queue bytes: flush after them too. Any `Err` is fatal for the connection;
-//! [`RtmpError::class`] tells a refusal (bad key, name in use) from a protocol error.
+//! [`RtmpError::Rejected`] is a refusal (bad key, name in use), anything else a
+//! protocol error.
 //!
 //! ```
 //! use pushcast_media::{Frame, FrameKind};
@@ -79,6 +80,6 @@ pub use connection::client::{ClientConfig, ClientConnection, ClientEvent};
 pub use connection::server::{
     ConnectInfo, PublishRequest, RejectCode, ServerConfig, ServerConnection, ServerEvent,
 };
-pub use error::{ErrorClass, RtmpError};
+pub use error::RtmpError;
 pub use handshake::{Handshake, HandshakeStatus};
 pub use message::{Command, Message, RtmpMessage, UserControlEvent};

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng;
+use pushcast_retry::{Backoff, BackoffConfig};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 use url::Url;
@@ -28,14 +28,14 @@ pub enum Class {
 
 /// How long a callback is retried. A delivery is given up after `max_attempts` attempts,
 /// or when the next attempt would start more than `max_age` after the payload was queued
-/// (there is always at least one attempt). The n-th retry waits
-/// `d/2 + random(0..=d/2)` with `d = min(initial_backoff * 2^(n-1), max_backoff)`.
+/// (there is always at least one attempt). The waits between attempts come from the one
+/// retry policy ([`pushcast_retry::Backoff`]): `backoff.initial` doubling up to
+/// `backoff.max`, each drawn in `[d/2, d]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub max_age: Duration,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    pub backoff: BackoffConfig,
 }
 
 impl RetryPolicy {
@@ -44,8 +44,7 @@ impl RetryPolicy {
     pub const PUBLISH: RetryPolicy = RetryPolicy {
         max_attempts: 5,
         max_age: Duration::from_secs(60),
-        initial_backoff: Duration::from_secs(2),
-        max_backoff: Duration::from_secs(16),
+        backoff: BackoffConfig::new(Duration::from_secs(2), Duration::from_secs(16)),
     };
 
     /// Status callbacks (at least once): 1 s doubling to 60 s, for up to 1 hour (or 100
@@ -53,22 +52,8 @@ impl RetryPolicy {
     pub const STATUS: RetryPolicy = RetryPolicy {
         max_attempts: 100,
         max_age: Duration::from_secs(3600),
-        initial_backoff: Duration::from_secs(1),
-        max_backoff: Duration::from_secs(60),
+        backoff: BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(60)),
     };
-
-    /// The wait before retry number `retry` (1 = the wait after the first failed attempt).
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = retry.saturating_sub(1).min(31);
-        let d = self
-            .initial_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.max_backoff);
-        let half = d / 2;
-        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let jitter = rand::rng().random_range(0..=jitter_ns);
-        half + Duration::from_nanos(jitter)
-    }
 }
 
 /// Dispatcher settings. `Default` is what production uses.
@@ -576,6 +561,7 @@ impl Inner {
 
     async fn deliver(&self, job: &Job) {
         let policy = *self.policy(job.payload.class);
+        let mut backoff = Backoff::new(policy.backoff);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -596,7 +582,7 @@ impl Inner {
                 }
                 Err(err) => err,
             };
-            let delay = policy.backoff(attempt);
+            let delay = backoff.next_delay();
             if attempt >= policy.max_attempts || job.queued_at.elapsed() + delay > policy.max_age {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 warn!(
@@ -751,23 +737,20 @@ mod tests {
         let p = RetryPolicy {
             max_attempts: 10,
             max_age: Duration::from_secs(100),
-            initial_backoff: Duration::from_millis(1000),
-            max_backoff: Duration::from_millis(8000),
+            backoff: BackoffConfig::new(Duration::from_millis(1000), Duration::from_millis(8000)),
         };
-        for (retry, base) in [
-            (1, 1000),
-            (2, 2000),
-            (3, 4000),
-            (4, 8000),
-            (5, 8000),
-            (40, 8000),
-        ] {
-            for _ in 0..50 {
-                let d = p.backoff(retry).as_millis() as u64;
+        for _ in 0..50 {
+            let mut b = Backoff::new(p.backoff);
+            for (retry, base) in [(1, 1000), (2, 2000), (3, 4000), (4, 8000), (5, 8000)] {
+                let d = b.next_delay().as_millis() as u64;
                 assert!(d >= base / 2 && d <= base, "retry {retry}: {d} ms");
             }
         }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| p.backoff(3)).collect();
+        let third = || {
+            let mut b = Backoff::new(p.backoff);
+            (0..3).map(|_| b.next_delay()).last()
+        };
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| third()).collect();
         assert!(spread.len() > 10, "jittered");
         // The publish defaults: 4 waits of 15–30 s in all.
         let waits: (u64, u64) = (1..=4).fold((0, 0), |(lo, hi), r| {
@@ -776,6 +759,8 @@ mod tests {
         });
         assert_eq!(waits, (15_000, 30_000));
         assert_eq!(RetryPolicy::PUBLISH.max_attempts, 5);
+        assert_eq!(RetryPolicy::PUBLISH.backoff.initial, Duration::from_secs(2));
+        assert_eq!(RetryPolicy::PUBLISH.backoff.max, Duration::from_secs(16));
     }
 
     #[test]

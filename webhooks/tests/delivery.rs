@@ -23,14 +23,18 @@ fn config() -> DispatcherConfig {
         publish_retry: RetryPolicy {
             max_attempts: 5,
             max_age: Duration::from_secs(30),
-            initial_backoff: Duration::from_millis(40),
-            max_backoff: Duration::from_millis(300),
+            backoff: pushcast_retry::BackoffConfig::new(
+                Duration::from_millis(40),
+                Duration::from_millis(300),
+            ),
         },
         status_retry: RetryPolicy {
             max_attempts: 100,
             max_age: Duration::from_secs(60),
-            initial_backoff: Duration::from_millis(40),
-            max_backoff: Duration::from_millis(300),
+            backoff: pushcast_retry::BackoffConfig::new(
+                Duration::from_millis(40),
+                Duration::from_millis(300),
+            ),
         },
         ..DispatcherConfig::default()
     }
@@ -202,8 +206,10 @@ async fn status_callbacks_retry_until_their_max_age() {
     cfg.status_retry = RetryPolicy {
         max_attempts: 1000,
         max_age: Duration::from_millis(600),
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(40),
+        backoff: pushcast_retry::BackoffConfig::new(
+            Duration::from_millis(20),
+            Duration::from_millis(40),
+        ),
     };
     let d = Dispatcher::new(cfg).unwrap();
     let t = Target::new(&rx.url("/cb")).unwrap();

@@ -1,7 +1,6 @@
 //! pushcast's data plane: RTMP ingest, the fan-out hub, push sessions.
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod config;
 pub mod hub;
 pub mod ingest;

@@ -19,9 +19,9 @@ use rand::RngCore;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::backoff::{Backoff, BackoffConfig, Retryable};
 use crate::hub::{Hub, QueueLimits, StreamKey};
 use crate::push::{self, PushConfig, SessionCounters, SessionEnd, TrackSelection};
+use pushcast_retry::{Backoff, BackoffConfig, RetryClass};
 
 /// The store key of the relay token.
 const TOKEN_KEY: &str = "secrets/relay-token";
@@ -204,10 +204,10 @@ impl Relays {
                 Ok(SessionEnd::SourceEnded) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error = %e, "relay failed; retrying");
-                    backoff.record_success(started.elapsed());
+                    backoff.record_run(started.elapsed());
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay_for(Retryable::Yes)) => {}
+                        _ = tokio::time::sleep(backoff.next_delay_for(RetryClass::Transient)) => {}
                     }
                 }
             }

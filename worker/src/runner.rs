@@ -25,13 +25,13 @@ use pushcast_store::{Store, WatchEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crate::backoff::{Backoff, BackoffConfig};
 use crate::hub::{Hub, QueueLimits, StreamKey, Subscription, TryRecvError};
 use crate::live::{LiveTasks, TaskKey, TaskLive};
 use crate::push::{self, FrameSource, PushConfig, SessionEnd, SessionEvent};
 use crate::status::StatusWriter;
 use crate::tracks;
 use pushcast_media::Frame;
+use pushcast_retry::{Backoff, BackoffConfig};
 
 /// What every runner shares.
 #[derive(Clone)]
@@ -471,12 +471,8 @@ impl Runner {
                     tracing::warn!(url = %spec.url, error = %e, "push failed; retrying");
                     live.failed(dest, &e.to_string());
                     runner.status.changed(live);
-                    backoff.record_success(started.elapsed());
-                    let delay = backoff.next_delay_for(if e.is_transient() {
-                        crate::backoff::Retryable::Yes
-                    } else {
-                        crate::backoff::Retryable::Rejected
-                    });
+                    backoff.record_run(started.elapsed());
+                    let delay = backoff.next_delay_for(e.retry_class());
                     // Keep following the stream while waiting, so its end is noticed.
                     tokio::select! {
                         _ = cancel.cancelled() => return SessionEnd::Cancelled,

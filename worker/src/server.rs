@@ -14,7 +14,6 @@ use pushcast_store::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::backoff::BackoffConfig;
 use crate::config::WorkerArgs;
 use crate::hub::{Hub, QueueLimits};
 use crate::ingest::Ingest;
@@ -24,6 +23,7 @@ use crate::push::{PushConfig, tls_client_config};
 use crate::runner::Runner;
 use crate::service::WorkerApi;
 use crate::status::StatusWriter;
+use pushcast_retry::BackoffConfig;
 
 /// A running worker.
 pub struct Worker {

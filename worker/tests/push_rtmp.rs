@@ -219,7 +219,7 @@ async fn nginx_refusing_the_key_is_a_rejection() {
             .starts_with("destination rejected the stream key"),
         "{err}"
     );
-    assert!(!err.is_transient());
+    assert_eq!(err.retry_class(), pushcast_retry::RetryClass::Rejected);
     assert!(deny.requests() >= 1, "nginx asked the on_publish endpoint");
     assert_eq!((connected, counters.sent_bytes()), (0, 0));
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -306,7 +306,7 @@ async fn connection_refused_fails_fast() {
     eprintln!("{err}");
     assert!(matches!(err, PushError::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains("connection refused"), "{err}");
-    assert!(err.is_transient());
+    assert_eq!(err.retry_class(), pushcast_retry::RetryClass::Transient);
     assert_eq!(connected, 0);
     assert!(started.elapsed() < Duration::from_secs(1));
 }

@@ -118,7 +118,7 @@ impl ClientConnection {
     }
 
     /// Feeds bytes read from the socket. Afterwards, write out [`Self::take_outbound`].
-    /// An error is fatal; [`RtmpError::class`] says whether it was a refusal.
+    /// An error is fatal; [`RtmpError::Rejected`] is a refusal.
     pub fn handle_input(&mut self, input: &[u8]) -> Result<Vec<ClientEvent>, RtmpError> {
         let (handshake_done, messages) = self.conn.receive(input)?;
         if handshake_done && self.state == State::Handshaking {

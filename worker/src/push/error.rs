@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use pushcast_retry::RetryClass;
 use pushcast_rtmp::RtmpError;
 
 /// Why a push session ended with an error.
@@ -92,18 +93,21 @@ impl PushError {
         }
     }
 
-    /// Whether retrying the same task unchanged can succeed by itself (network trouble,
-    /// a destination that comes back) rather than needing a change from someone: a
-    /// rejected key, an invalid url, an unsupported codec. The caller still retries
-    /// either way (the spec says retries never stop), but can back off harder.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self.kind(),
+    /// How to retry: [`RetryClass::Transient`] when retrying the same task unchanged can
+    /// succeed by itself (network trouble, a destination that comes back);
+    /// [`RetryClass::Rejected`] when it needs a change from someone (a rejected key, an
+    /// invalid url, an unsupported codec). Retries never stop either way (the spec says
+    /// so); a rejection only backs off harder.
+    pub fn retry_class(&self) -> RetryClass {
+        match self.kind() {
             PushErrorKind::Connect
-                | PushErrorKind::Io
-                | PushErrorKind::Timeout
-                | PushErrorKind::Protocol
-        )
+            | PushErrorKind::Io
+            | PushErrorKind::Timeout
+            | PushErrorKind::Protocol => RetryClass::Transient,
+            PushErrorKind::InvalidDestination
+            | PushErrorKind::Rejected
+            | PushErrorKind::Unsupported => RetryClass::Rejected,
+        }
     }
 
     pub(crate) fn io(context: &'static str, source: std::io::Error) -> PushError {
@@ -177,7 +181,7 @@ mod tests {
             description: String::new(),
         };
         assert!(e.to_string().contains("rejected the connection"), "{e}");
-        assert!(!e.is_transient());
+        assert_eq!(e.retry_class(), RetryClass::Rejected);
     }
 
     #[test]
@@ -187,7 +191,7 @@ mod tests {
         let t = PushError::Timeout {
             after: Duration::from_secs(2),
         };
-        assert!(t.is_transient());
+        assert_eq!(t.retry_class(), RetryClass::Transient);
         assert_eq!(
             t.to_string(),
             "send timeout: the destination accepted no data for 2000 ms"

@@ -1,9 +1,11 @@
-//! Reconnect policy for push sessions, kept apart from the thing that is retried.
+//! The one retry policy of pushcast, kept apart from the things that are retried: a
+//! push's reconnects, a forward's reconnects and webhook deliveries all take their delays
+//! from a [`Backoff`].
 //!
-//! In the style of linkerd2-proxy's `ExponentialBackoff`: a session loop asks a
-//! [`Backoff`] how long to sleep before its next attempt and tells it how the last attempt
-//! went; the backoff knows nothing about RTMP, sockets or tasks, and the session knows
-//! nothing about delays. That keeps the policy a pure, seedable struct that is unit-tested
+//! In the style of linkerd2-proxy's `ExponentialBackoff`: a retry loop asks a [`Backoff`]
+//! how long to sleep before its next attempt and tells it how the last attempt went
+//! ([`RetryClass`], how long it ran); the backoff knows nothing about RTMP, sockets or
+//! tasks, and the loop knows nothing about delays. That keeps the policy a pure, seedable struct that is unit-tested
 //! on its own (no clock, no sleeping: durations in, durations out).
 //!
 //! The rules come from the spec ("Runtime rules"): retries never stop while the task
@@ -11,59 +13,44 @@
 //! resets once a session has run cleanly for a while (10 s by default), so a destination
 //! that drops us once an hour reconnects fast, while one that fails at once every time
 //! backs off. OME retries every second with no backoff, which hammers a CDN that refuses
-//! a key; here a refusal ([`Retryable::Rejected`]) goes straight to the cap.
+//! a key; here a refusal ([`RetryClass::Rejected`]) goes straight to the cap.
 //!
 //! # Jitter: "equal jitter"
 //! With base `b = min(cap, initial * 2^n)`, the delay is uniform in `[b/2, b]`. Full jitter
 //! (`[0, b]`) spreads load best but can draw delays near zero, i.e. immediate retries
 //! against a failing destination; equal jitter keeps at least half the exponential delay
 //! (never hammering) while still decorrelating the thousands of tasks that lose the same
-//! destination at the same instant. [`Jitter::Full`] and [`Jitter::None`] exist for
-//! callers (and tests) that want them.
+//! destination at the same instant. [`Jitter::None`] is for tests.
 //!
 //! ```
 //! use std::time::Duration;
-//! use pushcast_worker::backoff::{Backoff, BackoffConfig};
+//! use pushcast_retry::{Backoff, BackoffConfig};
 //!
 //! let mut backoff = Backoff::new(BackoffConfig::default());
 //! // A session failed after 2 s: wait, then reconnect.
-//! backoff.record_success(Duration::from_secs(2));
+//! backoff.record_run(Duration::from_secs(2));
 //! let delay = backoff.next_delay();
 //! assert!(delay >= Duration::from_millis(500) && delay <= Duration::from_secs(1));
 //! ```
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// How a failed attempt should be retried. Every failure is retried (the spec says
-/// retries never stop while the task exists); this only chooses how soon.
+/// How a failed attempt should be retried: the one classification of failures that every
+/// retry loop uses. Every failure is retried (the spec says retries never stop while a
+/// task exists); the class only chooses how soon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Retryable {
+pub enum RetryClass {
     /// A transient failure (connect refused, timeout, reset, protocol error): retry with
     /// the growing backoff.
-    Yes,
-    /// The destination refused us on purpose (bad stream key, name in use, app unknown).
-    /// Hammering it changes nothing and may get us banned, so the next delay is the cap
-    /// at once; the status should say "rejected" clearly (see [`Retryable::describe`]).
+    Transient,
+    /// The other side refused us on purpose (bad stream key, name in use, app unknown, a
+    /// codec it cannot take). Hammering it changes nothing and may get us banned, so the
+    /// next delay is the cap at once.
     Rejected,
-}
-
-impl Retryable {
-    /// A short word for status and logs.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Retryable::Yes => "transient failure",
-            Retryable::Rejected => "rejected by the destination",
-        }
-    }
-}
-
-/// Errors that know how they should be retried. Session error types implement this so the
-/// loop can feed [`Backoff::next_delay_for`] without matching on error variants itself.
-pub trait Classify {
-    fn retryable(&self) -> Retryable;
 }
 
 /// How the random part of a delay is drawn (see the module docs for why equal jitter is
@@ -73,9 +60,7 @@ pub enum Jitter {
     /// Uniform in `[b/2, b]`.
     #[default]
     Equal,
-    /// Uniform in `[0, b]`.
-    Full,
-    /// Exactly `b` (deterministic; for tests and for callers that jitter elsewhere).
+    /// Exactly `b` (deterministic; for tests).
     None,
 }
 
@@ -92,23 +77,32 @@ pub struct BackoffConfig {
     pub jitter: Jitter,
 }
 
-impl Default for BackoffConfig {
-    fn default() -> Self {
+impl BackoffConfig {
+    /// `initial` doubling up to `max`, equal jitter, reset after 10 s of clean running.
+    pub const fn new(initial: Duration, max: Duration) -> Self {
         BackoffConfig {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(30),
+            initial,
+            max,
             reset_after: Duration::from_secs(10),
             jitter: Jitter::Equal,
         }
     }
 }
 
-/// Jittered exponential backoff state for one task's reconnect loop.
+/// The push reconnect policy of the spec: about 1 s doubling, capped at 30 s.
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(30))
+    }
+}
+
+/// Jittered exponential backoff state for one retry loop.
 ///
-/// Usage per attempt: when a session ends with an error, call
-/// [`record_success`](Backoff::record_success) with how long it ran cleanly (this may reset the backoff),
-/// then sleep [`next_delay`](Backoff::next_delay). [`attempts`](Backoff::attempts) is the
-/// number of delays handed out since the last reset (the task's `retries`).
+/// Usage per attempt: when an attempt ends with an error, call
+/// [`record_run`](Backoff::record_run) with how long it ran cleanly (this may reset the
+/// backoff), then sleep [`next_delay_for`](Backoff::next_delay_for) its class.
+/// [`attempts`](Backoff::attempts) is the number of delays handed out since the last
+/// reset (the task's `retries`).
 #[derive(Debug, Clone)]
 pub struct Backoff<R = SmallRng> {
     config: BackoffConfig,
@@ -148,16 +142,16 @@ impl<R: Rng> Backoff<R> {
     }
 
     /// The delay before the next attempt after a transient failure, and advances the
-    /// backoff. Same as `next_delay_for(Retryable::Yes)`.
+    /// backoff. Same as `next_delay_for(RetryClass::Transient)`.
     pub fn next_delay(&mut self) -> Duration {
-        self.next_delay_for(Retryable::Yes)
+        self.next_delay_for(RetryClass::Transient)
     }
 
     /// The delay before the next attempt after a failure of the given class, and advances
-    /// the backoff. A [`Retryable::Rejected`] failure jumps to the cap and stays there
+    /// the backoff. A [`RetryClass::Rejected`] failure jumps to the cap and stays there
     /// until a reset.
-    pub fn next_delay_for(&mut self, class: Retryable) -> Duration {
-        if class == Retryable::Rejected {
+    pub fn next_delay_for(&mut self, class: RetryClass) -> Duration {
+        if class == RetryClass::Rejected {
             // Every later failure also waits the cap until a clean run resets us.
             self.exponent = u32::MAX;
         }
@@ -167,11 +161,10 @@ impl<R: Rng> Backoff<R> {
         self.jittered(base)
     }
 
-    /// Tells the backoff that a session was connected and sending for `ran_for` before it
-    /// ended (call it before [`next_delay`](Backoff::next_delay)). A run of at least
-    /// `reset_after` was clean: the next delay starts small again. Returns whether
-    /// it reset.
-    pub fn record_success(&mut self, ran_for: Duration) -> bool {
+    /// Tells the backoff that the last attempt ran for `ran_for` before it failed (call
+    /// it before [`next_delay`](Backoff::next_delay)). A run of at least `reset_after`
+    /// was clean: the next delay starts small again. Returns whether it reset.
+    pub fn record_run(&mut self, ran_for: Duration) -> bool {
         if ran_for >= self.config.reset_after {
             self.reset();
             true
@@ -180,7 +173,7 @@ impl<R: Rng> Backoff<R> {
         }
     }
 
-    /// Back to the initial delay (e.g. the task was stopped and started again).
+    /// Back to the initial delay (e.g. the source ended and came back).
     pub fn reset(&mut self) {
         self.exponent = 0;
         self.attempts = 0;
@@ -201,7 +194,6 @@ impl<R: Rng> Backoff<R> {
         let nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
         let drawn = match self.config.jitter {
             Jitter::None => nanos,
-            Jitter::Full => self.rng.random_range(0..=nanos),
             Jitter::Equal => {
                 let half = nanos / 2;
                 self.rng.random_range(half..=nanos)
@@ -282,14 +274,6 @@ mod tests {
     }
 
     #[test]
-    fn full_jitter_stays_within_zero_and_base() {
-        let mut b = seeded(Jitter::Full);
-        for base in [1u64, 2, 4, 8, 16, 30] {
-            assert!(b.next_delay() <= secs(base));
-        }
-    }
-
-    #[test]
     fn same_seed_same_delays() {
         let mut a = seeded(Jitter::Equal);
         let mut b = seeded(Jitter::Equal);
@@ -304,9 +288,9 @@ mod tests {
         for _ in 0..4 {
             b.next_delay();
         }
-        assert!(!b.record_success(secs(9)));
+        assert!(!b.record_run(secs(9)));
         assert_eq!(b.next_delay(), secs(16));
-        assert!(b.record_success(secs(10)));
+        assert!(b.record_run(secs(10)));
         assert_eq!(b.attempts(), 0);
         assert_eq!(b.next_delay(), secs(1));
         assert_eq!(b.next_delay(), secs(2));
@@ -324,16 +308,16 @@ mod tests {
         );
         b.next_delay();
         b.next_delay();
-        assert!(!b.record_success(secs(30)));
+        assert!(!b.record_run(secs(30)));
         assert_eq!(b.next_delay(), secs(4));
-        assert!(b.record_success(secs(60)));
+        assert!(b.record_run(secs(60)));
         assert_eq!(b.next_delay(), secs(1));
     }
 
     #[test]
     fn rejection_goes_to_the_cap_and_stays_until_reset() {
         let mut b = seeded(Jitter::None);
-        assert_eq!(b.next_delay_for(Retryable::Rejected), secs(30));
+        assert_eq!(b.next_delay_for(RetryClass::Rejected), secs(30));
         // Still retried (never given up), and transient errors after it stay slow.
         assert_eq!(b.next_delay(), secs(30));
         assert_eq!(b.attempts(), 2);
@@ -341,20 +325,7 @@ mod tests {
         assert_eq!(b.next_delay(), secs(1));
         // With jitter, a rejection still waits at least half the cap.
         let mut j = seeded(Jitter::Equal);
-        let d = j.next_delay_for(Retryable::Rejected);
+        let d = j.next_delay_for(RetryClass::Rejected);
         assert!(d >= secs(15) && d <= secs(30));
-    }
-
-    #[test]
-    fn classify_is_usable_as_a_trait_object() {
-        struct Refused;
-        impl Classify for Refused {
-            fn retryable(&self) -> Retryable {
-                Retryable::Rejected
-            }
-        }
-        let e: &dyn Classify = &Refused;
-        assert_eq!(e.retryable(), Retryable::Rejected);
-        assert_eq!(e.retryable().describe(), "rejected by the destination");
     }
 }
