@@ -435,8 +435,8 @@ async fn a_full_ingest_worker_overflows_to_another_worker_over_a_relay() {
             .proc
             .output()
             .iter()
-            .any(|l| l.contains("relay{to=w1")),
-        "w0 relays the stream to w1"
+            .any(|l| l.contains("forward{to=w1")),
+        "w0 forwards the stream to w1"
     );
     c.assert_no_double_publish();
 }

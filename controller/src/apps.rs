@@ -158,11 +158,8 @@ impl Apps {
         // takes such a claim over, so a failure here blocks nothing.
         for kv in &tasks.kvs {
             if let Ok(spec) = decode::<pushcast_proto::model::TaskSpec>(&kv.key, &kv.value) {
-                for d in spec.destination_list() {
-                    let _ = self
-                        .store
-                        .delete(&keys::destination(&d.destination()))
-                        .await;
+                for d in spec.destinations() {
+                    let _ = self.store.delete(&keys::destination(&d.address())).await;
                 }
             }
         }

@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use pushcast_proto::ApiError;
-use pushcast_proto::model::{
-    DestinationSpec, Protocol, StreamSelector, Task, TaskSpec, TaskState, TaskStatus,
-};
+use pushcast_proto::destination::Destination;
+use pushcast_proto::model::{Protocol, StreamSelector, Task, TaskSpec, TaskState, TaskStatus};
 use pushcast_proto::time;
 use pushcast_store::{Compare, KeyValue, Op, Store, Txn, WatchEvent};
 use serde::{Deserialize, Serialize};
@@ -33,8 +32,8 @@ pub struct StartPush {
     pub protocol: Option<String>,
     pub url: Option<String>,
     pub stream_key: Option<String>,
-    /// Relay task: several destinations in place of `protocol`/`url`/`stream_key`
-    /// (used when not empty).
+    /// Multi-destination task: several destinations in place of
+    /// `protocol`/`url`/`stream_key` (used when not empty).
     pub destinations: Vec<DestinationRequest>,
 }
 
@@ -106,11 +105,7 @@ impl Pushes {
         spec.trace_parent =
             pushcast_runtime::logging::inject(&tracing::Span::current()).remove("traceparent");
         let task_key = keys::task(vhost, app, &spec.id);
-        let dest_keys: Vec<String> = spec
-            .destination_list()
-            .iter()
-            .map(|d| keys::destination(&d.destination()))
-            .collect();
+        let dest_keys = claim_keys(&spec);
         let claim = encode(&Claim {
             vhost: vhost.into(),
             app: app.into(),
@@ -136,7 +131,7 @@ impl Pushes {
             }
             txn = txn.and_then(Op::delete(keys::status(vhost, app, &spec.id)));
             if self.store.txn(txn).await.map_err(api_error)?.succeeded {
-                tracing::info!(vhost, app, id = %spec.id, protocol = spec.protocol.as_str(), destinations = dest_keys.len(), "push task created");
+                tracing::info!(vhost, app, id = %spec.id, protocol = spec.first().protocol().as_str(), destinations = dest_keys.len(), "push task created");
                 return Ok(Task {
                     spec,
                     status: TaskStatus::default(),
@@ -217,16 +212,8 @@ impl Pushes {
             };
             let old: TaskSpec = decode(&kv.key, &kv.value)?;
             let new = apply_update(&old, &req)?;
-            let old_keys: Vec<String> = old
-                .destination_list()
-                .iter()
-                .map(|d| keys::destination(&d.destination()))
-                .collect();
-            let new_keys: Vec<String> = new
-                .destination_list()
-                .iter()
-                .map(|d| keys::destination(&d.destination()))
-                .collect();
+            let old_keys = claim_keys(&old);
+            let new_keys = claim_keys(&new);
             let added: Vec<String> = new_keys
                 .iter()
                 .filter(|k| !old_keys.contains(k))
@@ -289,9 +276,9 @@ impl Pushes {
                 .when(Compare::ModRevision(task_key.clone(), kv.mod_revision))
                 .and_then(Op::delete(task_key.clone()))
                 .and_then(Op::delete(keys::status(vhost, app, id)));
-            let txn = task.spec.destination_list().iter().fold(txn, |txn, d| {
-                txn.and_then(Op::delete(keys::destination(&d.destination())))
-            });
+            let txn = claim_keys(&task.spec)
+                .into_iter()
+                .fold(txn, |txn, k| txn.and_then(Op::delete(k)));
             if self.store.txn(txn).await.map_err(api_error)?.succeeded {
                 let now = time::now_ms();
                 let stopped = |st: &mut TaskStatus| {
@@ -482,6 +469,14 @@ fn apply(
     }
 }
 
+/// The store keys of the claims on a task's destinations (one task per destination).
+pub(crate) fn claim_keys(spec: &TaskSpec) -> Vec<String> {
+    spec.destinations()
+        .iter()
+        .map(|d| keys::destination(&d.address()))
+        .collect()
+}
+
 fn duplicate_id() -> ApiError {
     ApiError::bad_request("Duplicate ID").with_grpc_code(tonic::Code::AlreadyExists)
 }
@@ -498,8 +493,9 @@ fn present(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
 
-/// The startPush checks of the contract, in its order (1–5; 6 and 7 need the store).
-/// A relay task's destinations are checked one after the other with the same rules.
+/// The startPush checks of the contract, in its order (1–5 and our destination rule; 6
+/// and 7 need the store). A multi-destination task's destinations are checked one after
+/// the other with the same rules.
 pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiError> {
     let dests = if req.destinations.is_empty() {
         vec![DestinationRequest {
@@ -539,24 +535,14 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
         list.push(check_destination(protocol, url.unwrap_or_default(), d)?);
     }
     check_distinct(&list, &id)?;
-    let mut spec = TaskSpec {
-        id,
-        vhost: vhost.to_string(),
-        app: app.to_string(),
-        stream: StreamSelector {
-            name: stream_name,
-            track_ids: req.track_ids,
-            variant_names: req.variant_names,
-        },
-        protocol: Protocol::Rtmp,
-        url: String::new(),
-        stream_key: String::new(),
-        created_ms: time::now_ms(),
-        trace_parent: None,
-        destinations: Vec::new(),
+    let stream = StreamSelector {
+        name: stream_name,
+        track_ids: req.track_ids,
+        variant_names: req.variant_names,
     };
-    spec.set_destinations(list);
-    Ok(spec)
+    let (vhost, app) = (vhost.to_string(), app.to_string());
+    TaskSpec::new(id, vhost, app, stream, time::now_ms(), list)
+        .ok_or_else(|| ApiError::bad_request("A push needs at least one destination"))
 }
 
 fn missing_params(missing: &str) -> ApiError {
@@ -585,44 +571,22 @@ fn normalize_url(url: &Option<String>) -> Option<String> {
     )
 }
 
-/// Checks 3–5 of one destination.
+/// Checks 3–5 of one destination, and ours: anything a worker could not push to is
+/// refused here, by the one destination parser.
 fn check_destination(
     protocol: Protocol,
     url: String,
     d: DestinationRequest,
-) -> Result<DestinationSpec, ApiError> {
-    let parsed = url::Url::parse(&url).map_err(|_| ApiError::bad_request("Could not parse url"))?;
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::bad_request("Could not parse url"));
-    }
-    if !protocol.schemes().contains(&parsed.scheme()) {
-        return Err(ApiError::bad_request("Unsupported protocol"));
-    }
-    if protocol == Protocol::Srt {
-        let mode = parsed
-            .query_pairs()
-            .find(|(k, _)| k == "mode")
-            .map(|(_, v)| v.to_lowercase());
-        if mode.is_some_and(|m| m != "caller") {
-            return Err(ApiError::bad_request("Unsupported connection mode"));
-        }
-    }
-    let stream_key = match protocol {
-        Protocol::Rtmp => d.stream_key.unwrap_or_default(),
-        Protocol::Mpegts | Protocol::Srt => String::new(),
-    };
-    Ok(DestinationSpec {
-        protocol,
-        url,
-        stream_key,
-        variant_names: d.variant_names,
-    })
+) -> Result<Arc<Destination>, ApiError> {
+    let key = d.stream_key.unwrap_or_default();
+    Destination::parse(protocol, &url, &key, d.variant_names)
+        .map_err(|e| ApiError::bad_request(e.api_message()))
 }
 
 /// A task cannot push one destination twice: 409 naming the task itself.
-fn check_distinct(list: &[DestinationSpec], id: &str) -> Result<(), ApiError> {
+fn check_distinct(list: &[Arc<Destination>], id: &str) -> Result<(), ApiError> {
     for (i, d) in list.iter().enumerate() {
-        if list[..i].iter().any(|e| e.destination() == d.destination()) {
+        if list[..i].iter().any(|e| e.address() == d.address()) {
             return Err(in_use(id));
         }
     }
@@ -632,7 +596,7 @@ fn check_distinct(list: &[DestinationSpec], id: &str) -> Result<(), ApiError> {
 /// The task `old` with the changes of `req` (validated with the startPush rules).
 pub fn apply_update(old: &TaskSpec, req: &UpdatePush) -> Result<TaskSpec, ApiError> {
     let (vhost, app) = (&old.vhost, &old.app);
-    let mut list = old.destination_list();
+    let mut list = old.destinations().to_vec();
     let mut drop = vec![false; list.len()];
     for r in &req.remove {
         let at = match r {
@@ -640,7 +604,8 @@ pub fn apply_update(old: &TaskSpec, req: &UpdatePush) -> Result<TaskSpec, ApiErr
             DestinationRef::Address { url, stream_key } => {
                 let url = url.trim().trim_end_matches('/');
                 list.iter().position(|d| {
-                    d.url == url && (d.stream_key == *stream_key || d.protocol != Protocol::Rtmp)
+                    d.url() == url
+                        && (d.stream_key() == stream_key || d.protocol() != Protocol::Rtmp)
                 })
             }
         };
@@ -731,13 +696,35 @@ mod tests {
     #[test]
     fn normalizes_url_protocol_and_key() {
         let s = validate("default", "app", req(" RtMp ", "  rtmps://h/live//  ")).unwrap();
-        assert_eq!(s.protocol, Protocol::Rtmp);
-        assert_eq!(s.url, "rtmps://h/live");
-        assert_eq!(s.destination(), "rtmps://h/live/k");
+        assert_eq!(s.first().protocol(), Protocol::Rtmp);
+        assert_eq!(s.first().url(), "rtmps://h/live");
+        assert_eq!(s.first().address(), "rtmps://h/live/k");
         let s = validate("default", "app", req("mpegts", "udp://127.0.0.1:5000/")).unwrap();
-        assert_eq!(s.stream_key, "");
+        assert_eq!(s.first().stream_key(), "");
         let s = validate("default", "app", req("srt", "srt://h:1?mode=caller")).unwrap();
-        assert_eq!(s.protocol, Protocol::Srt);
+        assert_eq!(s.first().protocol(), Protocol::Srt);
+    }
+
+    #[test]
+    fn destinations_no_worker_could_push_to_are_refused() {
+        let mut no_key = req("rtmp", "rtmp://h/app");
+        no_key.stream_key = None;
+        assert_eq!(
+            msg(no_key),
+            "Invalid destination: no stream name: give a streamKey or end the url with it \
+             (rtmp://host/app/KEY)"
+        );
+        let mut single_url = req("rtmp", "rtmp://h/app/stream");
+        single_url.stream_key = None;
+        assert!(validate("default", "app", single_url).is_ok());
+        assert_eq!(
+            msg(req("mpegts", "udp://127.0.0.1")),
+            "Invalid destination: the url has no port"
+        );
+        assert_eq!(
+            msg(req("rtmp", "rtmp://u:p@h/live")),
+            "Invalid destination: credentials in the url (user:password@host) are not supported"
+        );
     }
     fn dest(protocol: &str, url: &str, key: &str) -> DestinationRequest {
         DestinationRequest {
@@ -748,7 +735,7 @@ mod tests {
         }
     }
 
-    fn relay(dests: Vec<DestinationRequest>) -> StartPush {
+    fn multi(dests: Vec<DestinationRequest>) -> StartPush {
         StartPush {
             id: Some("t".into()),
             stream_name: Some("s".into()),
@@ -761,28 +748,28 @@ mod tests {
     fn destinations_are_checked_with_the_start_push_rules() {
         let ok = dest("rtmp", "rtmp://h/live", "a");
         assert_eq!(
-            msg(relay(vec![ok.clone(), dest("hls", "rtmp://h/live", "b")])),
+            msg(multi(vec![ok.clone(), dest("hls", "rtmp://h/live", "b")])),
             "Could not find protocol 'hls': [default/app]"
         );
-        let mut r = relay(vec![ok.clone(), dest("rtmp", "", "b")]);
+        let mut r = multi(vec![ok.clone(), dest("rtmp", "", "b")]);
         r.id = None;
         assert_eq!(msg(r), "There is no required parameter [ id url]");
         assert_eq!(
-            msg(relay(vec![ok.clone(), dest("rtmp", "not a url", "b")])),
+            msg(multi(vec![ok.clone(), dest("rtmp", "not a url", "b")])),
             "Could not parse url"
         );
         assert_eq!(
-            msg(relay(vec![ok.clone(), dest("mpegts", "rtmp://h/a", "")])),
+            msg(multi(vec![ok.clone(), dest("mpegts", "rtmp://h/a", "")])),
             "Unsupported protocol"
         );
         assert_eq!(
-            msg(relay(vec![
+            msg(multi(vec![
                 ok.clone(),
                 dest("srt", "srt://h:1?mode=listener", "")
             ])),
             "Unsupported connection mode"
         );
-        let e = validate("default", "app", relay(vec![ok.clone(), ok.clone()])).unwrap_err();
+        let e = validate("default", "app", multi(vec![ok.clone(), ok.clone()])).unwrap_err();
         assert_eq!(
             (e.http_status(), e.message.as_str()),
             (409, "Destination already in use by push 't'")
@@ -790,33 +777,39 @@ mod tests {
     }
 
     #[test]
-    fn relay_spec_mirrors_its_first_destination() {
+    fn multi_destination_spec_mirrors_its_first_destination() {
         let s = validate(
             "default",
             "app",
-            relay(vec![
+            multi(vec![
                 dest(" RTMP ", "rtmp://h/live/", "a"),
                 dest("mpegts", "udp://127.0.0.1:5000", "ignored"),
             ]),
         )
         .unwrap();
         assert_eq!(
-            (s.protocol, s.url.as_str(), s.stream_key.as_str()),
+            (
+                s.first().protocol(),
+                s.first().url(),
+                s.first().stream_key()
+            ),
             (Protocol::Rtmp, "rtmp://h/live", "a")
         );
-        assert!(s.is_relay());
-        let list = s.destination_list();
-        assert_eq!(list[1].destination(), "udp://127.0.0.1:5000");
-        assert_eq!(list[1].stream_key, "");
+        assert!(s.is_multi_destination());
+        let list = s.destinations();
+        assert_eq!(list[1].address(), "udp://127.0.0.1:5000");
+        assert_eq!(list[1].stream_key(), "");
         // A single destination given as a list is stored as a plain task.
         let s = validate(
             "default",
             "app",
-            relay(vec![dest("rtmp", "rtmp://h/live", "a")]),
+            multi(vec![dest("rtmp", "rtmp://h/live", "a")]),
         )
         .unwrap();
-        assert!(s.destinations.is_empty());
-        assert_eq!(s.destination(), "rtmp://h/live/a");
+        assert!(!s.is_multi_destination());
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(!text.contains("destinations"), "{text}");
+        assert_eq!(s.first().address(), "rtmp://h/live/a");
     }
 
     #[test]
@@ -831,7 +824,7 @@ mod tests {
             ..Default::default()
         };
         let three = apply_update(&old, &up).unwrap();
-        assert_eq!(three.destination_list().len(), 3);
+        assert_eq!(three.destinations().len(), 3);
         assert_eq!(three.created_ms, old.created_ms);
         let up = UpdatePush {
             id: Some("t".into()),
@@ -847,13 +840,9 @@ mod tests {
             ..Default::default()
         };
         let two = apply_update(&three, &up).unwrap();
-        let keys: Vec<String> = two
-            .destination_list()
-            .into_iter()
-            .map(|d| d.stream_key)
-            .collect();
+        let keys: Vec<&str> = two.destinations().iter().map(|d| d.stream_key()).collect();
         assert_eq!(keys, ["k2", "k4"]);
-        assert_eq!(two.stream_key, "k2");
+        assert_eq!(two.first().stream_key(), "k2");
         assert_eq!(two.stream.variant_names, ["bypass_video"]);
     }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
+use pushcast_proto::secret::redact;
 use pushcast_proto::v1::app_service_server::AppServiceServer;
 use pushcast_proto::v1::push_service_server::PushServiceServer;
 use pushcast_proto::v1::stream_key_service_server::StreamKeyServiceServer;
 use pushcast_runtime::CancellationToken;
-use pushcast_runtime::logging::redact;
 use pushcast_store::{Compare, Op, Store, Txn};
 use rand::RngCore;
 use tokio::net::TcpListener;

@@ -87,11 +87,12 @@ pub fn assignments_of(worker: &str) -> String {
 /// Prefix of every assignment.
 pub const ASSIGNMENTS: &str = "assign/";
 
-/// A relay of a stream from its ingest worker to another worker.
-pub fn relay(from: &str, to: &str, vhost: &str, app: &str, stream: &str) -> String {
+/// A forward of a stream from its ingest worker to another worker. (Stored under
+/// `relay/`, the word of earlier versions: a rolling upgrade keeps working.)
+pub fn forward(from: &str, to: &str, vhost: &str, app: &str, stream: &str) -> String {
     format!(
         "{}{}/{}/{}/{}",
-        relays_of(from),
+        forwards_of(from),
         escape(to),
         escape(vhost),
         escape(app),
@@ -99,13 +100,13 @@ pub fn relay(from: &str, to: &str, vhost: &str, app: &str, stream: &str) -> Stri
     )
 }
 
-/// Prefix of the relays a worker sends.
-pub fn relays_of(from: &str) -> String {
-    format!("relay/{}/", escape(from))
+/// Prefix of the forwards a worker sends.
+pub fn forwards_of(from: &str) -> String {
+    format!("{FORWARDS}{}/", escape(from))
 }
 
-/// Prefix of every relay.
-pub const RELAYS: &str = "relay/";
+/// Prefix of every forward.
+pub const FORWARDS: &str = "relay/";
 
 /// The stream-key record of a stream (a nonce the key is derived from, never the key).
 pub fn stream_key(vhost: &str, app: &str, stream: &str) -> String {

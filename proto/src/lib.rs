@@ -6,9 +6,11 @@
 //! the gRPC services can never disagree on what a failure means.
 #![forbid(unsafe_code)]
 
+pub mod destination;
 pub mod error;
 pub mod keys;
 pub mod model;
+pub mod secret;
 pub mod stream_keys;
 pub mod time;
 

@@ -1,6 +1,10 @@
 //! Domain types shared by the controller and the workers, stored as JSON in the state store.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use crate::destination::{Destination, DestinationSpec};
 
 use crate::{time, v1};
 
@@ -53,110 +57,167 @@ pub struct StreamSelector {
 }
 
 /// What a push task is: written once by the API (and changed only by explicit updates).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as JSON in the layout it has always had: the first destination's
+/// `protocol`/`url`/`stream_key` at the top (what OME clients see), and a `destinations`
+/// list only for a multi-destination task (or a lone destination with tracks of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskSpec {
     pub id: String,
     pub vhost: String,
     pub app: String,
     pub stream: StreamSelector,
-    pub protocol: Protocol,
-    /// As stored: trimmed, trailing "/" stripped.
-    pub url: String,
-    /// Empty when none was given (and always for mpegts/srt).
-    #[serde(default)]
-    pub stream_key: String,
     /// Milliseconds since the Unix epoch.
     pub created_ms: i64,
-    /// Relay tasks: every destination, the first one mirrored in `protocol`/`url`/
-    /// `stream_key`. Empty for a plain single-destination task (as stored before relay
-    /// tasks existed).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub destinations: Vec<DestinationSpec>,
     /// W3C trace context (`traceparent`) of the API call that created the task, so its
-    /// scheduling and push sessions join that trace across processes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// scheduling and pushes join that trace across processes.
     pub trace_parent: Option<String>,
-}
-
-/// One push address of a relay task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DestinationSpec {
-    pub protocol: Protocol,
-    pub url: String,
-    #[serde(default)]
-    pub stream_key: String,
-    /// Tracks by name for this destination; empty = the task's selection.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub variant_names: Vec<String>,
-}
-
-impl DestinationSpec {
-    /// Where the push actually goes (see [`TaskSpec::destination`]); also what identifies
-    /// a destination across tasks.
-    pub fn destination(&self) -> String {
-        if self.protocol == Protocol::Rtmp && !self.stream_key.is_empty() {
-            format!("{}/{}", self.url, self.stream_key)
-        } else {
-            self.url.clone()
-        }
-    }
+    /// Every destination, the first one first; never empty.
+    destinations: Vec<Arc<Destination>>,
 }
 
 impl TaskSpec {
-    /// Every destination of the task, the first one first.
-    pub fn destination_list(&self) -> Vec<DestinationSpec> {
-        if self.destinations.is_empty() {
-            vec![DestinationSpec {
-                protocol: self.protocol,
-                url: self.url.clone(),
-                stream_key: self.stream_key.clone(),
-                variant_names: Vec::new(),
-            }]
-        } else {
-            self.destinations.clone()
-        }
+    /// A task pushing `stream` to `destinations` (`None` when there are none).
+    pub fn new(
+        id: String,
+        vhost: String,
+        app: String,
+        stream: StreamSelector,
+        created_ms: i64,
+        destinations: Vec<Arc<Destination>>,
+    ) -> Option<TaskSpec> {
+        (!destinations.is_empty()).then_some(TaskSpec {
+            id,
+            vhost,
+            app,
+            stream,
+            created_ms,
+            trace_parent: None,
+            destinations,
+        })
     }
 
-    /// Replaces the destinations (`list` must not be empty): the first one is mirrored
-    /// in `protocol`/`url`/`stream_key`; a lone destination without its own tracks is
-    /// stored as a plain task.
-    pub fn set_destinations(&mut self, list: Vec<DestinationSpec>) {
-        let Some(first) = list.first() else { return };
-        self.protocol = first.protocol;
-        self.url = first.url.clone();
-        self.stream_key = first.stream_key.clone();
-        self.destinations = if list.len() == 1 && first.variant_names.is_empty() {
-            Vec::new()
-        } else {
-            list
-        };
+    /// Every destination of the task, the first one first.
+    pub fn destinations(&self) -> &[Arc<Destination>] {
+        &self.destinations
+    }
+
+    /// The first destination: what the task's own `protocol`/`url`/`streamKey` show.
+    pub fn first(&self) -> &Destination {
+        // Never empty by construction (`new`, `set_destinations`, decoding).
+        &self.destinations[0]
+    }
+
+    /// Replaces the destinations; an empty list changes nothing.
+    pub fn set_destinations(&mut self, list: Vec<Arc<Destination>>) {
+        if !list.is_empty() {
+            self.destinations = list;
+        }
     }
 
     /// True when the task shows its `destinations` (more than one).
-    pub fn is_relay(&self) -> bool {
+    pub fn is_multi_destination(&self) -> bool {
         self.destinations.len() > 1
     }
 
-    /// The single-destination spec a push session of `d` runs.
-    pub fn for_destination(&self, d: &DestinationSpec) -> TaskSpec {
-        let mut spec = self.clone();
-        spec.protocol = d.protocol;
-        spec.url = d.url.clone();
-        spec.stream_key = d.stream_key.clone();
-        spec.destinations = Vec::new();
-        if !d.variant_names.is_empty() {
-            spec.stream.variant_names = d.variant_names.clone();
+    /// The tracks a push to `d` takes: the destination's own `variantNames` when it has
+    /// some, the task's selection otherwise.
+    pub fn selector_for(&self, d: &Destination) -> StreamSelector {
+        let mut selector = self.stream.clone();
+        if !d.variant_names().is_empty() {
+            selector.variant_names = d.variant_names().to_vec();
         }
-        spec
+        selector
     }
+}
 
-    /// Where the push actually goes: for rtmp, `url/streamKey`; otherwise the url.
-    pub fn destination(&self) -> String {
-        if self.protocol == Protocol::Rtmp && !self.stream_key.is_empty() {
-            format!("{}/{}", self.url, self.stream_key)
+/// The stored layout of a [`TaskSpec`] (field order included).
+#[derive(Serialize)]
+struct StoredSpecRef<'a> {
+    id: &'a str,
+    vhost: &'a str,
+    app: &'a str,
+    stream: &'a StreamSelector,
+    protocol: Protocol,
+    url: &'a str,
+    stream_key: &'a str,
+    created_ms: i64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    destinations: Vec<&'a DestinationSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_parent: &'a Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StoredSpec {
+    id: String,
+    vhost: String,
+    app: String,
+    stream: StreamSelector,
+    protocol: Protocol,
+    url: String,
+    /// Empty when none was given (and always for mpegts/srt).
+    #[serde(default)]
+    stream_key: String,
+    created_ms: i64,
+    /// Empty for a plain single-destination task (as stored before multi-destination
+    /// tasks existed).
+    #[serde(default)]
+    destinations: Vec<DestinationSpec>,
+    #[serde(default)]
+    trace_parent: Option<String>,
+}
+
+impl Serialize for TaskSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let first = self.first();
+        // A lone destination without tracks of its own is stored as a plain task.
+        let destinations = if self.destinations.len() == 1 && first.variant_names().is_empty() {
+            Vec::new()
         } else {
-            self.url.clone()
+            self.destinations.iter().map(|d| d.spec()).collect()
+        };
+        StoredSpecRef {
+            id: &self.id,
+            vhost: &self.vhost,
+            app: &self.app,
+            stream: &self.stream,
+            protocol: first.protocol(),
+            url: first.url(),
+            stream_key: first.stream_key(),
+            created_ms: self.created_ms,
+            destinations,
+            trace_parent: &self.trace_parent,
         }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TaskSpec, D::Error> {
+        let s = StoredSpec::deserialize(d)?;
+        let destinations = if s.destinations.is_empty() {
+            vec![DestinationSpec {
+                protocol: s.protocol,
+                url: s.url,
+                stream_key: s.stream_key,
+                variant_names: Vec::new(),
+            }]
+        } else {
+            s.destinations
+        };
+        Ok(TaskSpec {
+            id: s.id,
+            vhost: s.vhost,
+            app: s.app,
+            stream: s.stream,
+            created_ms: s.created_ms,
+            trace_parent: s.trace_parent,
+            destinations: destinations
+                .into_iter()
+                .map(|d| Arc::new(Destination::new(d)))
+                .collect(),
+        })
     }
 }
 
@@ -209,22 +270,22 @@ pub struct TaskStatus {
     pub finish_ms: Option<i64>,
     pub last_error: Option<String>,
     pub worker: Option<String>,
-    /// Relay tasks: the status of each destination (its `worker` and `destinations`
-    /// unused); the fields above then sum them up.
+    /// Multi-destination tasks: the status of each destination (its `worker` and
+    /// `destinations` unused); the fields above then sum them up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationStatus>,
 }
 
-/// The status of one destination of a relay task.
+/// The status of one destination of a multi-destination task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationStatus {
-    /// [`DestinationSpec::destination`] of the destination it belongs to.
+    /// [`Destination::address`] of the destination it belongs to.
     pub destination: String,
     pub status: TaskStatus,
 }
 
 impl TaskStatus {
-    /// The status of the destination `d` (by [`DestinationSpec::destination`]).
+    /// The status of the destination `d` (by [`Destination::address`]).
     pub fn of_destination(&self, d: &str) -> Option<&TaskStatus> {
         self.destinations
             .iter()
@@ -256,8 +317,8 @@ impl Task {
                 "variantNames": spec.stream.variant_names,
             },
             "state": st.state.as_str(),
-            "protocol": spec.protocol.as_str(),
-            "url": spec.url,
+            "protocol": spec.first().protocol().as_str(),
+            "url": spec.first().url(),
             "sentBytes": st.sent_bytes,
             "sentTime": st.sent_time_ms,
             "sequence": st.sequence,
@@ -268,8 +329,8 @@ impl Task {
             "finishTime": time::format_ms(st.finish_ms),
         });
         if let Some(map) = obj.as_object_mut() {
-            if !spec.stream_key.is_empty() {
-                map.insert("streamKey".into(), json!(spec.stream_key));
+            if !spec.first().stream_key().is_empty() {
+                map.insert("streamKey".into(), json!(spec.first().stream_key()));
             }
             if let Some(e) = &st.last_error {
                 map.insert("lastError".into(), json!(e));
@@ -277,16 +338,16 @@ impl Task {
             if let Some(w) = &st.worker {
                 map.insert("worker".into(), json!(w));
             }
-            if spec.is_relay() {
+            if spec.is_multi_destination() {
                 let dests: Vec<serde_json::Value> = spec
-                    .destinations
+                    .destinations()
                     .iter()
                     .map(|d| {
                         let none = TaskStatus::default();
-                        let ds = st.of_destination(&d.destination()).unwrap_or(&none);
+                        let ds = st.of_destination(&d.address()).unwrap_or(&none);
                         let mut o = json!({
-                            "protocol": d.protocol.as_str(),
-                            "url": d.url,
+                            "protocol": d.protocol().as_str(),
+                            "url": d.url(),
                             "state": ds.state.as_str(),
                             "sentBytes": ds.sent_bytes,
                             "sentTime": ds.sent_time_ms,
@@ -297,11 +358,11 @@ impl Task {
                             "finishTime": time::format_ms(ds.finish_ms),
                         });
                         if let Some(m) = o.as_object_mut() {
-                            if !d.stream_key.is_empty() {
-                                m.insert("streamKey".into(), json!(d.stream_key));
+                            if !d.stream_key().is_empty() {
+                                m.insert("streamKey".into(), json!(d.stream_key()));
                             }
-                            if !d.variant_names.is_empty() {
-                                m.insert("variantNames".into(), json!(d.variant_names));
+                            if !d.variant_names().is_empty() {
+                                m.insert("variantNames".into(), json!(d.variant_names()));
                             }
                             if let Some(e) = &ds.last_error {
                                 m.insert("lastError".into(), json!(e));
@@ -328,9 +389,9 @@ impl Task {
                 variant_names: spec.stream.variant_names.clone(),
             }),
             state: st.state.to_proto() as i32,
-            protocol: spec.protocol.as_str().to_string(),
-            url: spec.url.clone(),
-            stream_key: spec.stream_key.clone(),
+            protocol: spec.first().protocol().as_str().to_string(),
+            url: spec.first().url().to_string(),
+            stream_key: spec.first().stream_key().to_string(),
             sent_bytes: st.sent_bytes,
             sent_time_ms: st.sent_time_ms,
             sequence: st.sequence,
@@ -341,17 +402,17 @@ impl Task {
             finish_time: st.finish_ms.map(time::to_timestamp),
             last_error: st.last_error.clone().unwrap_or_default(),
             worker: st.worker.clone().unwrap_or_default(),
-            destinations: if spec.is_relay() {
-                spec.destinations
+            destinations: if spec.is_multi_destination() {
+                spec.destinations()
                     .iter()
                     .map(|d| {
                         let none = TaskStatus::default();
-                        let ds = st.of_destination(&d.destination()).unwrap_or(&none);
+                        let ds = st.of_destination(&d.address()).unwrap_or(&none);
                         v1::PushDestination {
-                            protocol: d.protocol.as_str().to_string(),
-                            url: d.url.clone(),
-                            stream_key: d.stream_key.clone(),
-                            variant_names: d.variant_names.clone(),
+                            protocol: d.protocol().as_str().to_string(),
+                            url: d.url().to_string(),
+                            stream_key: d.stream_key().to_string(),
+                            variant_names: d.variant_names().to_vec(),
                             state: ds.state.to_proto() as i32,
                             sent_bytes: ds.sent_bytes,
                             sent_time_ms: ds.sent_time_ms,
@@ -501,22 +562,30 @@ impl AppConfig {
 mod tests {
     use super::*;
 
-    fn spec(protocol: Protocol, key: &str) -> TaskSpec {
-        TaskSpec {
-            id: "t1".into(),
-            vhost: "default".into(),
-            app: "app".into(),
-            stream: StreamSelector {
-                name: "s".into(),
-                ..Default::default()
-            },
+    fn dest(protocol: Protocol, url: &str, key: &str, variants: &[&str]) -> Arc<Destination> {
+        Arc::new(Destination::new(DestinationSpec {
             protocol,
-            url: "rtmp://h/live".into(),
+            url: url.into(),
             stream_key: key.into(),
-            created_ms: 0,
-            trace_parent: None,
-            destinations: vec![],
-        }
+            variant_names: variants.iter().map(|v| v.to_string()).collect(),
+        }))
+    }
+
+    fn spec(protocol: Protocol, key: &str) -> TaskSpec {
+        let stream = StreamSelector {
+            name: "s".into(),
+            ..Default::default()
+        };
+        let d = dest(protocol, "rtmp://h/live", key, &[]);
+        TaskSpec::new(
+            "t1".into(),
+            "default".into(),
+            "app".into(),
+            stream,
+            0,
+            vec![d],
+        )
+        .expect("one destination")
     }
 
     #[test]
@@ -534,10 +603,12 @@ mod tests {
     }
 
     #[test]
-    fn destination_appends_key_for_rtmp_only() {
-        assert_eq!(spec(Protocol::Rtmp, "k").destination(), "rtmp://h/live/k");
-        assert_eq!(spec(Protocol::Rtmp, "").destination(), "rtmp://h/live");
-        assert_eq!(spec(Protocol::Mpegts, "k").destination(), "rtmp://h/live");
+    fn a_task_without_destinations_is_no_task() {
+        let stream = StreamSelector::default();
+        assert!(TaskSpec::new("t".into(), "v".into(), "a".into(), stream, 0, vec![]).is_none());
+        let mut s = spec(Protocol::Rtmp, "k");
+        s.set_destinations(vec![]);
+        assert_eq!(s.destinations().len(), 1, "an empty list changes nothing");
     }
 
     #[test]
@@ -546,9 +617,14 @@ mod tests {
             "protocol":"rtmp","url":"rtmp://h/live","stream_key":"k","created_ms":0}"#;
         let s: TaskSpec = serde_json::from_str(old).expect("decodes");
         assert_eq!(s, spec(Protocol::Rtmp, "k"));
-        assert_eq!(s.destination_list().len(), 1);
+        assert_eq!(s.destinations().len(), 1);
         let text = serde_json::to_string(&s).expect("encodes");
         assert!(!text.contains("destinations"), "{text}");
+        // Byte for byte the layout plain tasks have always been stored in.
+        assert_eq!(
+            text,
+            r#"{"id":"t1","vhost":"default","app":"app","stream":{"name":"s","track_ids":[],"variant_names":[]},"protocol":"rtmp","url":"rtmp://h/live","stream_key":"k","created_ms":0}"#
+        );
         let t = Task {
             spec: s,
             status: TaskStatus::default(),
@@ -558,16 +634,24 @@ mod tests {
     }
 
     #[test]
-    fn relay_task_lists_each_destination_with_its_status() {
+    fn multi_destination_task_lists_each_destination_with_its_status() {
         let mut s = spec(Protocol::Rtmp, "a");
-        let mut list = s.destination_list();
-        list.push(DestinationSpec {
-            protocol: Protocol::Mpegts,
-            url: "udp://1.2.3.4:5".into(),
-            stream_key: String::new(),
-            variant_names: vec!["bypass_video".into()],
-        });
+        let mut list = s.destinations().to_vec();
+        list.push(dest(
+            Protocol::Mpegts,
+            "udp://1.2.3.4:5",
+            "",
+            &["bypass_video"],
+        ));
         s.set_destinations(list);
+        let round: TaskSpec =
+            serde_json::from_slice(&serde_json::to_vec(&s).expect("encodes")).expect("decodes");
+        assert_eq!(round, s);
+        assert_eq!(
+            s.selector_for(&s.destinations()[1]).variant_names,
+            ["bypass_video"]
+        );
+        assert!(s.selector_for(s.first()).variant_names.is_empty());
         let status = TaskStatus {
             state: TaskState::Started,
             destinations: vec![DestinationStatus {
@@ -711,9 +795,10 @@ pub struct WorkerInfo {
 pub enum SourceRef {
     /// The stream is ingested on this worker.
     Local,
-    /// The ingest worker relays the stream to this one over an internal RTMP hop
-    /// (this worker's ingest worker was full).
-    Relay { from_worker: String },
+    /// The ingest worker forwards the stream to this one over an internal RTMP hop
+    /// (the ingest worker was full). Stored as `relay`, the word of earlier versions.
+    #[serde(rename = "relay")]
+    Forwarded { from_worker: String },
 }
 
 /// A task placed on a worker by the scheduler (`assign/{worker}/{vhost}/{app}/{id}`).
@@ -726,10 +811,10 @@ pub struct Assignment {
     pub generation: u64,
 }
 
-/// A stream relayed from its ingest worker to another worker
+/// A stream forwarded from its ingest worker to another worker over RTMP
 /// (`relay/{from_worker}/{to_worker}/{vhost}/{app}/{stream}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Relay {
+pub struct Forward {
     pub vhost: String,
     pub app: String,
     pub stream: String,
@@ -738,6 +823,7 @@ pub struct Relay {
     pub to_rtmp_addr: String,
 }
 
-/// The internal RTMP application relays publish to; its stream names are
+/// The internal RTMP application forwards publish to; its stream names are
 /// `{vhost}~{app}~{stream}` (each part escaped), never registered as cluster streams.
-pub const RELAY_APP: &str = "_relay";
+/// (Named `_relay` since earlier versions: workers of both versions must agree on it.)
+pub const FORWARD_APP: &str = "_relay";

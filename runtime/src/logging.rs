@@ -120,23 +120,3 @@ pub fn grpc_span(req: &axum::http::Request<()>) -> tracing::Span {
     set_parent(&span, &carrier);
     span
 }
-
-/// Shows the first 4 characters of a secret and hides the rest, so logs can tell keys
-/// apart without revealing them.
-pub fn redact(secret: &str) -> String {
-    let shown: String = secret.chars().take(4).collect();
-    if secret.chars().count() <= 4 {
-        "***".to_string()
-    } else {
-        format!("{shown}***")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts() {
-        assert_eq!(super::redact("abcdefgh"), "abcd***");
-        assert_eq!(super::redact("abc"), "***");
-    }
-}

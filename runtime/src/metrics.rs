@@ -73,6 +73,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "pushcast_store_errors_total",
         "State store calls that failed, by kind.",
     ),
+    (
+        "pushcast_store_decode_errors_total",
+        "Stored values that did not decode and were left out, by kind.",
+    ),
 ];
 
 /// Installs the global recorder once (later calls reuse it).

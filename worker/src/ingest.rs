@@ -12,17 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_proto::keys;
-use pushcast_proto::model::{AppConfig, LiveStream, RELAY_APP};
+use pushcast_proto::model::{AppConfig, FORWARD_APP, LiveStream};
+use pushcast_proto::secret::redact;
 use pushcast_proto::stream_keys::lookup_hash;
 use pushcast_proto::time;
 use pushcast_runtime::CancellationToken;
-use pushcast_runtime::logging::redact;
 use pushcast_store::{Compare, Op, Store, Txn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// What an ingest session runs over: a TCP stream, or one wrapped in TLS (RTMPS).
+/// What an ingest connection runs over: a TCP stream, or one wrapped in TLS (RTMPS).
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
@@ -36,7 +36,7 @@ use pushcast_webhooks::{
     new_vdoid, parse_query,
 };
 
-use crate::hub::{Hub, Source, StreamKey};
+use crate::hub::{Hub, Source, StreamId};
 use crate::lease::Lease;
 use pushcast_rtmp::{
     PublishRequest, RejectCode, RtmpError, ServerConfig, ServerConnection, ServerEvent,
@@ -62,8 +62,8 @@ pub struct Ingest {
     pub store: Arc<dyn Store>,
     pub lease: Lease,
     pub node_id: String,
-    /// Required on `_relay` publishes (see [`crate::relay`]).
-    pub relay_token: String,
+    /// Required on forward publishes into `_relay` (see [`crate::forward`]).
+    pub forward_token: String,
     /// Live streams registered in the store by this worker: key → value, written again
     /// under a new lease if the old one was lost.
     pub published: Arc<Mutex<HashMap<String, Vec<u8>>>>,
@@ -78,10 +78,10 @@ pub struct Ingest {
 /// The live publishes of this worker, by stream: each connection's token, cancelled to
 /// disconnect it (a revoked key with `disconnect: true`).
 #[derive(Clone, Default)]
-pub struct Publishers(Arc<Mutex<HashMap<StreamKey, CancellationToken>>>);
+pub struct Publishers(Arc<Mutex<HashMap<StreamId, CancellationToken>>>);
 
 impl Publishers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, CancellationToken>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -95,7 +95,7 @@ impl Publishers {
     }
 
     /// Closes the publish of `key`; false when it is not live here.
-    pub fn disconnect(&self, key: &StreamKey) -> bool {
+    pub fn disconnect(&self, key: &StreamId) -> bool {
         match self.lock().get(key) {
             Some(t) => {
                 t.cancel();
@@ -106,12 +106,60 @@ impl Publishers {
     }
 }
 
-/// Why a publish is refused; the text goes to the encoder and the log.
-#[derive(Debug, Clone)]
-struct Refusal {
-    code: RejectCode,
-    /// The seed's error name (`NonExistApplication`, `ExistStreamName`, ...).
-    reason: String,
+/// Why a publish is refused. The text goes to the encoder (the `onStatus` description)
+/// and to the log; the metric label is [`Refusal::label`]. Error names are the seed's
+/// (`NonExistApplication`, `ExistStreamName`, `AuthencationFailed` as it spells it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The app does not exist.
+    #[error("NonExistApplication: {0}")]
+    NoApp(String),
+    /// The publish key is unknown or revoked; it holds the key redacted.
+    #[error("AuthencationFailed: unknown stream key {0}")]
+    UnknownKey(String),
+    /// The app's authorization callback said no (or did not answer).
+    #[error("AuthencationFailed: the authorization callback said no ({0})")]
+    Unauthorized(String),
+    /// A forward without the cluster's forward token.
+    #[error("AuthencationFailed: forward token")]
+    ForwardToken,
+    /// A forward whose stream name does not name a stream.
+    #[error("bad forward stream name")]
+    BadForwardName,
+    /// The stream is live already (here or on another worker).
+    #[error("ExistStreamName: {0}")]
+    StreamInUse(String),
+    /// The store could not be asked.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// Something stored is not what it should be.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    /// The `onStatus` code the encoder sees.
+    pub fn code(&self) -> RejectCode {
+        match self {
+            Refusal::StreamInUse(_) => RejectCode::BadName,
+            _ => RejectCode::Denied,
+        }
+    }
+
+    /// The `reason` label of `pushcast_ingest_refused_total` (the values dashboards have
+    /// always seen).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NoApp(_) => "NonExistApplication",
+            Refusal::UnknownKey(_) | Refusal::Unauthorized(_) | Refusal::ForwardToken => {
+                "AuthencationFailed"
+            }
+            Refusal::BadForwardName => "bad relay stream name",
+            Refusal::StreamInUse(_) => "ExistStreamName",
+            Refusal::Unavailable(_) => "service unavailable",
+            Refusal::Internal(_) => "internal error",
+        }
+    }
 }
 
 impl Ingest {
@@ -136,7 +184,7 @@ impl Ingest {
         }
     }
 
-    /// Accepts RTMPS connections (`acceptor` wraps each before the session; a failed
+    /// Accepts RTMPS connections (`acceptor` wraps each before the RTMP connection; a failed
     /// handshake closes that one connection) until `accept_until`, serves them until
     /// `shutdown`.
     pub async fn serve_tls(
@@ -179,7 +227,7 @@ impl Ingest {
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
         let mut buf = vec![0u8; 64 * 1024];
-        // The session does the handshake itself: it sees every byte from the first.
+        // The connection does the handshake itself: it sees every byte from the first.
         let mut conn = ServerConnection::new(ServerConfig::default());
         let mut live: Option<Published> = None;
         let result = self
@@ -218,11 +266,10 @@ impl Ingest {
                             *live = Some(p);
                         }
                         Err(r) => {
-                            let reason = r.reason.split(':').next().unwrap_or("other").to_string();
-                            metrics::counter!("pushcast_ingest_refused_total", "reason" => reason)
+                            metrics::counter!("pushcast_ingest_refused_total", "reason" => r.label())
                                 .increment(1);
-                            tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), reason = %r.reason, "publish refused");
-                            conn.reject_publish(req.stream_id, r.code, &r.reason)?;
+                            tracing::info!(%peer, app = %req.app, stream = %redact(&req.stream_name), reason = %r, "publish refused");
+                            conn.reject_publish(req.stream_id, r.code(), &r.to_string())?;
                             flush(sock, conn).await?;
                             return Ok(());
                         }
@@ -286,29 +333,25 @@ impl Ingest {
         self.published.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A relay from another worker: token checked, straight into the hub (the stream is
-    /// registered in the cluster by its ingest worker, not here).
-    fn admit_relay(&self, req: &PublishRequest) -> Result<Published, Refusal> {
-        let denied = |reason: &str| Refusal {
-            code: RejectCode::Denied,
-            reason: reason.to_string(),
-        };
+    /// A forward from another worker: token checked, straight into the hub (the stream
+    /// is registered in the cluster by its ingest worker, not here).
+    fn admit_forward(&self, req: &PublishRequest) -> Result<Published, Refusal> {
         let token_ok = req
             .query
             .as_deref()
             .unwrap_or_default()
             .split('&')
-            .any(|kv| kv.strip_prefix("token=") == Some(self.relay_token.as_str()));
+            .any(|kv| kv.strip_prefix("token=") == Some(self.forward_token.as_str()));
         if !token_ok {
-            return Err(denied("AuthencationFailed: relay token"));
+            return Err(Refusal::ForwardToken);
         }
-        let key = crate::relay::parse_relay_stream_name(&req.stream_name)
-            .ok_or_else(|| denied("bad relay stream name"))?;
-        let source = self.hub.publish(key).map_err(|_| Refusal {
-            code: RejectCode::BadName,
-            reason: format!("ExistStreamName: {}", req.stream_name),
-        })?;
-        tracing::info!(stream = %source.key(), "relay publish started");
+        let key = crate::forward::parse_forward_stream_name(&req.stream_name)
+            .ok_or(Refusal::BadForwardName)?;
+        let source = self
+            .hub
+            .publish(key)
+            .map_err(|_| Refusal::StreamInUse(req.stream_name.clone()))?;
+        tracing::info!(stream = %source.key(), "forward publish started");
         Ok(Published {
             source,
             store_key: None,
@@ -319,28 +362,16 @@ impl Ingest {
 
     /// Decides a publish: the app must exist, and the stream must not be live anywhere.
     async fn admit(&self, req: &PublishRequest, peer: SocketAddr) -> Result<Published, Refusal> {
-        if req.app == RELAY_APP {
-            return self.admit_relay(req);
+        if req.app == FORWARD_APP {
+            return self.admit_forward(req);
         }
         let vhost = "default".to_string();
         let app_key = keys::app(&vhost, &req.app);
         let app: AppConfig = match self.store.get(&app_key).await {
-            Ok(Some(kv)) => serde_json::from_slice(&kv.value).map_err(|_| Refusal {
-                code: RejectCode::Denied,
-                reason: format!("internal error: bad app {}", req.app),
-            })?,
-            Ok(None) => {
-                return Err(Refusal {
-                    code: RejectCode::Denied,
-                    reason: format!("NonExistApplication: {}", req.app),
-                });
-            }
-            Err(e) => {
-                return Err(Refusal {
-                    code: RejectCode::Denied,
-                    reason: format!("service unavailable: {e}"),
-                });
-            }
+            Ok(Some(kv)) => serde_json::from_slice(&kv.value)
+                .map_err(|_| Refusal::Internal(format!("bad app {}", req.app)))?,
+            Ok(None) => return Err(Refusal::NoApp(req.app.clone())),
+            Err(e) => return Err(Refusal::Unavailable(e.to_string())),
         };
         // The name the encoder sent is its stream key, unless the app publishes openly.
         let stream = if app.open_publish {
@@ -370,15 +401,10 @@ impl Ingest {
         if let Some(auth) = &app.callbacks.authorize {
             let timeout = Duration::from_millis(auth.timeout_ms.max(1));
             if let Err(denied) = self.webhooks.authorize(&auth.url, timeout, &event).await {
-                return Err(Refusal {
-                    code: RejectCode::Denied,
-                    reason: format!(
-                        "AuthencationFailed: the authorization callback said no ({denied})"
-                    ),
-                });
+                return Err(Refusal::Unauthorized(denied.to_string()));
             }
         }
-        let key = StreamKey::new(vhost.clone(), req.app.clone(), stream.clone());
+        let key = StreamId::new(vhost.clone(), req.app.clone(), stream.clone());
         let record = LiveStream {
             vhost: vhost.clone(),
             app: req.app.clone(),
@@ -387,15 +413,9 @@ impl Ingest {
             tracks: vec![],
             since_ms: time::now_ms(),
         };
-        let value = serde_json::to_vec(&record).map_err(|e| Refusal {
-            code: RejectCode::Denied,
-            reason: format!("internal error: {e}"),
-        })?;
+        let value = serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
         let store_key = keys::stream(&vhost, &req.app, &stream);
-        let exist = || Refusal {
-            code: RejectCode::BadName,
-            reason: format!("ExistStreamName: {stream}"),
-        };
+        let exist = || Refusal::StreamInUse(stream.clone());
         let txn = Txn::new()
             .when(Compare::Absent(store_key.clone()))
             .and_then(Op::put_with_lease(
@@ -406,12 +426,7 @@ impl Ingest {
         match self.store.txn(txn).await {
             Ok(r) if r.succeeded => {}
             Ok(_) => return Err(exist()),
-            Err(e) => {
-                return Err(Refusal {
-                    code: RejectCode::Denied,
-                    reason: format!("service unavailable: {e}"),
-                });
-            }
+            Err(e) => return Err(Refusal::Unavailable(e.to_string())),
         }
         match self.hub.publish(key) {
             Ok(source) => {
@@ -447,25 +462,14 @@ impl Ingest {
     ) -> Result<String, Refusal> {
         let lookup = keys::stream_key_lookup(vhost, app, &lookup_hash(presented));
         match self.store.get(&lookup).await {
-            Ok(Some(kv)) => String::from_utf8(kv.value).map_err(|_| Refusal {
-                code: RejectCode::Denied,
-                reason: "internal error: bad stream key entry".into(),
-            }),
+            Ok(Some(kv)) => String::from_utf8(kv.value)
+                .map_err(|_| Refusal::Internal("bad stream key entry".into())),
             Ok(None) => {
                 self.refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(Refusal {
-                    code: RejectCode::Denied,
-                    reason: format!(
-                        "AuthencationFailed: unknown stream key {}",
-                        redact(presented)
-                    ),
-                })
+                Err(Refusal::UnknownKey(redact(presented)))
             }
-            Err(e) => Err(Refusal {
-                code: RejectCode::Denied,
-                reason: format!("service unavailable: {e}"),
-            }),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
         }
     }
 
@@ -513,10 +517,10 @@ impl Ingest {
 /// An accepted publish.
 struct Published {
     source: Source,
-    /// `None` for relays, which are not registered in the store.
+    /// `None` for forwards, which are not registered in the store.
     store_key: Option<String>,
     value: Vec<u8>,
-    /// The publish session for PubStart / PubEnd, and where to send them.
+    /// The publish for PubStart / PubEnd, and where to send them.
     notify: Option<(PublishEvent, Vec<PublishCallback>)>,
 }
 

@@ -64,9 +64,52 @@ impl Lease {
         self.rx.clone()
     }
 
-    /// Whether the worker is fenced now (true: no push session may run).
-    pub fn fence(&self) -> watch::Receiver<bool> {
-        self.fenced.clone()
+    /// The worker's fence: up while no push may run.
+    pub fn fence(&self) -> Fence {
+        Fence(self.fenced.clone())
+    }
+}
+
+/// The fence as the pushes see it: while it is up (the lease could not be renewed in
+/// time), no push may run; everything that pushes waits on it the same way.
+#[derive(Clone)]
+pub struct Fence(watch::Receiver<bool>);
+
+impl Fence {
+    /// A fence that stays down (tests, and processes without a lease).
+    pub fn down() -> Fence {
+        let (tx, rx) = watch::channel(false);
+        // The sender is dropped: the fence can never go up.
+        drop(tx);
+        Fence(rx)
+    }
+
+    /// Whether the fence is up now.
+    pub fn is_up(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until the fence is down; false if `cancel` fired first.
+    pub async fn lifted(&mut self, cancel: &CancellationToken) -> bool {
+        while *self.0.borrow_and_update() {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                r = self.0.changed() => if r.is_err() { return false },
+            }
+        }
+        !cancel.is_cancelled()
+    }
+
+    /// Resolves when the fence goes up (never, if it can no longer change).
+    pub async fn raised(&mut self) {
+        loop {
+            if *self.0.borrow_and_update() {
+                return;
+            }
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

@@ -2,12 +2,13 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod forward;
 pub mod hub;
 pub mod ingest;
 pub mod lease;
 pub mod live;
 pub mod push;
-pub mod relay;
+pub mod reconnect;
 pub mod runner;
 pub mod server;
 pub mod service;

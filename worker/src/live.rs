@@ -1,5 +1,8 @@
 //! The tasks this worker holds right now, with their live status: what `WorkerService`
 //! answers and what the status writer checkpoints.
+//!
+//! Every change of a task's state goes through [`TaskLive`], which hands the new status
+//! to the [`StatusWriter`] itself: no caller can change a state and forget to report it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,32 +12,34 @@ use pushcast_proto::model::{DestinationStatus, TaskSpec, TaskState, TaskStatus};
 use pushcast_proto::time;
 
 use crate::push::SessionCounters;
+use crate::status::StatusWriter;
 
 /// Identity of a task: (vhost, app, id).
 pub type TaskKey = (String, String, String);
 
 /// One task's live state, per destination (a plain task has one). Each destination's
 /// `status.total_*` hold its ended sessions only; the current session is added when a
-/// snapshot is taken, so counters never need a write per frame.
-#[derive(Debug)]
+/// snapshot is taken, so counters never need a write per frame. Each change of state is
+/// written to the store through its [`StatusWriter`].
 pub struct TaskLive {
     pub key: TaskKey,
     inner: Mutex<Inner>,
+    status: StatusWriter,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     worker: String,
-    /// In the task's order; shown as `destinations` when the task is a relay task.
+    /// In the task's order; shown as `destinations` when the task has several.
     dests: Vec<Dest>,
-    relay: bool,
+    multi: bool,
     /// The last stored status: where a destination added later starts its totals.
     previous: TaskStatus,
 }
 
 #[derive(Debug)]
 struct Dest {
-    /// [`DestinationSpec::destination`].
+    /// [`pushcast_proto::destination::Destination::address`].
     id: String,
     status: TaskStatus,
     session: Option<Session>,
@@ -88,12 +93,14 @@ impl Dest {
 }
 
 impl TaskLive {
-    /// A task pushing to `spec`'s destinations; totals continue from `previous`.
+    /// A task pushing to `spec`'s destinations; totals continue from `previous`; its
+    /// changes of state are written through `status`.
     pub fn new(
         key: TaskKey,
         worker: &str,
         previous: Option<TaskStatus>,
         spec: &TaskSpec,
+        status: StatusWriter,
     ) -> TaskLive {
         let live = TaskLive {
             key,
@@ -102,6 +109,7 @@ impl TaskLive {
                 previous: previous.unwrap_or_default(),
                 ..Inner::default()
             }),
+            status,
         };
         live.set_destinations(spec);
         live
@@ -113,14 +121,15 @@ impl TaskLive {
     }
 
     /// Follows a change of the task's destinations: the ones kept keep their status
-    /// and session, new ones start from their last stored status (if any).
+    /// and session, new ones start from their last stored status (if any). Not a change
+    /// of state by itself: the sessions that start or stop report theirs.
     pub fn set_destinations(&self, spec: &TaskSpec) {
-        let list = spec.destination_list();
+        let list = spec.destinations();
         let mut inner = self.lock();
         let mut old = std::mem::replace(&mut inner.dests, Vec::with_capacity(list.len()));
         let single = inner.previous.destinations.is_empty();
-        for d in &list {
-            let id = d.destination();
+        for d in list {
+            let id = d.address();
             let dest = match old.iter().position(|o| o.id == id) {
                 Some(i) => old.swap_remove(i),
                 None => {
@@ -135,7 +144,7 @@ impl TaskLive {
             };
             inner.dests.push(dest);
         }
-        inner.relay = spec.is_relay();
+        inner.multi = spec.is_multi_destination();
     }
 
     /// The status as the API should show it now.
@@ -146,7 +155,7 @@ impl TaskLive {
             .iter()
             .map(|d| (d.id.clone(), d.snapshot()))
             .collect();
-        let mut st = if inner.relay {
+        let mut st = if inner.multi {
             let mut sum = aggregate(dests.iter().map(|(_, s)| s));
             sum.destinations = dests
                 .into_iter()
@@ -163,18 +172,30 @@ impl TaskLive {
         st
     }
 
-    fn with_dest(&self, dest: &str, f: impl FnOnce(&mut Dest)) {
-        let mut inner = self.lock();
-        if let Some(d) = inner.dests.iter_mut().find(|d| d.id == dest) {
+    /// Applies `f` to the destination `dest`, then writes the task's status.
+    fn change_dest(&self, dest: &str, f: impl FnOnce(&mut Dest)) {
+        {
+            let mut inner = self.lock();
+            if let Some(d) = inner.dests.iter_mut().find(|d| d.id == dest) {
+                f(d);
+            }
+        }
+        self.status.write(self);
+    }
+
+    /// Applies `f` to every destination, then writes the task's status.
+    fn change_all(&self, f: impl Fn(&mut Dest)) {
+        for d in &mut self.lock().dests {
             f(d);
         }
+        self.status.write(self);
     }
 
     /// A session of `dest` begins (the source is live and the first connection is
     /// attempted).
     pub fn begin_session(&self, dest: &str) -> Arc<SessionCounters> {
         let counters = SessionCounters::new();
-        self.with_dest(dest, |d| {
+        self.change_dest(dest, |d| {
             d.end_session(TaskState::Ready);
             d.status.sent_bytes = 0;
             d.status.sent_time_ms = 0;
@@ -189,7 +210,7 @@ impl TaskLive {
 
     /// The connection of `dest` is up and sending.
     pub fn started(&self, dest: &str) {
-        self.with_dest(dest, |d| {
+        self.change_dest(dest, |d| {
             d.status.state = TaskState::Started;
             d.status.last_error = None;
             d.status.start_ms = Some(time::now_ms());
@@ -198,7 +219,7 @@ impl TaskLive {
 
     /// A connection of `dest` failed; its session goes on (retrying).
     pub fn failed(&self, dest: &str, error: &str) {
-        self.with_dest(dest, |d| {
+        self.change_dest(dest, |d| {
             d.status.state = TaskState::Error;
             d.status.last_error = Some(error.to_string());
         });
@@ -206,20 +227,24 @@ impl TaskLive {
 
     /// Sets the state of every destination.
     pub fn set_state(&self, state: TaskState) {
-        for d in &mut self.lock().dests {
-            d.status.state = state;
-        }
+        self.change_all(|d| d.status.state = state);
     }
 
     /// The sessions ended (source ended or stop): counters move into the totals.
     pub fn end_session(&self, state: TaskState) {
-        for d in &mut self.lock().dests {
-            d.end_session(state);
-        }
+        self.change_all(|d| d.end_session(state));
     }
 }
 
-/// A relay task's status: the sum of its destinations'.
+impl std::fmt::Debug for TaskLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskLive")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A multi-destination task's status: the sum of its destinations'.
 fn aggregate<'a>(dests: impl Iterator<Item = &'a TaskStatus>) -> TaskStatus {
     let mut sum = TaskStatus::default();
     let mut states = Vec::new();
@@ -303,7 +328,8 @@ impl LiveTasks {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use pushcast_proto::model::{DestinationSpec, Protocol};
+    use pushcast_proto::destination::Destination;
+    use pushcast_proto::model::Protocol;
 
     use super::*;
 
@@ -315,21 +341,21 @@ mod tests {
         .expect("spec");
         spec.set_destinations(
             keys.iter()
-                .map(|k| DestinationSpec {
-                    protocol: Protocol::Rtmp,
-                    url: "rtmp://h/live".into(),
-                    stream_key: (*k).into(),
-                    variant_names: vec![],
-                })
-                .collect(),
+                .map(|k| Destination::parse(Protocol::Rtmp, "rtmp://h/live", k, vec![]))
+                .collect::<Result<_, _>>()
+                .expect("valid"),
         );
         spec
     }
 
+    fn task(keys: &[&str]) -> TaskLive {
+        let key = ("default".to_string(), "app".to_string(), "t".to_string());
+        TaskLive::new(key, "w1", None, &spec(keys), StatusWriter::detached().0)
+    }
+
     #[test]
     fn totals_include_the_current_session_and_survive_its_end() {
-        let key = ("default".to_string(), "app".to_string(), "t".to_string());
-        let live = TaskLive::new(key, "w1", None, &spec(&["k"]));
+        let live = task(&["k"]);
         let d = "rtmp://h/live/k";
         let c = live.begin_session(d);
         c.sent_bytes.fetch_add(100, Ordering::Relaxed);
@@ -350,8 +376,7 @@ mod tests {
 
     #[test]
     fn destinations_kept_by_an_update_keep_their_session() {
-        let key = ("default".to_string(), "app".to_string(), "t".to_string());
-        let live = TaskLive::new(key, "w1", None, &spec(&["a", "b"]));
+        let live = task(&["a", "b"]);
         let b = "rtmp://h/live/b";
         let c = live.begin_session(b);
         c.sent_bytes.fetch_add(70, Ordering::Relaxed);
@@ -366,5 +391,40 @@ mod tests {
         let sc = s.of_destination("rtmp://h/live/c").expect("c");
         assert_eq!((sc.sent_bytes, sc.state), (0, TaskState::Ready));
         assert_eq!(s.sent_bytes, 100);
+    }
+
+    #[test]
+    fn every_change_of_state_is_written() {
+        let key = ("default".to_string(), "app".to_string(), "t".to_string());
+        let (writer, mut written) = StatusWriter::detached();
+        let live = TaskLive::new(key, "w1", None, &spec(&["a"]), writer);
+        let d = "rtmp://h/live/a";
+        let mut states = || {
+            let mut out = Vec::new();
+            while let Ok((_, st)) = written.try_recv() {
+                out.push(st.state);
+            }
+            out
+        };
+        live.set_destinations(&spec(&["a"]));
+        assert!(
+            states().is_empty(),
+            "a change of destinations is no change of state"
+        );
+        live.begin_session(d);
+        live.started(d);
+        live.failed(d, "connection refused");
+        live.end_session(TaskState::Stopped);
+        live.set_state(TaskState::Ready);
+        assert_eq!(
+            states(),
+            [
+                TaskState::Ready,
+                TaskState::Started,
+                TaskState::Error,
+                TaskState::Stopped,
+                TaskState::Ready
+            ]
+        );
     }
 }

@@ -2,21 +2,23 @@
 //!
 //! The leader's scheduler assigns tasks to workers (`assign/{worker}/...`); each worker
 //! follows its own assignments and keeps, per task, a runner that waits for the stream in
-//! its local [`Hub`] (ingested here, or relayed here by the ingest worker).
+//! its local [`Hub`] (ingested here, or forwarded here by the ingest worker).
 //!
-//! A task pushes to each of its destinations in a session of its own (one hub
-//! subscription each); a change of its destinations while it runs starts and stops only
-//! the sessions of the destinations that changed.
+//! A task pushes to each of its destinations in a reconnect loop of its own (one hub
+//! subscription each, see `reconnect`); a change of its destinations while it runs
+//! starts and stops only the loops of the destinations that changed.
 //!
-//! A runner's life: wait for the stream (`ready`) → session: connect (`ready`) → sending
-//! (`started`) → on failure `error` + backoff + reconnect from the GOP cache → the source
-//! ends (`stopped`, `sequence`+1) → `ready` again, waiting for the next publish.
+//! A task's life: wait for the stream (`ready`) → a session per destination: connect
+//! (`ready`) → sending (`started`) → on failure `error` + backoff + reconnect from the
+//! GOP cache → the source ends (`stopped`, `sequence`+1) → `ready` again, waiting for the
+//! next publish. Every change of state is reported by the task's [`TaskLive`] itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
+use pushcast_proto::destination::Destination;
 use pushcast_proto::keys;
 use pushcast_proto::model::{Assignment, SourceRef, TaskSpec, TaskState};
 use pushcast_proto::v1::ApplyAssignmentsRequest;
@@ -25,27 +27,23 @@ use pushcast_store::{Store, WatchEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crate::hub::{Hub, QueueLimits, StreamKey, Subscription, TryRecvError};
+use crate::hub::{StreamId, Subscription, TryRecvError};
+use crate::lease::Fence;
 use crate::live::{LiveTasks, TaskKey, TaskLive};
-use crate::push::{self, FrameSource, PushConfig, SessionEnd, SessionEvent};
+use crate::push::{FrameSource, SessionEnd};
+use crate::reconnect::{self, Report, Settings, Tracks};
 use crate::status::StatusWriter;
-use crate::tracks;
 use pushcast_media::Frame;
-use pushcast_retry::{Backoff, BackoffConfig};
 
-/// What every runner shares.
-#[derive(Clone)]
+/// What every task of this worker shares.
 pub struct Runner {
-    pub hub: Hub,
+    pub settings: Arc<Settings>,
     pub store: Arc<dyn Store>,
     pub live: LiveTasks,
     pub status: StatusWriter,
-    pub push: PushConfig,
-    pub backoff: BackoffConfig,
-    pub queue: QueueLimits,
     pub node_id: String,
-    /// True while the worker is fenced: no session may run.
-    pub fence: watch::Receiver<bool>,
+    /// Up while the worker is fenced: no push may run.
+    pub fence: Fence,
 }
 
 struct Running {
@@ -266,7 +264,7 @@ impl Runner {
         // Only what the whole life needs stays in this (long-lived) future: not the spec.
         let (key, stream) = {
             let spec = spec_rx.borrow_and_update();
-            let stream = StreamKey::new(
+            let stream = StreamId::new(
                 spec.vhost.clone(),
                 spec.app.clone(),
                 spec.stream.name.clone(),
@@ -283,17 +281,18 @@ impl Runner {
             &self.node_id,
             previous,
             &spec_rx.borrow(),
+            self.status.clone(),
         ));
         let mut fence = self.fence.clone();
         let mut spec_open = true;
         loop {
-            // A fenced worker runs no session (see `lease`).
-            if !wait_unfenced(&mut fence, &cancel).await {
+            // A fenced worker runs no push (see `lease`).
+            if !fence.lifted(&cancel).await {
                 break;
             }
             let sub = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = wait_fenced(&mut fence) => continue,
+                _ = fence.raised() => continue,
                 r = spec_rx.changed(), if spec_open => {
                     match r {
                         Ok(()) => live.set_destinations(&spec_rx.borrow_and_update()),
@@ -301,12 +300,12 @@ impl Runner {
                     }
                     continue;
                 }
-                s = self.hub.subscribe_when_live(&stream, self.queue) => s,
+                s = self.settings.hub.subscribe_when_live(&stream, self.settings.queue) => s,
             };
             // The stream is live here: this worker holds the task now.
             self.live.insert(live.clone());
             let end = self
-                .source_session(
+                .while_live(
                     &mut spec_rx,
                     &mut spec_open,
                     &mut fence,
@@ -317,87 +316,87 @@ impl Runner {
                 )
                 .await;
             live.end_session(TaskState::Stopped);
-            self.status.changed(&live);
             if end == SessionEnd::Cancelled && cancel.is_cancelled() {
                 break;
             }
             live.set_state(TaskState::Ready);
-            self.status.changed(&live);
         }
         self.live.remove_if_same(&live);
     }
 
-    /// While the source is live: one push session per destination, each with its own
+    /// While the source is live: one reconnect loop per destination, each with its own
     /// hub subscription, started and stopped as the task's destinations change. Ends
     /// when the source ends, the task is cancelled or the worker is fenced.
     #[allow(clippy::too_many_arguments)]
-    async fn source_session(
+    async fn while_live(
         self: &Arc<Self>,
         spec_rx: &mut watch::Receiver<TaskSpec>,
         spec_open: &mut bool,
-        fence: &mut watch::Receiver<bool>,
-        stream: &StreamKey,
+        fence: &mut Fence,
+        stream: &StreamId,
         live: &Arc<TaskLive>,
         first: Subscription,
         cancel: &CancellationToken,
     ) -> SessionEnd {
         let mut first = Some(first);
-        // destination → (its session's spec, its cancel token)
-        let mut running: HashMap<String, (Arc<TaskSpec>, CancellationToken)> = HashMap::new();
-        let mut sessions: tokio::task::JoinSet<SessionEnd> = tokio::task::JoinSet::new();
+        // address → (its destination and tracks, its cancel token)
+        let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
+        let mut loops: tokio::task::JoinSet<SessionEnd> = tokio::task::JoinSet::new();
         let end = 'outer: loop {
             let spec = spec_rx.borrow_and_update().clone();
             live.set_destinations(&spec);
-            let wanted: Vec<(String, Arc<TaskSpec>)> = spec
-                .destination_list()
+            let wanted: Vec<(String, Wanted)> = spec
+                .destinations()
                 .iter()
-                .map(|d| (d.destination(), Arc::new(spec.for_destination(d))))
+                .map(|d| (d.address(), (Arc::clone(d), spec.selector_for(d))))
                 .collect();
-            running.retain(|dest, (s, c)| {
-                let keep = wanted.iter().any(|(w, ws)| w == dest && ws == s);
+            running.retain(|address, (w, c)| {
+                let keep = wanted.iter().any(|(a, ww)| a == address && ww == w);
                 if !keep {
-                    tracing::info!(url = %s.url, "destination removed; its session stops");
+                    tracing::info!(dest = %w.0.redacted(), "destination removed; its session stops");
                     c.cancel();
                 }
                 keep
             });
-            for (dest, dspec) in wanted {
-                if running.contains_key(&dest) {
+            for (address, (dest, selector)) in wanted {
+                if running.contains_key(&address) {
                     continue;
                 }
                 let Some(sub) = first
                     .take()
-                    .or_else(|| self.hub.subscribe(stream, self.queue))
+                    .or_else(|| self.settings.hub.subscribe(stream, self.settings.queue))
                 else {
                     break 'outer SessionEnd::SourceEnded;
                 };
                 let c = cancel.child_token();
-                let counters = live.begin_session(&dest);
-                self.status.changed(live);
-                let args = SessionArgs {
-                    runner: Arc::clone(self),
-                    spec: Arc::clone(&dspec),
-                    dest: dest.clone(),
+                let counters = live.begin_session(&address);
+                let lp = Box::new(reconnect::Loop {
+                    settings: Arc::clone(&self.settings),
                     stream: stream.clone(),
-                    live: live.clone(),
+                    dest: Arc::clone(&dest),
+                    tracks: Tracks::Select(selector.clone()),
+                    report: Report::Task {
+                        live: live.clone(),
+                        address: address.clone(),
+                    },
                     counters,
                     cancel: c.clone(),
-                };
+                });
                 // In the task's span: the push span inside names the destination, and one
                 // more span per destination is memory per destination.
-                sessions.spawn(Runner::session(Box::new(args), sub).in_current_span());
-                running.insert(dest, (dspec, c));
+                loops.spawn(lp.run(Some(sub)).in_current_span());
+                running.insert(address, ((dest, selector), c));
             }
             tokio::select! {
                 _ = cancel.cancelled() => break SessionEnd::Cancelled,
-                // A fenced worker runs no session (see `lease`).
-                _ = wait_fenced(fence) => break SessionEnd::Cancelled,
+                // A fenced worker runs no push (see `lease`).
+                _ = fence.raised() => break SessionEnd::Cancelled,
                 r = spec_rx.changed(), if *spec_open => {
                     if r.is_err() {
                         *spec_open = false;
                     }
                 }
-                Some(r) = sessions.join_next() => {
+                Some(r) = loops.join_next() => {
                     if let Ok(SessionEnd::SourceEnded) = r {
                         break SessionEnd::SourceEnded;
                     }
@@ -407,138 +406,24 @@ impl Runner {
         for (_, c) in running.values() {
             c.cancel();
         }
-        while sessions.join_next().await.is_some() {}
+        while loops.join_next().await.is_some() {}
         end
     }
-
-    /// One destination while the source is live: connect, push, reconnect with
-    /// backoff, until the source ends or the session is cancelled.
-    ///
-    /// Its arguments come in one box: an async fn keeps its arguments twice (as captured
-    /// and as moved-in locals), and this future lives, per destination, for as long as
-    /// the push does.
-    async fn session(args: Box<SessionArgs>, first: Subscription) -> SessionEnd {
-        let SessionArgs {
-            runner,
-            spec,
-            dest,
-            stream,
-            live,
-            counters,
-            cancel,
-        } = &*args;
-        let mut backoff = Backoff::new(runner.backoff);
-        let mut next = Some(first);
-        loop {
-            let Some(mut source) = next
-                .take()
-                .or_else(|| runner.hub.subscribe(stream, runner.queue))
-            else {
-                return SessionEnd::SourceEnded;
-            };
-            // Tracks are known once a decodable start (headers + keyframe) is queued; a
-            // reserved task wakes at publish time, before any frame.
-            let tracks = tokio::select! {
-                _ = cancel.cancelled() => return SessionEnd::Cancelled,
-                i = source.ready() => match i {
-                    Some(info) => info.tracks(),
-                    None => return SessionEnd::SourceEnded,
-                },
-            };
-            let selection = match tracks::select(spec.protocol, &spec.stream, &tracks) {
-                Ok(s) => s.kinds,
-                Err(e) => {
-                    // Nothing to do until the stream changes: report and wait for its end.
-                    live.failed(dest, &e.to_string());
-                    runner.status.changed(live);
-                    return wait_end(source, cancel).await;
-                }
-            };
-            drop(tracks);
-            let mut cfg = runner.push.clone();
-            cfg.shutdown = cancel.child_token();
-            let started = Instant::now();
-            let result = push::run_session(spec, selection, &mut source, counters, &cfg, |ev| {
-                if let SessionEvent::Connected { .. } = ev {
-                    live.started(dest);
-                    runner.status.changed(live);
-                }
-            })
-            .await;
-            match result {
-                Ok(end) => return end,
-                Err(e) => {
-                    tracing::warn!(url = %spec.url, error = %e, "push failed; retrying");
-                    live.failed(dest, &e.to_string());
-                    runner.status.changed(live);
-                    backoff.record_run(started.elapsed());
-                    let delay = backoff.next_delay_for(e.retry_class());
-                    // Keep following the stream while waiting, so its end is noticed.
-                    tokio::select! {
-                        _ = cancel.cancelled() => return SessionEnd::Cancelled,
-                        end = wait_end(source, cancel) => return end,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-    }
 }
 
-/// Everything one destination's session works with (see [`Runner::session`]).
-struct SessionArgs {
-    runner: Arc<Runner>,
-    spec: Arc<TaskSpec>,
-    dest: String,
-    stream: StreamKey,
-    live: Arc<TaskLive>,
-    counters: Arc<push::SessionCounters>,
-    cancel: CancellationToken,
-}
+/// A destination of a task as its loop runs it: the destination and its tracks.
+type Wanted = (Arc<Destination>, pushcast_proto::model::StreamSelector);
 
 /// True when `b` is `a` changed in place: same task, same source stream.
 fn same_source(a: &TaskSpec, b: &TaskSpec) -> bool {
     (&a.vhost, &a.app, &a.id, &a.stream.name) == (&b.vhost, &b.app, &b.id, &b.stream.name)
 }
 
-/// Waits until the fence is down; false if the task was cancelled meanwhile.
-async fn wait_unfenced(fence: &mut watch::Receiver<bool>, cancel: &CancellationToken) -> bool {
-    while *fence.borrow_and_update() {
-        tokio::select! {
-            _ = cancel.cancelled() => return false,
-            r = fence.changed() => if r.is_err() { return false },
-        }
-    }
-    !cancel.is_cancelled()
-}
-
-/// Resolves when the worker becomes fenced (never, if the fence is gone).
-async fn wait_fenced(fence: &mut watch::Receiver<bool>) {
-    loop {
-        if *fence.borrow_and_update() {
-            return;
-        }
-        if fence.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Waits until the stream behind `sub` ends (or the task is cancelled), discarding frames.
-async fn wait_end(mut sub: Subscription, cancel: &CancellationToken) -> SessionEnd {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return SessionEnd::Cancelled,
-            f = sub.recv() => if f.is_none() { return SessionEnd::SourceEnded },
-        }
-    }
-}
-
 fn task_key(spec: &TaskSpec) -> TaskKey {
     (spec.vhost.clone(), spec.app.clone(), spec.id.clone())
 }
 
-/// A hub subscription is what push sessions read (tasks and relays alike).
+/// A hub subscription is what push sessions read (task destinations and forwards alike).
 #[async_trait::async_trait]
 impl FrameSource for Subscription {
     async fn next_frame(&mut self) -> Option<Frame> {

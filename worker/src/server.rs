@@ -20,6 +20,7 @@ use crate::ingest::Ingest;
 use crate::lease::Lease;
 use crate::live::LiveTasks;
 use crate::push::{PushConfig, tls_client_config};
+use crate::reconnect::Settings;
 use crate::runner::Runner;
 use crate::service::WorkerApi;
 use crate::status::StatusWriter;
@@ -108,9 +109,9 @@ pub async fn start(
     register(store.clone(), info.clone(), lease.clone(), shutdown.clone()).await?;
     let fence = lease.fence();
     let lease_done = lease.clone();
-    let relay_token = crate::relay::cluster_token(store.as_ref())
+    let forward_token = crate::forward::cluster_token(store.as_ref())
         .await
-        .context("cannot read the relay token")?;
+        .context("cannot read the forward token")?;
 
     let hub = Hub::default();
     let live = LiveTasks::default();
@@ -138,7 +139,7 @@ pub async fn start(
         store: store.clone(),
         lease: lease.clone(),
         node_id: node_id.clone(),
-        relay_token: relay_token.clone(),
+        forward_token: forward_token.clone(),
         published: Default::default(),
         publishers: publishers.clone(),
         refused: Default::default(),
@@ -192,28 +193,34 @@ pub async fn start(
     });
     tracing::info!(addr = %rtmp_addr, node = %node_id, "RTMP ingest listening");
 
-    let relays = crate::relay::Relays {
-        hub: hub.clone(),
+    let forwards = crate::forward::Forwards {
+        settings: Arc::new(Settings {
+            hub: hub.clone(),
+            push: push.clone(),
+            queue: QueueLimits::default(),
+            backoff: crate::forward::retry_policy(),
+        }),
         store: store.clone(),
         node_id: node_id.clone(),
-        push: push.clone(),
-        token: relay_token,
+        token: forward_token,
         fence: fence.clone(),
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        relays.run(stop).await;
+        forwards.run(stop).await;
         Ok(())
     });
 
     let runner = Runner {
-        hub: hub.clone(),
+        settings: Arc::new(Settings {
+            hub: hub.clone(),
+            push,
+            queue: QueueLimits::default(),
+            backoff: BackoffConfig::default(),
+        }),
         store: store.clone(),
         live: live.clone(),
         status,
-        push,
-        backoff: BackoffConfig::default(),
-        queue: QueueLimits::default(),
         node_id: node_id.clone(),
         fence: fence.clone(),
     };

@@ -4,7 +4,7 @@ use pushcast_proto::v1::{self, worker_service_server::WorkerService};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::hub::StreamKey;
+use crate::hub::StreamId;
 use crate::ingest::Publishers;
 use crate::live::LiveTasks;
 
@@ -64,7 +64,7 @@ impl WorkerService for WorkerApi {
         let r = req.into_inner();
         let disconnected = self
             .publishers
-            .disconnect(&StreamKey::new(r.vhost, r.app, r.stream));
+            .disconnect(&StreamId::new(r.vhost, r.app, r.stream));
         Ok(Response::new(v1::DisconnectStreamResponse { disconnected }))
     }
 }

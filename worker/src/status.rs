@@ -38,9 +38,17 @@ impl StatusWriter {
 
     /// Writes the task's status as it is now, soon (a later change of the same task
     /// queued meanwhile supersedes it). The snapshot is taken here, so the last state of
-    /// a task that goes away right after is still written.
-    pub fn changed(&self, task: &TaskLive) {
+    /// a task that goes away right after is still written. [`TaskLive`] calls it on each
+    /// change of state.
+    pub fn write(&self, task: &TaskLive) {
         let _ = self.tx.send((task.key.clone(), task.snapshot()));
+    }
+
+    /// A writer whose statuses go to the returned receiver instead of a store (tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> (StatusWriter, mpsc::UnboundedReceiver<(TaskKey, TaskStatus)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (StatusWriter { tx }, rx)
     }
 }
 

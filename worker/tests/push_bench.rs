@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use pushcast_proto::model::Protocol;
 use pushcast_worker::push::{PushConfig, SessionCounters, SessionEnd, TrackSelection, run_session};
+use support::destination;
 use support::media::make_clip;
 use support::nginx::Nginx;
 use support::source::PacedSource;
-use support::task_spec;
 
 /// utime + stime of this process, in ms (from /proc/self/stat, clock ticks of 10 ms).
 fn cpu_ms() -> u64 {
@@ -72,7 +72,7 @@ async fn rtmp_cpu_per_destination() {
     for i in 0..n {
         let (frames, cfg, url) = (frames.clone(), cfg.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let spec = task_spec(Protocol::Rtmp, &url, &format!("bench{i}"));
+            let dest = destination(Protocol::Rtmp, &url, &format!("bench{i}"));
             let mut source = PacedSource::new(frames, 1.0);
             if std::env::var_os("PUSH_BENCH_SOURCE_ONLY").is_some() {
                 // Baseline: the cost of the paced sources alone.
@@ -84,12 +84,14 @@ async fn rtmp_cpu_per_destination() {
                 return (Ok(SessionEnd::SourceEnded), n);
             }
             let counters = SessionCounters::new();
+            let cancel = tokio_util::sync::CancellationToken::new();
             let r = run_session(
-                &spec,
+                &dest,
                 TrackSelection::ALL,
                 &mut source,
                 &counters,
                 &cfg,
+                &cancel,
                 |_| {},
             )
             .await;

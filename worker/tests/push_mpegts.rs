@@ -13,12 +13,13 @@ use pushcast_proto::model::Protocol;
 use pushcast_worker::push::{
     PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_session,
 };
+use support::destination;
 use support::ffmpeg::Receiver;
 use support::ffprobe::{decode_errors, packets, probe, stream};
 use support::media::test_media;
 use support::net::{free_tcp_port, free_udp_port, wait_listening, wait_udp_bound};
 use support::source::{PacedSource, repeat_frames};
-use support::task_spec;
+use tokio_util::sync::CancellationToken;
 
 async fn push(
     protocol: Protocol,
@@ -28,11 +29,25 @@ async fn push(
     tracks: TrackSelection,
     cfg: &PushConfig,
 ) -> (Result<SessionEnd, PushError>, Arc<SessionCounters>, usize) {
-    let spec = task_spec(protocol, url, "");
+    let cancel = CancellationToken::new();
+    push_until(&cancel, protocol, url, frames, speed, tracks, cfg).await
+}
+
+/// [`push`], stopped when `cancel` fires.
+async fn push_until(
+    cancel: &CancellationToken,
+    protocol: Protocol,
+    url: &str,
+    frames: Vec<Frame>,
+    speed: f64,
+    tracks: TrackSelection,
+    cfg: &PushConfig,
+) -> (Result<SessionEnd, PushError>, Arc<SessionCounters>, usize) {
+    let dest = destination(protocol, url, "");
     let mut source = PacedSource::new(frames, speed);
     let counters = SessionCounters::new();
     let mut connected = 0;
-    let result = run_session(&spec, tracks, &mut source, &counters, cfg, |ev| {
+    let result = run_session(&dest, tracks, &mut source, &counters, cfg, cancel, |ev| {
         if let SessionEvent::Connected { .. } = ev {
             connected += 1;
         }
@@ -246,14 +261,16 @@ async fn tcp_destination_that_never_reads_times_out() {
 async fn udp_without_receiver_keeps_going_and_cancels_promptly() {
     let media = test_media();
     let cfg = PushConfig::default();
-    let token = cfg.shutdown.clone();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(800)).await;
         token.cancel();
         Instant::now()
     });
     // Nobody listens: ICMP port unreachable must not end a UDP push.
-    let (result, counters, connected) = push(
+    let (result, counters, connected) = push_until(
+        &cancel,
         Protocol::Mpegts,
         &format!("udp://127.0.0.1:{}", free_udp_port()),
         media.frames.clone(),

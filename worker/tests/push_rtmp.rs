@@ -14,6 +14,7 @@ use pushcast_worker::push::{
     PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_session,
     tls_client_config,
 };
+use support::destination;
 use support::ffprobe::{decode_errors, packets, probe, stream};
 use support::flv::count_media;
 use support::http::StatusServer;
@@ -23,7 +24,7 @@ use support::nginx::{Nginx, NginxOptions};
 use support::rtmp_server::{Behaviour, TestRtmpServer};
 use support::source::{PacedSource, repeat_frames, shifted};
 use support::stunnel::{Stunnel, make_pki};
-use support::task_spec;
+use tokio_util::sync::CancellationToken;
 
 /// Runs one session to its end; returns the result, the counters and how many
 /// `Connected` events came.
@@ -38,16 +39,33 @@ async fn push(
     std::sync::Arc<SessionCounters>,
     usize,
 ) {
-    let spec = task_spec(Protocol::Rtmp, url, key);
+    push_until(&CancellationToken::new(), url, key, frames, speed, cfg).await
+}
+
+/// [`push`], stopped when `cancel` fires.
+async fn push_until(
+    cancel: &CancellationToken,
+    url: &str,
+    key: &str,
+    frames: Vec<Frame>,
+    speed: f64,
+    cfg: &PushConfig,
+) -> (
+    Result<SessionEnd, PushError>,
+    std::sync::Arc<SessionCounters>,
+    usize,
+) {
+    let dest = destination(Protocol::Rtmp, url, key);
     let mut source = PacedSource::new(frames, speed);
     let counters = SessionCounters::new();
     let mut connected = 0;
     let result = run_session(
-        &spec,
+        &dest,
         TrackSelection::ALL,
         &mut source,
         &counters,
         cfg,
+        cancel,
         |ev| {
             if let SessionEvent::Connected { .. } = ev {
                 connected += 1;
@@ -362,7 +380,8 @@ async fn cancellation_ends_the_session_promptly_and_unpublishes() {
     let media = test_media();
     let server = TestRtmpServer::start(Behaviour::Accept).await;
     let cfg = PushConfig::default();
-    let token = cfg.shutdown.clone();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
     let cancelled_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let at = cancelled_at.clone();
     tokio::spawn(async move {
@@ -372,7 +391,7 @@ async fn cancellation_ends_the_session_promptly_and_unpublishes() {
     });
     // Real time: the source would last 4 s.
     let (result, counters, connected) =
-        push(&server.url(), "k", media.frames.clone(), 1.0, &cfg).await;
+        push_until(&cancel, &server.url(), "k", media.frames.clone(), 1.0, &cfg).await;
     let stopped = cancelled_at.lock().unwrap().expect("cancelled").elapsed();
     assert_eq!(
         result.expect("cancel is not an error"),

@@ -1,27 +1,32 @@
 //! The scheduler: level-triggered reconciliation of desired state (tasks) with actual
 //! state (workers, live streams, assignments), run by the elected leader only.
 //!
-//! Every pass reads the whole picture from the store, asks the pure [`placement::place`]
-//! where each task should run, and writes only the differences: assignments
-//! (`assign/{worker}/...`, each with a generation, guarded by the worker's registration
-//! so a dead worker is never assigned to) and relays (`relay/{from}/{to}/...`). Workers
-//! follow their own prefix. Passes run on every relevant store change (debounced) and on
-//! a timer, so a missed event is corrected by the next pass.
+//! A pass is a pure plan, a pure diff and a thin loop around them: it reads the whole
+//! picture from the store ([`read`]), asks [`placement::place`] where each task should
+//! run, asks [`diff::diff`] what that changes, and writes only those changes
+//! ([`apply`]): assignments (`assign/{worker}/...`, each with a generation, guarded by
+//! the worker's registration so a dead worker is never assigned to) and forwards
+//! (`relay/{from}/{to}/...`). Workers follow their own prefix. Passes run on every
+//! relevant store change (debounced) and on a timer, so a missed event is corrected by
+//! the next pass. A stored value that does not decode is logged with its key and counted
+//! (`pushcast_store_decode_errors_total`), never skipped silently.
 
+pub mod diff;
 pub mod placement;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pushcast_proto::keys;
-use pushcast_proto::model::{Assignment, LiveStream, Relay, TaskSpec, WorkerInfo};
+use pushcast_proto::model::{Assignment, LiveStream, TaskSpec, WorkerInfo};
 use pushcast_proto::v1;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Compare, Op, Store, StoreError, Txn};
 use tokio::sync::watch;
 
+use diff::{Change, Current, Diff, Stored};
 use placement::{Key, Placement, View};
 
 use crate::worker_clients::WorkerClients;
@@ -184,34 +189,78 @@ async fn notify(clients: &WorkerClients, told: &mut HashMap<String, String>, mut
     }
 }
 
-/// One reconciliation pass.
+/// One reconciliation pass: read, plan, diff, apply.
 pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
+    let (view, current) = read(store).await?;
+    let plan = placement::place(&view);
+    let forwards = placement::forwards(&view, &plan);
+    let tasks: BTreeMap<Key, &TaskSpec> = view
+        .tasks
+        .iter()
+        .map(|t| ((t.vhost.clone(), t.app.clone(), t.id.clone()), t))
+        .collect();
+    let changes = diff::diff(&tasks, &view.workers, &current, &plan, &forwards);
+    let stats = PassStats {
+        placed: plan.len(),
+        workers: view
+            .workers
+            .iter()
+            .map(|(w, i)| (w.clone(), i.grpc_addr.clone()))
+            .collect(),
+        ..PassStats::default()
+    };
+    apply(store, changes, stats).await
+}
+
+/// Decodes a stored value; one that does not decode is logged with its key and counted,
+/// and left out of the pass.
+fn decoded<T: serde::de::DeserializeOwned>(
+    kv: &pushcast_store::KeyValue,
+    kind: &'static str,
+) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "stored value does not decode; left out of scheduling");
+            metrics::counter!("pushcast_store_decode_errors_total", "kind" => kind).increment(1);
+            None
+        }
+    }
+}
+
+/// The whole picture: what placement needs, and the assignments and forwards stored.
+pub async fn read(store: &dyn Store) -> Result<(View, Current), StoreError> {
     let tasks = store.list(keys::TASKS).await?;
     let workers = store.list(keys::WORKERS).await?;
     let streams = store.list(keys::STREAMS).await?;
     let assigned = store.list(keys::ASSIGNMENTS).await?;
-    let relays_now = store.list(keys::RELAYS).await?;
+    let forwards = store.list(keys::FORWARDS).await?;
 
-    let mut view = View::default();
-    for kv in &tasks.kvs {
-        if let Ok(spec) = serde_json::from_slice::<TaskSpec>(&kv.value) {
-            view.tasks.push(spec);
-        }
+    let mut view = View {
+        tasks: tasks
+            .kvs
+            .iter()
+            .filter_map(|kv| decoded(kv, "task"))
+            .collect(),
+        ..View::default()
+    };
+    for w in workers
+        .kvs
+        .iter()
+        .filter_map(|kv| decoded::<WorkerInfo>(kv, "worker"))
+    {
+        view.workers.insert(w.node_id.clone(), w);
     }
-    for kv in &workers.kvs {
-        if let Ok(w) = serde_json::from_slice::<WorkerInfo>(&kv.value) {
-            view.workers.insert(w.node_id.clone(), w);
-        }
+    for s in streams
+        .kvs
+        .iter()
+        .filter_map(|kv| decoded::<LiveStream>(kv, "stream"))
+    {
+        view.streams.insert((s.vhost, s.app, s.stream), s.worker);
     }
-    for kv in &streams.kvs {
-        if let Ok(s) = serde_json::from_slice::<LiveStream>(&kv.value) {
-            view.streams.insert((s.vhost, s.app, s.stream), s.worker);
-        }
-    }
-    // Current assignments: task → (store key, worker, assignment).
-    let mut current: BTreeMap<Key, (String, String, Assignment)> = BTreeMap::new();
+    let mut current = Current::default();
     for kv in &assigned.kvs {
-        let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) else {
+        let Some(a) = decoded::<Assignment>(kv, "assignment") else {
             continue;
         };
         let worker = kv
@@ -228,131 +277,113 @@ pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
                 source: a.source.clone(),
             },
         );
-        current.insert(key, (kv.key.clone(), worker, a));
+        current.assignments.insert(
+            key,
+            Stored {
+                key: kv.key.clone(),
+                worker,
+                assignment: a,
+            },
+        );
     }
+    current.forwards = forwards.kvs.iter().map(|kv| kv.key.clone()).collect();
+    Ok((view, current))
+}
 
-    let plan = placement::place(&view);
-    let mut stats = PassStats {
-        placed: plan.len(),
-        workers: view
-            .workers
-            .iter()
-            .map(|(w, i)| (w.clone(), i.grpc_addr.clone()))
-            .collect(),
-        ..PassStats::default()
-    };
+/// Writes the changes of a pass, each guarded as it must be, and records what each
+/// worker must be told.
+async fn apply(store: &dyn Store, d: Diff, mut stats: PassStats) -> Result<PassStats, StoreError> {
     let update = |key: &str, value: Vec<u8>| v1::AssignmentUpdate {
         key: key.to_string(),
         assignment: value,
     };
-    let specs: BTreeMap<Key, &TaskSpec> = view
-        .tasks
-        .iter()
-        .map(|t| ((t.vhost.clone(), t.app.clone(), t.id.clone()), t))
-        .collect();
-
-    // Assignments to write.
-    for (key, p) in &plan {
-        let Some(spec) = specs.get(key) else { continue };
-        let (old_key, generation) = match current.get(key) {
-            Some((k, w, a)) if *w == p.worker && a.source == p.source && a.spec == **spec => {
-                // Unchanged, but part of the worker's whole set (a new leader sends it).
-                if let Ok(v) = serde_json::to_vec(a) {
-                    stats.full.entry(w.clone()).or_default().push(update(k, v));
-                }
-                continue;
-            }
-            Some((k, w, a)) => (Some((k.clone(), w.clone())), a.generation + 1),
-            None => (None, 1),
-        };
-        let assignment = Assignment {
-            spec: (*spec).clone(),
-            source: p.source.clone(),
-            generation,
-        };
-        let Ok(value) = serde_json::to_vec(&assignment) else {
-            continue;
-        };
-        let new_key = keys::assignment(&p.worker, &key.0, &key.1, &key.2);
-        let put = update(&new_key, value.clone());
-        let mut txn = Txn::new()
-            .when(Compare::Present(keys::worker(&p.worker)))
-            .when(Compare::Present(keys::task(&key.0, &key.1, &key.2)))
-            .and_then(Op::put(new_key.clone(), value));
-        let mut removed = None;
-        if let Some((old, old_worker)) = old_key
-            && old != new_key
-        {
-            txn = txn.and_then(Op::delete(old.clone()));
-            removed = Some((old_worker, update(&old, vec![])));
-        }
-        if store.txn(txn).await?.succeeded {
-            // A short span in the task's own trace: where the scheduler put it.
-            if let Some(tp) = &spec.trace_parent {
-                let span =
-                    tracing::info_span!("schedule", task = %key.2, worker = %p.worker, generation);
-                pushcast_runtime::logging::set_parent(
-                    &span,
-                    &HashMap::from([("traceparent".to_string(), tp.clone())]),
-                );
-                span.in_scope(|| tracing::debug!("assigned"));
-            }
-            stats.changes += 1;
+    for s in d.unchanged {
+        // Unchanged, but part of the worker's whole set (a new leader sends it).
+        if let Ok(v) = serde_json::to_vec(&s.assignment) {
             stats
                 .full
-                .entry(p.worker.clone())
+                .entry(s.worker)
                 .or_default()
-                .push(put.clone());
-            stats.drift.entry(p.worker.clone()).or_default().push(put);
-            if let Some((w, u)) = removed {
-                stats.drift.entry(w).or_default().push(u);
+                .push(update(&s.key, v));
+        }
+    }
+    for change in d.changes {
+        match change {
+            Change::Assign {
+                key,
+                worker,
+                assignment,
+                replaces,
+            } => {
+                let Ok(value) = serde_json::to_vec(&assignment) else {
+                    continue;
+                };
+                let spec = &assignment.spec;
+                let mut txn = Txn::new()
+                    .when(Compare::Present(keys::worker(&worker)))
+                    .when(Compare::Present(keys::task(
+                        &spec.vhost,
+                        &spec.app,
+                        &spec.id,
+                    )))
+                    .and_then(Op::put(key.clone(), value.clone()));
+                if let Some((old, _)) = &replaces {
+                    txn = txn.and_then(Op::delete(old.clone()));
+                }
+                if !store.txn(txn).await?.succeeded {
+                    continue;
+                }
+                // A short span in the task's own trace: where the scheduler put it.
+                if let Some(tp) = &spec.trace_parent {
+                    let generation = assignment.generation;
+                    let span = tracing::info_span!("schedule", task = %spec.id, worker = %worker, generation);
+                    pushcast_runtime::logging::set_parent(
+                        &span,
+                        &HashMap::from([("traceparent".to_string(), tp.clone())]),
+                    );
+                    span.in_scope(|| tracing::debug!("assigned"));
+                }
+                stats.changes += 1;
+                let put = update(&key, value);
+                stats
+                    .full
+                    .entry(worker.clone())
+                    .or_default()
+                    .push(put.clone());
+                stats.drift.entry(worker).or_default().push(put);
+                if let Some((old, old_worker)) = replaces {
+                    stats
+                        .drift
+                        .entry(old_worker)
+                        .or_default()
+                        .push(update(&old, vec![]));
+                }
+            }
+            Change::Unassign { key, worker } => {
+                store.delete(&key).await?;
+                stats.changes += 1;
+                stats
+                    .drift
+                    .entry(worker)
+                    .or_default()
+                    .push(update(&key, vec![]));
+            }
+            Change::AddForward { key, from, forward } => {
+                let Ok(value) = serde_json::to_vec(&forward) else {
+                    continue;
+                };
+                let txn = Txn::new()
+                    .when(Compare::Present(keys::worker(&from)))
+                    .and_then(Op::put(key, value));
+                if store.txn(txn).await?.succeeded {
+                    stats.changes += 1;
+                }
+            }
+            Change::RemoveForward { key } => {
+                store.delete(&key).await?;
+                stats.changes += 1;
             }
         }
-    }
-    // Assignments to remove: tasks gone, unplaceable, or on a dead worker.
-    for (key, (store_key, worker, _)) in &current {
-        if !plan.contains_key(key) {
-            store.delete(store_key).await?;
-            stats.changes += 1;
-            stats
-                .drift
-                .entry(worker.clone())
-                .or_default()
-                .push(update(store_key, vec![]));
-        }
-    }
-
-    // Relays.
-    let wanted = placement::relays(&view, &plan);
-    let mut have: BTreeSet<String> = relays_now.kvs.iter().map(|kv| kv.key.clone()).collect();
-    for (from, to, (v, a, s)) in &wanted {
-        let k = keys::relay(from, to, v, a, s);
-        if have.remove(&k) {
-            continue;
-        }
-        let Some(target) = view.workers.get(to) else {
-            continue;
-        };
-        let relay = Relay {
-            vhost: v.clone(),
-            app: a.clone(),
-            stream: s.clone(),
-            to_worker: to.clone(),
-            to_rtmp_addr: target.rtmp_addr.clone(),
-        };
-        let Ok(value) = serde_json::to_vec(&relay) else {
-            continue;
-        };
-        let txn = Txn::new()
-            .when(Compare::Present(keys::worker(from)))
-            .and_then(Op::put(k, value));
-        if store.txn(txn).await?.succeeded {
-            stats.changes += 1;
-        }
-    }
-    for stale in have {
-        store.delete(&stale).await?;
-        stats.changes += 1;
     }
     Ok(stats)
 }

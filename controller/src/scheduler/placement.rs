@@ -80,7 +80,9 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
         let valid = view.workers.contains_key(&cur.worker)
             && match &cur.source {
                 SourceRef::Local => cur.worker == *ingest,
-                SourceRef::Relay { from_worker } => from_worker == ingest && cur.worker != *ingest,
+                SourceRef::Forwarded { from_worker } => {
+                    from_worker == ingest && cur.worker != *ingest
+                }
             };
         if valid && has_room(&load, &cur.worker, ingest) {
             *load.entry(cur.worker.as_str()).or_default() += 1;
@@ -109,7 +111,7 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
             match other {
                 Some(w) => Placement {
                     worker: w.clone(),
-                    source: SourceRef::Relay {
+                    source: SourceRef::Forwarded {
                         from_worker: ingest.clone(),
                     },
                 },
@@ -127,8 +129,8 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
     plan
 }
 
-/// The relays a plan needs: (from worker, to worker, stream).
-pub fn relays(
+/// The forwards a plan needs: (from worker, to worker, stream).
+pub fn forwards(
     view: &View,
     plan: &BTreeMap<Key, Placement>,
 ) -> std::collections::BTreeSet<(String, String, Key)> {
@@ -136,7 +138,7 @@ pub fn relays(
     for t in &view.tasks {
         if let Some(Placement {
             worker,
-            source: SourceRef::Relay { from_worker },
+            source: SourceRef::Forwarded { from_worker },
         }) = plan.get(&task_key(t))
         {
             out.insert((from_worker.clone(), worker.clone(), stream_key(t)));
@@ -147,26 +149,19 @@ pub fn relays(
 
 #[cfg(test)]
 mod tests {
+    use pushcast_proto::destination::Destination;
     use pushcast_proto::model::{Protocol, StreamSelector};
 
     use super::*;
 
     fn task(id: &str, stream: &str) -> TaskSpec {
-        TaskSpec {
-            id: id.into(),
-            vhost: "default".into(),
-            app: "app".into(),
-            stream: StreamSelector {
-                name: stream.into(),
-                ..Default::default()
-            },
-            protocol: Protocol::Rtmp,
-            url: "rtmp://h/live".into(),
-            stream_key: id.into(),
-            created_ms: 0,
-            trace_parent: None,
-            destinations: Vec::new(),
-        }
+        let stream = StreamSelector {
+            name: stream.into(),
+            ..Default::default()
+        };
+        let d = Destination::parse(Protocol::Rtmp, "rtmp://h/live", id, vec![]).expect("valid");
+        let (v, a) = ("default".into(), "app".into());
+        TaskSpec::new(id.into(), v, a, stream, 0, vec![d]).expect("one destination")
     }
 
     fn worker(name: &str, max: u32) -> (String, WorkerInfo) {
@@ -205,7 +200,7 @@ mod tests {
         assert_eq!(plan.get(&k("a")), Some(&local("w1")));
         assert_eq!(plan.get(&k("b")), Some(&local("w2")));
         assert_eq!(plan.get(&k("c")), None);
-        assert!(relays(&view, &plan).is_empty());
+        assert!(forwards(&view, &plan).is_empty());
     }
 
     #[test]
@@ -221,10 +216,10 @@ mod tests {
         assert_eq!((on("w1"), on("w2"), on("w3")), (2, 2, 1));
         let relayed: Vec<_> = plan.values().filter(|p| p.worker != "w1").collect();
         assert!(relayed.iter().all(|p| p.source
-            == SourceRef::Relay {
+            == SourceRef::Forwarded {
                 from_worker: "w1".into()
             }));
-        let r = relays(&view, &plan);
+        let r = forwards(&view, &plan);
         assert_eq!(r.len(), 2, "one relay per (from, to, stream): {r:?}");
     }
 
@@ -253,7 +248,7 @@ mod tests {
         view.current.insert(k("a"), local("w1"));
         let b_on_w3 = Placement {
             worker: "w3".into(),
-            source: SourceRef::Relay {
+            source: SourceRef::Forwarded {
                 from_worker: "w1".into(),
             },
         };

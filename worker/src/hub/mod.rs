@@ -1,6 +1,6 @@
 //! The fan-out hub: one live source, N push sessions, no copy per destination.
 //!
-//! - [`Hub`] is the worker's registry of live streams, keyed by [`StreamKey`]
+//! - [`Hub`] is the worker's registry of live streams, keyed by [`StreamId`]
 //!   (vhost, app, stream). The ingest side calls [`Hub::publish`] and gets a [`Source`];
 //!   push sessions call [`Hub::subscribe`] (or wait with [`Hub::subscribe_when_live`]) and
 //!   get a [`Subscription`].
@@ -76,19 +76,19 @@ use subscriber::{Offer, Subscriber};
 
 /// A live stream's name: (vhost, app, stream).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamKey {
+pub struct StreamId {
     pub vhost: String,
     pub app: String,
     pub stream: String,
 }
 
-impl StreamKey {
+impl StreamId {
     pub fn new(
         vhost: impl Into<String>,
         app: impl Into<String>,
         stream: impl Into<String>,
     ) -> Self {
-        StreamKey {
+        StreamId {
             vhost: vhost.into(),
             app: app.into(),
             stream: stream.into(),
@@ -96,7 +96,7 @@ impl StreamKey {
     }
 }
 
-impl fmt::Display for StreamKey {
+impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.vhost, self.app, self.stream)
     }
@@ -107,7 +107,7 @@ pub enum HubError {
     /// The seed's error name for a second publisher on a live stream; the RTMP layer
     /// answers `NetStream.Publish.BadName` with it.
     #[error("ExistStreamName: stream {0} is already being published")]
-    ExistStreamName(StreamKey),
+    ExistStreamName(StreamId),
 }
 
 /// Configuration of a [`Hub`].
@@ -119,14 +119,14 @@ pub struct HubConfig {
 /// A stream went live or ended (see [`Hub::events`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
-    Live(StreamKey),
-    Ended(StreamKey),
+    Live(StreamId),
+    Ended(StreamId),
 }
 
 /// What the worker reports about a live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
-    pub key: StreamKey,
+    pub key: StreamId,
     /// When the publish began.
     pub since: SystemTime,
     /// FLV video codec id of the latest video frame (7 = H.264); `None` before any video.
@@ -160,7 +160,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct HubInner {
     config: HubConfig,
-    streams: Mutex<HashMap<StreamKey, Arc<SourceShared>>>,
+    streams: Mutex<HashMap<StreamId, Arc<SourceShared>>>,
     events: broadcast::Sender<StreamEvent>,
     /// Bumped on every live/ended change, for [`Hub::subscribe_when_live`] (a watch never
     /// lags, unlike the broadcast).
@@ -189,7 +189,7 @@ impl Hub {
 
     /// Starts a live stream. Refused with [`HubError::ExistStreamName`] when the key is
     /// already live; the live one is untouched.
-    pub fn publish(&self, key: StreamKey) -> Result<Source, HubError> {
+    pub fn publish(&self, key: StreamId) -> Result<Source, HubError> {
         let mut streams = self.inner.lock_streams();
         if let Some(existing) = streams.get(&key) {
             // A source whose end is in progress (not yet unregistered) does not block
@@ -226,7 +226,7 @@ impl Hub {
 
     /// Subscribes to a live stream; `None` when it is not live (wait with
     /// [`Hub::subscribe_when_live`] or watch [`Hub::events`]).
-    pub fn subscribe(&self, key: &StreamKey, limits: QueueLimits) -> Option<Subscription> {
+    pub fn subscribe(&self, key: &StreamId, limits: QueueLimits) -> Option<Subscription> {
         let shared = self.inner.lock_streams().get(key).cloned()?;
         let (rx, counters) = {
             let mut state = shared.lock();
@@ -251,7 +251,7 @@ impl Hub {
     /// itself when its stream is published. Cancel-safe. Each live/ended change in the hub
     /// wakes every waiter once (cheap: one map lookup each); a worker with very many
     /// reserved tasks may prefer one [`Hub::events`] listener that dispatches by key.
-    pub async fn subscribe_when_live(&self, key: &StreamKey, limits: QueueLimits) -> Subscription {
+    pub async fn subscribe_when_live(&self, key: &StreamId, limits: QueueLimits) -> Subscription {
         let mut generation = self.inner.generation.subscribe();
         loop {
             generation.borrow_and_update();
@@ -271,11 +271,11 @@ impl Hub {
         self.inner.events.subscribe()
     }
 
-    pub fn is_live(&self, key: &StreamKey) -> bool {
+    pub fn is_live(&self, key: &StreamId) -> bool {
         self.inner.lock_streams().contains_key(key)
     }
 
-    pub fn info(&self, key: &StreamKey) -> Option<StreamInfo> {
+    pub fn info(&self, key: &StreamId) -> Option<StreamInfo> {
         let shared = self.inner.lock_streams().get(key).cloned()?;
         Some(shared.info())
     }
@@ -288,7 +288,7 @@ impl Hub {
 }
 
 impl HubInner {
-    fn lock_streams(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<SourceShared>>> {
+    fn lock_streams(&self) -> MutexGuard<'_, HashMap<StreamId, Arc<SourceShared>>> {
         // A panic elsewhere while holding the lock leaves a map that is still consistent
         // (every mutation is a single insert/remove): keep serving.
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
@@ -311,7 +311,7 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn key(&self) -> &StreamKey {
+    pub fn key(&self) -> &StreamId {
         &self.shared.key
     }
 
@@ -379,7 +379,7 @@ impl Drop for Source {
 /// A live stream's state, shared by its [`Source`], the registry and its subscriptions.
 #[derive(Debug)]
 pub(crate) struct SourceShared {
-    key: StreamKey,
+    key: StreamId,
     since: SystemTime,
     state: Mutex<SourceState>,
 }

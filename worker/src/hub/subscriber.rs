@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::gop::{self, GopCache};
 use super::queue::{self, Receiver, Sender, TryRecv};
-use super::{SourceShared, StreamInfo, StreamKey};
+use super::{SourceShared, StreamId, StreamInfo};
 use pushcast_media::{Frame, FrameKind};
 
 /// Bounds of one subscription's queue. Both apply; a frame (or a resume bundle) that would
@@ -279,7 +279,7 @@ pub enum TryRecvError {
 /// unsubscribes (the source forgets it on its next frame).
 #[derive(Debug)]
 pub struct Subscription {
-    pub(crate) key: StreamKey,
+    pub(crate) key: StreamId,
     pub(crate) rx: Receiver<Frame>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) source: Arc<SourceShared>,
@@ -288,7 +288,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn key(&self) -> &StreamKey {
+    pub fn key(&self) -> &StreamId {
         &self.key
     }
 

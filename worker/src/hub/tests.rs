@@ -7,8 +7,8 @@ use bytes::Bytes;
 use super::*;
 use pushcast_media::{Frame, FrameKind};
 
-fn key(stream: &str) -> StreamKey {
-    StreamKey::new("default", "app", stream)
+fn key(stream: &str) -> StreamId {
+    StreamId::new("default", "app", stream)
 }
 
 fn frame(kind: FrameKind, ts: u32, payload: Vec<u8>) -> Frame {

@@ -1,10 +1,10 @@
 //! Push sessions: one connection of one task to its destination.
 //!
 //! A session takes frames from a [`FrameSource`] (the hub's subscription in production, an
-//! FLV file in tests), connects to the destination of a [`TaskSpec`], sends until the
-//! source ends or the connection fails, and keeps [`SessionCounters`] up to date for the
-//! status the worker reports. Reconnecting (backoff) and task states are the caller's
-//! business: a session is one attempt, [`run_session`].
+//! FLV file in tests), connects to a [`Destination`] (parsed by the API, never here),
+//! sends until the source ends or the connection fails, and keeps [`SessionCounters`] up
+//! to date for the status the worker reports. Reconnecting (backoff) and task states are
+//! the caller's business: a session is one attempt, [`run_session`].
 //!
 //! ```text
 //!            ┌ rtmp://, rtmps:// ─ ClientConnection (sans-IO) ─ TCP [+ TLS] ─ coalesced writev
@@ -18,7 +18,7 @@
 //!   `NetStream.Publish.Start`): the task goes to `started`.
 //! - `Ok(`[`SessionEnd::SourceEnded`]`)` when the source ends (the RTMP publish is closed
 //!   politely with `FCUnpublish`/`deleteStream`), `Ok(`[`SessionEnd::Cancelled`]`)` when
-//!   [`PushConfig::shutdown`] fires (stopPush, fencing, drain): the session stops within
+//!   its cancellation token fires (stopPush, fencing, drain): the session stops within
 //!   milliseconds, sending `FCUnpublish`/`deleteStream` when it can do so at once.
 //! - `Err(`[`PushError`]`)` otherwise, classified ([`PushError::kind`]) so a rejected
 //!   stream key is reported as such and not hammered.
@@ -39,7 +39,6 @@
 //! stream on one nginx-rtmp): 0.22–0.26 CPU-ms per stream-second per destination,
 //! against 0.21 for nginx-rtmp's own `push`; writing every frame at once costs ~1.5.
 
-mod dest;
 mod error;
 mod net;
 mod rtmp;
@@ -53,14 +52,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use pushcast_proto::model::TaskSpec;
+use pushcast_proto::destination::{Destination, Target};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use pushcast_media::Frame;
 
 pub use crate::tracks::TrackSelection;
-pub use dest::{Destination, RtmpTarget, SrtOptions, Target, redact_secret};
 pub use error::{PushError, PushErrorKind};
 pub use tls::{
     TlsSetupError, client_config as tls_client_config,
@@ -128,8 +126,7 @@ impl SessionCounters {
     }
 }
 
-/// Settings of push sessions. Cheap to clone (the TLS config is shared); give each
-/// session its own [`shutdown`](Self::shutdown) token (a child of the worker's).
+/// Settings of push sessions. Cheap to clone (the TLS config is shared).
 #[derive(Debug, Clone)]
 pub struct PushConfig {
     /// Limit for reaching the destination: DNS + TCP connect, and again for the TLS +
@@ -145,8 +142,6 @@ pub struct PushConfig {
     pub rtmp_chunk_size: u32,
     /// TLS client configuration for `rtmps://` (see [`tls_client_config`]).
     pub tls: Arc<rustls::ClientConfig>,
-    /// Fires to stop the session (stopPush, fencing, shutdown).
-    pub shutdown: CancellationToken,
     /// After a write, frames are left to gather for this long before the next one, so
     /// that one wake-up and one write carry several frames (audio comes ~47 times a
     /// second, video 30). Wake-ups, not bytes, dominate the CPU cost of a destination:
@@ -170,7 +165,6 @@ impl Default for PushConfig {
             send_timeout: Duration::from_secs(2),
             rtmp_chunk_size: 4096,
             tls: default_tls_client_config(),
-            shutdown: CancellationToken::new(),
             write_interval: Duration::from_millis(100),
             max_batch_frames: 256,
             max_batch_bytes: 1 << 20,
@@ -194,7 +188,7 @@ pub enum SessionEvent {
 pub enum SessionEnd {
     /// The source stream ended; everything was sent and the publish closed.
     SourceEnded,
-    /// [`PushConfig::shutdown`] fired.
+    /// The session's cancellation token fired.
     Cancelled,
 }
 
@@ -204,31 +198,35 @@ pub(crate) struct Ctx<'a> {
     pub source: &'a mut dyn FrameSource,
     pub counters: &'a SessionCounters,
     pub cfg: &'a PushConfig,
+    /// Fires to stop the session (stopPush, fencing, shutdown).
+    pub cancel: &'a CancellationToken,
     pub events: &'a mut (dyn FnMut(SessionEvent) + Send),
 }
 
-/// Runs one push attempt of `spec` to its destination: connect, send the frames of
-/// `source` that `tracks` keeps, until the source ends, [`PushConfig::shutdown`] fires or
-/// the destination fails. See the [module docs](self) for what is reported how.
+/// Runs one push attempt to `dest`: connect, send the frames of `source` that `tracks`
+/// keeps, until the source ends, `cancel` fires or the destination fails. See the
+/// [module docs](self) for what is reported how.
 ///
 /// The future is `Send`; run it in its own task per session. It never blocks forever:
 /// every network wait is bounded by the connect or send timeout, or by cancellation.
 pub async fn run_session(
-    spec: &TaskSpec,
+    dest: &Destination,
     tracks: TrackSelection,
     source: &mut dyn FrameSource,
     counters: &SessionCounters,
     cfg: &PushConfig,
+    cancel: &CancellationToken,
     mut events: impl FnMut(SessionEvent) + Send,
 ) -> Result<SessionEnd, PushError> {
-    let dest = match Destination::parse(spec) {
-        Ok(d) => d,
+    let target = match dest.target() {
+        Ok(t) => t,
         Err(e) => {
-            tracing::warn!(task = %spec.id, error = %e, "push destination is invalid");
-            return Err(e);
+            // Only a task stored before the API refused such a destination gets here.
+            tracing::warn!(error = %e, url = %dest.url(), "push destination is invalid");
+            return Err(PushError::InvalidDestination(e.to_string()));
         }
     };
-    let span = tracing::info_span!("push", task = %spec.id, dest = %dest.redacted());
+    let span = tracing::info_span!("push", dest = %dest.redacted());
     async move {
         if !tracks.video && !tracks.audio {
             return Err(PushError::Unsupported(
@@ -240,13 +238,14 @@ pub async fn run_session(
             source,
             counters,
             cfg,
+            cancel,
             events: &mut events,
         };
         tracing::debug!("push session starting");
         // Each protocol's future is boxed: a session then holds only its own protocol's
         // state, instead of an enum as large as the largest of them (SRT's is ~8 KiB,
         // RTMP's a third of that). Per destination, that is most of the memory.
-        let result = match &dest.target {
+        let result = match target {
             Target::Rtmp(target) => Box::pin(rtmp::run(target, &mut ctx)).await,
             Target::Udp { host, port } => Box::pin(ts::run_udp(host, *port, &mut ctx)).await,
             Target::Tcp { host, port } => Box::pin(ts::run_tcp(host, *port, &mut ctx)).await,
@@ -297,19 +296,12 @@ mod tests {
     /// allocated, and the common part stays small however large SRT's grows (~8 KiB).
     #[test]
     fn the_common_session_future_is_small() {
-        let spec: pushcast_proto::model::TaskSpec = serde_json::from_value(serde_json::json!({
-            "id": "t", "vhost": "default", "app": "app", "stream": {"name": "s"},
-            "protocol": "rtmp", "url": "rtmp://h/live", "stream_key": "k", "created_ms": 0,
-        }))
-        .expect("spec");
-        let tracks = TrackSelection {
-            video: true,
-            audio: true,
-            data: true,
-        };
+        use pushcast_proto::model::Protocol;
+        let dest = Destination::parse(Protocol::Rtmp, "rtmp://h/live", "k", vec![]).expect("valid");
         let (counters, cfg) = (SessionCounters::default(), PushConfig::default());
-        let mut source = NoFrames;
-        let session = run_session(&spec, tracks, &mut source, &counters, &cfg, |_| {});
+        let (cancel, mut source) = (CancellationToken::new(), NoFrames);
+        let tracks = TrackSelection::ALL;
+        let session = run_session(&dest, tracks, &mut source, &counters, &cfg, &cancel, |_| {});
         let size = std::mem::size_of_val(&session);
         assert!(size <= 1024, "the session future takes {size} bytes");
     }

@@ -17,13 +17,15 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
 
-use super::dest::{RtmpTarget, redact_secret};
 use super::error::{PushError, io_cause};
 use super::net::{connect_tcp, next_write_tick, write_segments};
 use super::{Ctx, PushConfig, SessionEnd, SessionEvent};
 use pushcast_media::Frame;
 use pushcast_media::Rebaser;
+use pushcast_proto::destination::RtmpTarget;
+use pushcast_proto::secret::redact;
 use pushcast_rtmp::{ClientConfig, ClientConnection, ClientEvent};
 
 /// Read buffer per session. Once publishing, servers send little (acks, pings, status);
@@ -39,7 +41,8 @@ pub(crate) async fn run(target: &RtmpTarget, ctx: &mut Ctx<'_>) -> Result<Sessio
     };
     // Each phase is boxed on its own: a session lives for hours in `drive`, and should not
     // keep the connect phase's state (a TLS handshake's is the largest) beside it.
-    let Some((stream, peer, deadline)) = Box::pin(connect(target, &host_port, ctx.cfg)).await?
+    let Some((stream, peer, deadline)) =
+        Box::pin(connect(target, &host_port, ctx.cfg, ctx.cancel)).await?
     else {
         return Ok(SessionEnd::Cancelled);
     };
@@ -63,8 +66,8 @@ async fn connect(
     target: &RtmpTarget,
     host_port: &str,
     cfg: &PushConfig,
+    cancel: &CancellationToken,
 ) -> Result<Option<(Connected, Option<SocketAddr>, Instant)>, PushError> {
-    let cancel = cfg.shutdown.clone();
     let tcp = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Ok(None),
@@ -119,7 +122,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     config.chunk_size = ctx.cfg.rtmp_chunk_size;
     let mut conn = ClientConnection::new(config);
     let mut rbuf = vec![0u8; READ_BUF];
-    let cancel = ctx.cfg.shutdown.clone();
+    let cancel = ctx.cancel.clone();
     let send_timeout = ctx.cfg.send_timeout;
 
     // Negotiate until the publish starts.
@@ -363,8 +366,8 @@ fn scrub(text: &str, stream_name: &str) -> String {
     if bare.is_empty() {
         return text.to_owned();
     }
-    text.replace(stream_name, &redact_secret(stream_name))
-        .replace(bare, &redact_secret(bare))
+    text.replace(stream_name, &redact(stream_name))
+        .replace(bare, &redact(bare))
 }
 
 fn scrub_error(e: PushError, stream_name: &str) -> PushError {
@@ -389,6 +392,7 @@ mod tests {
     #[tokio::test]
     async fn an_rtmp_session_keeps_little_state() {
         let cfg = PushConfig::default();
+        let cancel = CancellationToken::new();
         let counters = SessionCounters::default();
         let mut source = NoFrames;
         let mut events = |_: SessionEvent| {};
@@ -401,6 +405,7 @@ mod tests {
             source: &mut source,
             counters: &counters,
             cfg: &cfg,
+            cancel: &cancel,
             events: &mut events,
         };
         let target = RtmpTarget {

@@ -12,9 +12,9 @@ use srt_tokio::SrtSocket;
 use tokio::time::{Instant, timeout_at};
 
 use super::PushConfig;
-use super::dest::SrtOptions;
 use super::error::{PushError, io_cause};
 use super::net::resolve;
+use pushcast_proto::destination::SrtOptions;
 
 /// Connects to an SRT listener as a caller. The handshake is bounded by the connect
 /// timeout; a listener's explicit rejection (wrong stream id or passphrase) is

@@ -20,12 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, timeout};
 
-use super::dest::SrtOptions;
 use super::error::PushError;
 use super::net::{connect_tcp, next_write_tick, resolve, write_buf};
 use super::{Ctx, SessionEnd, SessionEvent, TrackSelection};
 use pushcast_media::Frame;
 use pushcast_mpegts::{Pace, PacerConfig, TsMuxer, TsPacer, TsTracks};
+use pushcast_proto::destination::SrtOptions;
 
 /// Frames → TS bytes for one session.
 struct TsStage {
@@ -137,7 +137,7 @@ pub(crate) async fn run_tcp(
     port: u16,
     ctx: &mut Ctx<'_>,
 ) -> Result<SessionEnd, PushError> {
-    let cancel = ctx.cfg.shutdown.clone();
+    let cancel = ctx.cancel.clone();
     let mut stream = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
@@ -351,7 +351,7 @@ pub(crate) async fn run_srt(
     options: &SrtOptions,
     ctx: &mut Ctx<'_>,
 ) -> Result<SessionEnd, PushError> {
-    let cancel = ctx.cfg.shutdown.clone();
+    let cancel = ctx.cancel.clone();
     let (socket, peer) = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
@@ -366,7 +366,7 @@ pub(crate) async fn run_srt(
 const COMPACT_AT: usize = 256 * 1024;
 
 async fn run_datagrams(mut sink: DatagramOut, ctx: &mut Ctx<'_>) -> Result<SessionEnd, PushError> {
-    let cancel = ctx.cfg.shutdown.clone();
+    let cancel = ctx.cancel.clone();
     let send_timeout = ctx.cfg.send_timeout;
     let grace = send_timeout.min(Duration::from_millis(500));
     let mut stage = TsStage::new(ctx.tracks);

@@ -22,23 +22,12 @@ pub mod rtmp_server;
 pub mod source;
 pub mod stunnel;
 
-use pushcast_proto::model::{Protocol, StreamSelector, TaskSpec};
+use std::sync::Arc;
 
-/// A task pushing stream `s` of `default/app` to `url` (+ `stream_key` for rtmp).
-pub fn task_spec(protocol: Protocol, url: &str, stream_key: &str) -> TaskSpec {
-    TaskSpec {
-        id: "test-task".to_owned(),
-        vhost: "default".to_owned(),
-        app: "app".to_owned(),
-        stream: StreamSelector {
-            name: "s".to_owned(),
-            ..StreamSelector::default()
-        },
-        protocol,
-        url: url.to_owned(),
-        stream_key: stream_key.to_owned(),
-        created_ms: 0,
-        trace_parent: None,
-        destinations: Vec::new(),
-    }
+use pushcast_proto::destination::Destination;
+use pushcast_proto::model::Protocol;
+
+/// The destination `url` (+ `stream_key` for rtmp), parsed as the API would.
+pub fn destination(protocol: Protocol, url: &str, stream_key: &str) -> Arc<Destination> {
+    Destination::parse(protocol, url, stream_key, Vec::new()).expect("a valid destination")
 }

@@ -1,0 +1,165 @@
+//! The one reconnect loop: a destination kept pushing for as long as its source is live.
+//! The destinations of tasks (see `runner`) and the forwards to other workers (see
+//! `forward`) both run in it.
+//!
+//! An attempt ([`push::run_session`]) connects and sends until the source ends, the loop
+//! is cancelled, or the destination fails. After a failure the loop reports it, waits as
+//! long as the retry policy says (following the stream meanwhile, so that its end is
+//! noticed) and attempts again, from the GOP cache: the destination starts again on a
+//! keyframe. The loop ends when the source ends or its cancellation token fires
+//! (stopPush, a removed destination, fencing, shutdown); who cancels decides what that
+//! means.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pushcast_proto::destination::Destination;
+use pushcast_proto::model::StreamSelector;
+use pushcast_retry::{Backoff, BackoffConfig};
+use pushcast_runtime::CancellationToken;
+
+use crate::hub::{Hub, QueueLimits, StreamId, Subscription};
+use crate::live::TaskLive;
+use crate::push::{self, PushConfig, SessionCounters, SessionEnd, SessionEvent};
+use crate::tracks::{self, TrackSelection};
+
+/// What every reconnect loop of a kind shares (one per worker for task destinations, one
+/// for forwards).
+pub struct Settings {
+    pub hub: Hub,
+    pub push: PushConfig,
+    pub queue: QueueLimits,
+    pub backoff: BackoffConfig,
+}
+
+/// Which tracks a loop sends.
+pub enum Tracks {
+    /// What the task's selection keeps of the source (`tracks::select`).
+    Select(StreamSelector),
+    /// Everything: a forward carries the whole stream.
+    All,
+}
+
+/// Where a loop reports its attempts.
+pub enum Report {
+    /// The destination of a task: its live state (which writes the task's status).
+    Task {
+        live: Arc<TaskLive>,
+        /// [`Destination::address`].
+        address: String,
+    },
+    /// A forward: logs only.
+    Forward,
+}
+
+impl Report {
+    fn started(&self) {
+        if let Report::Task { live, address } = self {
+            live.started(address);
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        if let Report::Task { live, address } = self {
+            live.failed(address, error);
+        }
+    }
+}
+
+/// One destination's reconnect loop. It comes in a box: an async fn keeps its arguments
+/// twice (as captured and as moved-in locals), and this future lives, per destination,
+/// for as long as the push does.
+pub struct Loop {
+    pub settings: Arc<Settings>,
+    pub stream: StreamId,
+    pub dest: Arc<Destination>,
+    pub tracks: Tracks,
+    pub report: Report,
+    pub counters: Arc<SessionCounters>,
+    pub cancel: CancellationToken,
+}
+
+impl Loop {
+    /// Pushes until the source ends ([`SessionEnd::SourceEnded`]) or the loop is
+    /// cancelled ([`SessionEnd::Cancelled`]). `first` is the subscription to start with
+    /// (a new one is taken for each further attempt).
+    pub async fn run(self: Box<Self>, first: Option<Subscription>) -> SessionEnd {
+        let this = &*self;
+        let settings = &*this.settings;
+        let mut backoff = Backoff::new(settings.backoff);
+        let mut next = first;
+        loop {
+            let Some(mut source) = next
+                .take()
+                .or_else(|| settings.hub.subscribe(&this.stream, settings.queue))
+            else {
+                return SessionEnd::SourceEnded;
+            };
+            // Tracks are known once a decodable start (headers + keyframe) is queued; a
+            // reserved task wakes at publish time, before any frame.
+            let info = tokio::select! {
+                _ = this.cancel.cancelled() => return SessionEnd::Cancelled,
+                i = source.ready() => match i {
+                    Some(info) => info,
+                    None => return SessionEnd::SourceEnded,
+                },
+            };
+            let selection = match &this.tracks {
+                Tracks::All => Ok(TrackSelection::ALL),
+                Tracks::Select(selector) => {
+                    tracks::select(this.dest.protocol(), selector, &info.tracks()).map(|s| s.kinds)
+                }
+            };
+            drop(info);
+            let selection = match selection {
+                Ok(s) => s,
+                Err(e) => {
+                    // Nothing to do until the stream changes: report and wait for its end.
+                    this.report.failed(&e.to_string());
+                    return wait_end(source, &this.cancel).await;
+                }
+            };
+            let started = Instant::now();
+            let attempt = this.cancel.child_token();
+            let result = push::run_session(
+                &this.dest,
+                selection,
+                &mut source,
+                &this.counters,
+                &settings.push,
+                &attempt,
+                |ev| {
+                    if let SessionEvent::Connected { .. } = ev {
+                        this.report.started();
+                    }
+                },
+            )
+            .await;
+            let e = match result {
+                Ok(end) => return end,
+                Err(e) => e,
+            };
+            tracing::warn!(dest = %this.dest.redacted(), error = %e, "push failed; retrying");
+            metrics::counter!("pushcast_push_reconnects_total").increment(1);
+            this.report.failed(&e.to_string());
+            backoff.record_run(started.elapsed());
+            let delay = backoff.next_delay_for(e.retry_class());
+            // Keep following the stream while waiting, so its end is noticed.
+            tokio::select! {
+                _ = this.cancel.cancelled() => return SessionEnd::Cancelled,
+                end = wait_end(source, &this.cancel) => return end,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Waits until the stream behind `sub` ends (or `cancel` fires), discarding frames.
+async fn wait_end(mut sub: Subscription, cancel: &CancellationToken) -> SessionEnd {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return SessionEnd::Cancelled,
+            f = sub.recv() => if f.is_none() { return SessionEnd::SourceEnded },
+        }
+    }
+}
