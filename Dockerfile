@@ -15,7 +15,7 @@ COPY . .
 # the binaries are copied out of the cached target/ inside the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins -p pushcast-controller -p pushcast-worker \
+    cargo build --release --locked --bin pushcast-controller --bin pushcast-worker \
  && mkdir -p /out \
  && cp target/release/pushcast-controller target/release/pushcast-worker /out/
 

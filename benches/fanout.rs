@@ -34,23 +34,22 @@
 //! `ffmpeg nginx libnginx-mod-rtmp`); a missing one fails the run with that message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use pushcast_media::FrameKind;
+use pushcast_testkit::api::Node;
+use pushcast_testkit::etcd::EtcdProcess;
+use pushcast_testkit::ffmpeg::publish_file;
+use pushcast_testkit::flv::{read_flv, read_flv_file};
+use pushcast_testkit::media::Clip;
+use pushcast_testkit::net::free_tcp_port;
+use pushcast_testkit::nginx::{Nginx, RTMP_MODULE};
+use pushcast_testkit::proc::{Guard, run};
+use pushcast_testkit::process::{Proc, binary};
+use pushcast_testkit::wait_for;
 use serde_json::json;
-use support::peers::flv::{read_flv, read_flv_file};
-use support::peers::net::free_tcp_port;
-use support::peers::nginx::RTMP_MODULE;
-use support::peers::proc::{Guard, run};
-use support::wait_for;
 
 const TOKEN: &str = "fanout-bench";
 /// Length of the source clip (it is looped for as long as a phase needs).
@@ -110,8 +109,8 @@ fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
 async fn run_bench(s: Settings) {
     let started = Instant::now();
     check_tools();
-    // The pushcast binary cargo built for this bench target (bench profile = release).
-    let bin = pushcast_binary();
+    // The binaries cargo built for this bench target (bench profile = release).
+    let bin = binary("pushcast");
     assert!(
         bin.parent().is_some_and(|d| d.ends_with("release")),
         "{} is not an optimized build: run the benchmark with `cargo bench`",
@@ -199,53 +198,13 @@ struct Source {
     bits_per_sec: f64,
 }
 
+/// 1280x720 30 fps H.264 at about 3 Mb/s (6 Mb VBV buffer), GOP 60, AAC 128 kb/s.
 fn make_source(dir: &Path) -> Source {
-    let flv = dir.join("src.flv");
-    let seconds = CLIP_SECONDS.to_string();
-    let out = run(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            &seconds,
-            "-pix_fmt",
-            "yuv420p",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "3M",
-            "-maxrate",
-            "3M",
-            "-bufsize",
-            "6M",
-            "-g",
-            "60",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-f",
-            "flv",
-            flv.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "ffmpeg could not make the source clip: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let clip = Clip {
+        video_kbps: Some((3000, 6000)),
+        ..Clip::live("1280x720", 3000, CLIP_SECONDS)
+    };
+    let flv = clip.make_in(dir);
     let frames = read_flv_file(&flv);
     let payload: usize = frames
         .iter()
@@ -260,112 +219,17 @@ fn make_source(dir: &Path) -> Source {
 
 /// `ffmpeg -re -stream_loop -1 -i SRC -c copy -f flv URL`: the source, live, until stopped.
 fn publish(src: &Source, url: &str, log: &Path) -> Guard {
-    Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-stream_loop",
-            "-1",
-            "-i",
-            src.flv.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            url,
-        ],
-        log,
-    )
+    publish_file(&src.flv, url, -1, log)
 }
 
 // ---------------------------------------------------------------------------------------
-// nginx processes (the sink and the nginx-rtmp relay)
-
-struct NginxProc {
-    guard: Guard,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl NginxProc {
-    /// Starts nginx with the rtmp module, `master_process off` (one process), logs and
-    /// temp paths under a fresh prefix, `body` after the main/events sections; waits until
-    /// it accepts on `port`.
-    fn start(what: &str, port: u16, connections: usize, body: &str) -> NginxProc {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("pushcast-fanout-{what}-"))
-            .tempdir()
-            .expect("tempdir");
-        let p = dir.path();
-        std::fs::create_dir_all(p.join("logs")).expect("mkdir logs");
-        let conf = format!(
-            "load_module {RTMP_MODULE};\n\
-             daemon off;\n\
-             master_process off;\n\
-             user root;\n\
-             worker_processes 1;\n\
-             pid {p}/nginx.pid;\n\
-             error_log {p}/error.log info;\n\
-             events {{ worker_connections {connections}; }}\n\
-             {body}",
-            p = p.display()
-        );
-        let conf_path = p.join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let mut guard = Guard::spawn(
-            "nginx",
-            &[
-                "-c",
-                conf_path.to_str().unwrap(),
-                "-p",
-                p.to_str().unwrap(),
-                "-e",
-                p.join("error.log").to_str().unwrap(),
-            ],
-            &p.join("stderr.log"),
-        );
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let logs = || {
-                format!(
-                    "{}{}",
-                    std::fs::read_to_string(p.join("stderr.log")).unwrap_or_default(),
-                    std::fs::read_to_string(p.join("error.log")).unwrap_or_default()
-                )
-            };
-            if let Some(status) = guard.try_status() {
-                panic!(
-                    "nginx ({what}) exited ({status}) before accepting on {port}:\n{}",
-                    logs()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "nginx ({what}) does not accept on {port} after 10 s:\n{}",
-                logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NginxProc { guard, dir, port }
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.guard.pid()
-    }
-}
+// The sink
 
 /// The destinations: one nginx-rtmp with application `live` (not recorded, where the N
 /// pushes go), application `probe` (recorded, for the start-latency probes) and an HTTP
 /// `rtmp_stat` page.
 struct Sink {
-    nginx: NginxProc,
+    nginx: Nginx,
     stat_url: String,
     record: PathBuf,
     http: reqwest::Client,
@@ -375,11 +239,6 @@ impl Sink {
     fn start(streams: usize) -> Sink {
         let port = free_tcp_port();
         let stat_port = free_tcp_port();
-        let record = tempfile::Builder::new()
-            .prefix("pushcast-fanout-record-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
         let body = format!(
             "http {{\n\
                access_log off;\n\
@@ -398,13 +257,13 @@ impl Sink {
                  application probe {{ live on; record all; record_path {r}; }}\n\
                }}\n\
              }}\n",
-            r = record.display()
+            r = "{prefix}/record"
         );
-        let nginx = NginxProc::start("sink", port, streams * 2 + 64, &body);
+        let nginx = Nginx::start_conf("sink", port, streams * 2 + 64, &body);
         Sink {
+            record: nginx.dir.path().join("record"),
             nginx,
             stat_url: format!("http://127.0.0.1:{stat_port}/stat"),
-            record,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .pool_max_idle_per_host(0)
@@ -477,12 +336,6 @@ impl Sink {
             },
         )
         .await;
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.record);
     }
 }
 
@@ -618,7 +471,7 @@ fn dest_names(prefix: &str, n: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Peer A: nginx-rtmp `push`
 
-fn start_nginx_relay(what: &str, sink: &Sink, dests: &[String]) -> NginxProc {
+fn start_nginx_relay(what: &str, sink: &Sink, dests: &[String]) -> Nginx {
     let port = free_tcp_port();
     let pushes: String = dests
         .iter()
@@ -636,7 +489,7 @@ fn start_nginx_relay(what: &str, sink: &Sink, dests: &[String]) -> NginxProc {
            }}\n\
          }}\n"
     );
-    NginxProc::start(what, port, dests.len() * 2 + 64, &body)
+    Nginx::start_conf(what, port, dests.len() * 2 + 64, &body)
 }
 
 /// Runs the nginx relay with `dests` (may be empty) and the source published to it,
@@ -685,180 +538,25 @@ async fn bench_nginx(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> Ou
 // ---------------------------------------------------------------------------------------
 // Peer B: pushcast
 
-/// The `pushcast` standalone binary that cargo built for this bench target (the `bench`
-/// profile, i.e. release), killed when dropped. Not `tests/support`'s `Node`: that one
-/// runs `cargo build --release --bins` first, whose feature set (no dev-dependencies)
-/// differs from the bench build's, so every run would rebuild half the tree twice.
-struct Pushcast {
-    child: Child,
-    log: PathBuf,
-    rest: String,
-    rtmp: String,
-    auth: String,
-    http: reqwest::Client,
+/// The standalone binary (worker and controller in one process, embedded store), with
+/// its app open for publishing.
+async fn start_standalone(data_dir: &Path) -> Node {
+    let node = Node::standalone(data_dir, TOKEN).await;
+    node.open_publish("app").await;
+    node
 }
 
-impl Pushcast {
-    /// The standalone binary (worker and controller in one process, embedded store),
-    /// with its app open for publishing.
-    async fn start(data_dir: &Path, log: &Path) -> Pushcast {
-        let args = vec![
-            format!("--data-dir={}", data_dir.display()),
-            format!("--access-token={TOKEN}"),
-            "--rest-addr=127.0.0.1:0".into(),
-            "--grpc-addr=127.0.0.1:0".into(),
-            "--rtmp-addr=127.0.0.1:0".into(),
-        ];
-        let mut p = Pushcast::spawn(&pushcast_binary(), &args, log);
-        p.rest = p.logged_addr("REST gateway listening").await;
-        p.rtmp = p.logged_addr("RTMP ingest listening").await;
-        p.open_publish().await;
-        p
-    }
-
-    /// Starts `bin` with `args`, its output to `log`; the addresses are not known yet.
-    fn spawn(bin: &Path, args: &[String], log: &Path) -> Pushcast {
-        let out = std::fs::File::create(log).expect("create pushcast log");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("PUSHCAST_CONFIG")
-            .env_remove("PUSHCAST_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        Pushcast {
-            child,
-            log: log.to_owned(),
-            rest: String::new(),
-            rtmp: String::new(),
-            auth: format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(TOKEN)
-            ),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    /// The source publishes by stream name: the app publishes openly.
-    async fn open_publish(&self) {
-        let url = format!("http://{}/v1/vhosts/default/apps/app", self.rest);
-        let r = self
-            .http
-            .patch(&url)
-            .header("Authorization", &self.auth)
-            .body(r#"{"openPublish":true}"#)
-            .send()
-            .await
-            .expect("PATCH app");
-        assert_eq!(r.status().as_u16(), 200, "openPublish");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for a log line containing `needle` and returns its `addr=` field.
-    async fn logged_addr(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + SETUP_LIMIT;
-        loop {
-            let found = self.output().lines().find_map(|l| {
-                let rest = l.split_once(needle)?.1;
-                let v = rest.split_once("addr=")?.1;
-                Some(v.split_whitespace().next()?.trim_matches('"').to_owned())
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "pushcast exited ({status}) before logging '{needle}':\n{}",
-                    self.output()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pushcast did not log '{needle}':\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `POST /v1/vhosts/default/apps/app:{action}`; panics unless the answer is 200.
-    async fn action(&self, action: &str, body: serde_json::Value) {
-        let url = format!("http://{}/v1/vhosts/default/apps/app:{action}", self.rest);
-        let r = self
-            .http
-            .post(&url)
-            .header("Authorization", &self.auth)
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{action}: {e:?}"));
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
-        assert_eq!(status, 200, "{action} {body}: {text}");
-    }
-
-    async fn start_push(&self, id: &str, url: &str, key: &str) {
-        self.action(
-            "startPush",
-            json!({"id": id, "stream": {"name": "src"}, "protocol": "rtmp",
-                   "url": url, "streamKey": key}),
-        )
-        .await;
-    }
+/// `startPush` of stream `src` to `url` + `key`; panics unless the answer is 200.
+async fn start_push(api: &Node, id: &str, url: &str, key: &str) {
+    let body = json!({"id": id, "stream": {"name": "src"}, "protocol": "rtmp",
+                      "url": url, "streamKey": key});
+    let r = api.action("startPush", body.clone()).await;
+    assert_eq!(r.status, 200, "startPush {body}: {}", r.text);
 }
 
-impl Drop for Pushcast {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pushcast_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pushcast"))
-}
-
-/// The release `pushcast-controller` and `pushcast-worker` binaries, built now (they
-/// belong to other packages, so `cargo bench` does not build them). Only those two are
-/// built: the `pushcast` binary measured before is left as it is.
-fn cluster_binaries() -> (PathBuf, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "pushcast-controller",
-            "-p",
-            "pushcast-worker",
-            "--bins",
-        ])
-        .status()
-        .expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build of the cluster binaries failed"
-    );
-    let dir = pushcast_binary()
-        .parent()
-        .expect("target directory")
-        .to_path_buf();
-    (dir.join("pushcast-controller"), dir.join("pushcast-worker"))
+/// Everything a process logged, as one text.
+fn output(p: &Proc) -> String {
+    p.output().join("\n")
 }
 
 /// The data plane alone: etcd, a controller and one worker, each its own process; the
@@ -866,41 +564,33 @@ fn cluster_binaries() -> (PathBuf, PathBuf) {
 /// no control plane; the standalone measurement above also holds the controller's and
 /// the embedded store's per-task state.
 async fn bench_worker(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> Outcome {
-    let (controller_bin, worker_bin) = cluster_binaries();
-    let etcd = support::etcd::EtcdProcess::start();
+    let etcd = EtcdProcess::start();
     let data = tempfile::Builder::new()
         .prefix("pushcast-fanout-cluster-")
         .tempdir()
         .expect("tempdir");
-    let mut controller = Pushcast::spawn(
-        &controller_bin,
-        &[
-            format!("--etcd-endpoints={}", etcd.endpoint()),
-            format!("--access-token={TOKEN}"),
-            "--node-id=c0".into(),
-            "--rest-addr=127.0.0.1:0".into(),
-            "--grpc-addr=127.0.0.1:0".into(),
-            format!("--data-dir={}", data.path().join("c0").display()),
-        ],
-        &logs.join("controller.log"),
-    );
-    controller.rest = controller.logged_addr("REST gateway listening").await;
-    let mut worker = Pushcast::spawn(
-        &worker_bin,
-        &[
-            format!("--etcd-endpoints={}", etcd.endpoint()),
-            "--node-id=w0".into(),
-            "--rtmp-addr=127.0.0.1:0".into(),
-            "--grpc-addr=127.0.0.1:0".into(),
-            "--advertise-host=127.0.0.1".into(),
-            format!("--data-dir={}", data.path().join("w0").display()),
-        ],
-        &logs.join("worker.log"),
-    );
-    worker.rtmp = worker.logged_addr("RTMP ingest listening").await;
-    controller.open_publish().await;
-    let (base, full, mut publisher) =
-        fan_out(s, src, sink, logs, "pushcast worker", &worker, &controller).await;
+    let controller = Node::controller(&etcd.endpoint(), TOKEN, "c0", &data.path().join("c0")).await;
+    let args = vec![
+        format!("--etcd-endpoints={}", etcd.endpoint()),
+        "--node-id=w0".into(),
+        "--rtmp-addr=127.0.0.1:0".into(),
+        "--grpc-addr=127.0.0.1:0".into(),
+        "--advertise-host=127.0.0.1".into(),
+        format!("--data-dir={}", data.path().join("w0").display()),
+    ];
+    let mut worker = Proc::start("pushcast-worker", "w0", args, HashMap::new()).await;
+    let rtmp = worker.wait_for_field("RTMP ingest listening", "addr").await;
+    controller.open_publish("app").await;
+    let (base, full, mut publisher) = fan_out(
+        s,
+        src,
+        sink,
+        logs,
+        "pushcast worker",
+        (&worker, &rtmp),
+        &controller,
+    )
+    .await;
     publisher.terminate(Duration::from_secs(3));
     drop(worker);
     drop(controller);
@@ -923,20 +613,20 @@ async fn fan_out(
     sink: &Sink,
     logs: &Path,
     name: &str,
-    ingest: &Pushcast,
-    api: &Pushcast,
+    (ingest, rtmp): (&Proc, &str),
+    api: &Node,
 ) -> (Cost, Cost, Guard) {
     let pid = ingest.pid();
     let mut publisher = publish(
         src,
-        &format!("rtmp://{}/app/src", ingest.rtmp),
+        &format!("rtmp://{rtmp}/app/src"),
         &logs.join(format!("publish-{}.log", name.replace(' ', "-"))),
     );
     wait_for(
         &format!("{name} to log 'publish started'"),
         SETUP_LIMIT,
         || {
-            let ok = ingest.output().contains("publish started");
+            let ok = output(ingest).contains("publish started");
             async move { ok.then_some(()) }
         },
     )
@@ -953,9 +643,9 @@ async fn fan_out(
     let dests = dest_names(&format!("{}-", name.replace(' ', "-")), s.n);
     let live = sink.url("live");
     for d in &dests {
-        api.start_push(d, &live, d).await;
+        start_push(api, d, &live, d).await;
     }
-    let diag = || format!("{}\n{}", api.output(), ingest.output());
+    let diag = || format!("{}\n{}", output(&api.proc), output(ingest));
     sink.wait_streams(&dests, name, &diag).await;
     tokio::time::sleep(s.warmup).await;
     assert!(
@@ -976,8 +666,10 @@ async fn bench_pushcast(
         .prefix("pushcast-fanout-data-")
         .tempdir()
         .expect("tempdir");
-    let node = Pushcast::start(data.path(), &logs.join("pushcast.log")).await;
-    let (base, full, mut publisher) = fan_out(s, src, sink, logs, "pushcast", &node, &node).await;
+    let node = start_standalone(data.path()).await;
+    let rtmp = node.rtmp.clone().expect("standalone ingest");
+    let (base, full, mut publisher) =
+        fan_out(s, src, sink, logs, "pushcast", (&node.proc, &rtmp), &node).await;
 
     // Start latency, with the N pushes running: one more task at a time.
     let mut probes = Vec::new();
@@ -987,7 +679,7 @@ async fn bench_pushcast(
         tokio::time::sleep(Duration::from_millis(730)).await;
     }
     publisher.terminate(Duration::from_secs(3));
-    let output = node.output();
+    let output = output(&node.proc);
     let warnings: Vec<&str> = output
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
@@ -1023,11 +715,11 @@ struct Probe {
     audio_before_key: usize,
 }
 
-async fn probe_start(node: &Pushcast, sink: &Sink, i: usize) -> Probe {
+async fn probe_start(node: &Node, sink: &Sink, i: usize) -> Probe {
     let key = format!("probe{i}");
     let path = sink.record.join(format!("{key}.flv"));
     let t0 = Instant::now();
-    node.start_push(&key, &sink.url("probe"), &key).await;
+    start_push(node, &key, &sink.url("probe"), &key).await;
     let api = t0.elapsed();
     let limit = Duration::from_secs(10);
     let mut publish = None;
@@ -1046,7 +738,8 @@ async fn probe_start(node: &Pushcast, sink: &Sink, i: usize) -> Probe {
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let to_keyframe = t0.elapsed();
-    node.action("stopPush", json!({"id": key})).await;
+    let r = node.action("stopPush", json!({"id": key})).await;
+    assert_eq!(r.status, 200, "stopPush {key}: {}", r.text);
     Probe {
         to_keyframe,
         api,

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
-cargo build --workspace --bins
 scripts/helm-check.sh
-# Two test binaries at a time: each spawns etcd and pushcast processes of its own.
+# The end-to-end tests (tests/e2e) start the binaries Cargo builds with them. Two tests
+# at a time: each spawns etcd and pushcast processes of its own.
 cargo test --workspace --no-fail-fast -- --test-threads=2

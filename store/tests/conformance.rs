@@ -4,8 +4,6 @@
 //! compaction) follow at the end.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +11,7 @@ use futures::StreamExt;
 use pushcast_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use pushcast_store::etcd::EtcdStore;
 use pushcast_store::{Compare, Op, Store, StoreError, Txn, WatchEvent, WatchStream};
-use support::etcd::EtcdProcess;
+use pushcast_testkit::etcd::EtcdProcess;
 
 /// How long a test waits for an event that should come (generous: CI machines are slow;
 /// a test that passes returns as soon as the condition holds).

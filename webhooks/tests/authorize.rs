@@ -1,12 +1,11 @@
 //! The authorization callback against a real HTTP receiver: fail closed.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use pushcast_testkit::net::free_tcp_port as free_port;
+use pushcast_testkit::receiver::{Plan, Receiver, always};
 use pushcast_webhooks::{Denied, Dispatcher, DispatcherConfig, PublishEvent, authorize, publish};
-use support::{Plan, Receiver, always, free_port};
 
 fn event() -> PublishEvent {
     PublishEvent {

@@ -2,17 +2,16 @@
 //! signatures, the queue bound.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use pushcast_testkit::net::free_tcp_port as free_port;
+use pushcast_testkit::receiver::{Plan, Receiver, always, eventually, fail_first, timed};
 use pushcast_webhooks::{
     CloseMode, Dispatcher, DispatcherConfig, Format, Payload, PublishEnd, PublishEvent,
     RetryPolicy, SendOutcome, Target, TaskCounters, TaskEventKind, TaskStatusEvent, publish,
 };
-use support::{Plan, Receiver, always, eventually, fail_first, free_port, timed};
 
 const WAIT: Duration = Duration::from_secs(10);
 

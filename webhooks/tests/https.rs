@@ -4,19 +4,17 @@
 #![cfg(feature = "https")]
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::Listener;
+use pushcast_testkit::receiver::{Plan, Receiver, always};
 use pushcast_webhooks::{
     Denied, Dispatcher, DispatcherConfig, Format, Payload, PublishEvent, RetryPolicy, Target,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use support::{Plan, Receiver, always};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;

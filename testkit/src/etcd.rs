@@ -1,0 +1,223 @@
+//! A real etcd server for integration tests: started on free 127.0.0.1 ports in a
+//! temporary data directory, killed when dropped.
+//!
+//! The binary is `$ETCD_BIN`, else `/usr/bin/etcd`, else `etcd` on `PATH`. A missing
+//! binary is a test failure with a clear message, never a silent pass.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long etcd may take to become healthy (it usually takes 0.1–0.6 s).
+const HEALTH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A running etcd process. Killed (SIGKILL) and its directory removed on drop.
+pub struct EtcdProcess {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdProcess {
+    /// Starts etcd on free ports and waits until `/health` says it is healthy.
+    /// Panics (fails the test) if the binary is missing or etcd does not come up.
+    pub fn start() -> EtcdProcess {
+        let bin = etcd_binary();
+        let mut last_error = String::new();
+        // Free ports are found by binding port 0 and releasing it; another process may
+        // grab one in between, so a failed start is retried with new ports.
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("etcd-test-")
+                .tempdir()
+                .expect("cannot create a temporary directory for etcd");
+            let mut etcd = EtcdProcess {
+                bin: bin.clone(),
+                dir,
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            };
+            match etcd.spawn_and_wait() {
+                Ok(()) => return etcd,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("etcd did not start: {last_error}");
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Kills etcd (SIGKILL: the harshest stop; etcd recovers from its WAL on restart).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL works on a paused (SIGSTOPped) process too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes etcd (SIGSTOP): connections stay open but nothing answers, like a hung
+    /// server or a black-holed network. Undo with [`EtcdProcess::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws etcd after [`EtcdProcess::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("etcd is not running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
+    /// Starts etcd again on the same ports and data directory; waits until healthy.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn_and_wait() {
+            panic!("etcd did not restart: {e}");
+        }
+    }
+
+    /// Reads a gauge or counter from etcd's `/metrics` (first sample of that name).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let body = http_get(self.client_port, "/metrics").ok()?;
+        body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (metric, value) = l.rsplit_once(' ')?;
+            let metric = metric.split('{').next()?;
+            (metric == name).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("cannot create etcd log: {e}"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("cannot clone etcd log handle: {e}"))?;
+        let child = Command::new(&self.bin)
+            .arg("--name=n0")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=n0={peer}"))
+            .arg("--logger=zap")
+            // Short raft timers: etcd's minimum lease TTL is 1.5 election timeouts
+            // rounded up to seconds, so this grants a 1 s TTL as 1 s (default: 2 s).
+            .arg("--heartbeat-interval=10")
+            .arg("--election-timeout=100")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + HEALTH_DEADLINE;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "etcd exited with {status}; log:\n{}",
+                    self.log_tail()
+                ));
+            }
+            if let Ok(body) = http_get(self.client_port, "/health")
+                && body.contains("\"health\":\"true\"")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(format!(
+                    "etcd not healthy within {HEALTH_DEADLINE:?}; log:\n{}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn etcd_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ETCD_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "ETCD_BIN={} does not exist", bin.display());
+        return bin;
+    }
+    let default = Path::new("/usr/bin/etcd");
+    if default.is_file() {
+        return default.to_path_buf();
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("etcd");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "etcd binary not found (looked at $ETCD_BIN, /usr/bin/etcd and PATH): the etcd tests \
+         need a real etcd; install it (Debian: apt-get install etcd-server) or set ETCD_BIN"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port")
+}
+
+/// A minimal HTTP/1.0 GET (keeps this helper free of HTTP client dependencies).
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}

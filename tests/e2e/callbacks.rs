@@ -1,0 +1,235 @@
+//! Publish callbacks (both formats), the authorization callback and task status
+//! callbacks, end to end: the real standalone binary, real ffmpeg publishers and a real
+//! HTTP receiver started by the test.
+
+use std::time::Duration;
+
+use pushcast_testkit::api::Node;
+use pushcast_testkit::ffmpeg::publish;
+use pushcast_testkit::nginx::Nginx;
+use pushcast_testkit::receiver::{Plan, Receiver, always};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "callbacks";
+
+async fn set_callbacks(node: &Node, callbacks: Value) {
+    let r = node
+        .call(
+            "PATCH",
+            "/v1/vhosts/default/apps/app",
+            Some(&json!({"openPublish": true, "callbacks": callbacks}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Secrets are write-only.
+    for s in r.json["response"]["callbacks"]["status"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(s["secret"], "***");
+    }
+}
+
+fn form(body: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn field<'a>(pairs: &'a [(String, String)], k: &str) -> &'a str {
+    pairs
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("<absent>")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_callbacks_in_both_formats_for_normal_and_abrupt_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let rx = Receiver::start().await;
+    set_callbacks(
+        &node,
+        json!({"publish": [{"url": rx.url("/new"), "format": "new"}, {"url": rx.url("/old"), "format": "old"}]}),
+    )
+    .await;
+    let ingest = node.rtmp.clone().unwrap();
+
+    // A normal end: the file ends, ffmpeg unpublishes.
+    let mut p = publish(
+        &format!("rtmp://{ingest}/app/cam?param1=123456&param2=11"),
+        dir.path(),
+        "normal",
+        0,
+    );
+    assert!(p.wait_exit(Duration::from_secs(20)).unwrap().success());
+    let got = rx.wait_accepted(4, Duration::from_secs(15)).await;
+    let by = |path: &str, n: usize| got.iter().filter(|r| r.uri == path).nth(n).unwrap().clone();
+    let start = by("/new", 0);
+    assert_eq!(start.header("content-type"), Some("application/json"));
+    let s = start.json();
+    assert_eq!(s["Version"], "1.0");
+    assert_eq!(s["App"], "app");
+    assert_eq!(s["Stream"], "cam");
+    assert_eq!(s["NotifyType"], "PubStart");
+    assert!(
+        s["PubStartUnixTime"].is_string(),
+        "a string (the seed's quirk): {s}"
+    );
+    assert_eq!(s["ClientIp"], "127.0.0.1");
+    assert!(s["ClientPort"].is_number());
+    assert!(s["Node"].is_string());
+    assert_eq!(s["PubParam"], json!({"param1": "123456", "param2": "11"}));
+    let end = by("/new", 1).json();
+    assert_eq!(end["NotifyType"], "PubEnd");
+    assert!(
+        end["PubEndUnixTime"].is_number(),
+        "a number (the seed's quirk): {end}"
+    );
+    assert!(end["PubEndMessage"].is_string());
+    let old_start = by("/old", 0);
+    assert_eq!(
+        old_start.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    let f = form(old_start.body_str());
+    assert_eq!(field(&f, "app"), "app");
+    assert_eq!(field(&f, "name"), "cam");
+    assert_eq!(field(&f, "call"), "user_publish");
+    assert!(field(&f, "tcurl").starts_with("rtmp://"));
+    let vdoid = field(&f, "vdoid").to_string();
+    let f_end = form(by("/old", 1).body_str());
+    assert_eq!(field(&f_end, "call"), "user_publish_done");
+    assert_eq!(field(&f_end, "close_mode"), "1", "normal end");
+    assert_eq!(
+        field(&f_end, "vdoid"),
+        vdoid,
+        "one publish session, one vdoid"
+    );
+
+    // An abrupt end: kill -9 the encoder.
+    let p = publish(&format!("rtmp://{ingest}/app/cam"), dir.path(), "abrupt", 5);
+    rx.wait_accepted(6, Duration::from_secs(15)).await;
+    p.signal("KILL");
+    let got = rx.wait_accepted(8, Duration::from_secs(15)).await;
+    let last_old = got.iter().filter(|r| r.uri == "/old").last().unwrap();
+    let f = form(last_old.body_str());
+    assert_eq!(field(&f, "call"), "user_publish_done");
+    assert_eq!(field(&f, "close_mode"), "2", "abnormal end");
+    assert_ne!(field(&f, "vdoid"), vdoid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_callback_refusing_or_timing_out_refuses_the_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let ingest = node.rtmp.clone().unwrap();
+    for (tag, plan) in [
+        ("forbidden", Plan::status(403)),
+        ("slow", Plan::status(200).delayed(Duration::from_secs(5))),
+    ] {
+        let rx = Receiver::start_with(always(plan)).await;
+        set_callbacks(
+            &node,
+            json!({"authorize": {"url": rx.url("/auth"), "timeoutMs": 500}}),
+        )
+        .await;
+        let mut p = publish(&format!("rtmp://{ingest}/app/cam"), dir.path(), tag, 0);
+        let st = p
+            .wait_exit(Duration::from_secs(15))
+            .expect("refused publisher exits");
+        assert!(!st.success(), "{tag}: refused");
+        assert_eq!(rx.requests().len(), 1, "{tag}: asked once");
+    }
+    // Accepting: the publish goes through.
+    let rx = Receiver::start().await;
+    set_callbacks(&node, json!({"authorize": {"url": rx.url("/auth")}})).await;
+    let mut p = publish(&format!("rtmp://{ingest}/app/cam"), dir.path(), "ok", 0);
+    assert!(p.wait_exit(Duration::from_secs(20)).unwrap().success());
+    assert_eq!(rx.requests()[0].json()["NotifyType"], "PubStart");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_status_callbacks_arrive_in_order_and_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let nginx = Nginx::start();
+    let rx = Receiver::start().await;
+    set_callbacks(
+        &node,
+        json!({"status": [{"url": rx.url("/status"), "secret": "s3cret"}]}),
+    )
+    .await;
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "t1", "stream": {"name": "cam"}, "protocol": "rtmp",
+                                    "url": nginx.rtmp_url(), "streamKey": "k"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let ingest = node.rtmp.clone().unwrap();
+    let mut p = publish(&format!("rtmp://{ingest}/app/cam"), dir.path(), "status", 0);
+    assert!(p.wait_exit(Duration::from_secs(20)).unwrap().success());
+    rx.wait_accepted(3, Duration::from_secs(15)).await;
+    assert_eq!(
+        node.action("stopPush", json!({"id": "t1"})).await.status,
+        200
+    );
+    let got = rx.wait_accepted(4, Duration::from_secs(15)).await;
+    let events: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, ["created", "started", "stopped", "removed"]);
+    let mut last_seq = 0;
+    for r in &got {
+        let sig = r.header("x-signature").expect("signed");
+        assert!(
+            pushcast_webhooks::verify(&r.body, b"s3cret", sig),
+            "valid signature"
+        );
+        assert!(!pushcast_webhooks::verify(&r.body, b"other", sig));
+        let seq = r.json()["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "seq increases");
+        last_seq = seq;
+        assert_eq!(r.json()["taskId"], "t1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_receiver_gets_the_callback_later_and_a_slow_one_delays_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let flaky = Receiver::start_with(pushcast_testkit::receiver::fail_first(2)).await;
+    let slow =
+        Receiver::start_with(always(Plan::status(200).delayed(Duration::from_secs(10)))).await;
+    set_callbacks(
+        &node,
+        json!({"publish": [{"url": flaky.url("/flaky"), "format": "new"}, {"url": slow.url("/slow"), "format": "new"}]}),
+    )
+    .await;
+    let ingest = node.rtmp.clone().unwrap();
+    let t0 = std::time::Instant::now();
+    let mut p = publish(&format!("rtmp://{ingest}/app/cam"), dir.path(), "p", 0);
+    pushcast_testkit::wait_for("the publish to start", Duration::from_secs(10), || async {
+        node.proc
+            .output()
+            .iter()
+            .any(|l| l.contains("publish started"))
+            .then_some(())
+    })
+    .await;
+    let went_live = t0.elapsed();
+    println!("publish live after {went_live:?} with a 10 s slow callback receiver");
+    assert!(
+        went_live < Duration::from_secs(5),
+        "the slow receiver did not delay the publish"
+    );
+    // The flaky receiver answered 500 twice, then accepted the retried PubStart.
+    let got = flaky.wait_accepted(1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].json()["NotifyType"], "PubStart");
+    assert!(flaky.requests().len() >= 3);
+    assert!(p.wait_exit(Duration::from_secs(20)).unwrap().success());
+}
