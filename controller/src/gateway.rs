@@ -129,25 +129,16 @@ fn respond(r: Result<Value, ApiError>) -> Response {
 
 /// Reads the body (at most [`MAX_BODY`]) as a JSON object; empty is `{}`.
 async fn json_object(body: Body) -> Result<Map<String, Value>, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::new(
-            pushcast_proto::ErrorKind::PayloadTooLarge,
-            format!("Request body is larger than {MAX_BODY} bytes"),
-        )
-    })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request(
+    match json_value(body).await? {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::bad_request(
             "[JSON] Request body must be a JSON object",
         )),
-        Err(e) => Err(ApiError::bad_request(format!("[JSON] {e}"))),
     }
 }
 
-/// Reads the body as JSON of any shape (app creation takes an object or an array).
+/// Reads the body (at most [`MAX_BODY`]) as JSON of any shape (app creation takes an
+/// object or an array); empty is `{}`.
 async fn json_value(body: Body) -> Result<Value, ApiError> {
     let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
@@ -422,5 +413,182 @@ fn update_push_from_json(obj: &Map<String, Value>) -> UpdatePush {
             .filter(|v| v.is_array())
             .map(|v| string_list(Some(v))),
         track_ids: int_list(obj.get("trackIds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gateway in process, on the embedded store in a temp dir: parsing and the order
+    //! of checks, without sockets (the byte-for-byte contract is checked end to end in
+    //! `tests/e2e/rest_api.rs`).
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use axum::http::Request;
+    use pushcast_store::embedded::EmbeddedStore;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::apps::Apps;
+    use crate::worker_clients::WorkerClients;
+
+    const AUTH: &str = "Basic dG9rZW4="; // base64("token")
+
+    struct Api {
+        router: Router,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn api() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn pushcast_store::Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let apps = Apps::new(store.clone(), ["default".to_string()]);
+        let app = AppConfig {
+            vhost: "default".into(),
+            name: "app".into(),
+            open_publish: false,
+            callbacks: Callbacks::default(),
+        };
+        apps.seed(&[app]).await.unwrap();
+        let clients = WorkerClients::with_tls(None);
+        let pushes = Pushes::new(store.clone(), apps.clone(), clients.clone());
+        let keys = StreamKeys::new(store, apps, clients, "rtmp://localhost:1935".into());
+        let auth = Auth::new(&["token".to_string()]);
+        Api {
+            router: router(Gateway { pushes, keys, auth }),
+            _dir: dir,
+        }
+    }
+
+    impl Api {
+        /// (status, body) of a request.
+        async fn send(
+            &self,
+            method: &str,
+            path: &str,
+            body: &str,
+            auth: Option<&str>,
+        ) -> (u16, String) {
+            let mut req = Request::builder().method(method).uri(path);
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            let resp = self
+                .router
+                .clone()
+                .oneshot(req.body(Body::from(body.to_string())).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        }
+
+        async fn post(&self, path: &str, body: &str) -> (u16, String) {
+            self.send("POST", path, body, Some(AUTH)).await
+        }
+
+        /// The `message` of an answer.
+        async fn message(&self, path: &str, body: &str) -> String {
+            let (_, text) = self.post(path, body).await;
+            let v: Value = serde_json::from_str(&text).unwrap();
+            v["message"].as_str().unwrap_or_default().to_string()
+        }
+    }
+
+    const START: &str = "/v1/vhosts/default/apps/app:startPush";
+
+    #[tokio::test]
+    async fn auth_runs_first_and_a_bad_body_is_a_json_error() {
+        let api = api().await;
+        let (status, text) = api.send("POST", START, "not json", None).await;
+        assert_eq!(status, 401, "{text}");
+        let (status, text) = api.post(START, "not json").await;
+        assert_eq!(status, 400);
+        assert!(text.contains("[HTTP] [JSON] "), "{text}");
+        assert_eq!(
+            api.message(START, "[1, 2]").await,
+            "[HTTP] [JSON] Request body must be a JSON object (400)"
+        );
+        let (status, _) = api.post(START, &"x".repeat(MAX_BODY + 1)).await;
+        assert_eq!(status, 413);
+    }
+
+    #[tokio::test]
+    async fn vhost_and_app_are_checked_before_the_body_fields() {
+        let api = api().await;
+        assert_eq!(
+            api.message("/v1/vhosts/nope/apps/app:startPush", "{}")
+                .await,
+            "[HTTP] Could not find the virtual host: [nope] (404)"
+        );
+        assert_eq!(
+            api.message("/v1/vhosts/default/apps/nope:startPush", "{}")
+                .await,
+            "[HTTP] Could not find the application: [default/nope] (404)"
+        );
+        assert_eq!(
+            api.message("/v1/vhosts/default/apps/app:nope", "{}").await,
+            "[HTTP] Controller not found (404)"
+        );
+    }
+
+    #[tokio::test]
+    async fn non_string_fields_count_as_missing() {
+        let api = api().await;
+        let body = r#"{"id": 7, "stream": {"name": ["s"]}, "protocol": "rtmp", "url": null}"#;
+        assert_eq!(
+            api.message(START, body).await,
+            "[HTTP] There is no required parameter [ id stream.name url] (400)"
+        );
+    }
+
+    #[tokio::test]
+    async fn tracks_is_the_old_name_of_track_ids_and_the_task_is_an_object() {
+        let api = api().await;
+        let body = r#"{"id": "t", "stream": {"name": "s", "tracks": [101, "x", 102]},
+            "protocol": "rtmp", "url": "rtmp://h/live", "streamKey": "k"}"#;
+        let (status, text) = api.post(START, body).await;
+        assert_eq!(status, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["response"]["stream"]["trackIds"], json!([101, 102]));
+        assert_eq!(v["response"]["state"], "ready");
+        let (status, text) = api
+            .send("GET", "/v1/vhosts/default/apps/app:pushes", "", Some(AUTH))
+            .await;
+        assert_eq!(status, 200);
+        assert!(text.contains(r#""id":"t""#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn update_push_reads_indexes_and_addresses() {
+        let obj = json!({"id": "t", "addDestinations": [{"protocol": "rtmp", "url": "rtmp://h/a",
+            "streamKey": "k", "variantNames": ["bypass_video", 3]}],
+            "removeDestinations": [1, {"url": "rtmp://h/b", "streamKey": "k2"}, "junk"],
+            "trackIds": [101]});
+        let up = update_push_from_json(obj.as_object().unwrap());
+        assert_eq!(up.id.as_deref(), Some("t"));
+        assert_eq!(up.add.len(), 1);
+        assert_eq!(up.add[0].variant_names, ["bypass_video"]);
+        assert_eq!(
+            up.remove,
+            [
+                DestinationRef::Index(1),
+                DestinationRef::Address {
+                    url: "rtmp://h/b".into(),
+                    stream_key: "k2".into()
+                },
+                DestinationRef::Address {
+                    url: String::new(),
+                    stream_key: String::new()
+                },
+            ]
+        );
+        assert_eq!(up.track_ids, Some(vec![101]));
+        assert_eq!(up.variant_names, None, "absent: the selection is kept");
     }
 }

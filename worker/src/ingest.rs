@@ -566,3 +566,215 @@ async fn accept(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `Ingest::admit` in process, on the embedded store in a temp dir.
+    #![allow(clippy::unwrap_used)]
+
+    use pushcast_proto::model::Callbacks;
+    use pushcast_rtmp::ConnectInfo;
+
+    use super::*;
+
+    struct Setup {
+        ingest: Ingest,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn setup(open_publish: bool) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            pushcast_store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        );
+        let app = AppConfig {
+            vhost: "default".into(),
+            name: "app".into(),
+            open_publish,
+            callbacks: Callbacks::default(),
+        };
+        store
+            .put(
+                &keys::app("default", "app"),
+                serde_json::to_vec(&app).unwrap(),
+                0,
+            )
+            .await
+            .unwrap();
+        let lease = Lease::keep(
+            store.clone(),
+            Duration::from_secs(30),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let ingest = Ingest {
+            hub: Hub::default(),
+            store,
+            lease,
+            node_id: "w1".into(),
+            forward_token: "cluster-secret".into(),
+            published: Default::default(),
+            publishers: Publishers::default(),
+            refused: Default::default(),
+            webhooks: Dispatcher::new(Default::default()).unwrap(),
+        };
+        Setup { ingest, _dir: dir }
+    }
+
+    fn request(app: &str, name: &str, query: Option<&str>) -> PublishRequest {
+        PublishRequest {
+            stream_id: 1,
+            app: app.into(),
+            stream_name: name.into(),
+            query: query.map(str::to_string),
+            publish_type: "live".into(),
+            tc_url: Some(format!("rtmp://127.0.0.1/{app}")),
+            connect: ConnectInfo {
+                app: app.into(),
+                tc_url: None,
+                flash_ver: None,
+                swf_url: None,
+                page_url: None,
+                properties: Vec::new(),
+            },
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 50_000))
+    }
+
+    async fn refusal(s: &Setup, req: PublishRequest) -> Refusal {
+        match s.ingest.admit(&req, peer()).await {
+            Ok(_) => panic!("{req:?} was admitted"),
+            Err(r) => r,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_app_is_refused() {
+        let s = setup(true).await;
+        let r = refusal(&s, request("nope", "cam", None)).await;
+        assert_eq!(r, Refusal::NoApp("nope".into()));
+        assert_eq!(
+            (r.label(), r.code()),
+            ("NonExistApplication", RejectCode::Denied)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_publish_key_is_refused_and_never_shown_in_full() {
+        let s = setup(false).await;
+        let r = refusal(&s, request("app", "a-long-secret-publish-key", None)).await;
+        assert_eq!(r, Refusal::UnknownKey("a-lo…".into()));
+        assert_eq!(r.label(), "AuthencationFailed");
+        assert!(!r.to_string().contains("secret"), "{r}");
+        assert_eq!(
+            s.ingest.refused.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_valid_publish_key_opens_its_stream() {
+        let s = setup(false).await;
+        let lookup = keys::stream_key_lookup("default", "app", &lookup_hash("the-key"));
+        s.ingest
+            .store
+            .put(&lookup, b"cam".to_vec(), 0)
+            .await
+            .unwrap();
+        let p = s
+            .ingest
+            .admit(&request("app", "the-key", None), peer())
+            .await
+            .unwrap();
+        assert_eq!(*p.source.key(), StreamId::new("default", "app", "cam"));
+        assert!(
+            s.ingest
+                .hub
+                .is_live(&StreamId::new("default", "app", "cam"))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_admitted_stream_is_live_in_the_store_and_a_second_publisher_is_refused() {
+        let s = setup(true).await;
+        let p = s
+            .ingest
+            .admit(&request("app", "cam", None), peer())
+            .await
+            .unwrap();
+        let kv = s
+            .ingest
+            .store
+            .get(&keys::stream("default", "app", "cam"))
+            .await
+            .unwrap()
+            .expect("registered");
+        let live: LiveStream = serde_json::from_slice(&kv.value).unwrap();
+        assert_eq!((live.stream.as_str(), live.worker.as_str()), ("cam", "w1"));
+        assert_eq!(kv.lease, s.ingest.lease.id(), "under the worker's lease");
+        let r = refusal(&s, request("app", "cam", None)).await;
+        assert_eq!(r, Refusal::StreamInUse("cam".into()));
+        assert_eq!(
+            (r.label(), r.code()),
+            ("ExistStreamName", RejectCode::BadName)
+        );
+        // Another worker holds it (only the store knows): refused the same way.
+        s.ingest.unpublish(p, true, "test").await;
+        let other = LiveStream {
+            worker: "w2".into(),
+            ..live
+        };
+        let key = keys::stream("default", "app", "cam");
+        s.ingest
+            .store
+            .put(&key, serde_json::to_vec(&other).unwrap(), 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            refusal(&s, request("app", "cam", None)).await,
+            Refusal::StreamInUse("cam".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn forwards_need_the_cluster_token_and_a_stream_name() {
+        let s = setup(false).await;
+        let name = crate::forward::forward_stream_name("default", "app", "cam");
+        let r = refusal(&s, request(FORWARD_APP, &name, Some("token=wrong"))).await;
+        assert_eq!(r, Refusal::ForwardToken);
+        let r = refusal(
+            &s,
+            request(FORWARD_APP, "junk", Some("token=cluster-secret")),
+        )
+        .await;
+        assert_eq!(r, Refusal::BadForwardName);
+        let p = s
+            .ingest
+            .admit(
+                &request(FORWARD_APP, &name, Some("x=1&token=cluster-secret")),
+                peer(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            p.store_key.is_none(),
+            "a forward is registered by its ingest worker"
+        );
+        assert!(
+            s.ingest
+                .hub
+                .is_live(&StreamId::new("default", "app", "cam"))
+        );
+        let stored = s
+            .ingest
+            .store
+            .get(&keys::stream("default", "app", "cam"))
+            .await
+            .unwrap();
+        assert!(stored.is_none());
+    }
+}
