@@ -570,15 +570,7 @@ async fn bench_worker(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> O
         .tempdir()
         .expect("tempdir");
     let controller = Node::controller(&etcd.endpoint(), TOKEN, "c0", &data.path().join("c0")).await;
-    let args = vec![
-        format!("--etcd-endpoints={}", etcd.endpoint()),
-        "--node-id=w0".into(),
-        "--rtmp-addr=127.0.0.1:0".into(),
-        "--grpc-addr=127.0.0.1:0".into(),
-        "--advertise-host=127.0.0.1".into(),
-        format!("--data-dir={}", data.path().join("w0").display()),
-    ];
-    let mut worker = Proc::start("pushcast-worker", "w0", args, HashMap::new()).await;
+    let mut worker = Proc::worker(&etcd.endpoint(), "w0", &data.path().join("w0"), &[]).await;
     let rtmp = worker.wait_for_field("RTMP ingest listening", "addr").await;
     controller.open_publish("app").await;
     let (base, full, mut publisher) = fan_out(
@@ -622,15 +614,7 @@ async fn fan_out(
         &format!("rtmp://{rtmp}/app/src"),
         &logs.join(format!("publish-{}.log", name.replace(' ', "-"))),
     );
-    wait_for(
-        &format!("{name} to log 'publish started'"),
-        SETUP_LIMIT,
-        || {
-            let ok = output(ingest).contains("publish started");
-            async move { ok.then_some(()) }
-        },
-    )
-    .await;
+    ingest.wait_logged(&["publish started"], SETUP_LIMIT).await;
     tokio::time::sleep(s.warmup).await;
     assert!(
         publisher.try_status().is_none(),

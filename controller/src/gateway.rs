@@ -18,8 +18,8 @@ use tracing::Instrument;
 
 use crate::apps::AppPatch;
 use crate::auth::Auth;
+use crate::publish_keys::PublishKeys;
 use crate::pushes::{DestinationRef, DestinationRequest, Pushes, StartPush, UpdatePush};
-use crate::stream_keys::StreamKeys;
 
 /// Largest request body accepted; more is 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -30,7 +30,7 @@ const REALM: &str = "pushcast";
 #[derive(Clone)]
 pub struct Gateway {
     pub pushes: Pushes,
-    pub keys: StreamKeys,
+    pub keys: PublishKeys,
     pub auth: Auth,
 }
 
@@ -234,7 +234,7 @@ async fn app_target(
         (&Method::DELETE, None) => apps.delete(&vhost, &app).await.map(|()| Value::Null),
         (&Method::GET, Some("pushes")) => list_pushes(&gw, &vhost, &app, Map::new()).await,
         (&Method::POST, Some(action @ ("streamKey" | "deleteStreamKey"))) => {
-            stream_key_action(&gw, &vhost, &app, action, body).await
+            publish_key_action(&gw, &vhost, &app, action, body).await
         }
         (&Method::POST, Some(action @ ("startPush" | "stopPush" | "updatePush" | "pushes"))) => {
             post_action(&gw, &vhost, &app, action, body).await
@@ -267,33 +267,30 @@ async fn post_action(
     body: Body,
 ) -> Result<Value, ApiError> {
     let obj = json_object(body).await?;
-    match action {
+    if action == "pushes" {
+        return list_pushes(gw, vhost, app, obj).await;
+    }
+    gw.pushes.apps().require(vhost, app).await?;
+    let task = match action {
         "startPush" => {
-            gw.pushes.apps().require(vhost, app).await?;
-            let task = gw
-                .pushes
+            gw.pushes
                 .start(vhost, app, start_push_from_json(&obj))
-                .await?;
-            Ok(task.to_ome_json())
+                .await?
         }
         "updatePush" => {
-            gw.pushes.apps().require(vhost, app).await?;
-            let task = gw
-                .pushes
+            gw.pushes
                 .update(vhost, app, update_push_from_json(&obj))
-                .await?;
-            Ok(task.to_ome_json())
+                .await?
         }
-        "stopPush" => {
-            gw.pushes.apps().require(vhost, app).await?;
+        _ => {
             let id = obj.get("id").and_then(Value::as_str);
-            Ok(gw.pushes.stop(vhost, app, id).await?.to_ome_json())
+            gw.pushes.stop(vhost, app, id).await?
         }
-        _ => list_pushes(gw, vhost, app, obj).await,
-    }
+    };
+    Ok(task.to_ome_json())
 }
 
-async fn stream_key_action(
+async fn publish_key_action(
     gw: &Gateway,
     vhost: &str,
     app: &str,
@@ -454,7 +451,7 @@ mod tests {
         apps.seed(&[app]).await.unwrap();
         let clients = WorkerClients::with_tls(None);
         let pushes = Pushes::new(store.clone(), apps.clone(), clients.clone());
-        let keys = StreamKeys::new(store, apps, clients, "rtmp://localhost:1935".into());
+        let keys = PublishKeys::new(store, apps, clients, "rtmp://localhost:1935".into());
         let auth = Auth::new(&["token".to_string()]);
         Api {
             router: router(Gateway { pushes, keys, auth }),

@@ -13,13 +13,13 @@ use pushcast_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::Auth;
+use crate::publish_keys::PublishKeys;
 use crate::pushes::{DestinationRef, DestinationRequest, PushEvent, Pushes, StartPush, UpdatePush};
-use crate::stream_keys::StreamKeys;
 
 #[derive(Clone)]
 pub struct Api {
     pub pushes: Pushes,
-    pub keys: StreamKeys,
+    pub keys: PublishKeys,
 }
 
 /// Returns an interceptor that checks the `authorization` metadata.

@@ -10,11 +10,11 @@ pub mod grpc;
 pub mod leader;
 pub mod live_status;
 pub mod notifier;
+pub mod publish_keys;
 pub mod pushes;
 pub mod scheduler;
 pub mod server;
 pub mod store_error;
-pub mod stream_keys;
 pub mod worker_clients;
 
 pub use config::{ControllerArgs, ControllerConfig};

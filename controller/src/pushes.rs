@@ -46,7 +46,7 @@ pub struct DestinationRequest {
     pub variant_names: Vec<String>,
 }
 
-/// A destination to remove from a task: by url + stream key, or by position.
+/// A destination to remove from a task: by url + destination stream key, or by position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationRef {
     Address { url: String, stream_key: String },

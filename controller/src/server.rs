@@ -80,7 +80,7 @@ pub async fn start(
             .context("TLS toward the workers")?,
     );
     let pushes = Pushes::new(store.clone(), apps.clone(), clients.clone());
-    let stream_keys = crate::stream_keys::StreamKeys::new(
+    let stream_keys = crate::publish_keys::PublishKeys::new(
         store.clone(),
         apps,
         clients.clone(),

@@ -1,7 +1,7 @@
 //! Real-time pacing of muxed TS for datagram transports (UDP, and SRT's live mode).
 //!
 //! A receiver of MPEG-TS over UDP reconstructs the encoder's clock from the PCRs and
-//! expects each byte to arrive at about the time its PCR timeline says. A relay that
+//! expects each byte to arrive at about the time its PCR timeline says. A sender that
 //! writes frames as fast as they come sends each keyframe as a burst of hundreds of
 //! datagrams, which overflows receive buffers and drops packets on the way. [`TsPacer`]
 //! tells the sender when each 1316-byte datagram is due instead.

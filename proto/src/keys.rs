@@ -39,7 +39,8 @@ pub fn statuses_of(vhost: &str, app: &str) -> String {
     format!("status/{}/{}/", escape(vhost), escape(app))
 }
 
-/// The uniqueness index of a destination: one key per destination (url + stream key),
+/// The uniqueness index of a destination: one key per destination (url + destination
+/// stream key),
 /// whose value names the task that holds it. Hashed so that secrets in stream keys do
 /// not appear in key names.
 pub fn destination(destination: &str) -> String {
@@ -108,8 +109,8 @@ pub fn forwards_of(from: &str) -> String {
 /// Prefix of every forward.
 pub const FORWARDS: &str = "relay/";
 
-/// The stream-key record of a stream (a nonce the key is derived from, never the key).
-pub fn stream_key(vhost: &str, app: &str, stream: &str) -> String {
+/// The publish-key record of a stream (a nonce the key is derived from, never the key).
+pub fn publish_key(vhost: &str, app: &str, stream: &str) -> String {
     format!(
         "keys/{}/{}/streams/{}",
         escape(vhost),
@@ -118,8 +119,8 @@ pub fn stream_key(vhost: &str, app: &str, stream: &str) -> String {
     )
 }
 
-/// The lookup entry of a stream key: by the SHA-256 of the key, the stream it opens.
-pub fn stream_key_lookup(vhost: &str, app: &str, key_hash_hex: &str) -> String {
+/// The lookup entry of a publish key: by the SHA-256 of the key, the stream it opens.
+pub fn publish_key_lookup(vhost: &str, app: &str, key_hash_hex: &str) -> String {
     format!(
         "keys/{}/{}/lookup/{}",
         escape(vhost),
@@ -128,7 +129,7 @@ pub fn stream_key_lookup(vhost: &str, app: &str, key_hash_hex: &str) -> String {
     )
 }
 
-/// The secret stream keys are derived from.
+/// The secret publish keys are derived from.
 pub const STREAM_KEY_SECRET: &str = "secrets/stream-key-secret";
 
 /// The controllers' election key.

@@ -10,8 +10,8 @@ pub mod destination;
 pub mod error;
 pub mod keys;
 pub mod model;
+pub mod publish_keys;
 pub mod secret;
-pub mod stream_keys;
 pub mod time;
 
 pub use error::{ApiError, ErrorKind};

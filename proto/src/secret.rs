@@ -1,5 +1,5 @@
 //! The one redaction rule for secrets in logs and status: publish keys, destination
-//! stream keys, access tokens.
+//! publish keys, destination stream keys, access tokens.
 
 /// A secret shown as at most its first 4 characters: enough to tell two keys apart in a
 /// log, useless to an attacker. Secrets shorter than 12 characters show nothing.

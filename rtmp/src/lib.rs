@@ -23,7 +23,7 @@
 //! 2. write everything from `conn.take_outbound()` (a `Vec<Bytes>` of segments, in
 //!    order: one `write_vectored`/`write_all` pass; large frame payloads are refcounted
 //!    slices, not copies);
-//! 3. for a client, call `send_frame` for each frame to relay, then flush as in 2 —
+//! 3. for a client, call `send_frame` for each frame to send, then flush as in 2 —
 //!    queuing many frames before one flush coalesces them into one write.
 //!
 //! Methods that answer an event (`accept_publish`, `reject_publish`, `unpublish`) also

@@ -3,7 +3,7 @@
 //! Media bodies (audio, video, data) stay raw [`Bytes`]: they are parsed once at ingest
 //! and passed through to every destination untouched. Commands are decoded into
 //! [`Command`] because the connection state machines act on them. Aggregate messages (type
-//! 22, sent by some servers and relays) are split into their sub-messages here, with
+//! 22, sent by some servers and restreamers) are split into their sub-messages here, with
 //! timestamps rebased on the aggregate's timestamp, so nothing above this layer has to
 //! know they exist.
 

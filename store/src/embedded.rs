@@ -769,13 +769,7 @@ impl Store for EmbeddedStore {
             closed: false,
             done: false,
         };
-        Ok(Box::pin(futures::stream::unfold(
-            watcher,
-            |mut w| async move {
-                let item = w.next_item().await?;
-                Some((item, w))
-            },
-        )))
+        Ok(crate::watch_stream(watcher))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
@@ -842,7 +836,7 @@ struct Watcher {
     done: bool,
 }
 
-impl Watcher {
+impl crate::Watcher for Watcher {
     async fn next_item(&mut self) -> Option<Result<WatchEvent>> {
         loop {
             if self.done {
@@ -873,7 +867,9 @@ impl Watcher {
             }
         }
     }
+}
 
+impl Watcher {
     /// Copies the next events under the prefix from the history into `buf`. Returns
     /// whether it advanced; [`StoreError::Compacted`] if the history no longer holds
     /// `next` (the watcher started too early or fell too far behind).

@@ -470,13 +470,7 @@ impl Store for EtcdStore {
             done: false,
         };
         watcher.absorb(created);
-        Ok(Box::pin(futures::stream::unfold(
-            watcher,
-            |mut w| async move {
-                let item = w.next_item().await?;
-                Some((item, w))
-            },
-        )))
+        Ok(crate::watch_stream(watcher))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
@@ -542,7 +536,7 @@ struct EtcdWatcher {
     done: bool,
 }
 
-impl EtcdWatcher {
+impl crate::Watcher for EtcdWatcher {
     async fn next_item(&mut self) -> Option<Result<WatchEvent>> {
         loop {
             if self.done {
@@ -570,7 +564,9 @@ impl EtcdWatcher {
             }
         }
     }
+}
 
+impl EtcdWatcher {
     /// Queues the events of one response, then the error that ends the watch, if any.
     fn absorb(&mut self, resp: WatchResponse) {
         for event in resp.events() {

@@ -162,6 +162,21 @@ impl WatchEvent {
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = std::result::Result<WatchEvent, StoreError>> + Send>>;
 
+/// A store's watcher: yields the events of one watch, one at a time, `None` at its end.
+trait Watcher: Send + 'static {
+    fn next_item(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<std::result::Result<WatchEvent, StoreError>>> + Send;
+}
+
+/// A [`WatchStream`] over a store's [`Watcher`].
+fn watch_stream<W: Watcher>(watcher: W) -> WatchStream {
+    Box::pin(futures::stream::unfold(watcher, |mut w| async move {
+        let item = w.next_item().await?;
+        Some((item, w))
+    }))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached (or did not answer within the request timeout).

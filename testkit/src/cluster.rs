@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use crate::api::Node;
 use crate::etcd::EtcdProcess;
+use crate::ffmpeg::publish_file;
 use crate::media::test_media;
 use crate::nginx::Nginx;
-use crate::proc::Guard;
 use crate::process::Proc;
 use crate::wait_for;
 
@@ -140,18 +140,12 @@ impl Cluster {
         let data = self.dir.path().join(&id);
         std::fs::create_dir_all(&data).unwrap();
         let etcd = opts.etcd.clone().unwrap_or_else(|| self.etcd.endpoint());
-        let args = vec![
-            format!("--etcd-endpoints={etcd}"),
-            format!("--node-id={id}"),
-            "--rtmp-addr=127.0.0.1:0".into(),
-            "--grpc-addr=127.0.0.1:0".into(),
-            "--advertise-host=127.0.0.1".into(),
+        let extra = [
             format!("--lease-ttl-secs={}", opts.lease_ttl_secs),
             format!("--max-sessions={}", opts.max_sessions),
             "--etcd-timeout-ms=1000".into(),
-            format!("--data-dir={}", data.display()),
         ];
-        let mut proc = Proc::start("pushcast-worker", &id, args, HashMap::new()).await;
+        let mut proc = Proc::worker(&etcd, &id, &data, &extra).await;
         let rtmp = proc.wait_for_field("RTMP ingest listening", "addr").await;
         let grpc = proc.wait_for_field("WorkerService listening", "addr").await;
         self.workers.push(WorkerProc {
@@ -592,7 +586,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(url: &str, log: &Path) -> Publisher {
-        let media = test_media().flv.to_str().unwrap().to_string();
+        let media = test_media().flv.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(0));
         let thread = {
@@ -605,25 +599,7 @@ impl Publisher {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     *attempts.lock().unwrap() += 1;
-                    let mut g = Guard::spawn(
-                        "ffmpeg",
-                        &[
-                            "-nostdin",
-                            "-v",
-                            "error",
-                            "-re",
-                            "-stream_loop",
-                            "-1",
-                            "-i",
-                            &media,
-                            "-c",
-                            "copy",
-                            "-f",
-                            "flv",
-                            &url,
-                        ],
-                        &log,
-                    );
+                    let mut g = publish_file(&media, &url, -1, &log);
                     while !stop.load(Ordering::SeqCst) && g.try_status().is_none() {
                         std::thread::sleep(Duration::from_millis(20));
                     }

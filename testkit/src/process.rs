@@ -104,6 +104,49 @@ impl Proc {
         }
     }
 
+    /// A `pushcast-worker` named `node_id` on etcd `etcd`, every port 0, advertising
+    /// 127.0.0.1, its data under `data_dir`, with `extra` arguments after those.
+    pub async fn worker(etcd: &str, node_id: &str, data_dir: &Path, extra: &[String]) -> Proc {
+        Proc::worker_with_env(etcd, node_id, data_dir, extra, HashMap::new()).await
+    }
+
+    /// [`Proc::worker`] with environment variables.
+    pub async fn worker_with_env(
+        etcd: &str,
+        node_id: &str,
+        data_dir: &Path,
+        extra: &[String],
+        envs: HashMap<String, String>,
+    ) -> Proc {
+        let mut args = vec![
+            format!("--etcd-endpoints={etcd}"),
+            format!("--node-id={node_id}"),
+            "--rtmp-addr=127.0.0.1:0".into(),
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--advertise-host=127.0.0.1".into(),
+            format!("--data-dir={}", data_dir.display()),
+        ];
+        args.extend_from_slice(extra);
+        Proc::start("pushcast-worker", node_id, args, envs).await
+    }
+
+    /// Waits (up to `timeout`) until the process has logged a line containing every one
+    /// of `needles`.
+    pub async fn wait_logged(&self, needles: &[&str], timeout: Duration) {
+        crate::wait_for(
+            &format!("{} to log {needles:?}", self.name),
+            timeout,
+            || {
+                let seen = self
+                    .output()
+                    .iter()
+                    .any(|l| needles.iter().all(|n| l.contains(n)));
+                async move { seen.then_some(()) }
+            },
+        )
+        .await;
+    }
+
     /// Every line the process printed so far (stdout and stderr).
     pub fn output(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
@@ -197,18 +240,8 @@ impl Proc {
 
     /// Sends SIGTERM and waits (up to `timeout`) for the exit status code.
     pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.signal("TERM");
+        self.wait_exit(timeout).await
     }
 
     /// Kills this process and starts the same binary again with the same arguments.

@@ -213,14 +213,9 @@ async fn a_down_receiver_gets_the_callback_later_and_a_slow_one_delays_nothing()
     let ingest = node.rtmp.clone().unwrap();
     let t0 = std::time::Instant::now();
     let mut p = publish(&format!("rtmp://{ingest}/app/cam"), dir.path(), "p", 0);
-    pushcast_testkit::wait_for("the publish to start", Duration::from_secs(10), || async {
-        node.proc
-            .output()
-            .iter()
-            .any(|l| l.contains("publish started"))
-            .then_some(())
-    })
-    .await;
+    node.proc
+        .wait_logged(&["publish started"], Duration::from_secs(10))
+        .await;
     let went_live = t0.elapsed();
     println!("publish live after {went_live:?} with a 10 s slow callback receiver");
     assert!(

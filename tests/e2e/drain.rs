@@ -83,14 +83,9 @@ async fn the_drain_grace_bounds_the_wait() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = node(dir.path(), 2).await;
     let mut live = publish(&node.ingest_url("app", "cam"), dir.path(), "long", 20);
-    pushcast_testkit::wait_for("the publish to start", Duration::from_secs(10), || async {
-        node.proc
-            .output()
-            .iter()
-            .any(|l| l.contains("publish started"))
-            .then_some(())
-    })
-    .await;
+    node.proc
+        .wait_logged(&["publish started"], Duration::from_secs(10))
+        .await;
     let t0 = Instant::now();
     node.proc.signal("TERM");
     let code = node.proc.wait_exit(Duration::from_secs(15)).await;

@@ -163,18 +163,9 @@ async fn malformed_ingest_input_closes_only_that_connection() {
     // The process is alive, and a valid publish right after works.
     assert!(node.proc.is_running(), "the server survived");
     let mut p = publisher(&node, "after", dir.path(), "valid");
-    pushcast_testkit::wait_for(
-        "the valid publish to go live",
-        Duration::from_secs(15),
-        || async {
-            node.proc
-                .output()
-                .iter()
-                .any(|l| l.contains("publish started"))
-                .then_some(())
-        },
-    )
-    .await;
+    node.proc
+        .wait_logged(&["publish started"], Duration::from_secs(15))
+        .await;
 
     // A second publisher on the live stream is refused; the first is untouched.
     let mut second = publisher(&node, "after", dir.path(), "second");

@@ -2,7 +2,6 @@
 //! during a push: both expositions are valid (as `promtool check metrics` says) and the
 //! push counters move.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use pushcast_testkit::api::Node;
@@ -87,19 +86,11 @@ async fn metrics_of_both_binaries_parse_and_push_counters_move() {
         .wait_for_field("metrics listening", "addr")
         .await;
     controller.open_publish("app").await;
-    let mut worker = Proc::start(
-        "pushcast-worker",
+    let mut worker = Proc::worker(
+        &etcd.endpoint(),
         "w0",
-        vec![
-            format!("--etcd-endpoints={}", etcd.endpoint()),
-            "--node-id=w0".into(),
-            "--rtmp-addr=127.0.0.1:0".into(),
-            "--grpc-addr=127.0.0.1:0".into(),
-            "--advertise-host=127.0.0.1".into(),
-            "--metrics-addr=127.0.0.1:0".into(),
-            format!("--data-dir={}", dir.path().join("w0").display()),
-        ],
-        HashMap::new(),
+        &dir.path().join("w0"),
+        &["--metrics-addr=127.0.0.1:0".into()],
     )
     .await;
     let worker_metrics = worker.wait_for_field("metrics listening", "addr").await;

@@ -208,20 +208,14 @@ async fn worker_service_mutual_tls() {
     let pki = make_pki(dir.path());
     let data = dir.path().join("w0");
     std::fs::create_dir_all(&data).unwrap();
-    let args = vec![
-        format!("--etcd-endpoints={}", etcd.endpoint()),
-        "--node-id=w0".into(),
-        "--rtmp-addr=127.0.0.1:0".into(),
-        "--grpc-addr=127.0.0.1:0".into(),
-        "--advertise-host=127.0.0.1".into(),
+    let extra = [
         "--etcd-timeout-ms=1000".into(),
-        format!("--data-dir={}", data.display()),
         format!("--grpc-tls-cert={}", pki.server_cert.display()),
         format!("--grpc-tls-key={}", pki.server_key.display()),
         format!("--grpc-tls-ca={}", pki.ca.display()),
         "--grpc-tls-client-auth".into(),
     ];
-    let mut worker = Proc::start("pushcast-worker", "w0", args, HashMap::new()).await;
+    let mut worker = Proc::worker(&etcd.endpoint(), "w0", &data, &extra).await;
     let grpc = worker
         .wait_for_field("WorkerService listening", "addr")
         .await;
@@ -319,15 +313,9 @@ async fn rtmps_ingest_and_live_counters_over_mutual_tls() {
 
     let log = dir.path().join("ffmpeg.log");
     let mut publisher = Publisher::start(&format!("rtmps://{rtmps}/app/cam"), &log);
-    pushcast_testkit::wait_for("publish over RTMPS", Duration::from_secs(20), || {
-        let seen = node
-            .proc
-            .output()
-            .iter()
-            .any(|l| l.contains("publish started") && l.contains("cam"));
-        async move { seen.then_some(()) }
-    })
-    .await;
+    node.proc
+        .wait_logged(&["publish started", "cam"], Duration::from_secs(20))
+        .await;
     let nginx = Nginx::start();
     let r = node
         .action(

@@ -18,6 +18,7 @@ use pushcast_testkit::etcd::EtcdProcess as Etcd;
 use pushcast_testkit::media::test_media;
 use pushcast_testkit::nginx::Nginx;
 use pushcast_testkit::proc::Guard;
+use pushcast_testkit::process::Proc;
 use serde_json::json;
 
 /// (trace id hex, service name, span name) of every span received.
@@ -91,17 +92,11 @@ async fn a_start_push_is_one_trace_across_controller_and_worker() {
     )
     .await;
     controller.open_publish("app").await;
-    let mut worker = pushcast_testkit::process::Proc::start(
-        "pushcast-worker",
+    let mut worker = Proc::worker_with_env(
+        &etcd.endpoint(),
         "w0",
-        vec![
-            format!("--etcd-endpoints={}", etcd.endpoint()),
-            "--node-id=w0".into(),
-            "--rtmp-addr=127.0.0.1:0".into(),
-            "--grpc-addr=127.0.0.1:0".into(),
-            "--advertise-host=127.0.0.1".into(),
-            format!("--data-dir={}", dir.path().join("w0").display()),
-        ],
+        &dir.path().join("w0"),
+        &[],
         env("pushcast-worker"),
     )
     .await;
@@ -124,14 +119,9 @@ async fn a_start_push_is_one_trace_across_controller_and_worker() {
         ],
         &dir.path().join("publish.log"),
     );
-    pushcast_testkit::wait_for("the stream to be live", Duration::from_secs(15), || async {
-        worker
-            .output()
-            .iter()
-            .any(|l| l.contains("publish started"))
-            .then_some(())
-    })
-    .await;
+    worker
+        .wait_logged(&["publish started"], Duration::from_secs(15))
+        .await;
     let r = controller
         .action(
             "startPush",

@@ -47,7 +47,7 @@ pub struct PublishEvent {
     pub vhost: String,
     /// The ingest host the encoder used, from the tcUrl (`Pubdomain`); see [`host_from_tc_url`].
     pub domain: String,
-    /// The stream name (`Stream` / `name`) — the stream, never the stream key.
+    /// The stream name (`Stream` / `name`) — the stream, never its publish key.
     pub stream: String,
     /// The encoder's address (`ClientIp`, `ClientPort`).
     pub client: SocketAddr,

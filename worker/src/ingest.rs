@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use pushcast_proto::keys;
 use pushcast_proto::model::{AppConfig, FORWARD_APP, LiveStream};
+use pushcast_proto::publish_keys::lookup_hash;
 use pushcast_proto::secret::redact;
-use pushcast_proto::stream_keys::lookup_hash;
 use pushcast_proto::time;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Compare, Op, Store, Txn};
@@ -69,7 +69,7 @@ pub struct Ingest {
     pub published: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     /// Live publishes, to disconnect one on request.
     pub publishers: Publishers,
-    /// Publishes refused for a bad stream key (for metrics and tests).
+    /// Publishes refused for a bad publish key (for metrics and tests).
     pub refused: Arc<std::sync::atomic::AtomicU64>,
     /// Delivers the apps' publish callbacks.
     pub webhooks: Dispatcher,
@@ -373,11 +373,11 @@ impl Ingest {
             Ok(None) => return Err(Refusal::NoApp(req.app.clone())),
             Err(e) => return Err(Refusal::Unavailable(e.to_string())),
         };
-        // The name the encoder sent is its stream key, unless the app publishes openly.
+        // The name the encoder sent is its publish key, unless the app publishes openly.
         let stream = if app.open_publish {
             req.stream_name.clone()
         } else {
-            self.stream_of_key(&vhost, &req.app, &req.stream_name)
+            self.stream_of_publish_key(&vhost, &req.app, &req.stream_name)
                 .await?
         };
         let event = PublishEvent {
@@ -452,18 +452,18 @@ impl Ingest {
         }
     }
 
-    /// The stream a presented key opens; a refusal (`AuthencationFailed`, as the seed
-    /// spells it) when the key is unknown or revoked.
-    async fn stream_of_key(
+    /// The stream a presented publish key opens; a refusal (`AuthencationFailed`, as the
+    /// seed spells it) when the key is unknown or revoked.
+    async fn stream_of_publish_key(
         &self,
         vhost: &str,
         app: &str,
         presented: &str,
     ) -> Result<String, Refusal> {
-        let lookup = keys::stream_key_lookup(vhost, app, &lookup_hash(presented));
+        let lookup = keys::publish_key_lookup(vhost, app, &lookup_hash(presented));
         match self.store.get(&lookup).await {
             Ok(Some(kv)) => String::from_utf8(kv.value)
-                .map_err(|_| Refusal::Internal("bad stream key entry".into())),
+                .map_err(|_| Refusal::Internal("bad publish key entry".into())),
             Ok(None) => {
                 self.refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -679,7 +679,7 @@ mod tests {
     #[tokio::test]
     async fn a_valid_publish_key_opens_its_stream() {
         let s = setup(false).await;
-        let lookup = keys::stream_key_lookup("default", "app", &lookup_hash("the-key"));
+        let lookup = keys::publish_key_lookup("default", "app", &lookup_hash("the-key"));
         s.ingest
             .store
             .put(&lookup, b"cam".to_vec(), 0)

@@ -2,7 +2,7 @@
 //! The destinations of tasks (see `runner`) and the forwards to other workers (see
 //! `forward`) both run in it.
 //!
-//! An attempt ([`push::run_session`]) connects and sends until the source ends, the loop
+//! An attempt ([`push::run_attempt`]) connects and sends until the source ends, the loop
 //! is cancelled, or the destination fails. After a failure the loop reports it, waits as
 //! long as the retry policy says (following the stream meanwhile, so that its end is
 //! noticed) and attempts again, from the GOP cache: the destination starts again on a
@@ -121,7 +121,7 @@ impl Loop {
             };
             let started = Instant::now();
             let attempt = this.cancel.child_token();
-            let result = push::run_session(
+            let result = push::run_attempt(
                 &this.dest,
                 selection,
                 &mut source,

@@ -5,7 +5,7 @@
 //! - a task whose stream is not live anywhere is not placed (it is reserved, `ready`);
 //! - a task runs on the worker where its stream is live (no extra hop);
 //! - when that worker is full (`max_sessions`), the task goes to the least-loaded worker
-//!   with room, which gets the stream relayed from the ingest worker over RTMP;
+//!   with room, which gets the stream forwarded by the ingest worker over RTMP;
 //! - nobody has room: the ingest worker takes it anyway (overloaded beats not pushing);
 //! - a placement that is still valid is kept (no churn: moving a push means a reconnect
 //!   at the destination).
@@ -40,7 +40,7 @@ fn task_key(t: &TaskSpec) -> Key {
     (t.vhost.clone(), t.app.clone(), t.id.clone())
 }
 
-fn stream_key(t: &TaskSpec) -> Key {
+fn stream_id(t: &TaskSpec) -> Key {
     (t.vhost.clone(), t.app.clone(), t.stream.name.clone())
 }
 
@@ -67,7 +67,7 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
 
     // Keep what is still valid.
     for t in &tasks {
-        let Some(ingest) = view.streams.get(&stream_key(t)) else {
+        let Some(ingest) = view.streams.get(&stream_id(t)) else {
             continue;
         };
         if !view.workers.contains_key(ingest) {
@@ -94,7 +94,7 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
 
     // Place the rest.
     for t in pending {
-        let Some(ingest) = view.streams.get(&stream_key(t)) else {
+        let Some(ingest) = view.streams.get(&stream_id(t)) else {
             continue;
         };
         let placement = if has_room(&load, ingest, ingest) {
@@ -141,7 +141,7 @@ pub fn forwards(
             source: SourceRef::Forwarded { from_worker },
         }) = plan.get(&task_key(t))
         {
-            out.insert((from_worker.clone(), worker.clone(), stream_key(t)));
+            out.insert((from_worker.clone(), worker.clone(), stream_id(t)));
         }
     }
     out
@@ -204,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_ingest_worker_overflows_to_the_least_loaded_via_relay() {
+    fn a_full_ingest_worker_overflows_to_the_least_loaded_via_a_forward() {
         let view = View {
             tasks: (0..5).map(|i| task(&format!("t{i}"), "s1")).collect(),
             workers: [worker("w1", 2), worker("w2", 2), worker("w3", 0)].into(),
@@ -214,13 +214,13 @@ mod tests {
         let plan = place(&view);
         let on = |w: &str| plan.values().filter(|p| p.worker == w).count();
         assert_eq!((on("w1"), on("w2"), on("w3")), (2, 2, 1));
-        let relayed: Vec<_> = plan.values().filter(|p| p.worker != "w1").collect();
-        assert!(relayed.iter().all(|p| p.source
+        let forwarded: Vec<_> = plan.values().filter(|p| p.worker != "w1").collect();
+        assert!(forwarded.iter().all(|p| p.source
             == SourceRef::Forwarded {
                 from_worker: "w1".into()
             }));
         let r = forwards(&view, &plan);
-        assert_eq!(r.len(), 2, "one relay per (from, to, stream): {r:?}");
+        assert_eq!(r.len(), 2, "one forward per (from, to, stream): {r:?}");
     }
 
     #[test]
@@ -244,7 +244,7 @@ mod tests {
             streams: [(k("s1"), "w1".to_string())].into(),
             current: BTreeMap::new(),
         };
-        // b sits on w3 via relay; the least-loaded rule alone would pick w2.
+        // b sits on w3 via a forward; the least-loaded rule alone would pick w2.
         view.current.insert(k("a"), local("w1"));
         let b_on_w3 = Placement {
             worker: "w3".into(),

@@ -1,4 +1,4 @@
-//! The ingest side: an encoder (OBS, ffmpeg, a relay) connects and publishes to us.
+//! The ingest side: an encoder (OBS, ffmpeg, another restreamer) connects and publishes to us.
 //!
 //! The server answers the command sequence encoders use — `connect`, `releaseStream`,
 //! `FCPublish`, `createStream`, `publish`, and at the end `FCUnpublish`/`deleteStream` —
@@ -67,7 +67,7 @@ pub struct PublishRequest {
     pub stream_name: String,
     /// What followed `?` in the stream name (e.g. `k=v&x=y`), not percent-decoded.
     pub query: Option<String>,
-    /// `live`, `record` or `append` (we relay all of them live).
+    /// `live`, `record` or `append` (we push all of them on live).
     pub publish_type: String,
     pub tc_url: Option<String>,
     pub connect: ConnectInfo,
@@ -495,7 +495,7 @@ fn same_stream(a: &str, b: &str) -> bool {
 }
 
 /// `@setDataFrame, onMetaData, {...}` → `onMetaData, {...}` (a zero-copy slice);
-/// `@clearDataFrame` is dropped (it is an instruction to the server, not data to relay).
+/// `@clearDataFrame` is dropped (it is an instruction to the server, not data to pass on).
 fn unwrap_data_frame(frame: Frame) -> Option<Frame> {
     if frame.kind != FrameKind::Data {
         return Some(frame);

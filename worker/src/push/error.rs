@@ -11,7 +11,7 @@ use std::time::Duration;
 use pushcast_retry::RetryClass;
 use pushcast_rtmp::RtmpError;
 
-/// Why a push session ended with an error.
+/// Why a push attempt ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     /// The task's url / stream key cannot be pushed to (bad scheme, no host, no stream

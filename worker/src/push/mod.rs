@@ -1,10 +1,11 @@
-//! Push sessions: one connection of one task to its destination.
+//! Push attempts: one connection to one destination, the unit a session is made of.
 //!
-//! A session takes frames from a [`FrameSource`] (the hub's subscription in production, an
-//! FLV file in tests), connects to a [`Destination`] (parsed by the API, never here),
-//! sends until the source ends or the connection fails, and keeps [`SessionCounters`] up
-//! to date for the status the worker reports. Reconnecting (backoff) and task states are
-//! the caller's business: a session is one attempt, [`run_session`].
+//! An attempt ([`run_attempt`]) takes frames from a [`FrameSource`] (the hub's
+//! subscription in production, an FLV file in tests), connects to a [`Destination`]
+//! (parsed by the API, never here), sends until the source ends or the connection fails,
+//! and keeps the session's [`SessionCounters`] up to date for the status the worker
+//! reports. Attempting again after a failure (backoff) and task states are the reconnect
+//! loop's business (`reconnect`).
 //!
 //! ```text
 //!            ┌ rtmp://, rtmps:// ─ ClientConnection (sans-IO) ─ TCP [+ TLS] ─ coalesced writev
@@ -18,7 +19,7 @@
 //!   `NetStream.Publish.Start`): the task goes to `started`.
 //! - `Ok(`[`SessionEnd::SourceEnded`]`)` when the source ends (the RTMP publish is closed
 //!   politely with `FCUnpublish`/`deleteStream`), `Ok(`[`SessionEnd::Cancelled`]`)` when
-//!   its cancellation token fires (stopPush, fencing, drain): the session stops within
+//!   its cancellation token fires (stopPush, fencing, drain): the attempt stops within
 //!   milliseconds, sending `FCUnpublish`/`deleteStream` when it can do so at once.
 //! - `Err(`[`PushError`]`)` otherwise, classified ([`PushError::kind`]) so a rejected
 //!   stream key is reported as such and not hammered.
@@ -35,7 +36,7 @@
 //! [`PushConfig::max_batch_frames`] / [`PushConfig::max_batch_bytes`]). While it gathers,
 //! a session sleeps on a timer shared with every other session of the process instead of
 //! being woken by each frame: wake-ups, not bytes, are what a destination costs.
-//! Measured (`tests/push_bench.rs`, release, 50 RTMP destinations of a 3.2 Mb/s 720p30
+//! Measured (`worker/tests/push/bench.rs`, release, 50 RTMP destinations of a 3.2 Mb/s 720p30
 //! stream on one nginx-rtmp): 0.22–0.26 CPU-ms per stream-second per destination,
 //! against 0.21 for nginx-rtmp's own `push`; writing every frame at once costs ~1.5.
 
@@ -172,7 +173,7 @@ impl Default for PushConfig {
     }
 }
 
-/// What a running session tells its caller while it runs.
+/// What a running attempt tells its caller while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
     /// The destination accepts media (RTMP: publish started; TCP/SRT: connected; UDP:
@@ -183,7 +184,7 @@ pub enum SessionEvent {
     Status { code: String, description: String },
 }
 
-/// How a session ended without error.
+/// How an attempt (and so its session) ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
     /// The source stream ended; everything was sent and the publish closed.
@@ -207,9 +208,9 @@ pub(crate) struct Ctx<'a> {
 /// keeps, until the source ends, `cancel` fires or the destination fails. See the
 /// [module docs](self) for what is reported how.
 ///
-/// The future is `Send`; run it in its own task per session. It never blocks forever:
+/// The future is `Send`; run it in its own task per destination. It never blocks forever:
 /// every network wait is bounded by the connect or send timeout, or by cancellation.
-pub async fn run_session(
+pub async fn run_attempt(
     dest: &Destination,
     tracks: TrackSelection,
     source: &mut dyn FrameSource,
@@ -241,8 +242,8 @@ pub async fn run_session(
             cancel,
             events: &mut events,
         };
-        tracing::debug!("push session starting");
-        // Each protocol's future is boxed: a session then holds only its own protocol's
+        tracing::debug!("push attempt starting");
+        // Each protocol's future is boxed: an attempt then holds only its own protocol's
         // state, instead of an enum as large as the largest of them (SRT's is ~8 KiB,
         // RTMP's a third of that). Per destination, that is most of the memory.
         let result = match target {
@@ -260,13 +261,13 @@ pub async fn run_session(
                 ?end,
                 sent_bytes = counters.sent_bytes(),
                 sent_frames = counters.sent_frames(),
-                "push session ended"
+                "push attempt ended"
             ),
             Err(e) => tracing::info!(
                 error = %e,
                 kind = e.kind().as_str(),
                 sent_bytes = counters.sent_bytes(),
-                "push session failed"
+                "push attempt failed"
             ),
         }
         result
@@ -275,7 +276,7 @@ pub async fn run_session(
     .await
 }
 
-/// A source that has ended: for tests that build a session without running it.
+/// A source that has ended: for tests that build an attempt without running it.
 #[cfg(test)]
 pub(crate) struct NoFrames;
 
@@ -291,18 +292,18 @@ impl FrameSource for NoFrames {
 mod tests {
     use super::*;
 
-    /// A destination keeps its session future for as long as it pushes, so its size is
+    /// A destination keeps its attempt future for as long as it pushes, so its size is
     /// memory per destination. The protocol futures are boxed: only the one in use is
     /// allocated, and the common part stays small however large SRT's grows (~8 KiB).
     #[test]
-    fn the_common_session_future_is_small() {
+    fn the_common_attempt_future_is_small() {
         use pushcast_proto::model::Protocol;
         let dest = Destination::parse(Protocol::Rtmp, "rtmp://h/live", "k", vec![]).expect("valid");
         let (counters, cfg) = (SessionCounters::default(), PushConfig::default());
         let (cancel, mut source) = (CancellationToken::new(), NoFrames);
         let tracks = TrackSelection::ALL;
-        let session = run_session(&dest, tracks, &mut source, &counters, &cfg, &cancel, |_| {});
-        let size = std::mem::size_of_val(&session);
-        assert!(size <= 1024, "the session future takes {size} bytes");
+        let attempt = run_attempt(&dest, tracks, &mut source, &counters, &cfg, &cancel, |_| {});
+        let size = std::mem::size_of_val(&attempt);
+        assert!(size <= 1024, "the attempt future takes {size} bytes");
     }
 }

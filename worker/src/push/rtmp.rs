@@ -2,10 +2,10 @@
 //!
 //! Phases: connect (TCP, then TLS for `rtmps`), negotiate (handshake, `connect`,
 //! `createStream`, `publish` until `NetStream.Publish.Start`, bounded by the connect
-//! timeout), then relay. The relay loop waits for whichever comes first: cancellation,
+//! timeout), then send. The sending loop waits for whichever comes first: cancellation,
 //! bytes from the server (acks, pings, status: answered in the next write) or a frame.
-//! After a frame it takes every frame that is already waiting (bounded), lets the session
-//! chunk them all, and writes the result with one vectored write: at 30 fps video plus
+//! After a frame it takes every frame that is already waiting (bounded), lets the
+//! connection chunk them all, and writes the result with one vectored write: at 30 fps video plus
 //! audio that is a few syscalls per frame interval per destination, however the frames
 //! are chunked.
 
@@ -128,13 +128,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     // Negotiate until the publish starts.
     let mut connect_answered = false;
     loop {
-        let out = conn.take_outbound();
-        if !out.is_empty() {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-                r = write_segments(&mut stream, &out, send_timeout) => r?,
-            }
+        if !flush(&mut stream, &mut conn, send_timeout, &cancel).await? {
+            return Ok(SessionEnd::Cancelled);
         }
         let n = tokio::select! {
             biased;
@@ -267,14 +262,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if source_ended {
             conn.unpublish()?;
         }
-        let out = conn.take_outbound();
-        if !out.is_empty() {
-            tokio::select! {
-                biased;
-                // Mid-write there is no clean way to say goodbye: just drop the socket.
-                _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-                r = write_segments(&mut stream, &out, send_timeout) => r?,
-            }
+        if !flush(&mut stream, &mut conn, send_timeout, &cancel).await? {
+            return Ok(SessionEnd::Cancelled);
         }
         if batch.frames > 0 && !ctx.cfg.write_interval.is_zero() {
             hold_until = Some(next_write_tick(ctx.cfg.write_interval));
@@ -284,6 +273,25 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = timeout(send_timeout, stream.shutdown()).await;
             return Ok(SessionEnd::SourceEnded);
         }
+    }
+}
+
+/// Writes what the connection has queued; false when cancelled meanwhile (mid-write
+/// there is no clean way to say goodbye: the caller just drops the socket).
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    conn: &mut ClientConnection,
+    send_timeout: std::time::Duration,
+    cancel: &CancellationToken,
+) -> Result<bool, PushError> {
+    let out = conn.take_outbound();
+    if out.is_empty() {
+        return Ok(true);
+    }
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Ok(false),
+        r = write_segments(stream, &out, send_timeout) => r.map(|()| true),
     }
 }
 
@@ -386,7 +394,7 @@ mod tests {
     use super::*;
     use crate::push::{NoFrames, SessionCounters, TrackSelection};
 
-    /// Per destination, an RTMP push keeps `run` and the relay loop (`drive`) alive for
+    /// Per destination, an RTMP push keeps `run` and the sending loop (`drive`) alive for
     /// hours: both stay small (the connect phase, TLS handshake included, is boxed apart
     /// and freed once connected).
     #[tokio::test]

@@ -19,7 +19,7 @@ use pushcast_testkit::destination;
 use pushcast_testkit::flv::read_flv_file;
 use pushcast_testkit::media::Clip;
 use pushcast_testkit::nginx::Nginx;
-use pushcast_worker::push::{PushConfig, SessionCounters, SessionEnd, TrackSelection, run_session};
+use pushcast_worker::push::{PushConfig, SessionCounters, SessionEnd, TrackSelection, run_attempt};
 
 /// utime + stime of this process, in ms (from /proc/self/stat, clock ticks of 10 ms).
 fn cpu_ms() -> u64 {
@@ -83,7 +83,7 @@ async fn rtmp_cpu_per_destination() {
             }
             let counters = SessionCounters::new();
             let cancel = tokio_util::sync::CancellationToken::new();
-            let r = run_session(
+            let r = run_attempt(
                 &dest,
                 TrackSelection::ALL,
                 &mut source,

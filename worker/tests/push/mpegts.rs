@@ -15,7 +15,7 @@ use pushcast_testkit::media::test_media;
 use pushcast_testkit::net::{free_tcp_port, free_udp_port, wait_listening, wait_udp_bound};
 use pushcast_testkit::source::repeat_frames;
 use pushcast_worker::push::{
-    PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_session,
+    PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_attempt,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,7 @@ async fn push_until(
     let mut source = PacedSource::new(frames, speed);
     let counters = SessionCounters::new();
     let mut connected = 0;
-    let result = run_session(&dest, tracks, &mut source, &counters, cfg, cancel, |ev| {
+    let result = run_attempt(&dest, tracks, &mut source, &counters, cfg, cancel, |ev| {
         if let SessionEvent::Connected { .. } = ev {
             connected += 1;
         }

@@ -19,7 +19,7 @@ use pushcast_testkit::rtmp_server::{Behaviour, TestRtmpServer};
 use pushcast_testkit::source::{repeat_frames, shifted};
 use pushcast_testkit::stunnel::{Stunnel, make_pki};
 use pushcast_worker::push::{
-    PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_session,
+    PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_attempt,
     tls_client_config,
 };
 use tokio_util::sync::CancellationToken;
@@ -57,7 +57,7 @@ async fn push_until(
     let mut source = PacedSource::new(frames, speed);
     let counters = SessionCounters::new();
     let mut connected = 0;
-    let result = run_session(
+    let result = run_attempt(
         &dest,
         TrackSelection::ALL,
         &mut source,

@@ -1,13 +1,14 @@
-//! Stream keys: the ingest credentials of a stream (`:streamKey`, `StreamKeyService`).
-//! Keys are derived from a cluster secret and a per-stream nonce; see
-//! [`pushcast_proto::stream_keys`] for why nothing usable is stored.
+//! Publish keys: the secret an encoder publishes a stream with (the API calls it the
+//! stream key: `:streamKey`, `StreamKeyService`). Keys are derived from a cluster secret
+//! and a per-stream nonce; see [`pushcast_proto::publish_keys`] for why nothing usable
+//! is stored.
 
 use std::sync::Arc;
 
 use pushcast_proto::ApiError;
 use pushcast_proto::keys;
 use pushcast_proto::model::LiveStream;
-use pushcast_proto::stream_keys::{StreamKeyRecord, derive, lookup_hash};
+use pushcast_proto::publish_keys::{PublishKeyRecord, derive, lookup_hash};
 use pushcast_proto::{time, v1};
 use pushcast_store::{Compare, Op, Store, Txn};
 use rand::RngCore;
@@ -53,7 +54,7 @@ impl Issued {
 }
 
 #[derive(Clone)]
-pub struct StreamKeys {
+pub struct PublishKeys {
     store: Arc<dyn Store>,
     apps: Apps,
     clients: WorkerClients,
@@ -66,14 +67,14 @@ fn missing_stream() -> ApiError {
     ApiError::bad_request("There is no required parameter [ stream]")
 }
 
-impl StreamKeys {
+impl PublishKeys {
     pub fn new(
         store: Arc<dyn Store>,
         apps: Apps,
         clients: WorkerClients,
         public_ingest_url: String,
     ) -> Self {
-        StreamKeys {
+        PublishKeys {
             store,
             apps,
             clients,
@@ -134,11 +135,11 @@ impl StreamKeys {
             .filter(|s| !s.is_empty())
             .ok_or_else(missing_stream)?;
         let secret = self.secret().await?.to_vec();
-        let record_key = keys::stream_key(vhost, app, stream);
+        let record_key = keys::publish_key(vhost, app, stream);
         for _ in 0..5 {
             let live = self.live(vhost, app, stream).await?.is_some();
             let current = self.store.get(&record_key).await.map_err(api_error)?;
-            let old: Option<StreamKeyRecord> = match &current {
+            let old: Option<PublishKeyRecord> = match &current {
                 Some(kv) => Some(decode(&record_key, &kv.value)?),
                 None => None,
             };
@@ -161,7 +162,7 @@ impl StreamKeys {
             }
             let mut nonce = [0u8; 16];
             rand::rng().fill_bytes(&mut nonce);
-            let rec = StreamKeyRecord {
+            let rec = PublishKeyRecord {
                 nonce: hex::encode(nonce),
                 created_ms: time::now_ms(),
             };
@@ -173,12 +174,12 @@ impl StreamKeys {
                 ))
                 .and_then(Op::put(record_key.clone(), encode(&rec)?))
                 .and_then(Op::put(
-                    keys::stream_key_lookup(vhost, app, &lookup_hash(&key)),
+                    keys::publish_key_lookup(vhost, app, &lookup_hash(&key)),
                     stream.as_bytes().to_vec(),
                 ));
             if let Some(old) = &old {
                 let old_key = derive(&secret, vhost, app, stream, &old.nonce);
-                txn = txn.and_then(Op::delete(keys::stream_key_lookup(
+                txn = txn.and_then(Op::delete(keys::publish_key_lookup(
                     vhost,
                     app,
                     &lookup_hash(&old_key),
@@ -232,19 +233,19 @@ impl StreamKeys {
         let stream = stream
             .filter(|s| !s.is_empty())
             .ok_or_else(missing_stream)?;
-        let record_key = keys::stream_key(vhost, app, stream);
+        let record_key = keys::publish_key(vhost, app, stream);
         let Some(kv) = self.store.get(&record_key).await.map_err(api_error)? else {
             return Err(ApiError::not_found(format!(
                 "Could not find the stream key of '{stream}': [{vhost}/{app}]"
             )));
         };
-        let rec: StreamKeyRecord = decode(&record_key, &kv.value)?;
+        let rec: PublishKeyRecord = decode(&record_key, &kv.value)?;
         let secret = self.secret().await?.to_vec();
         let key = derive(&secret, vhost, app, stream, &rec.nonce);
         let txn = Txn::new()
             .when(Compare::ModRevision(record_key.clone(), kv.mod_revision))
             .and_then(Op::delete(record_key))
-            .and_then(Op::delete(keys::stream_key_lookup(
+            .and_then(Op::delete(keys::publish_key_lookup(
                 vhost,
                 app,
                 &lookup_hash(&key),

@@ -1,4 +1,5 @@
-//! Stream keys: derived, never stored.
+//! Publish keys (the API's "stream keys", what encoders publish with): derived, never
+//! stored.
 //!
 //! A stream's key is `base64url(HMAC-SHA256(cluster secret, vhost/app/stream/nonce))`
 //! (256 bits). The store keeps only the per-stream random nonce and, for the ingest's
@@ -13,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 /// What the store keeps of a stream's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamKeyRecord {
+pub struct PublishKeyRecord {
     /// Random, hex; the key is derived from it.
     pub nonce: String,
     pub created_ms: i64,
