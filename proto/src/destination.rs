@@ -186,7 +186,6 @@ impl fmt::Debug for Target {
 pub struct Destination {
     spec: DestinationSpec,
     parsed: Result<Target, DestinationError>,
-    redacted: String,
 }
 
 impl Destination {
@@ -221,15 +220,7 @@ impl Destination {
     /// stopped; its push fails with the reason.
     pub fn new(spec: DestinationSpec) -> Destination {
         let parsed = parse_target(spec.protocol, &spec.url, &spec.stream_key);
-        let redacted = match &parsed {
-            Ok(target) => redacted_form(&spec.url, target),
-            Err(_) => "(invalid destination)".to_string(),
-        };
-        Destination {
-            spec,
-            parsed,
-            redacted,
-        }
+        Destination { spec, parsed }
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -270,8 +261,11 @@ impl Destination {
 
     /// The destination as logs and status may show it: the stream key reduced to its
     /// first characters, SRT query options (stream id, passphrase) hidden.
-    pub fn redacted(&self) -> &str {
-        &self.redacted
+    pub fn redacted(&self) -> String {
+        match &self.parsed {
+            Ok(target) => redacted_form(&self.spec.url, target),
+            Err(_) => "(invalid destination)".to_string(),
+        }
     }
 }
 
@@ -307,13 +301,15 @@ impl<'de> Deserialize<'de> for Destination {
 // Debug must not print the secrets either.
 impl fmt::Debug for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Destination").field(&self.redacted).finish()
+        f.debug_tuple("Destination")
+            .field(&self.redacted())
+            .finish()
     }
 }
 
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted)
+        f.write_str(&self.redacted())
     }
 }
 

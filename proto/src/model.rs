@@ -603,6 +603,22 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_source_keeps_its_stored_name() {
+        // Workers of the previous version read and write assignments with this layout.
+        let stored = r#"{"kind":"relay","from_worker":"w1"}"#;
+        let source: SourceRef = serde_json::from_str(stored).expect("decodes");
+        assert_eq!(
+            source,
+            SourceRef::Forwarded {
+                from_worker: "w1".into()
+            }
+        );
+        assert_eq!(serde_json::to_string(&source).expect("encodes"), stored);
+        let local = serde_json::to_string(&SourceRef::Local).expect("encodes");
+        assert_eq!(local, r#"{"kind":"local"}"#);
+    }
+
+    #[test]
     fn a_task_without_destinations_is_no_task() {
         let stream = StreamSelector::default();
         assert!(TaskSpec::new("t".into(), "v".into(), "a".into(), stream, 0, vec![]).is_none());

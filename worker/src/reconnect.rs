@@ -139,7 +139,7 @@ impl Loop {
                 Ok(end) => return end,
                 Err(e) => e,
             };
-            tracing::warn!(dest = %this.dest.redacted(), error = %e, "push failed; retrying");
+            tracing::warn!(dest = %this.dest, error = %e, "push failed; retrying");
             metrics::counter!("pushcast_push_reconnects_total").increment(1);
             this.report.failed(&e.to_string());
             backoff.record_run(started.elapsed());

@@ -353,7 +353,7 @@ impl Runner {
             running.retain(|address, (w, c)| {
                 let keep = wanted.iter().any(|(a, ww)| a == address && ww == w);
                 if !keep {
-                    tracing::info!(dest = %w.0.redacted(), "destination removed; its session stops");
+                    tracing::info!(dest = %w.0, "destination removed; its session stops");
                     c.cancel();
                 }
                 keep

@@ -66,22 +66,22 @@ pub enum Change {
 
 /// The outcome of [`diff`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Diff {
+pub struct Diff<'a> {
     pub changes: Vec<Change>,
     /// Assignments that stay as they are: still part of their workers' whole sets.
-    pub unchanged: Vec<Stored>,
+    pub unchanged: Vec<&'a Stored>,
 }
 
 /// The writes that turn `current` into `plan`. `tasks` are the task specs by task,
 /// `workers` the registered workers (a forward needs its receiver's address), `forwards`
 /// what [`placement::forwards`](super::placement::forwards) says the plan needs.
-pub fn diff(
+pub fn diff<'a>(
     tasks: &BTreeMap<Key, &TaskSpec>,
     workers: &BTreeMap<String, WorkerInfo>,
-    current: &Current,
+    current: &'a Current,
     plan: &Plan,
     forwards: &BTreeSet<(String, String, Key)>,
-) -> Diff {
+) -> Diff<'a> {
     let mut out = Diff::default();
     for (task, p) in plan {
         let Some(spec) = tasks.get(task) else {
@@ -93,7 +93,7 @@ pub fn diff(
                     && s.assignment.source == p.source
                     && s.assignment.spec == **spec =>
             {
-                out.unchanged.push(s.clone());
+                out.unchanged.push(s);
                 continue;
             }
             Some(s) => (
@@ -203,7 +203,7 @@ mod tests {
             .collect()
     }
 
-    fn run(specs: &[&TaskSpec], current: &Current, plan: &Plan) -> Diff {
+    fn run<'a>(specs: &[&TaskSpec], current: &'a Current, plan: &Plan) -> Diff<'a> {
         let tasks = specs.iter().map(|s| (task(&s.id), *s)).collect();
         diff(
             &tasks,
@@ -222,14 +222,15 @@ mod tests {
         let plan = Plan::from([(task("t"), local("w1"))]);
         let d = run(&[&t], &current, &plan);
         assert!(d.changes.is_empty(), "{d:?}");
-        assert_eq!(d.unchanged, vec![stored("w1", &t, 4)]);
+        assert_eq!(d.unchanged, vec![&stored("w1", &t, 4)]);
     }
 
     #[test]
     fn a_new_task_is_assigned_at_generation_one() {
         let t = spec("t", "k");
         let plan = Plan::from([(task("t"), local("w1"))]);
-        let d = run(&[&t], &Current::default(), &plan);
+        let none = Current::default();
+        let d = run(&[&t], &none, &plan);
         let Change::Assign {
             key,
             worker,
@@ -317,7 +318,8 @@ mod tests {
     #[test]
     fn a_planned_task_without_a_spec_is_not_assigned() {
         let plan = Plan::from([(task("gone"), local("w1"))]);
-        assert_eq!(run(&[], &Current::default(), &plan), Diff::default());
+        let none = Current::default();
+        assert_eq!(run(&[], &none, &plan), Diff::default());
     }
 
     #[test]

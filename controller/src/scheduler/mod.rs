@@ -292,7 +292,11 @@ pub async fn read(store: &dyn Store) -> Result<(View, Current), StoreError> {
 
 /// Writes the changes of a pass, each guarded as it must be, and records what each
 /// worker must be told.
-async fn apply(store: &dyn Store, d: Diff, mut stats: PassStats) -> Result<PassStats, StoreError> {
+async fn apply(
+    store: &dyn Store,
+    d: Diff<'_>,
+    mut stats: PassStats,
+) -> Result<PassStats, StoreError> {
     let update = |key: &str, value: Vec<u8>| v1::AssignmentUpdate {
         key: key.to_string(),
         assignment: value,
@@ -302,7 +306,7 @@ async fn apply(store: &dyn Store, d: Diff, mut stats: PassStats) -> Result<PassS
         if let Ok(v) = serde_json::to_vec(&s.assignment) {
             stats
                 .full
-                .entry(s.worker)
+                .entry(s.worker.clone())
                 .or_default()
                 .push(update(&s.key, v));
         }

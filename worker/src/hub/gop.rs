@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use pushcast_media::codec::FLV_VIDEO_AVC;
 use pushcast_media::{Frame, FrameKind};
 
 /// Bounds of a stream's GOP cache.
@@ -41,7 +42,7 @@ impl Default for GopLimits {
 pub(crate) fn is_video_keyframe(frame: &Frame) -> bool {
     frame.is_keyframe()
         && !frame.is_sequence_header()
-        && !(frame.video_codec() == Some(7) && frame.payload.get(1) == Some(&2))
+        && !(frame.video_codec() == Some(FLV_VIDEO_AVC) && frame.payload.get(1) == Some(&2))
 }
 
 /// Whether a data frame is the stream's `onMetaData` (AMF0 string `onMetaData` first, or

@@ -227,7 +227,7 @@ pub async fn run_attempt(
             return Err(PushError::InvalidDestination(e.to_string()));
         }
     };
-    let span = tracing::info_span!("push", dest = %dest.redacted());
+    let span = tracing::info_span!("push", dest = %dest);
     async move {
         if !tracks.video && !tracks.audio {
             return Err(PushError::Unsupported(
