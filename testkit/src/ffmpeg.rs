@@ -1,8 +1,11 @@
-//! ffmpeg as a receiving destination (it reads a URL and copies the stream to a file) and
-//! as an encoder publishing the test clip.
+//! ffmpeg as a receiving destination (it reads a URL and copies the stream to a file, or
+//! listens for an RTMP publish and records it as it arrives) and as an encoder publishing
+//! the test clip.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use pushcast_media::{Frame, FrameKind};
 
 use crate::proc::Guard;
 
@@ -80,4 +83,85 @@ pub fn publish_file(flv: &Path, url: &str, loops: i64, log: &Path) -> Guard {
         ],
         log,
     )
+}
+
+/// ffmpeg as an RTMP destination that keeps what arrives as it arrives: `-listen 1`,
+/// `-c copy -copyts -copyinkf` into an FLV file. Unlike nginx-rtmp's recorder, which
+/// skips video until the first keyframe and rebases timestamps to the first frame, it
+/// drops nothing and moves no timestamp, so what a push sent first and when can be
+/// asserted on the file ([`first_media`]). One publish per listener.
+pub struct RtmpRecorder {
+    pub port: u16,
+    pub out: PathBuf,
+    guard: Guard,
+}
+
+impl RtmpRecorder {
+    /// Listens on a free port of 127.0.0.1 and records into `out`.
+    pub fn start(out: &Path) -> RtmpRecorder {
+        let port = crate::net::free_tcp_port();
+        let url = format!("rtmp://127.0.0.1:{port}/live/rec");
+        let log = out.with_extension("log");
+        let args = [
+            "-nostdin", "-y", "-v", "error", "-listen", "1", "-i", &url, "-c", "copy",
+            "-copyts", "-copyinkf", "-f", "flv",
+        ];
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(out.to_str().unwrap());
+        let mut guard = Guard::spawn("ffmpeg", &all, &log);
+        crate::net::wait_listening(port, &mut guard, Duration::from_secs(10));
+        RtmpRecorder {
+            port,
+            out: out.to_owned(),
+            guard,
+        }
+    }
+
+    /// `rtmp://127.0.0.1:PORT/live` (a task's url; any stream key is taken).
+    pub fn rtmp_url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/live", self.port)
+    }
+
+    /// Waits up to `limit` for the publish to end (ffmpeg then finishes the file), and
+    /// returns the frames recorded, in arrival order.
+    pub fn finish(&mut self, limit: Duration) -> Vec<Frame> {
+        if self.guard.wait_exit(limit).is_none() {
+            self.guard.terminate(Duration::from_secs(3));
+        }
+        crate::flv::read_flv_file(&self.out)
+    }
+}
+
+/// The first media frames of a recording, after metadata and sequence headers: what a
+/// viewer's decoder gets first. `None` when the recording holds no media.
+pub fn first_media(frames: &[Frame]) -> Option<&Frame> {
+    frames
+        .iter()
+        .find(|f| f.kind != FrameKind::Data && !f.is_sequence_header())
+}
+
+/// Fails the test unless the recording begins as a push must: the first media frame is a
+/// video keyframe at output time 0, and no audio frame comes before it.
+pub fn assert_starts_on_a_keyframe_at_zero(frames: &[Frame], what: &str) {
+    let first = first_media(frames).unwrap_or_else(|| panic!("{what}: no media recorded"));
+    assert!(
+        first.kind == FrameKind::Video && first.is_keyframe(),
+        "{what}: the first media frame is a {:?} frame (keyframe: {}), not a video keyframe",
+        first.kind,
+        first.is_keyframe()
+    );
+    assert_eq!(first.timestamp_ms, 0, "{what}: the push does not start at 0");
+}
+
+/// The longest gap, in ms of output time, between consecutive media frames of `kind`.
+pub fn longest_gap_ms(frames: &[Frame], kind: FrameKind) -> u32 {
+    let times: Vec<u32> = crate::flv::media_frames(frames, kind)
+        .iter()
+        .map(|f| f.timestamp_ms)
+        .collect();
+    times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0)
 }

@@ -6,7 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use pushcast_testkit::api::Node;
-use pushcast_testkit::ffmpeg::Receiver;
+use pushcast_media::FrameKind;
+use pushcast_testkit::ffmpeg::{
+    Receiver, RtmpRecorder, assert_starts_on_a_keyframe_at_zero, longest_gap_ms,
+};
+use pushcast_testkit::flv::count_media;
 use pushcast_testkit::ffprobe;
 use pushcast_testkit::media::test_media;
 use pushcast_testkit::net::free_udp_port;
@@ -57,8 +61,9 @@ fn assert_most_frames(path: &Path, sent: usize) {
     );
 }
 
-/// The recording holds a clean H.264 + AAC stream with `min_video` video frames or more,
-/// starting on a keyframe.
+/// The recording holds a clean H.264 + AAC stream with `min_video` video frames or more.
+/// (How it starts is checked with a recorder that keeps what arrives, [`RtmpRecorder`]:
+/// nginx-rtmp's own recorder skips video until the first keyframe and rebases times.)
 fn assert_clean_recording(path: &Path, min_video: usize, min_audio: usize) {
     let streams = ffprobe::probe(path);
     let v = ffprobe::stream(&streams, "h264");
@@ -75,11 +80,6 @@ fn assert_clean_recording(path: &Path, min_video: usize, min_audio: usize) {
     );
     let errors = ffprobe::decode_errors(path);
     assert!(errors.trim().is_empty(), "decode errors: {errors}");
-    let first_video = ffprobe::packets(path)
-        .into_iter()
-        .find(|p| p.stream == v.index)
-        .unwrap();
-    assert!(first_video.key, "the recording starts on a keyframe");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,26 +151,38 @@ async fn push_started_mid_stream_begins_on_a_keyframe_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
     node.open_publish("app").await;
-    let nginx = Nginx::start();
+    // A destination that keeps what arrives as it arrives (nginx-rtmp's recorder would
+    // skip video until a keyframe and rebase the timestamps itself).
+    let mut recorder = RtmpRecorder::start(&dir.path().join("late.flv"));
     let media = test_media();
     let mut publisher = publish(&node, "live1", 1, dir.path());
-    // Wait until the stream is live and past its first second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Live, and past the first GOP (2 s): the cache then starts at a later keyframe.
+    node.proc
+        .wait_logged(&["publish started"], Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let t0 = std::time::Instant::now();
     start_push(
         &node,
         json!({"id": "late", "stream": {"name": "live1"}, "protocol": "rtmp",
-                             "url": nginx.rtmp_url(), "streamKey": "late"}),
+                             "url": recorder.rtmp_url(), "streamKey": "late"}),
     )
     .await;
     wait_task(&node, "late", "started", 10, |t| t["state"] == "started").await;
     println!("startPush to started (GOP cache): {:?}", t0.elapsed());
     assert!(publisher.wait_exit(Duration::from_secs(20)).is_some());
-    let rec = nginx.finished_recording("late", Duration::from_secs(15));
-    // Two loops of 4 s minus the ~1.5 s before startPush; the GOP cache adds the frames
-    // since the last keyframe, so at least 98% of what was sent after startPush arrives.
-    let sent_after = media.video_frames() * 2 - 45;
-    assert_clean_recording(&rec, sent_after * 98 / 100, 1);
+    let frames = recorder.finish(Duration::from_secs(15));
+    assert_starts_on_a_keyframe_at_zero(&frames, "the late push");
+    // It began at a GOP boundary of the source (the cached GOP, every frame of it and
+    // after): 2 plays of 120 frames, GOPs of 60; one whole GOP or more was before it.
+    let sent = media.video_frames() * 2;
+    let got = count_media(&frames, FrameKind::Video);
+    assert!(got < sent, "the push started mid-stream: {got} of {sent} video frames");
+    assert_eq!((sent - got) % 60, 0, "{got} of {sent}: frames lost after the keyframe");
+    assert!(
+        longest_gap_ms(&frames, FrameKind::Video) <= 100,
+        "no gap in the video"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -238,7 +250,7 @@ async fn twenty_pushes_of_one_stream_all_complete() {
         let id = format!("p{i}");
         wait_task(&node, &id, "session ended", 20, |t| t["sequence"] == 1).await;
         let rec = nginx.finished_recording(&format!("k{i}"), Duration::from_secs(15));
-        assert_clean_recording(&rec, media.video_frames(), 1);
+        assert_clean_recording(&rec, media.video_frames(), media.audio_frames() * 98 / 100);
         assert_most_frames(&rec, media.video_frames() + media.audio_frames());
     }
 }
@@ -345,12 +357,24 @@ async fn a_destination_that_stops_reading_does_not_hurt_its_sibling() {
             .status()
             .unwrap()
     };
+    // While the stalled one blocks and until it has failed, the healthy sibling keeps
+    // receiving on time: its recording never stops growing for long. (A hub that held
+    // every subscriber back for the stalled one's 2 s send timeout would stop it.)
+    let growth = GrowthSampler::start(healthy.recording("healthy"));
     assert!(stop("-STOP").success());
     let t = wait_task(&node, "stalled", "error after the send timeout", 30, |t| {
         t["state"] == "error"
     })
     .await;
     println!("stalled destination: {}", t["lastError"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (longest, samples) = growth.stop();
+    println!("healthy sibling during the stall: longest time without growth {longest:?} ({samples} samples)");
+    assert!(samples > 20, "the stall lasted long enough to be observed");
+    assert!(
+        longest < Duration::from_millis(1500),
+        "the healthy destination stood still for {longest:?} while its sibling stalled"
+    );
     assert!(publisher.wait_exit(Duration::from_secs(30)).is_some());
     let rec = healthy.finished_recording("healthy", Duration::from_secs(15));
     assert_clean_recording(&rec, heavy_video * 98 / 100, 1);
@@ -358,6 +382,41 @@ async fn a_destination_that_stops_reading_does_not_hurt_its_sibling() {
     println!("worker RSS after the run: {rss} kB");
     assert!(rss < 300_000, "memory stays bounded: {rss} kB");
     assert!(stop("-CONT").success());
+}
+
+/// Samples the size of a growing file every 50 ms on a thread of its own.
+struct GrowthSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Duration, usize)>,
+}
+
+impl GrowthSampler {
+    fn start(path: std::path::PathBuf) -> GrowthSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let (mut last, mut since) = (size(), std::time::Instant::now());
+            let (mut longest, mut samples) = (Duration::ZERO, 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = size();
+                samples += 1;
+                if now != last {
+                    (last, since) = (now, std::time::Instant::now());
+                }
+                longest = longest.max(since.elapsed());
+            }
+            (longest, samples)
+        });
+        GrowthSampler { stop, thread }
+    }
+
+    /// The longest time the file did not grow, and how many samples were taken.
+    fn stop(self) -> (Duration, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 fn rss_kb(pid: u32) -> u64 {
