@@ -1,12 +1,16 @@
-//! Relay tasks end to end (`spec/relay-tasks.md`): one task pushing one live stream to
-//! several destinations (three stream keys on one nginx-rtmp), changed while live with
-//! `:updatePush`; the destinations left untouched keep their sessions.
+//! Multi-destination tasks end to end (`spec/relay-tasks.md`, where they are called relay
+//! tasks): one task pushing one live stream to several destinations (three stream keys on
+//! one nginx-rtmp), changed while live with `:updatePush`; the destinations left
+//! untouched keep their sessions, the added one starts on a keyframe.
 
 use std::path::Path;
 use std::time::Duration;
 
+use pushcast_media::FrameKind;
 use pushcast_testkit::api::Node;
+use pushcast_testkit::ffmpeg::{RtmpRecorder, assert_starts_on_a_keyframe_at_zero, longest_gap_ms};
 use pushcast_testkit::ffprobe;
+use pushcast_testkit::flv::{count_media, read_flv_file};
 use pushcast_testkit::media::test_media;
 use pushcast_testkit::nginx::Nginx;
 use pushcast_testkit::proc::Guard;
@@ -49,13 +53,15 @@ fn file_len(path: &Path) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn relay_task_changes_destinations_live_without_touching_the_others() {
+async fn a_multi_destination_task_changes_destinations_live_without_touching_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
     node.open_publish("app").await;
     let nginx = Nginx::start();
     let url = nginx.rtmp_url();
     let rtmp = |key: &str| json!({"protocol": "rtmp", "url": url, "streamKey": key});
+    // The destination added while live keeps what arrives as it arrives.
+    let mut k4 = RtmpRecorder::start(&dir.path().join("k4.flv"));
 
     let r = node
         .action(
@@ -76,6 +82,7 @@ async fn relay_task_changes_destinations_live_without_touching_the_others() {
 
     // 4 s × 4 of stream.
     let mut publisher = publish(&node, "cam", 3, dir.path());
+    let published = std::time::Instant::now();
     wait_for(
         "3 destinations sending",
         Duration::from_secs(15),
@@ -107,10 +114,12 @@ async fn relay_task_changes_destinations_live_without_touching_the_others() {
     }
 
     // While live: add k4, remove k1 (by url + key).
+    let k4_added = published.elapsed();
     let r = node
         .action(
             "updatePush",
-            json!({"id": "relay", "addDestinations": [rtmp("k4")],
+            json!({"id": "relay", "addDestinations": [{"protocol": "rtmp",
+                      "url": k4.rtmp_url(), "streamKey": "k4"}],
                    "removeDestinations": [{"url": url, "streamKey": "k1"}]}),
         )
         .await;
@@ -199,7 +208,10 @@ async fn relay_task_changes_destinations_live_without_touching_the_others() {
         publisher.wait_exit(Duration::from_secs(25)).is_some(),
         "publisher finished"
     );
-    // k2 and k3: one publish each, one continuous recording, clean.
+    // k2 and k3: one publish each, one continuous recording (no gap beyond one GOP,
+    // video or audio, across the update), every frame, clean.
+    let media = test_media();
+    let (all_video, all_audio) = (media.video_frames() * 4, media.audio_frames() * 4);
     for k in ["k2", "k3"] {
         let rec = nginx.finished_recording(k, Duration::from_secs(15));
         assert_eq!(
@@ -208,26 +220,35 @@ async fn relay_task_changes_destinations_live_without_touching_the_others() {
             "{k} reconnected:\n{}",
             nginx.error_log()
         );
-        let streams = ffprobe::probe(&rec);
-        let v = ffprobe::stream(&streams, "h264");
-        // Nearly the whole 16 s of stream (30 fps) in one file.
-        assert!(
-            v.frames >= test_media().video_frames() * 3,
-            "{k}: {} video frames",
-            v.frames
+        let frames = read_flv_file(&rec);
+        for kind in [FrameKind::Video, FrameKind::Audio] {
+            let gap = longest_gap_ms(&frames, kind);
+            assert!(gap <= 2_000, "{k}: a {kind:?} gap of {gap} ms (more than one GOP)");
+        }
+        let (video, audio) = (
+            count_media(&frames, FrameKind::Video),
+            count_media(&frames, FrameKind::Audio),
         );
+        println!("{k}: {video} of {all_video} video, {audio} of {all_audio} audio frames");
+        assert!(video * 100 >= all_video * 98, "{k}: {video} of {all_video} video frames");
+        assert!(audio * 100 >= all_audio * 98, "{k}: {audio} of {all_audio} audio frames");
         let errors = ffprobe::decode_errors(&rec);
         assert!(errors.trim().is_empty(), "{k} decode errors: {errors}");
     }
-    // k4 started mid-stream on a keyframe.
-    let rec = nginx.finished_recording("k4", Duration::from_secs(15));
-    let streams = ffprobe::probe(&rec);
-    let v = ffprobe::stream(&streams, "h264");
-    let first_video = ffprobe::packets(&rec)
-        .into_iter()
-        .find(|p| p.stream == v.index)
-        .unwrap();
-    assert!(first_video.key, "k4's recording starts on a keyframe");
+    // k4 started mid-stream on a keyframe at 0, with no audio ahead of it, and got the
+    // rest of the stream from there without a gap.
+    let frames = k4.finish(Duration::from_secs(15));
+    assert_starts_on_a_keyframe_at_zero(&frames, "k4");
+    assert!(longest_gap_ms(&frames, FrameKind::Video) <= 100, "k4: a gap in the video");
+    let video = count_media(&frames, FrameKind::Video);
+    // What was left of the 16 s when k4 was added (it starts from the cached keyframe,
+    // up to one GOP earlier).
+    let left = (16.0 - k4_added.as_secs_f64()) * 30.0;
+    println!("k4: {video} video frames, {left:.0} left of the stream when it was added");
+    assert!(
+        video as f64 >= left * 0.95,
+        "k4: {video} video frames, {left:.0} were left when it was added"
+    );
     assert_eq!(publishes(&nginx, "k1"), 1);
 }
 
