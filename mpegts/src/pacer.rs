@@ -9,9 +9,11 @@
 //! Model: every call to [`TsPacer::muxed`] records a *segment*: `len` bytes that the
 //! muxer wrote at mux clock `clock` (its PCR timeline, [`super::TsMuxer::clock_90k`]).
 //! A segment's bytes are spread evenly from its clock to the next segment's clock (at
-//! most `max_spread` apart), so a keyframe goes out over one frame interval rather than
-//! at once, and the first byte of each segment (where the muxer puts the PCR) goes out
-//! at exactly its clock. Clock values map to wall time from an anchor set by the first
+//! most `max_spread` apart), so a frame goes out until the next frame (audio or video)
+//! is due rather than at once, and the first byte of each segment (where the muxer puts
+//! the PCR) goes out at exactly its clock. With interleaved audio that is a few
+//! milliseconds for a keyframe: it halves the burst (measured in
+//! `worker/tests/push/mpegts.rs`), it does not spread it over a whole frame interval. Clock values map to wall time from an anchor set by the first
 //! datagram. The pacer holds no bytes: the caller keeps its own buffer and sends the
 //! next `len` bytes from it whenever [`TsPacer::poll`] says [`Pace::Send`].
 //!

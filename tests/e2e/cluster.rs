@@ -437,3 +437,37 @@ async fn a_full_ingest_worker_overflows_to_another_worker_over_a_relay() {
     );
     c.assert_no_double_publish();
 }
+
+/// The positive control of `assert_no_double_publish`, which every test above ends with:
+/// two publishers on one destination at once do show in nginx-rtmp's log. Two standalone
+/// nodes (separate stores, so nothing stops them) push one stream key to the cluster's
+/// destination; the detector must see it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_double_publish_detector_sees_two_publishers() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(Etcd::start()).await;
+    assert!(c.double_publishes().is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let mut publishers = Vec::new();
+    for n in ["a", "b"] {
+        let node =
+            pushcast_testkit::api::Node::standalone(&dir.path().join(n), "double").await;
+        node.open_publish("app").await;
+        let r = node
+            .action(
+                "startPush",
+                json!({"id": "dup", "stream": {"name": "cam"}, "protocol": "rtmp",
+                       "url": c.nginx.rtmp_url(), "streamKey": "samekey"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let url = node.ingest_url("app", "cam");
+        publishers.push((node, Publisher::start(&url, &dir.path().join(format!("{n}.log")))));
+    }
+    let lines = wait_for("nginx to refuse the second publisher", secs(20), || async {
+        let lines = c.double_publishes();
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await;
+    println!("detector: {}", lines[0]);
+}
