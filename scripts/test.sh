@@ -9,3 +9,5 @@ scripts/helm-check.sh
 # The end-to-end tests (tests/e2e) start the binaries Cargo builds with them. Two tests
 # at a time: each spawns etcd and pushcast processes of its own.
 cargo test --workspace --no-fail-fast -- --test-threads=2
+# The webhooks' https delivery tests need its `https` feature, off in the default build.
+cargo test -p pushcast-webhooks --features https --test https -- --test-threads=2

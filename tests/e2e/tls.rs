@@ -127,8 +127,9 @@ async fn rest_gateway_over_https() {
     ok(curl(&[
         "--cacert", ca, "-X", "POST", "-H", &auth, "-d", "{}", &https,
     ]));
-    // HTTP/2 by ALPN works too.
-    let (code, _, err) = curl(&[
+    // HTTP/2 by ALPN works too: curl says which version it spoke (with `--http2` it falls
+    // back to HTTP/1.1 silently when ALPN does not offer h2).
+    let (code, version, err) = curl(&[
         "--http2",
         "--cacert",
         ca,
@@ -145,6 +146,7 @@ async fn rest_gateway_over_https() {
         &https,
     ]);
     assert_eq!(code, 0, "curl --http2 failed: {err}");
+    assert_eq!(version, "2", "HTTP/2 negotiated by ALPN");
 
     // Without trusting the CA: the certificate is refused.
     let (code, _, _) = curl(&["-X", "POST", "-H", &auth, "-d", "{}", &https]);
