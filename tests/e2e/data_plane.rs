@@ -272,15 +272,25 @@ async fn destination_down_at_start_errors_then_recovers() {
     let t = wait_task(&node, "down", "error", 20, |t| t["state"] == "error").await;
     let err = t["lastError"].as_str().unwrap_or_default().to_lowercase();
     assert!(err.contains("refused"), "lastError names the cause: {err}");
-    // Retries with growing intervals: the worker logs each failed attempt.
-    let attempts = wait_for("three failed attempts", Duration::from_secs(20), || async {
+    // Retries with growing intervals: the worker logs each failed attempt. The n-th wait
+    // is drawn in [b/2, b] with b = 1, 2, 4 s (equal jitter, `retry/`); a refused connect
+    // takes a few ms, the log's clock has µs. So each gap lies in its own range (with
+    // 50 ms below for clocks and 500 ms above for a loaded machine), whatever the draws:
+    // a backoff that did not grow would miss the third range.
+    let attempts = wait_for("four failed attempts", Duration::from_secs(30), || async {
         let times = failure_times(&node);
-        (times.len() >= 3).then_some(times)
+        (times.len() >= 4).then_some(times)
     })
     .await;
     let gaps: Vec<f64> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
     println!("retry gaps (s): {gaps:?}");
-    assert!(gaps[1] > gaps[0] * 1.2, "backoff grows: {gaps:?}");
+    for (gap, base) in gaps.iter().zip([1.0, 2.0, 4.0]) {
+        assert!(
+            (base / 2.0 - 0.05..=base + 0.5).contains(gap),
+            "a wait of {gap:.3} s where the backoff draws in [{}, {base}] s: {gaps:?}",
+            base / 2.0
+        );
+    }
 
     // The destination comes up on that port: the task starts by itself.
     let nginx = pushcast_testkit::nginx::Nginx::start_on(port);
