@@ -103,8 +103,20 @@ impl RtmpRecorder {
         let url = format!("rtmp://127.0.0.1:{port}/live/rec");
         let log = out.with_extension("log");
         let args = [
-            "-nostdin", "-y", "-v", "error", "-listen", "1", "-i", &url, "-c", "copy",
-            "-copyts", "-copyinkf", "-f", "flv",
+            "-nostdin",
+            "-y",
+            "-v",
+            "error",
+            "-listen",
+            "1",
+            "-i",
+            &url,
+            "-c",
+            "copy",
+            "-copyts",
+            "-copyinkf",
+            "-f",
+            "flv",
         ];
         let mut all: Vec<&str> = args.to_vec();
         all.push(out.to_str().unwrap());
@@ -150,7 +162,10 @@ pub fn assert_starts_on_a_keyframe_at_zero(frames: &[Frame], what: &str) {
         first.kind,
         first.is_keyframe()
     );
-    assert_eq!(first.timestamp_ms, 0, "{what}: the push does not start at 0");
+    assert_eq!(
+        first.timestamp_ms, 0,
+        "{what}: the push does not start at 0"
+    );
 }
 
 /// The longest gap, in ms of output time, between consecutive media frames of `kind`.

@@ -325,7 +325,10 @@ async fn etcd_restart_sessions_keep_pushing_and_the_cluster_converges() {
         "MEASURED etcd outage {outage:?} ({rounds} rounds of all recordings growing during it); \
          API and all tasks started {back:?} after etcd was back"
     );
-    assert!(back < secs(5), "the API showed every task started only {back:?} after etcd came back");
+    assert!(
+        back < secs(5),
+        "the API showed every task started only {back:?} after etcd came back"
+    );
     for id in &ids {
         assert_eq!(
             after[id]["worker"], before[id]["worker"],
@@ -464,8 +467,7 @@ async fn the_double_publish_detector_sees_two_publishers() {
     let dir = tempfile::tempdir().unwrap();
     let mut publishers = Vec::new();
     for n in ["a", "b"] {
-        let node =
-            pushcast_testkit::api::Node::standalone(&dir.path().join(n), "double").await;
+        let node = pushcast_testkit::api::Node::standalone(&dir.path().join(n), "double").await;
         node.open_publish("app").await;
         let r = node
             .action(
@@ -476,7 +478,10 @@ async fn the_double_publish_detector_sees_two_publishers() {
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let url = node.ingest_url("app", "cam");
-        publishers.push((node, Publisher::start(&url, &dir.path().join(format!("{n}.log")))));
+        publishers.push((
+            node,
+            Publisher::start(&url, &dir.path().join(format!("{n}.log"))),
+        ));
     }
     let lines = wait_for("nginx to refuse the second publisher", secs(20), || async {
         let lines = c.double_publishes();

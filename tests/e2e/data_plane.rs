@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pushcast_testkit::api::Node;
 use pushcast_media::FrameKind;
+use pushcast_testkit::api::Node;
 use pushcast_testkit::ffmpeg::{
     Receiver, RtmpRecorder, assert_starts_on_a_keyframe_at_zero, longest_gap_ms,
 };
-use pushcast_testkit::flv::count_media;
 use pushcast_testkit::ffprobe;
+use pushcast_testkit::flv::count_media;
 use pushcast_testkit::media::test_media;
 use pushcast_testkit::net::free_udp_port;
 use pushcast_testkit::nginx::Nginx;
@@ -177,8 +177,15 @@ async fn push_started_mid_stream_begins_on_a_keyframe_at_once() {
     // after): 2 plays of 120 frames, GOPs of 60; one whole GOP or more was before it.
     let sent = media.video_frames() * 2;
     let got = count_media(&frames, FrameKind::Video);
-    assert!(got < sent, "the push started mid-stream: {got} of {sent} video frames");
-    assert_eq!((sent - got) % 60, 0, "{got} of {sent}: frames lost after the keyframe");
+    assert!(
+        got < sent,
+        "the push started mid-stream: {got} of {sent} video frames"
+    );
+    assert_eq!(
+        (sent - got) % 60,
+        0,
+        "{got} of {sent}: frames lost after the keyframe"
+    );
     assert!(
         longest_gap_ms(&frames, FrameKind::Video) <= 100,
         "no gap in the video"
@@ -379,7 +386,9 @@ async fn a_destination_that_stops_reading_does_not_hurt_its_sibling() {
     println!("stalled destination: {}", t["lastError"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (longest, samples) = growth.stop();
-    println!("healthy sibling during the stall: longest time without growth {longest:?} ({samples} samples)");
+    println!(
+        "healthy sibling during the stall: longest time without growth {longest:?} ({samples} samples)"
+    );
     assert!(samples > 20, "the stall lasted long enough to be observed");
     assert!(
         longest < Duration::from_millis(1500),

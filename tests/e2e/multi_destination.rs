@@ -223,15 +223,24 @@ async fn a_multi_destination_task_changes_destinations_live_without_touching_the
         let frames = read_flv_file(&rec);
         for kind in [FrameKind::Video, FrameKind::Audio] {
             let gap = longest_gap_ms(&frames, kind);
-            assert!(gap <= 2_000, "{k}: a {kind:?} gap of {gap} ms (more than one GOP)");
+            assert!(
+                gap <= 2_000,
+                "{k}: a {kind:?} gap of {gap} ms (more than one GOP)"
+            );
         }
         let (video, audio) = (
             count_media(&frames, FrameKind::Video),
             count_media(&frames, FrameKind::Audio),
         );
         println!("{k}: {video} of {all_video} video, {audio} of {all_audio} audio frames");
-        assert!(video * 100 >= all_video * 98, "{k}: {video} of {all_video} video frames");
-        assert!(audio * 100 >= all_audio * 98, "{k}: {audio} of {all_audio} audio frames");
+        assert!(
+            video * 100 >= all_video * 98,
+            "{k}: {video} of {all_video} video frames"
+        );
+        assert!(
+            audio * 100 >= all_audio * 98,
+            "{k}: {audio} of {all_audio} audio frames"
+        );
         let errors = ffprobe::decode_errors(&rec);
         assert!(errors.trim().is_empty(), "{k} decode errors: {errors}");
     }
@@ -239,7 +248,10 @@ async fn a_multi_destination_task_changes_destinations_live_without_touching_the
     // rest of the stream from there without a gap.
     let frames = k4.finish(Duration::from_secs(15));
     assert_starts_on_a_keyframe_at_zero(&frames, "k4");
-    assert!(longest_gap_ms(&frames, FrameKind::Video) <= 100, "k4: a gap in the video");
+    assert!(
+        longest_gap_ms(&frames, FrameKind::Video) <= 100,
+        "k4: a gap in the video"
+    );
     let video = count_media(&frames, FrameKind::Video);
     // What was left of the 16 s when k4 was added (it starts from the cached keyframe,
     // up to one GOP earlier).

@@ -39,7 +39,10 @@ async fn expect_error(node: &Node, action: &str, body: &str, status: u16, messag
         .post(&format!("/v1/vhosts/default/apps/app:{action}"), body)
         .await;
     assert_eq!(r.status, status, "{action} {body}: {}", r.text);
-    let want = format!(r#"{{"message":{},"statusCode":{status}}}"#, Value::from(message));
+    let want = format!(
+        r#"{{"message":{},"statusCode":{status}}}"#,
+        Value::from(message)
+    );
     assert_eq!(r.text, want, "{action} {body}");
 }
 

@@ -167,3 +167,186 @@ fn set_fence(fence: &watch::Sender<bool>, on: bool) {
         let _ = fence.send(on);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fence's timing, on tokio's paused clock: the store is a fake whose lease calls
+    //! succeed, fail or hang on demand.
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use pushcast_store::{KeyValue, Listing, Txn, TxnResult, WatchStream};
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Renewal {
+        Ok,
+        Unavailable,
+        Hang,
+        Lost,
+    }
+
+    /// Only leases: every renewal answers as `renewal` says.
+    struct Leases {
+        renewal: Mutex<Renewal>,
+        granted: Mutex<Vec<LeaseId>>,
+        revoked: Mutex<Vec<LeaseId>>,
+    }
+
+    impl Leases {
+        fn new() -> Arc<Leases> {
+            Arc::new(Leases {
+                renewal: Mutex::new(Renewal::Ok),
+                granted: Mutex::new(Vec::new()),
+                revoked: Mutex::new(Vec::new()),
+            })
+        }
+        fn set(&self, r: Renewal) {
+            *self.renewal.lock().unwrap() = r;
+        }
+    }
+
+    fn not_here<T>() -> pushcast_store::Result<T> {
+        Err(StoreError::Internal("not in this fake".into()))
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Leases {
+        async fn get(&self, _: &str) -> pushcast_store::Result<Option<KeyValue>> {
+            not_here()
+        }
+        async fn list(&self, _: &str) -> pushcast_store::Result<Listing> {
+            not_here()
+        }
+        async fn put(&self, _: &str, _: Vec<u8>, _: LeaseId) -> pushcast_store::Result<i64> {
+            not_here()
+        }
+        async fn delete(&self, _: &str) -> pushcast_store::Result<bool> {
+            not_here()
+        }
+        async fn txn(&self, _: Txn) -> pushcast_store::Result<TxnResult> {
+            not_here()
+        }
+        async fn watch(&self, _: &str, _: i64) -> pushcast_store::Result<WatchStream> {
+            not_here()
+        }
+        async fn grant_lease(&self, _: Duration) -> pushcast_store::Result<LeaseId> {
+            let mut g = self.granted.lock().unwrap();
+            let id = g.len() as LeaseId + 1;
+            g.push(id);
+            if *self.renewal.lock().unwrap() == Renewal::Lost {
+                *self.renewal.lock().unwrap() = Renewal::Ok;
+            }
+            Ok(id)
+        }
+        async fn keep_alive(&self, lease: LeaseId) -> pushcast_store::Result<()> {
+            let r = *self.renewal.lock().unwrap();
+            match r {
+                Renewal::Ok => Ok(()),
+                Renewal::Unavailable => Err(StoreError::Unavailable("cut off".into())),
+                Renewal::Hang => std::future::pending().await,
+                Renewal::Lost => Err(StoreError::LeaseNotFound(lease)),
+            }
+        }
+        async fn revoke_lease(&self, lease: LeaseId) -> pushcast_store::Result<()> {
+            self.revoked.lock().unwrap().push(lease);
+            Ok(())
+        }
+        async fn revision(&self) -> pushcast_store::Result<i64> {
+            not_here()
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    /// How long after `since` the fence goes up (or `None` within `limit`).
+    async fn fenced_after(fence: &mut Fence, since: Instant, limit: Duration) -> Option<Duration> {
+        tokio::time::timeout(limit, fence.raised()).await.ok()?;
+        Some(since.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewed_leases_never_fence() {
+        let store = Leases::new();
+        let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
+            .await
+            .unwrap();
+        let mut fence = lease.fence();
+        assert!(
+            fenced_after(&mut fence, Instant::now(), TTL * 10)
+                .await
+                .is_none()
+        );
+        assert_eq!(lease.id(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_fence_at_two_thirds_of_the_ttl_and_lift_when_they_succeed() {
+        let store = Leases::new();
+        let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
+            .await
+            .unwrap();
+        let mut fence = lease.fence();
+        // Renewals every TTL/3 (1 s); the last one that succeeds is at 3 s.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let last_ok = Instant::now() - Duration::from_millis(500);
+        store.set(Renewal::Unavailable);
+        let after = fenced_after(&mut fence, last_ok, TTL * 2)
+            .await
+            .expect("fenced");
+        assert_eq!(
+            after,
+            TTL * 2 / 3,
+            "fenced two thirds of the TTL after the last renewal"
+        );
+        assert!(fence.is_up());
+        // Before the lease could expire (the TTL after the last renewal), nothing pushes.
+        assert!(after < TTL);
+        store.set(Renewal::Ok);
+        assert!(fence.lifted(&CancellationToken::new()).await);
+        assert!(!fence.is_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_renewal_fences_on_time_too() {
+        let store = Leases::new();
+        let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
+            .await
+            .unwrap();
+        let mut fence = lease.fence();
+        let t0 = Instant::now();
+        store.set(Renewal::Hang);
+        // The first renewal (at 1 s) hangs; it must not hold the fence back past 2 s.
+        let after = fenced_after(&mut fence, t0, TTL * 2).await.expect("fenced");
+        assert_eq!(after, TTL * 2 / 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_fences_at_once_and_is_replaced() {
+        let store = Leases::new();
+        let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
+            .await
+            .unwrap();
+        let mut fence = lease.fence();
+        let mut ids = lease.subscribe();
+        let t0 = Instant::now();
+        store.set(Renewal::Lost);
+        ids.changed().await.unwrap();
+        assert_eq!(*ids.borrow(), 2, "a new lease, published");
+        assert_eq!(t0.elapsed(), TTL / 3, "found at the first renewal");
+        // The new lease renews: the fence is down (again) right after.
+        assert!(fence.lifted(&CancellationToken::new()).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_revokes_the_lease() {
+        let store = Leases::new();
+        let stop = CancellationToken::new();
+        let lease = Lease::keep(store.clone(), TTL, stop.clone()).await.unwrap();
+        stop.cancel();
+        lease.stopped().await;
+        assert_eq!(*store.revoked.lock().unwrap(), vec![1]);
+    }
+}

@@ -116,7 +116,9 @@ async fn udp_to_ffmpeg_is_complete() {
     assert_eq!(connected, 1);
     let sent = counters.sent_bytes();
     assert!(sent > 0 && sent % 188 == 0, "whole TS packets: {sent}");
-    eprintln!("UDP: {sent} bytes in {took:?} (the schedule is checked by udp_datagrams_leave_on_the_ts_clock_not_in_bursts)");
+    eprintln!(
+        "UDP: {sent} bytes in {took:?} (the schedule is checked by udp_datagrams_leave_on_the_ts_clock_not_in_bursts)"
+    );
     // UDP has no end of stream: ffmpeg's read times out after 5 s without data, which
     // ends its input cleanly (a signal would drop what it still buffers for probing).
     assert!(
@@ -132,7 +134,9 @@ async fn udp_to_ffmpeg_is_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams_leave_on_the_ts_clock_not_in_bursts() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let port = socket.local_addr().unwrap().port();
     let capture = std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
@@ -157,9 +161,15 @@ async fn udp_datagrams_leave_on_the_ts_clock_not_in_bursts() {
     assert_eq!(result.expect("clean end"), SessionEnd::SourceEnded);
     let arrivals = capture.join().unwrap();
     let bytes: usize = arrivals.iter().map(|(_, n)| n).sum();
-    assert_eq!(bytes as u64, counters.sent_bytes(), "every datagram arrived (loopback)");
+    assert_eq!(
+        bytes as u64,
+        counters.sent_bytes(),
+        "every datagram arrived (loopback)"
+    );
     assert!(
-        arrivals[..arrivals.len() - 1].iter().all(|(_, n)| *n == 1316),
+        arrivals[..arrivals.len() - 1]
+            .iter()
+            .all(|(_, n)| *n == 1316),
         "7 TS packets per datagram"
     );
     let span = arrivals[arrivals.len() - 1].0 - arrivals[0].0;
@@ -195,7 +205,10 @@ async fn udp_datagrams_leave_on_the_ts_clock_not_in_bursts() {
     // Paced, a frame's datagrams are spread until the next frame's clock (audio or video,
     // a few ms after a keyframe here): measured 14-16 of the largest frame's 30 within
     // 2 ms. Unpaced (the pacer's spread set to zero), all 31 arrive within 2 ms.
-    assert!(largest >= 6, "the clip has frames large enough to burst: {largest}");
+    assert!(
+        largest >= 6,
+        "the clip has frames large enough to burst: {largest}"
+    );
     assert!(
         in_2ms <= largest * 2 / 3,
         "{in_2ms} datagrams within 2 ms: a frame of {largest} datagrams went out in a burst"

@@ -271,7 +271,11 @@ async fn rtmp_to_an_ffmpeg_listener_starts_at_zero_on_a_keyframe() {
     let got = recorder.finish(Duration::from_secs(10));
     assert_starts_on_a_keyframe_at_zero(&got, "the push");
     for kind in [FrameKind::Video, FrameKind::Audio] {
-        assert_eq!(count_media(&got, kind), count_media(&frames, kind), "{kind:?}");
+        assert_eq!(
+            count_media(&got, kind),
+            count_media(&frames, kind),
+            "{kind:?}"
+        );
     }
     let last = first_media(&got.iter().rev().cloned().collect::<Vec<_>>())
         .map(|f| f.timestamp_ms)
