@@ -438,3 +438,149 @@ impl FrameSource for Subscription {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! How assignments are applied: twice, out of order, updated in place or moved.
+    #![allow(clippy::unwrap_used)]
+
+    use pushcast_proto::model::{Protocol, StreamSelector};
+    use pushcast_retry::BackoffConfig;
+
+    use super::*;
+    use crate::hub::{Hub, QueueLimits};
+    use crate::lease::Fence;
+    use crate::push::PushConfig;
+
+    struct Setup {
+        runner: Arc<Runner>,
+        shutdown: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            pushcast_store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        );
+        let runner = Arc::new(Runner {
+            settings: Arc::new(Settings {
+                hub: Hub::default(),
+                push: PushConfig::default(),
+                queue: QueueLimits::default(),
+                backoff: BackoffConfig::default(),
+            }),
+            store,
+            live: LiveTasks::default(),
+            status: StatusWriter::detached().0,
+            node_id: "w1".into(),
+            fence: Fence::down(),
+        });
+        Setup {
+            runner,
+            shutdown: CancellationToken::new(),
+            _dir: dir,
+        }
+    }
+
+    fn assignment(key: &str, stream: &str, source: SourceRef, generation: u64) -> Assignment {
+        let d = Destination::parse(Protocol::Rtmp, "rtmp://h/live", key, vec![]).unwrap();
+        let selector = StreamSelector {
+            name: stream.into(),
+            ..Default::default()
+        };
+        let spec = TaskSpec::new("t".into(), "v".into(), "a".into(), selector, 0, vec![d]).unwrap();
+        Assignment {
+            spec,
+            source,
+            generation,
+        }
+    }
+
+    const KEY: &str = "assign/w1/v/a/t";
+
+    #[tokio::test]
+    async fn the_same_assignment_twice_or_an_older_one_changes_nothing() {
+        let s = setup();
+        let mut a = Assigned {
+            runner: &s.runner,
+            shutdown: &s.shutdown,
+            running: HashMap::new(),
+        };
+        assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 2)));
+        let token = a.running[KEY].cancel.clone();
+        assert!(!a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 2)), "twice");
+        assert!(!a.put(KEY.into(), assignment("k2", "cam", SourceRef::Local, 1)), "older");
+        assert_eq!(a.running.len(), 1);
+        assert!(!token.is_cancelled(), "the running task was left alone");
+        assert_eq!(a.running[KEY].spec.borrow().first().stream_key(), "k");
+    }
+
+    #[tokio::test]
+    async fn a_newer_generation_of_the_same_source_updates_in_place() {
+        let s = setup();
+        let mut a = Assigned {
+            runner: &s.runner,
+            shutdown: &s.shutdown,
+            running: HashMap::new(),
+        };
+        assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 1)));
+        let token = a.running[KEY].cancel.clone();
+        assert!(a.put(KEY.into(), assignment("k2", "cam", SourceRef::Local, 2)));
+        assert!(!token.is_cancelled(), "updated in place (updatePush), not restarted");
+        assert_eq!(a.running[KEY].generation, 2);
+        assert_eq!(a.running[KEY].spec.borrow().first().stream_key(), "k2");
+    }
+
+    #[tokio::test]
+    async fn a_new_source_or_stream_restarts_and_removal_or_a_full_set_stops() {
+        let s = setup();
+        let mut a = Assigned {
+            runner: &s.runner,
+            shutdown: &s.shutdown,
+            running: HashMap::new(),
+        };
+        assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 1)));
+        let first = a.running[KEY].cancel.clone();
+        let forwarded = SourceRef::Forwarded {
+            from_worker: "w2".into(),
+        };
+        assert!(a.put(KEY.into(), assignment("k", "cam", forwarded, 2)));
+        assert!(first.is_cancelled(), "a new source restarts the task");
+        let second = a.running[KEY].cancel.clone();
+        assert!(a.put(KEY.into(), assignment("k", "other", SourceRef::Local, 3)));
+        assert!(second.is_cancelled(), "a new stream restarts the task");
+        let third = a.running[KEY].cancel.clone();
+        // A full set without it stops it; deleting what is not there changes nothing.
+        assert_eq!(a.replace_all(HashMap::new()), 1);
+        assert!(third.is_cancelled());
+        assert!(!a.delete(KEY));
+    }
+
+    #[tokio::test]
+    async fn a_full_set_from_the_leader_replaces_everything() {
+        let s = setup();
+        let mut a = Assigned {
+            runner: &s.runner,
+            shutdown: &s.shutdown,
+            running: HashMap::new(),
+        };
+        let value = |gen_| serde_json::to_vec(&assignment("k", "cam", SourceRef::Local, gen_)).unwrap();
+        let update = |key: &str, assignment: Vec<u8>| pushcast_proto::v1::AssignmentUpdate {
+            key: key.into(),
+            assignment,
+        };
+        let full = ApplyAssignmentsRequest {
+            updates: vec![update(KEY, value(1)), update("assign/w1/v/a/bad", b"not json".to_vec())],
+            full: true,
+        };
+        assert_eq!(a.apply(full.clone()), 1, "the undecodable one is left out");
+        assert_eq!(a.apply(full), 0, "applied twice: a no-op");
+        let drift = ApplyAssignmentsRequest {
+            updates: vec![update(KEY, vec![])],
+            full: false,
+        };
+        assert_eq!(a.apply(drift), 1, "an empty assignment removes");
+        assert!(a.running.is_empty());
+    }
+}
