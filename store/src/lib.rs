@@ -194,6 +194,24 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Decodes a JSON value read from the store. One that does not decode is logged with its
+/// key, counted (`pushcast_store_decode_errors_total`, by `kind`) and left out: never
+/// skipped silently, never a reason to stop reading the others.
+pub fn decoded<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &[u8],
+    kind: &'static str,
+) -> Option<T> {
+    match serde_json::from_slice(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key, kind, error = %e, "stored value does not decode; left out");
+            metrics::counter!("pushcast_store_decode_errors_total", "kind" => kind).increment(1);
+            None
+        }
+    }
+}
+
 /// What pushcast needs of its state store. Both implementations give the same answers.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {

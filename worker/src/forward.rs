@@ -16,7 +16,7 @@ use pushcast_proto::destination::Destination;
 use pushcast_proto::keys;
 use pushcast_proto::model::{FORWARD_APP, Forward, Protocol};
 use pushcast_runtime::CancellationToken;
-use pushcast_store::{Compare, Op, Store, StoreError, Txn, WatchEvent};
+use pushcast_store::{Compare, Op, Store, StoreError, Txn, WatchEvent, decoded};
 use rand::RngCore;
 use tracing::Instrument;
 
@@ -90,7 +90,7 @@ impl Forwards {
             let seen: HashMap<String, Forward> = listing
                 .kvs
                 .iter()
-                .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
+                .filter_map(|kv| Some((kv.key.clone(), decoded(&kv.key, &kv.value, "forward")?)))
                 .collect();
             running.retain(|k, (r, c)| {
                 let keep = seen.get(k) == Some(r);
@@ -116,7 +116,7 @@ impl Forwards {
                 };
                 match ev {
                     Some(Ok(WatchEvent::Put(kv))) => {
-                        let Ok(r) = serde_json::from_slice::<Forward>(&kv.value) else {
+                        let Some(r) = decoded::<Forward>(&kv.key, &kv.value, "forward") else {
                             continue;
                         };
                         if running.get(&kv.key).is_some_and(|(cur, _)| *cur == r) {

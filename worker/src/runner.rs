@@ -23,7 +23,7 @@ use pushcast_proto::keys;
 use pushcast_proto::model::{Assignment, SourceRef, TaskSpec, TaskState};
 use pushcast_proto::v1::ApplyAssignmentsRequest;
 use pushcast_runtime::CancellationToken;
-use pushcast_store::{Store, WatchEvent};
+use pushcast_store::{Store, WatchEvent, decoded};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -129,7 +129,7 @@ impl Assigned<'_> {
         for u in req.updates {
             if u.assignment.is_empty() {
                 changed += u32::from(self.delete(&u.key));
-            } else if let Ok(a) = serde_json::from_slice::<Assignment>(&u.assignment) {
+            } else if let Some(a) = decoded::<Assignment>(&u.key, &u.assignment, "assignment") {
                 if req.full {
                     set.insert(u.key, a);
                 } else {
@@ -175,7 +175,7 @@ impl Runner {
             let set = listing
                 .kvs
                 .iter()
-                .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
+                .filter_map(|kv| Some((kv.key.clone(), decoded(&kv.key, &kv.value, "assignment")?)))
                 .collect();
             assigned.replace_all(set);
             let mut events = match self.store.watch(&prefix, listing.revision + 1).await {
@@ -201,7 +201,7 @@ impl Runner {
                 };
                 match ev {
                     Some(Ok(WatchEvent::Put(kv))) => {
-                        if let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) {
+                        if let Some(a) = decoded::<Assignment>(&kv.key, &kv.value, "assignment") {
                             assigned.put(kv.key, a);
                         }
                     }
@@ -273,7 +273,7 @@ impl Runner {
         };
         // Totals and `sequence` continue from the last status, whichever worker wrote it.
         let previous = match self.store.get(&keys::status(&key.0, &key.1, &key.2)).await {
-            Ok(Some(kv)) => serde_json::from_slice(&kv.value).ok(),
+            Ok(Some(kv)) => decoded(&kv.key, &kv.value, "status"),
             _ => None,
         };
         let live = Arc::new(TaskLive::new(
@@ -509,8 +509,14 @@ mod tests {
         };
         assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 2)));
         let token = a.running[KEY].cancel.clone();
-        assert!(!a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 2)), "twice");
-        assert!(!a.put(KEY.into(), assignment("k2", "cam", SourceRef::Local, 1)), "older");
+        assert!(
+            !a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 2)),
+            "twice"
+        );
+        assert!(
+            !a.put(KEY.into(), assignment("k2", "cam", SourceRef::Local, 1)),
+            "older"
+        );
         assert_eq!(a.running.len(), 1);
         assert!(!token.is_cancelled(), "the running task was left alone");
         assert_eq!(a.running[KEY].spec.borrow().first().stream_key(), "k");
@@ -527,7 +533,10 @@ mod tests {
         assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 1)));
         let token = a.running[KEY].cancel.clone();
         assert!(a.put(KEY.into(), assignment("k2", "cam", SourceRef::Local, 2)));
-        assert!(!token.is_cancelled(), "updated in place (updatePush), not restarted");
+        assert!(
+            !token.is_cancelled(),
+            "updated in place (updatePush), not restarted"
+        );
         assert_eq!(a.running[KEY].generation, 2);
         assert_eq!(a.running[KEY].spec.borrow().first().stream_key(), "k2");
     }
@@ -565,13 +574,17 @@ mod tests {
             shutdown: &s.shutdown,
             running: HashMap::new(),
         };
-        let value = |gen_| serde_json::to_vec(&assignment("k", "cam", SourceRef::Local, gen_)).unwrap();
+        let value =
+            |gen_| serde_json::to_vec(&assignment("k", "cam", SourceRef::Local, gen_)).unwrap();
         let update = |key: &str, assignment: Vec<u8>| pushcast_proto::v1::AssignmentUpdate {
             key: key.into(),
             assignment,
         };
         let full = ApplyAssignmentsRequest {
-            updates: vec![update(KEY, value(1)), update("assign/w1/v/a/bad", b"not json".to_vec())],
+            updates: vec![
+                update(KEY, value(1)),
+                update("assign/w1/v/a/bad", b"not json".to_vec()),
+            ],
             full: true,
         };
         assert_eq!(a.apply(full.clone()), 1, "the undecodable one is left out");

@@ -212,20 +212,12 @@ pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
     apply(store, changes, stats).await
 }
 
-/// Decodes a stored value; one that does not decode is logged with its key and counted,
-/// and left out of the pass.
+/// [`pushcast_store::decoded`] of a listed value.
 fn decoded<T: serde::de::DeserializeOwned>(
     kv: &pushcast_store::KeyValue,
     kind: &'static str,
 ) -> Option<T> {
-    match serde_json::from_slice(&kv.value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(key = %kv.key, error = %e, "stored value does not decode; left out of scheduling");
-            metrics::counter!("pushcast_store_decode_errors_total", "kind" => kind).increment(1);
-            None
-        }
-    }
+    pushcast_store::decoded(&kv.key, &kv.value, kind)
 }
 
 /// The whole picture: what placement needs, and the assignments and forwards stored.
@@ -390,4 +382,130 @@ async fn apply(
         }
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    //! A pass on the embedded store in a temp dir: read, plan, diff, apply.
+    #![allow(clippy::unwrap_used)]
+
+    use pushcast_proto::destination::Destination;
+    use pushcast_proto::model::{Protocol, StreamSelector};
+
+    use super::*;
+
+    struct Setup {
+        store: Arc<dyn Store>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = pushcast_store::embedded::EmbeddedStore::open(&dir.path().join("s")).unwrap();
+        Setup {
+            store: Arc::new(store),
+            _dir: dir,
+        }
+    }
+
+    async fn put<T: serde::Serialize>(store: &dyn Store, key: &str, value: &T) {
+        store.put(key, serde_json::to_vec(value).unwrap(), 0).await.unwrap();
+    }
+
+    async fn task(store: &dyn Store, id: &str) {
+        let d = Destination::parse(Protocol::Rtmp, "rtmp://h/live", id, vec![]).unwrap();
+        let selector = StreamSelector {
+            name: "cam".into(),
+            ..Default::default()
+        };
+        let spec = TaskSpec::new(id.into(), "v".into(), "a".into(), selector, 0, vec![d]).unwrap();
+        put(store, &keys::task("v", "a", id), &spec).await;
+    }
+
+    async fn worker(store: &dyn Store, name: &str) {
+        let info = WorkerInfo {
+            node_id: name.into(),
+            grpc_addr: format!("{name}:9100"),
+            rtmp_addr: format!("{name}:1935"),
+            max_sessions: 0,
+            draining: false,
+        };
+        put(store, &keys::worker(name), &info).await;
+    }
+
+    async fn live_on(store: &dyn Store, name: &str) {
+        let live = LiveStream {
+            vhost: "v".into(),
+            app: "a".into(),
+            stream: "cam".into(),
+            worker: name.into(),
+            tracks: vec![],
+            since_ms: 0,
+        };
+        put(store, &keys::stream("v", "a", "cam"), &live).await;
+    }
+
+    #[tokio::test]
+    async fn a_pass_assigns_once_then_has_nothing_to_do_then_unassigns() {
+        let s = setup();
+        let store = s.store.as_ref();
+        worker(store, "w1").await;
+        task(store, "t1").await;
+        live_on(store, "w1").await;
+        let first = pass(store).await.unwrap();
+        assert_eq!((first.changes, first.placed), (1, 1));
+        assert_eq!(first.drift["w1"].len(), 1);
+        let stored = store.get(&keys::assignment("w1", "v", "a", "t1")).await.unwrap();
+        let a: Assignment = serde_json::from_slice(&stored.unwrap().value).unwrap();
+        assert_eq!(a.generation, 1);
+        let again = pass(store).await.unwrap();
+        assert_eq!(again.changes, 0, "level-triggered: nothing changed, nothing written");
+        assert_eq!(again.full["w1"].len(), 1, "but still the worker's whole set");
+        store.delete(&keys::task("v", "a", "t1")).await.unwrap();
+        let gone = pass(store).await.unwrap();
+        assert_eq!(gone.changes, 1);
+        assert!(gone.drift["w1"][0].assignment.is_empty(), "a removal");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_value_is_left_out_and_the_rest_scheduled() {
+        let s = setup();
+        let store = s.store.as_ref();
+        worker(store, "w1").await;
+        task(store, "t1").await;
+        store
+            .put(&keys::task("v", "a", "broken"), b"{not json".to_vec(), 0)
+            .await
+            .unwrap();
+        live_on(store, "w1").await;
+        let (view, _) = read(store).await.unwrap();
+        assert_eq!(view.tasks.len(), 1, "the broken task is left out, not the others");
+        assert_eq!(pass(store).await.unwrap().placed, 1);
+    }
+
+    #[tokio::test]
+    async fn no_assignment_to_a_worker_that_is_gone() {
+        let s = setup();
+        let store = s.store.as_ref();
+        task(store, "t1").await;
+        let (view, current) = read(store).await.unwrap();
+        let plan = diff::Plan::from([(
+            ("v".to_string(), "a".to_string(), "t1".to_string()),
+            Placement {
+                worker: "dead".into(),
+                source: pushcast_proto::model::SourceRef::Local,
+            },
+        )]);
+        let tasks = view
+            .tasks
+            .iter()
+            .map(|t| ((t.vhost.clone(), t.app.clone(), t.id.clone()), t))
+            .collect();
+        let d = diff::diff(&tasks, &view.workers, &current, &plan, &Default::default());
+        assert_eq!(d.changes.len(), 1);
+        let stats = apply(store, d, PassStats::default()).await.unwrap();
+        assert_eq!(stats.changes, 0, "the worker's registration guards the write");
+        let stored = store.get(&keys::assignment("dead", "v", "a", "t1")).await.unwrap();
+        assert!(stored.is_none());
+    }
 }
