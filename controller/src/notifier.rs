@@ -15,7 +15,7 @@ use futures::StreamExt;
 use pushcast_proto::keys;
 use pushcast_proto::model::{AppConfig, TaskSpec, TaskState, TaskStatus};
 use pushcast_runtime::CancellationToken;
-use pushcast_store::{Store, WatchEvent};
+use pushcast_store::{Store, WatchEvent, decoded};
 use pushcast_webhooks::{
     Dispatcher, Payload, Target, TaskCounters, TaskEventKind, TaskStatusEvent,
 };
@@ -89,17 +89,17 @@ async fn follow(store: &dyn Store, dispatcher: &Dispatcher) {
             }
         };
         for kv in &apps.kvs {
-            if let Ok(a) = serde_json::from_slice::<AppConfig>(&kv.value) {
+            if let Some(a) = decoded::<AppConfig>(&kv.key, &kv.value, "app") {
                 st.apps.insert((a.vhost.clone(), a.name.clone()), a);
             }
         }
         for kv in &tasks.kvs {
-            if let Ok(t) = serde_json::from_slice::<TaskSpec>(&kv.value) {
+            if let Some(t) = decoded::<TaskSpec>(&kv.key, &kv.value, "task") {
                 st.tasks.insert(kv.key.clone(), t);
             }
         }
         for kv in &statuses.kvs {
-            if let Ok(s) = serde_json::from_slice::<TaskStatus>(&kv.value) {
+            if let Some(s) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") {
                 st.statuses.insert(kv.key.clone(), s);
             }
         }
@@ -109,18 +109,23 @@ async fn follow(store: &dyn Store, dispatcher: &Dispatcher) {
             continue;
         };
         while let Some(Ok(ev)) = events.next().await {
-            on_event(&mut st, ev, dispatcher);
+            for (task, kind, status) in on_event(&mut st, ev) {
+                send(&st, dispatcher, &task, kind, &status);
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn on_event(st: &mut State, ev: WatchEvent, dispatcher: &Dispatcher) {
+/// What to send for one store change: folds it into the known state and returns the
+/// task events it makes (a pure decision; the caller sends them).
+fn on_event(st: &mut State, ev: WatchEvent) -> Vec<(TaskSpec, TaskEventKind, TaskStatus)> {
     let key = ev.key().to_string();
+    let mut out = Vec::new();
     if key.starts_with("apps/") {
         match ev {
             WatchEvent::Put(kv) => {
-                if let Ok(a) = serde_json::from_slice::<AppConfig>(&kv.value) {
+                if let Some(a) = decoded::<AppConfig>(&kv.key, &kv.value, "app") {
                     st.apps.insert((a.vhost.clone(), a.name.clone()), a);
                 }
             }
@@ -129,52 +134,46 @@ fn on_event(st: &mut State, ev: WatchEvent, dispatcher: &Dispatcher) {
     } else if key.starts_with(keys::TASKS) {
         match ev {
             WatchEvent::Put(kv) => {
-                let Ok(t) = serde_json::from_slice::<TaskSpec>(&kv.value) else {
-                    return;
+                let Some(t) = decoded::<TaskSpec>(&kv.key, &kv.value, "task") else {
+                    return out;
                 };
                 if st.tasks.insert(key, t.clone()).is_none() {
-                    send(
-                        st,
-                        dispatcher,
-                        &t,
-                        TaskEventKind::Created,
-                        &TaskStatus::default(),
-                    );
+                    out.push((t, TaskEventKind::Created, TaskStatus::default()));
                 }
             }
             WatchEvent::Delete { .. } => {
                 if let Some(t) = st.tasks.remove(&key) {
                     let skey = keys::status(&t.vhost, &t.app, &t.id);
-                    let last = st.statuses.remove(&skey).unwrap_or_default();
-                    let mut gone = last.clone();
+                    let mut gone = st.statuses.remove(&skey).unwrap_or_default();
                     gone.state = TaskState::Stopped;
-                    send(st, dispatcher, &t, TaskEventKind::Removed, &gone);
+                    out.push((t, TaskEventKind::Removed, gone));
                 }
             }
         }
     } else if key.starts_with("status/") {
-        let WatchEvent::Put(kv) = ev else { return };
-        let Ok(new) = serde_json::from_slice::<TaskStatus>(&kv.value) else {
-            return;
+        let WatchEvent::Put(kv) = ev else { return out };
+        let Some(new) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") else {
+            return out;
         };
         let old_state = st.statuses.get(&key).map(|s| s.state);
         st.statuses.insert(key.clone(), new.clone());
         if old_state == Some(new.state) {
-            return;
+            return out;
         }
         let kind = match new.state {
             TaskState::Started => TaskEventKind::Started,
             TaskState::Error => TaskEventKind::Error,
             TaskState::Stopped => TaskEventKind::Stopped,
-            TaskState::Ready | TaskState::Stopping => return,
+            TaskState::Ready | TaskState::Stopping => return out,
         };
         let Some((v, a, id)) = keys::parse_task_key(&key) else {
-            return;
+            return out;
         };
         if let Some(t) = st.tasks.get(&keys::task(&v, &a, &id)).cloned() {
-            send(st, dispatcher, &t, kind, &new);
+            out.push((t, kind, new));
         }
     }
+    out
 }
 
 fn send(
@@ -213,5 +212,100 @@ fn send(
             }
             Err(e) => tracing::warn!(error = %e, "bad status callback URL"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Which store changes make which task events.
+    #![allow(clippy::unwrap_used)]
+
+    use pushcast_store::KeyValue;
+
+    use super::*;
+
+    fn put<T: serde::Serialize>(key: &str, value: &T) -> WatchEvent {
+        WatchEvent::Put(KeyValue {
+            key: key.into(),
+            value: serde_json::to_vec(value).unwrap(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        })
+    }
+
+    fn spec() -> TaskSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": "t", "vhost": "v", "app": "a", "stream": {"name": "s"},
+            "protocol": "rtmp", "url": "rtmp://h/live", "stream_key": "k", "created_ms": 0,
+        }))
+        .unwrap()
+    }
+
+    fn status(state: TaskState) -> TaskStatus {
+        TaskStatus {
+            state,
+            sent_bytes: 5,
+            ..Default::default()
+        }
+    }
+
+    fn kinds(events: Vec<(TaskSpec, TaskEventKind, TaskStatus)>) -> Vec<TaskEventKind> {
+        events.into_iter().map(|(_, k, _)| k).collect()
+    }
+
+    #[test]
+    fn a_task_makes_created_then_state_changes_then_removed() {
+        let mut st = State::default();
+        let (task, stat) = (keys::task("v", "a", "t"), keys::status("v", "a", "t"));
+        assert_eq!(
+            kinds(on_event(&mut st, put(&task, &spec()))),
+            [TaskEventKind::Created]
+        );
+        assert!(
+            on_event(&mut st, put(&task, &spec())).is_empty(),
+            "an update is no creation"
+        );
+        assert!(on_event(&mut st, put(&stat, &status(TaskState::Ready))).is_empty());
+        for (state, kind) in [
+            (TaskState::Started, TaskEventKind::Started),
+            (TaskState::Error, TaskEventKind::Error),
+            (TaskState::Stopped, TaskEventKind::Stopped),
+        ] {
+            assert_eq!(kinds(on_event(&mut st, put(&stat, &status(state)))), [kind]);
+            assert!(
+                on_event(&mut st, put(&stat, &status(state))).is_empty(),
+                "a checkpoint in the same state is no event"
+            );
+        }
+        let removed = on_event(
+            &mut st,
+            WatchEvent::Delete {
+                key: task.clone(),
+                mod_revision: 2,
+            },
+        );
+        assert_eq!(removed.len(), 1);
+        let (_, kind, last) = &removed[0];
+        assert_eq!(
+            (*kind, last.state, last.sent_bytes),
+            (TaskEventKind::Removed, TaskState::Stopped, 5)
+        );
+    }
+
+    #[test]
+    fn statuses_of_unknown_tasks_and_broken_values_make_nothing() {
+        let mut st = State::default();
+        let stat = keys::status("v", "a", "nobody");
+        assert!(on_event(&mut st, put(&stat, &status(TaskState::Started))).is_empty());
+        let broken = WatchEvent::Put(KeyValue {
+            key: keys::task("v", "a", "t"),
+            value: b"{".to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        });
+        assert!(on_event(&mut st, broken).is_empty());
+        assert!(st.tasks.is_empty());
     }
 }

@@ -409,7 +409,10 @@ mod tests {
     }
 
     async fn put<T: serde::Serialize>(store: &dyn Store, key: &str, value: &T) {
-        store.put(key, serde_json::to_vec(value).unwrap(), 0).await.unwrap();
+        store
+            .put(key, serde_json::to_vec(value).unwrap(), 0)
+            .await
+            .unwrap();
     }
 
     async fn task(store: &dyn Store, id: &str) {
@@ -455,12 +458,22 @@ mod tests {
         let first = pass(store).await.unwrap();
         assert_eq!((first.changes, first.placed), (1, 1));
         assert_eq!(first.drift["w1"].len(), 1);
-        let stored = store.get(&keys::assignment("w1", "v", "a", "t1")).await.unwrap();
+        let stored = store
+            .get(&keys::assignment("w1", "v", "a", "t1"))
+            .await
+            .unwrap();
         let a: Assignment = serde_json::from_slice(&stored.unwrap().value).unwrap();
         assert_eq!(a.generation, 1);
         let again = pass(store).await.unwrap();
-        assert_eq!(again.changes, 0, "level-triggered: nothing changed, nothing written");
-        assert_eq!(again.full["w1"].len(), 1, "but still the worker's whole set");
+        assert_eq!(
+            again.changes, 0,
+            "level-triggered: nothing changed, nothing written"
+        );
+        assert_eq!(
+            again.full["w1"].len(),
+            1,
+            "but still the worker's whole set"
+        );
         store.delete(&keys::task("v", "a", "t1")).await.unwrap();
         let gone = pass(store).await.unwrap();
         assert_eq!(gone.changes, 1);
@@ -479,7 +492,11 @@ mod tests {
             .unwrap();
         live_on(store, "w1").await;
         let (view, _) = read(store).await.unwrap();
-        assert_eq!(view.tasks.len(), 1, "the broken task is left out, not the others");
+        assert_eq!(
+            view.tasks.len(),
+            1,
+            "the broken task is left out, not the others"
+        );
         assert_eq!(pass(store).await.unwrap().placed, 1);
     }
 
@@ -504,8 +521,14 @@ mod tests {
         let d = diff::diff(&tasks, &view.workers, &current, &plan, &Default::default());
         assert_eq!(d.changes.len(), 1);
         let stats = apply(store, d, PassStats::default()).await.unwrap();
-        assert_eq!(stats.changes, 0, "the worker's registration guards the write");
-        let stored = store.get(&keys::assignment("dead", "v", "a", "t1")).await.unwrap();
+        assert_eq!(
+            stats.changes, 0,
+            "the worker's registration guards the write"
+        );
+        let stored = store
+            .get(&keys::assignment("dead", "v", "a", "t1"))
+            .await
+            .unwrap();
         assert!(stored.is_none());
     }
 }
