@@ -8,7 +8,9 @@
 //! after a TTL.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use pushcast_proto::keys;
@@ -121,5 +123,71 @@ async fn try_lead(
             let _ = store.revoke_lease(lease).await;
             return Ok(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Elections on the embedded store in a temp dir.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        Arc::new(pushcast_store::embedded::EmbeddedStore::open(&dir.path().join("s")).unwrap())
+    }
+
+    /// Waits up to 10 s for `f` to hold.
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn one_leader_at_a_time_and_a_clean_shutdown_hands_over_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let ttl = Duration::from_secs(30);
+        let (a_stop, b_stop) = (CancellationToken::new(), CancellationToken::new());
+        let (a, a_task) = campaign(store.clone(), "a".into(), ttl, a_stop.clone());
+        let (b, b_task) = campaign(store.clone(), "b".into(), ttl, b_stop.clone());
+        eventually("a leader", || *a.borrow() || *b.borrow()).await;
+        // Give the other candidate time to (wrongly) win too.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(*a.borrow() != *b.borrow(), "exactly one leader");
+        let (leader_stop, leader_task, other) = if *a.borrow() {
+            (a_stop, a_task, b.clone())
+        } else {
+            (b_stop, b_task, a.clone())
+        };
+        let t0 = Instant::now();
+        leader_stop.cancel();
+        leader_task.await.unwrap();
+        eventually("the other to lead", || *other.borrow()).await;
+        assert!(
+            t0.elapsed() < ttl / 4,
+            "handed over at once (the lease is revoked), not after the TTL: {:?}",
+            t0.elapsed()
+        );
+        let key = store.get(keys::LEADER).await.unwrap().unwrap();
+        assert!(key.lease != 0, "the leader key lives on the leader's lease");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_loses_its_lease_steps_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let ttl = Duration::from_secs(2);
+        let (leading, _task) = campaign(store.clone(), "a".into(), ttl, CancellationToken::new());
+        eventually("leading", || *leading.borrow()).await;
+        let key = store.get(keys::LEADER).await.unwrap().unwrap();
+        // The lease is gone (as when etcd expired it while the leader was away).
+        store.revoke_lease(key.lease).await.unwrap();
+        eventually("stepped down", || !*leading.borrow()).await;
+        // And it campaigns again: the key is free, so it leads again.
+        eventually("leading again", || *leading.borrow()).await;
     }
 }
