@@ -62,14 +62,14 @@ impl TestRtmpServer {
                     parked.push(sock);
                     continue;
                 }
-                let mut session = ServerConnection::new(ServerConfig::default());
+                let mut conn = ServerConnection::new(ServerConfig::default());
                 let mut buf = vec![0u8; 64 * 1024];
                 'conn: loop {
                     let n = match sock.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    let Ok(events) = session.handle_input(&buf[..n]) else {
+                    let Ok(events) = conn.handle_input(&buf[..n]) else {
                         break;
                     };
                     let mut stop_reading = false;
@@ -84,12 +84,12 @@ impl TestRtmpServer {
                                 s.stream_name = Some(req.stream_name.clone());
                                 s.query = req.query.clone();
                                 let _ = match behaviour {
-                                    Behaviour::RejectBadName => session.reject_publish(
+                                    Behaviour::RejectBadName => conn.reject_publish(
                                         req.stream_id,
                                         RejectCode::BadName,
                                         "test server refuses this key",
                                     ),
-                                    _ => session.accept_publish(req.stream_id),
+                                    _ => conn.accept_publish(req.stream_id),
                                 };
                                 stop_reading = behaviour == Behaviour::StopReadingAfterPublish;
                             }
@@ -97,7 +97,7 @@ impl TestRtmpServer {
                             ServerEvent::PublishEnded { .. } => s.publish_ended = true,
                         }
                     }
-                    for seg in session.take_outbound() {
+                    for seg in conn.take_outbound() {
                         if sock.write_all(&seg).await.is_err() {
                             break 'conn;
                         }
@@ -119,6 +119,12 @@ impl TestRtmpServer {
 
     pub fn received(&self) -> Received {
         self.state.lock().unwrap().clone()
+    }
+
+    /// What has arrived so far, readable from another task while the server runs.
+    pub fn received_handle(&self) -> impl Fn() -> Received + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.lock().unwrap().clone()
     }
 
     /// Waits until the connection closed (or `limit`), then returns what arrived.

@@ -95,7 +95,13 @@ async fn a_multi_destination_task_changes_destinations_live_without_touching_the
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // k4 is to join mid-stream: past the first GOP of what the others push.
+    wait_for("1.5 s pushed to k2", Duration::from_secs(10), || async {
+        let t = node.task("relay").await;
+        let pushed = dest(&t, "k2").and_then(|d| d["sentTime"].as_u64());
+        pushed.is_some_and(|ms| ms >= 1500).then_some(())
+    })
+    .await;
 
     // Counters of the destinations that stay, before the update.
     let mut last = [0u64; 2];

@@ -66,7 +66,8 @@ async fn a_timeout_denies_in_time() {
     let res = authorize(&rx.url("/auth"), Duration::from_millis(200), &event()).await;
     let took = start.elapsed();
     assert_eq!(res, Err(Denied::Timeout(Duration::from_millis(200))));
-    assert!(took < Duration::from_millis(1000), "{took:?}");
+    // The 200 ms timeout, not the receiver's 3 s.
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 #[tokio::test]

