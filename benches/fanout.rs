@@ -28,9 +28,17 @@
 //! measured (the file is polled every 2 ms). Repeated `FANOUT_PROBES` times, spread over
 //! the 2 s GOP.
 //!
+//! The run fails (after printing everything) when a destination did not receive the
+//! stream during the window (bytes, for every destination), when a recorded destination
+//! (the first three of each relay, application `rec`) misses frames or does not decode,
+//! when a pushcast destination got audio ahead of its first keyframe, or when a relay
+//! process died.
+//!
 //! Environment: `FANOUT_N` (destinations, default 50), `FANOUT_SECONDS` (measurement
 //! window, default 20), `FANOUT_WARMUP_SECONDS` (settling time before a window, default
-//! 3), `FANOUT_PROBES` (default 5). Needs ffmpeg and nginx with the rtmp module (Debian:
+//! 3), `FANOUT_PROBES` (default 5), `FANOUT_SMOKE` (any build, figures meaningless: the
+//! test suite's `FANOUT_SMOKE=1 FANOUT_N=5 FANOUT_SECONDS=3 FANOUT_WARMUP_SECONDS=1
+//! FANOUT_PROBES=1 cargo test --bench fanout -- --bench`). Needs ffmpeg and nginx with the rtmp module (Debian:
 //! `ffmpeg nginx libnginx-mod-rtmp`); a missing one fails the run with that message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -73,6 +81,9 @@ fn main() {
 }
 
 struct Settings {
+    /// A quick run of every phase and check on any build (the test suite runs one, so the
+    /// bench cannot rot); its figures mean nothing.
+    smoke: bool,
     n: usize,
     window: Duration,
     warmup: Duration,
@@ -82,6 +93,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let s = Settings {
+            smoke: std::env::var_os("FANOUT_SMOKE").is_some(),
             n: env_num("FANOUT_N", 50),
             window: Duration::from_secs_f64(env_num("FANOUT_SECONDS", 20.0)),
             warmup: Duration::from_secs_f64(env_num("FANOUT_WARMUP_SECONDS", 3.0)),
@@ -111,11 +123,15 @@ async fn run_bench(s: Settings) {
     check_tools();
     // The binaries cargo built for this bench target (bench profile = release).
     let bin = binary("pushcast");
-    assert!(
-        bin.parent().is_some_and(|d| d.ends_with("release")),
-        "{} is not an optimized build: run the benchmark with `cargo bench`",
-        bin.display()
-    );
+    if s.smoke {
+        println!("fanout: smoke run (FANOUT_SMOKE): the checks hold, the figures mean nothing");
+    } else {
+        assert!(
+            bin.parent().is_some_and(|d| d.ends_with("release")),
+            "{} is not an optimized build: run the benchmark with `cargo bench`",
+            bin.display()
+        );
+    }
     let work = tempfile::Builder::new()
         .prefix("pushcast-fanout-")
         .tempdir()
@@ -255,6 +271,7 @@ impl Sink {
                  chunk_size 4096;\n\
                  application live {{ live on; }}\n\
                  application probe {{ live on; record all; record_path {r}; }}\n\
+                 application rec {{ live on; record all; record_path {r}; }}\n\
                }}\n\
              }}\n",
             r = "{prefix}/record"
@@ -464,6 +481,74 @@ impl Outcome {
     }
 }
 
+/// How many destinations of each relay the sink records (application `rec`), to check
+/// what arrived frame by frame; the others only count bytes (`live`).
+const RECORDED: usize = 3;
+
+/// The sink application destination `i` goes to.
+fn dest_app(i: usize) -> &'static str {
+    if i < RECORDED { "rec" } else { "live" }
+}
+
+/// What the recorded destinations of a relay got, checked once its pushes have ended:
+/// every one decodes cleanly, has no hole (no video gap over 100 ms, as many frames as
+/// its span holds), and (pushcast) starts on a keyframe with no audio ahead of it.
+fn check_recorded(sink: &Sink, relay: &str, names: &[String], keyframe_first: bool) {
+    for name in names.iter().take(RECORDED) {
+        let path = sink.nginx.finished_recording(name, Duration::from_secs(20));
+        let frames = read_flv_file(&path);
+        let video: Vec<&pushcast_media::Frame> =
+            pushcast_testkit::flv::media_frames(&frames, FrameKind::Video);
+        let (Some(first), Some(last)) = (video.first(), video.last()) else {
+            panic!("{relay}: {name} recorded no video");
+        };
+        let span = last.timestamp_ms.saturating_sub(first.timestamp_ms);
+        let want = (f64::from(span) * 30.0 / 1000.0) as usize + 1;
+        let gap = pushcast_testkit::ffmpeg::longest_gap_ms(&frames, FrameKind::Video);
+        let audio_ahead = frames
+            .iter()
+            .take_while(|f| {
+                !(f.kind == FrameKind::Video && f.is_keyframe() && !f.is_sequence_header())
+            })
+            .filter(|f| f.kind == FrameKind::Audio && f.payload.get(1) == Some(&1))
+            .count();
+        println!(
+            "fanout: {relay}: {name}: {} video frames over {span} ms ({want} expected), longest \
+             gap {gap} ms, {audio_ahead} audio frames before the first keyframe",
+            video.len()
+        );
+        assert!(
+            video.len() * 100 >= want * 98 && gap <= 100,
+            "{relay}: {name} misses frames: {} of {want}, a gap of {gap} ms",
+            video.len()
+        );
+        let errors = pushcast_testkit::ffprobe::decode_errors(&path);
+        assert!(
+            errors.trim().is_empty(),
+            "{relay}: {name} does not decode: {errors}"
+        );
+        if keyframe_first {
+            assert_eq!(
+                audio_ahead, 0,
+                "{relay}: {name}: audio ahead of the first keyframe"
+            );
+        }
+    }
+}
+
+/// Fails the run when the relay process died.
+fn assert_alive(pid: u32, relay: &str) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.trim_start())
+        .unwrap_or("");
+    assert!(
+        !stat.is_empty() && !state.starts_with('Z'),
+        "{relay}: the relay process ({pid}) died"
+    );
+}
+
 fn dest_names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -475,7 +560,8 @@ fn start_nginx_relay(what: &str, sink: &Sink, dests: &[String]) -> Nginx {
     let port = free_tcp_port();
     let pushes: String = dests
         .iter()
-        .map(|d| format!("      push {}/{d};\n", sink.url("live")))
+        .enumerate()
+        .map(|(i, d)| format!("      push {}/{d};\n", sink.url(dest_app(i))))
         .collect();
     let body = format!(
         "rtmp {{\n\
@@ -518,9 +604,13 @@ async fn nginx_phase(
         "the publisher (ffmpeg) exited"
     );
     let cost = measure(relay.pid(), s.window, sink, dests).await;
+    assert_alive(relay.pid(), "nginx-rtmp");
     publisher.terminate(Duration::from_secs(3));
     drop(relay);
     sink.wait_gone(dests).await;
+    // nginx-rtmp's push is the peer: it must deliver whole streams for the comparison to
+    // hold; how it starts is its own business.
+    check_recorded(sink, "nginx-rtmp", dests, false);
     cost
 }
 
@@ -573,7 +663,7 @@ async fn bench_worker(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> O
     let mut worker = Proc::worker(&etcd.endpoint(), "w0", &data.path().join("w0"), &[]).await;
     let rtmp = worker.wait_for_field("RTMP ingest listening", "addr").await;
     controller.open_publish("app").await;
-    let (base, full, mut publisher) = fan_out(
+    let (base, full, mut publisher, dests) = fan_out(
         s,
         src,
         sink,
@@ -584,6 +674,8 @@ async fn bench_worker(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> O
     )
     .await;
     publisher.terminate(Duration::from_secs(3));
+    sink.wait_gone(&dests).await;
+    check_recorded(sink, "pushcast worker", &dests, true);
     drop(worker);
     drop(controller);
     drop(etcd);
@@ -607,7 +699,7 @@ async fn fan_out(
     name: &str,
     (ingest, rtmp): (&Proc, &str),
     api: &Node,
-) -> (Cost, Cost, Guard) {
+) -> (Cost, Cost, Guard, Vec<String>) {
     let pid = ingest.pid();
     let mut publisher = publish(
         src,
@@ -625,9 +717,8 @@ async fn fan_out(
 
     // Named after the relay: the sink must not mistake one relay's streams for another's.
     let dests = dest_names(&format!("{}-", name.replace(' ', "-")), s.n);
-    let live = sink.url("live");
-    for d in &dests {
-        start_push(api, d, &live, d).await;
+    for (i, d) in dests.iter().enumerate() {
+        start_push(api, d, &sink.url(dest_app(i)), d).await;
     }
     let diag = || format!("{}\n{}", output(&api.proc), output(ingest));
     sink.wait_streams(&dests, name, &diag).await;
@@ -637,7 +728,8 @@ async fn fan_out(
         "the publisher (ffmpeg) exited"
     );
     let full = measure(pid, s.window, sink, &dests).await;
-    (base, full, publisher)
+    assert_alive(pid, name);
+    (base, full, publisher, dests)
 }
 
 async fn bench_pushcast(
@@ -652,7 +744,7 @@ async fn bench_pushcast(
         .expect("tempdir");
     let node = start_standalone(data.path()).await;
     let rtmp = node.rtmp.clone().expect("standalone ingest");
-    let (base, full, mut publisher) =
+    let (base, full, mut publisher, dests) =
         fan_out(s, src, sink, logs, "pushcast", (&node.proc, &rtmp), &node).await;
 
     // Start latency, with the N pushes running: one more task at a time.
@@ -662,7 +754,10 @@ async fn bench_pushcast(
         // Spread the probes over the 2 s GOP (an irregular step, not a multiple of it).
         tokio::time::sleep(Duration::from_millis(730)).await;
     }
+    assert_alive(node.proc.pid(), "pushcast");
     publisher.terminate(Duration::from_secs(3));
+    sink.wait_gone(&dests).await;
+    check_recorded(sink, "pushcast", &dests, true);
     let output = output(&node.proc);
     let warnings: Vec<&str> = output
         .lines()

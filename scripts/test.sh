@@ -9,5 +9,9 @@ scripts/helm-check.sh
 # The end-to-end tests (tests/e2e) start the binaries Cargo builds with them. Two tests
 # at a time: each spawns etcd and pushcast processes of its own.
 cargo test --workspace --no-fail-fast -- --test-threads=2
+# The fan-out benchmark in a small, quick form (any build: its checks, not its figures),
+# so it cannot rot: every phase, every destination check.
+FANOUT_SMOKE=1 FANOUT_N=5 FANOUT_SECONDS=4 FANOUT_WARMUP_SECONDS=3 FANOUT_PROBES=1 \
+  cargo test --bench fanout -- --bench
 # The webhooks' https delivery tests need its `https` feature, off in the default build.
 cargo test -p pushcast-webhooks --features https --test https -- --test-threads=2
