@@ -224,6 +224,51 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_from_a_worker_the_stream_left_is_not_kept() {
+        // b is forwarded from w1 to w3; the stream is now ingested on w2 (w1 still up).
+        let mut view = View {
+            tasks: vec![task("b", "s1")],
+            workers: [worker("w1", 0), worker("w2", 0), worker("w3", 0)].into(),
+            streams: [(k("s1"), "w2".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        let stale = Placement {
+            worker: "w3".into(),
+            source: SourceRef::Forwarded {
+                from_worker: "w1".into(),
+            },
+        };
+        view.current.insert(k("b"), stale.clone());
+        let plan = place(&view);
+        assert_ne!(plan.get(&k("b")), Some(&stale), "w1 no longer has the stream");
+        assert_eq!(plan.get(&k("b")), Some(&local("w2")));
+    }
+
+    #[test]
+    fn kept_placements_count_against_a_workers_room() {
+        // a is kept on w1, which has room for one: a new task of the stream overflows.
+        let mut view = View {
+            tasks: vec![task("a", "s1"), task("b", "s1")],
+            workers: [worker("w1", 1), worker("w2", 0)].into(),
+            streams: [(k("s1"), "w1".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        view.current.insert(k("a"), local("w1"));
+        let plan = place(&view);
+        assert_eq!(plan.get(&k("a")), Some(&local("w1")));
+        assert_eq!(
+            plan.get(&k("b")),
+            Some(&Placement {
+                worker: "w2".into(),
+                source: SourceRef::Forwarded {
+                    from_worker: "w1".into()
+                },
+            }),
+            "w1 is full with the kept task"
+        );
+    }
+
+    #[test]
     fn nobody_has_room_the_ingest_worker_takes_it() {
         let view = View {
             tasks: vec![task("a", "s1"), task("b", "s1")],
