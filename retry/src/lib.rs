@@ -132,10 +132,6 @@ impl<R: Rng> Backoff<R> {
         }
     }
 
-    pub fn config(&self) -> &BackoffConfig {
-        &self.config
-    }
-
     /// Delays handed out since the last reset.
     pub fn attempts(&self) -> u64 {
         self.attempts

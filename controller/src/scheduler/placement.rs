@@ -240,8 +240,25 @@ mod tests {
         };
         view.current.insert(k("b"), stale.clone());
         let plan = place(&view);
-        assert_ne!(plan.get(&k("b")), Some(&stale), "w1 no longer has the stream");
+        assert_ne!(
+            plan.get(&k("b")),
+            Some(&stale),
+            "w1 no longer has the stream"
+        );
         assert_eq!(plan.get(&k("b")), Some(&local("w2")));
+    }
+
+    #[test]
+    fn a_local_push_follows_its_stream_to_another_live_worker() {
+        // a runs on w1 where its stream was; the stream is now on w2 (w1 still up).
+        let mut view = View {
+            tasks: vec![task("a", "s1")],
+            workers: [worker("w1", 0), worker("w2", 0)].into(),
+            streams: [(k("s1"), "w2".to_string())].into(),
+            current: BTreeMap::new(),
+        };
+        view.current.insert(k("a"), local("w1"));
+        assert_eq!(place(&view).get(&k("a")), Some(&local("w2")));
     }
 
     #[test]

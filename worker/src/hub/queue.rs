@@ -304,4 +304,32 @@ mod tests {
         drop(rx);
         assert_eq!(Arc::strong_count(&item), 1);
     }
+
+    /// A waker that counts its wake-ups.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_receiver_polled_last_is_the_one_woken() {
+        let (tx, mut rx) = channel::<u8>();
+        let (a, b) = (
+            Arc::new(Counting(Default::default())),
+            Arc::new(Counting(Default::default())),
+        );
+        let (wa, wb) = (
+            std::task::Waker::from(a.clone()),
+            std::task::Waker::from(b.clone()),
+        );
+        assert!(rx.poll_recv(&mut Context::from_waker(&wa)).is_pending());
+        // The receiver moved to another task: that task must be woken, not the first.
+        assert!(rx.poll_recv(&mut Context::from_waker(&wb)).is_pending());
+        tx.send(1).unwrap();
+        let woken = |c: &Counting| c.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!((woken(&a), woken(&b)), (0, 1));
+    }
 }
