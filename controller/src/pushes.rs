@@ -878,13 +878,19 @@ mod tests {
             err(add(dest("rtmp", "rtmp://h/live", "k"))),
             (409, "Destination already in use by push 't'".into())
         );
-        assert_eq!(
-            err(UpdatePush {
-                remove: vec![DestinationRef::Index(3)],
-                ..Default::default()
-            }),
-            (404, "Could not find destination '3': [default/app]".into())
-        );
+        // Index 1 of a one-destination task is one past the end.
+        for i in [1, 3] {
+            assert_eq!(
+                err(UpdatePush {
+                    remove: vec![DestinationRef::Index(i)],
+                    ..Default::default()
+                }),
+                (
+                    404,
+                    format!("Could not find destination '{i}': [default/app]")
+                )
+            );
+        }
         assert_eq!(
             err(UpdatePush {
                 remove: vec![DestinationRef::Index(0)],

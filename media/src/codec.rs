@@ -226,9 +226,96 @@ mod tests {
         assert!(hostile.with_id().to_string().contains("'O??s'"));
     }
 
+    /// The names are the contract of `lastError` and the refusal messages: every FLV id
+    /// and every FourCC we know, and nothing else.
+    #[test]
+    fn the_name_table() {
+        let video: Vec<_> = (0..16).map(|id| VideoCodec::Flv(id).name()).collect();
+        assert_eq!(
+            video,
+            [
+                None,
+                Some("JPEG"),
+                Some("Sorenson H.263"),
+                Some("Screen Video"),
+                Some("On2 VP6"),
+                Some("On2 VP6 with alpha"),
+                Some("Screen Video v2"),
+                Some("H.264"),
+                None,
+                None,
+                None,
+                None,
+                Some("HEVC (non-standard FLV id 12)"),
+                None,
+                None,
+                None,
+            ]
+        );
+        let audio: Vec<_> = (0..16).map(|id| AudioCodec::Flv(id).name()).collect();
+        assert_eq!(
+            audio,
+            [
+                Some("Linear PCM (platform endian)"),
+                Some("ADPCM"),
+                Some("MP3"),
+                Some("Linear PCM (little endian)"),
+                Some("Nellymoser 16 kHz mono"),
+                Some("Nellymoser 8 kHz mono"),
+                Some("Nellymoser"),
+                Some("G.711 A-law"),
+                Some("G.711 mu-law"),
+                None,
+                Some("AAC"),
+                Some("Speex"),
+                None,
+                None,
+                Some("MP3 8 kHz"),
+                Some("Device-specific sound"),
+            ]
+        );
+        let video_cc = |cc: &[u8; 4]| VideoCodec::FourCc(*cc).name();
+        assert_eq!(
+            [b"hvc1", b"av01", b"vp09", b"avc1", b"hev1"].map(video_cc),
+            [
+                Some("HEVC"),
+                Some("AV1"),
+                Some("VP9"),
+                Some("H.264 in Enhanced RTMP framing"),
+                None
+            ]
+        );
+        let audio_cc = |cc: &[u8; 4]| AudioCodec::FourCc(*cc).name();
+        assert_eq!(
+            [
+                b"Opus", b"fLaC", b"ac-3", b"ec-3", b".mp3", b"mp4a", b"opus"
+            ]
+            .map(audio_cc),
+            [
+                Some("Opus"),
+                Some("FLAC"),
+                Some("AC-3"),
+                Some("E-AC-3"),
+                Some("MP3"),
+                Some("AAC in Enhanced RTMP framing"),
+                None
+            ]
+        );
+    }
+
     #[test]
     fn codecs_of_tags() {
         assert_eq!(VideoCodec::of_tag(&[0x17, 0]), Some(VideoCodec::Flv(7)));
+        // A legacy tag long enough to hold a FourCC is still legacy: only the ExHeader
+        // bit says otherwise (an AVC sequence header: 0x17 0x00 then the CTS).
+        assert_eq!(
+            VideoCodec::of_tag(&[0x17, 0, 0, 0, 0, 1]),
+            Some(VideoCodec::Flv(7))
+        );
+        assert_eq!(
+            VideoCodec::of_tag(&[0x80, 0, 0, 0, 0]),
+            Some(VideoCodec::FourCc([0; 4]))
+        );
         assert_eq!(
             VideoCodec::of_tag(&[0x90, b'h', b'v', b'c', b'1']),
             Some(VideoCodec::FourCc(*b"hvc1"))

@@ -567,6 +567,8 @@ mod tests {
             (Protocol::Rtmp, "rtmp://host/live", ""),
             (Protocol::Rtmp, "rtmp://host:0/live", "k"),
             (Protocol::Rtmp, "rtmp://u:p@host/live", "k"),
+            (Protocol::Rtmp, "rtmp://:p@host/live", "k"),
+            (Protocol::Rtmp, "rtmp://u@host/live", "k"),
             (Protocol::Mpegts, "udp://host", ""),
             (Protocol::Srt, "srt://h:9000?passphrase=short", ""),
             (Protocol::Srt, "srt://h:9000?latency=soon", ""),
@@ -622,6 +624,62 @@ mod tests {
         let Ok(t) = d.target() else { panic!() };
         assert_eq!(t.host_port(), "[::1]:5000");
         assert_eq!(d.redacted(), "tcp://[::1]:5000");
+    }
+
+    #[test]
+    fn each_scheme_makes_its_target() {
+        let udp = parse(Protocol::Mpegts, "udp://239.0.0.1:5000", "").expect("parses");
+        assert_eq!(
+            udp,
+            Target::Udp {
+                host: "239.0.0.1".into(),
+                port: 5000
+            }
+        );
+        let tcp = parse(Protocol::Mpegts, "tcp://h:5001", "").expect("parses");
+        assert_eq!(
+            tcp,
+            Target::Tcp {
+                host: "h".into(),
+                port: 5001
+            }
+        );
+        // streamid: 512 bytes is the SRT limit, inclusive.
+        let id = |n: usize| format!("srt://h:9000?streamid={}", "a".repeat(n));
+        assert!(parse(Protocol::Srt, &id(512), "").is_ok());
+        assert_eq!(
+            parse(Protocol::Srt, &id(513), "").expect_err("too long"),
+            DestinationError::Invalid("SRT streamid longer than 512 bytes")
+        );
+    }
+
+    /// `{:?}` and `{}` are what a log line prints: the shape is kept, the secrets are not.
+    #[test]
+    fn debug_and_display_forms() {
+        let d = Destination::parse(Protocol::Rtmp, "rtmp://h/live", "supersecretkey123", vec![])
+            .expect("parses");
+        assert_eq!(d.to_string(), "rtmp://h/live/supe…");
+        let Ok(t) = d.target() else { panic!() };
+        assert_eq!(
+            format!("{t:?}"),
+            r#"RtmpTarget { tc_url: "rtmp://h/live", stream_name: "supe…" }"#
+        );
+        let d = Destination::parse(
+            Protocol::Srt,
+            "srt://h:9000?passphrase=0123456789&latency=200000&pbkeylen=24",
+            "",
+            vec![],
+        )
+        .expect("parses");
+        assert_eq!(d.to_string(), "srt://h:9000?…");
+        let Ok(t) = d.target() else { panic!() };
+        assert_eq!(
+            format!("{t:?}"),
+            "srt://h:9000 SrtOptions { latency: Some(200ms), key_size: Some(24), .. }"
+        );
+        let d = Destination::parse(Protocol::Mpegts, "udp://h:1", "", vec![]).expect("parses");
+        let Ok(t) = d.target() else { panic!() };
+        assert_eq!(format!("{t:?}"), "udp://h:1");
     }
 
     #[test]

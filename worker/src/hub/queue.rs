@@ -291,6 +291,10 @@ mod tests {
             tx.send(i).unwrap();
         }
         assert!(lock(&rx.shared).items.capacity() >= 1000);
+        // Taking one item of many does not shrink: no reallocation per item taken.
+        let before = lock(&rx.shared).items.capacity();
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(lock(&rx.shared).items.capacity(), before);
         while rx.try_recv().is_ok() {}
         assert!(lock(&rx.shared).items.capacity() <= KEEP);
     }
