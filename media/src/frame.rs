@@ -68,11 +68,9 @@ impl Frame {
             return 0;
         }
         match self.payload.get(2..5) {
-            Some(b) => {
-                let raw = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                // Sign-extend 24 bits.
-                ((raw << 8) as i32) >> 8
-            }
+            // A signed 24-bit big-endian number: placed in the top three bytes of an
+            // i32, the arithmetic shift sign-extends it.
+            Some(b) => i32::from_be_bytes([b[0], b[1], b[2], 0]) >> 8,
             None => 0,
         }
     }
@@ -98,6 +96,18 @@ mod tests {
         assert!(!inter.is_keyframe() && !inter.is_sequence_header());
         assert_eq!(inter.composition_offset_ms(), -2);
         assert_eq!(video(&[0x17, 1, 0, 0, 40]).composition_offset_ms(), 40);
+        // Big-endian, all three bytes, the largest positive and negative values.
+        assert_eq!(video(&[0x17, 1, 1, 2, 3]).composition_offset_ms(), 0x010203);
+        assert_eq!(
+            video(&[0x17, 1, 0x7f, 0xff, 0xff]).composition_offset_ms(),
+            0x7fffff
+        );
+        assert_eq!(
+            video(&[0x17, 1, 0x80, 0, 0]).composition_offset_ms(),
+            -0x800000
+        );
+        // Only AVC carries one.
+        assert_eq!(video(&[0x12, 1, 0, 0, 40]).composition_offset_ms(), 0);
         assert_eq!(video(&[]).composition_offset_ms(), 0);
     }
 
