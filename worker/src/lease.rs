@@ -267,13 +267,19 @@ mod tests {
         Some(since.elapsed())
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn renewed_leases_never_fence() {
-        let store = Leases::new();
+    /// A lease kept on `store` with the TTL of these tests, and its fence.
+    async fn kept(store: &Arc<Leases>) -> (Lease, Fence) {
         let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
             .await
             .unwrap();
-        let mut fence = lease.fence();
+        let fence = lease.fence();
+        (lease, fence)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewed_leases_never_fence() {
+        let store = Leases::new();
+        let (lease, mut fence) = kept(&store).await;
         assert!(
             fenced_after(&mut fence, Instant::now(), TTL * 10)
                 .await
@@ -285,10 +291,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failing_renewals_fence_at_two_thirds_of_the_ttl_and_lift_when_they_succeed() {
         let store = Leases::new();
-        let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
-            .await
-            .unwrap();
-        let mut fence = lease.fence();
+        let (_lease, mut fence) = kept(&store).await;
         // Renewals every TTL/3 (1 s); the last one that succeeds is at 3 s.
         tokio::time::sleep(Duration::from_millis(3_500)).await;
         let last_ok = Instant::now() - Duration::from_millis(500);
@@ -312,10 +315,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hanging_renewal_fences_on_time_too() {
         let store = Leases::new();
-        let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
-            .await
-            .unwrap();
-        let mut fence = lease.fence();
+        let (_lease, mut fence) = kept(&store).await;
         let t0 = Instant::now();
         store.set(Renewal::Hang);
         // The first renewal (at 1 s) hangs; it must not hold the fence back past 2 s.
@@ -326,10 +326,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_lease_fences_at_once_and_is_replaced() {
         let store = Leases::new();
-        let lease = Lease::keep(store.clone(), TTL, CancellationToken::new())
-            .await
-            .unwrap();
-        let mut fence = lease.fence();
+        let (lease, mut fence) = kept(&store).await;
         let mut ids = lease.subscribe();
         let t0 = Instant::now();
         store.set(Renewal::Lost);

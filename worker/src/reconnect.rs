@@ -120,8 +120,10 @@ impl Loop {
                 }
             };
             let started = Instant::now();
-            let attempt = this.cancel.child_token();
-            let result = push::run_attempt(
+            // The attempt's own token: cancelling the loop cancels it, unless the stream
+            // has already ended (see `finish_or_cancel`).
+            let attempt = CancellationToken::new();
+            let run = push::run_attempt(
                 &this.dest,
                 selection,
                 &mut source,
@@ -133,8 +135,8 @@ impl Loop {
                         this.report.started();
                     }
                 },
-            )
-            .await;
+            );
+            let result = this.finish_or_cancel(run, &attempt).await;
             let e = match result {
                 Ok(end) => return end,
                 Err(e) => e,
@@ -153,6 +155,39 @@ impl Loop {
         }
     }
 }
+
+impl Loop {
+    /// Runs an attempt to its end. When the loop is cancelled meanwhile, the attempt is
+    /// cancelled at once, unless the stream has ended: a task is unassigned when its
+    /// stream ends, which can come before its sessions have sent the last frames they
+    /// hold (up to one write interval: the end of the stream, lost at every destination).
+    /// Then the attempt gets [`FINISH_GRACE`] to send them and say goodbye by itself.
+    ///
+    /// Fencing stays safe: a fenced worker cannot delete the ended stream's key from the
+    /// store, which its lease holds until it expires, at least a third of the TTL (one
+    /// second or more) after the fence; until then no other worker can take the stream,
+    /// let alone push it.
+    async fn finish_or_cancel<F>(&self, run: F, attempt: &CancellationToken) -> F::Output
+    where
+        F: std::future::Future,
+    {
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => return r,
+            _ = self.cancel.cancelled() => {}
+        }
+        if !self.settings.hub.is_live(&self.stream)
+            && let Ok(r) = tokio::time::timeout(FINISH_GRACE, &mut run).await
+        {
+            return r;
+        }
+        attempt.cancel();
+        run.await
+    }
+}
+
+/// How long a cancelled attempt may take to send what it holds of a stream that ended.
+pub const FINISH_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Waits until the stream behind `sub` ends (or `cancel` fires), discarding frames.
 async fn wait_end(mut sub: Subscription, cancel: &CancellationToken) -> SessionEnd {

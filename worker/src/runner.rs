@@ -67,7 +67,16 @@ struct Assigned<'a> {
     running: HashMap<String, Running>,
 }
 
-impl Assigned<'_> {
+impl<'a> Assigned<'a> {
+    /// Nothing running yet.
+    fn new(runner: &'a Arc<Runner>, shutdown: &'a CancellationToken) -> Self {
+        Assigned {
+            runner,
+            shutdown,
+            running: HashMap::new(),
+        }
+    }
+
     /// Starts (or restarts) an assignment unless the same one, or a newer generation of
     /// it, already runs: etcd's watch and the gRPC path may deliver it in either order.
     /// A newer generation of the same task from the same source (an `updatePush`) is
@@ -150,11 +159,7 @@ impl Runner {
     /// leader's gRPC updates. Applying an assignment that already runs is a no-op.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, mut updates: Updates) {
         let prefix = keys::assignments_of(&self.node_id);
-        let mut assigned = Assigned {
-            runner: &self,
-            shutdown: &shutdown,
-            running: HashMap::new(),
-        };
+        let mut assigned = Assigned::new(&self, &shutdown);
         while !shutdown.is_cancelled() {
             let listing = match self.store.list(&prefix).await {
                 Ok(l) => l,
@@ -502,11 +507,7 @@ mod tests {
     #[tokio::test]
     async fn the_same_assignment_twice_or_an_older_one_changes_nothing() {
         let s = setup();
-        let mut a = Assigned {
-            runner: &s.runner,
-            shutdown: &s.shutdown,
-            running: HashMap::new(),
-        };
+        let mut a = Assigned::new(&s.runner, &s.shutdown);
         assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 2)));
         let token = a.running[KEY].cancel.clone();
         assert!(
@@ -525,11 +526,7 @@ mod tests {
     #[tokio::test]
     async fn a_newer_generation_of_the_same_source_updates_in_place() {
         let s = setup();
-        let mut a = Assigned {
-            runner: &s.runner,
-            shutdown: &s.shutdown,
-            running: HashMap::new(),
-        };
+        let mut a = Assigned::new(&s.runner, &s.shutdown);
         assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 1)));
         let token = a.running[KEY].cancel.clone();
         assert!(a.put(KEY.into(), assignment("k2", "cam", SourceRef::Local, 2)));
@@ -544,11 +541,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_source_or_stream_restarts_and_removal_or_a_full_set_stops() {
         let s = setup();
-        let mut a = Assigned {
-            runner: &s.runner,
-            shutdown: &s.shutdown,
-            running: HashMap::new(),
-        };
+        let mut a = Assigned::new(&s.runner, &s.shutdown);
         assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 1)));
         let first = a.running[KEY].cancel.clone();
         let forwarded = SourceRef::Forwarded {
@@ -569,11 +562,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_set_from_the_leader_replaces_everything() {
         let s = setup();
-        let mut a = Assigned {
-            runner: &s.runner,
-            shutdown: &s.shutdown,
-            running: HashMap::new(),
-        };
+        let mut a = Assigned::new(&s.runner, &s.shutdown);
         let value =
             |gen_| serde_json::to_vec(&assignment("k", "cam", SourceRef::Local, gen_)).unwrap();
         let update = |key: &str, assignment: Vec<u8>| pushcast_proto::v1::AssignmentUpdate {

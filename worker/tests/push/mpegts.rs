@@ -203,14 +203,16 @@ async fn udp_datagrams_leave_on_the_ts_clock_not_in_bursts() {
     );
     assert!(span > Duration::from_millis(3_500), "real time: {span:?}");
     // Paced, a frame's datagrams are spread until the next frame's clock (audio or video,
-    // a few ms after a keyframe here): measured 14-16 of the largest frame's 30 within
-    // 2 ms. Unpaced (the pacer's spread set to zero), all 31 arrive within 2 ms.
+    // a few ms after a keyframe here): 14-16 of the largest frame's 30 within 2 ms on a
+    // quiet machine, 24 once under the full suite's load (a late timer lets what fell
+    // due meanwhile go together). Unpaced (the pacer's spread set to zero), all 31
+    // arrive within 2 ms: the bound is that the largest frame never arrives whole.
     assert!(
         largest >= 6,
         "the clip has frames large enough to burst: {largest}"
     );
     assert!(
-        in_2ms <= largest * 2 / 3,
+        in_2ms < largest,
         "{in_2ms} datagrams within 2 ms: a frame of {largest} datagrams went out in a burst"
     );
 }
