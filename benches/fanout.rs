@@ -11,6 +11,8 @@
 //!
 //! - nginx-rtmp: an nginx (`master_process off`, so one process) with N `push` lines;
 //! - pushcast: the release `pushcast` standalone binary with N tasks made over REST;
+//! - pushcast wi 0: the same with `--write-interval-ms=0` (every frame written as it
+//!   comes; the default gathers frames for 100 ms): what the write window buys;
 //! - pushcast worker: the data plane alone, the release `pushcast-worker` of a cluster
 //!   (etcd + `pushcast-controller` + one worker, the tasks made over the controller's
 //!   REST API); only the worker process is measured, like nginx-rtmp's one process.
@@ -56,6 +58,7 @@ use pushcast_testkit::net::free_tcp_port;
 use pushcast_testkit::nginx::{Nginx, RTMP_MODULE};
 use pushcast_testkit::proc::{Guard, run};
 use pushcast_testkit::process::{Proc, binary};
+use pushcast_testkit::stats::{cpu_ms, rss_kb};
 use pushcast_testkit::wait_for;
 use serde_json::json;
 
@@ -155,8 +158,14 @@ async fn run_bench(s: Settings) {
     let nginx = bench_nginx(&s, &src, &sink, work.path()).await;
     print_outcome(&nginx);
     println!("fanout: pushcast, 0 then {} destinations ...", s.n);
-    let (pushcast, probes) = bench_pushcast(&s, &src, &sink, work.path()).await;
+    let (pushcast, probes) = bench_pushcast(&s, &src, &sink, work.path(), None).await;
     print_outcome(&pushcast);
+    println!(
+        "fanout: pushcast with --write-interval-ms=0, 0 then {} destinations ...",
+        s.n
+    );
+    let (unbatched, _) = bench_pushcast(&s, &src, &sink, work.path(), Some(0)).await;
+    print_outcome(&unbatched);
     println!(
         "fanout: pushcast worker (cluster mode: etcd, controller, worker), 0 then {} \
          destinations ...",
@@ -165,7 +174,7 @@ async fn run_bench(s: Settings) {
     let worker = bench_worker(&s, &src, &sink, work.path()).await;
     print_outcome(&worker);
 
-    report(&s, &src, &nginx, &[&pushcast, &worker], &probes);
+    report(&s, &src, &nginx, &[&pushcast, &unbatched, &worker], &probes);
     println!(
         "fanout: done in {:.0} s (load average now {})",
         started.elapsed().as_secs_f64(),
@@ -173,7 +182,7 @@ async fn run_bench(s: Settings) {
     );
     // Fail loudly (after printing everything) when a destination did not get the stream:
     // a relay that drops data would look cheap.
-    for r in [&nginx, &pushcast, &worker] {
+    for r in [&nginx, &pushcast, &unbatched, &worker] {
         let min = r.full.delivered_min;
         assert!(
             min >= 0.9 * src.bits_per_sec,
@@ -377,44 +386,6 @@ fn parse_stat(xml: &str) -> HashMap<String, u64> {
 // Measurement
 
 /// Clock ticks per second of /proc/PID/stat's utime and stime.
-fn clock_ticks() -> f64 {
-    run("getconf", &["CLK_TCK"])
-        .stdout
-        .iter()
-        .map(|&b| b as char)
-        .collect::<String>()
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of process `pid` (all its threads) in ms.
-fn cpu_ms(pid: u32, ticks_per_sec: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone during the measurement ({e})"));
-    // After the ")" closing the command name: field 3 (state) is index 0, utime (14) is
-    // index 11 and stime (15) index 12.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    assert!(
-        f.first() != Some(&"Z"),
-        "process {pid} exited during the measurement"
-    );
-    let utime: f64 = f[11].parse().expect("utime");
-    let stime: f64 = f[12].parse().expect("stime");
-    (utime + stime) * 1000.0 / ticks_per_sec
-}
-
-/// VmRSS of process `pid` in kB.
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone during the measurement ({e})"))
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// What one relay process cost over one window.
 struct Cost {
     secs: f64,
@@ -429,9 +400,8 @@ struct Cost {
 /// Measures process `pid` for `window`: CPU from start to end, RSS twice a second, and
 /// what each of `dests` received on the sink meanwhile.
 async fn measure(pid: u32, window: Duration, sink: &Sink, dests: &[String]) -> Cost {
-    let ticks = clock_ticks();
     let before = sink.streams().await;
-    let cpu0 = cpu_ms(pid, ticks);
+    let cpu0 = cpu_ms(pid);
     let t0 = Instant::now();
     let mut rss = Vec::new();
     loop {
@@ -442,7 +412,7 @@ async fn measure(pid: u32, window: Duration, sink: &Sink, dests: &[String]) -> C
         }
         tokio::time::sleep(left.min(Duration::from_millis(500))).await;
     }
-    let cpu1 = cpu_ms(pid, ticks);
+    let cpu1 = cpu_ms(pid);
     let secs = t0.elapsed().as_secs_f64();
     let after = sink.streams().await;
     let rates: Vec<f64> = dests
@@ -630,8 +600,22 @@ async fn bench_nginx(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> Ou
 
 /// The standalone binary (worker and controller in one process, embedded store), with
 /// its app open for publishing.
-async fn start_standalone(data_dir: &Path) -> Node {
-    let node = Node::standalone(data_dir, TOKEN).await;
+/// The standalone binary; with `write_interval_ms`, that `--write-interval-ms`.
+async fn start_standalone(data_dir: &Path, write_interval_ms: Option<u64>) -> Node {
+    let node = match write_interval_ms {
+        None => Node::standalone(data_dir, TOKEN).await,
+        Some(ms) => {
+            let args = vec![
+                format!("--data-dir={}", data_dir.display()),
+                format!("--access-token={TOKEN}"),
+                "--rest-addr=127.0.0.1:0".into(),
+                "--grpc-addr=127.0.0.1:0".into(),
+                "--rtmp-addr=127.0.0.1:0".into(),
+                format!("--write-interval-ms={ms}"),
+            ];
+            Node::start("pushcast", "standalone", args, TOKEN).await
+        }
+    };
     node.open_publish("app").await;
     node
 }
@@ -732,32 +716,45 @@ async fn fan_out(
     (base, full, publisher, dests)
 }
 
+/// The standalone at the default write interval (and the start-latency probes), or at
+/// `write_interval_ms` (no probes).
 async fn bench_pushcast(
     s: &Settings,
     src: &Source,
     sink: &Sink,
     logs: &Path,
+    write_interval_ms: Option<u64>,
 ) -> (Outcome, Vec<Probe>) {
     let data = tempfile::Builder::new()
         .prefix("pushcast-fanout-data-")
         .tempdir()
         .expect("tempdir");
-    let node = start_standalone(data.path()).await;
+    let node = start_standalone(data.path(), write_interval_ms).await;
     let rtmp = node.rtmp.clone().expect("standalone ingest");
+    let name = if write_interval_ms.is_some() {
+        "pushcast wi 0"
+    } else {
+        "pushcast"
+    };
     let (base, full, mut publisher, dests) =
-        fan_out(s, src, sink, logs, "pushcast", (&node.proc, &rtmp), &node).await;
+        fan_out(s, src, sink, logs, name, (&node.proc, &rtmp), &node).await;
 
     // Start latency, with the N pushes running: one more task at a time.
     let mut probes = Vec::new();
-    for i in 0..s.probes {
+    let probes_here = if write_interval_ms.is_some() {
+        0
+    } else {
+        s.probes
+    };
+    for i in 0..probes_here {
         probes.push(probe_start(&node, sink, i).await);
         // Spread the probes over the 2 s GOP (an irregular step, not a multiple of it).
         tokio::time::sleep(Duration::from_millis(730)).await;
     }
-    assert_alive(node.proc.pid(), "pushcast");
+    assert_alive(node.proc.pid(), name);
     publisher.terminate(Duration::from_secs(3));
     sink.wait_gone(&dests).await;
-    check_recorded(sink, "pushcast", &dests, true);
+    check_recorded(sink, name, &dests, true);
     let output = output(&node.proc);
     let warnings: Vec<&str> = output
         .lines()
@@ -772,7 +769,7 @@ async fn bench_pushcast(
     }
     drop(node);
     let outcome = Outcome {
-        name: "pushcast",
+        name,
         n: s.n,
         base,
         full,

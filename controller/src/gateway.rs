@@ -450,7 +450,13 @@ mod tests {
         };
         apps.seed(&[app]).await.unwrap();
         let clients = WorkerClients::with_tls(None);
-        let pushes = Pushes::new(store.clone(), apps.clone(), clients.clone());
+        let informer = crate::informer::Informer::new(store.clone());
+        tokio::spawn(
+            informer
+                .clone()
+                .run(pushcast_runtime::CancellationToken::new()),
+        );
+        let pushes = Pushes::new(store.clone(), informer, apps.clone(), clients.clone());
         let keys = PublishKeys::new(store, apps, clients, "rtmp://localhost:1935".into());
         let auth = Auth::new(&["token".to_string()]);
         Api {

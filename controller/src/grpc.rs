@@ -127,9 +127,22 @@ impl PushService for Api {
     ) -> Result<Response<v1::ListPushesResponse>, Status> {
         let r = req.into_inner();
         self.pushes.apps().require(&r.vhost, &r.app).await?;
-        let tasks = self.pushes.list(&r.vhost, &r.app, Some(&r.id)).await?;
+        let (tasks, next_page_token) = if r.page_size > 0 && r.id.is_empty() {
+            let size = (r.page_size as usize).min(crate::pushes::MAX_PAGE_SIZE);
+            self.pushes
+                .page(&r.vhost, &r.app, size, &r.page_token)
+                .await?
+        } else if !r.page_token.is_empty() {
+            return Err(
+                pushcast_proto::ApiError::bad_request("page_token needs a page_size").into(),
+            );
+        } else {
+            let tasks = self.pushes.list(&r.vhost, &r.app, Some(&r.id)).await?;
+            (tasks, String::new())
+        };
         Ok(Response::new(v1::ListPushesResponse {
             tasks: tasks.iter().map(|t| t.to_proto()).collect(),
+            next_page_token,
         }))
     }
 

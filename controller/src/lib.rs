@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod grpc;
+pub mod informer;
 pub mod leader;
 pub mod live_status;
 pub mod notifier;

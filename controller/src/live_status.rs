@@ -6,22 +6,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pushcast_proto::keys;
-use pushcast_proto::model::{Task, TaskState, TaskStatus, WorkerInfo};
+use pushcast_proto::model::{Task, TaskState, TaskStatus};
 use pushcast_proto::v1;
-use pushcast_store::Store;
 
+use crate::informer::Informer;
 use crate::worker_clients::{WORKER_DEADLINE, WorkerClients};
 
 #[derive(Clone)]
 pub struct LiveStatus {
-    store: Arc<dyn Store>,
+    /// Where the workers' addresses come from.
+    informer: Arc<Informer>,
     clients: WorkerClients,
 }
 
 impl LiveStatus {
-    pub fn new(store: Arc<dyn Store>, clients: WorkerClients) -> LiveStatus {
-        LiveStatus { store, clients }
+    pub fn new(informer: Arc<Informer>, clients: WorkerClients) -> LiveStatus {
+        LiveStatus { informer, clients }
     }
 
     /// Replaces the checkpointed status of `tasks` with their workers' live status.
@@ -57,27 +57,31 @@ impl LiveStatus {
                 }
                 continue;
             };
-            for live in answer {
+            let by_ref: HashMap<(&str, &str, &str), usize> = idx
+                .iter()
+                .map(|&i| {
+                    let t = &tasks[i].spec;
+                    ((t.vhost.as_str(), t.app.as_str(), t.id.as_str()), i)
+                })
+                .collect();
+            let mut found = Vec::with_capacity(answer.len());
+            for live in &answer {
                 let Some(r) = &live.task else { continue };
-                if let Some(t) = tasks
-                    .iter_mut()
-                    .find(|t| t.spec.vhost == r.vhost && t.spec.app == r.app && t.spec.id == r.id)
-                {
-                    t.status = TaskStatus::from_live_proto(&live);
+                let at = (r.vhost.as_str(), r.app.as_str(), r.id.as_str());
+                if let Some(&i) = by_ref.get(&at) {
+                    found.push((i, TaskStatus::from_live_proto(live)));
                 }
+            }
+            for (i, status) in found {
+                tasks[i].status = status;
             }
         }
     }
 
     /// The worker's live statuses of `refs`; `None` when the worker is not registered.
     async fn ask(&self, worker: &str, refs: Vec<v1::TaskRef>) -> Option<Vec<v1::LiveTaskStatus>> {
-        let key = keys::worker(worker);
-        let info: WorkerInfo = match self.store.get(&key).await {
-            Ok(Some(kv)) => serde_json::from_slice(&kv.value).ok()?,
-            Ok(None) => return None,
-            Err(_) => return Some(vec![]),
-        };
-        let Some(mut client) = self.clients.client(&info.grpc_addr) else {
+        let addr = self.informer.read().worker(worker)?.grpc_addr.clone();
+        let Some(mut client) = self.clients.client(&addr) else {
             return Some(vec![]);
         };
         let call = client.get_task_status(v1::GetTaskStatusRequest { tasks: refs });

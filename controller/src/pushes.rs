@@ -16,6 +16,7 @@ use pushcast_store::{Compare, KeyValue, Op, Store, Txn, WatchEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::apps::Apps;
+use crate::informer::Informer;
 use crate::live_status::LiveStatus;
 use crate::store_error::{api_error, decode, encode};
 use crate::worker_clients::WorkerClients;
@@ -83,14 +84,27 @@ pub enum PushEvent {
 #[derive(Clone)]
 pub struct Pushes {
     store: Arc<dyn Store>,
+    /// Reads (`:pushes`, `GetPush`) come from the informer's picture; writes go to the
+    /// store, guarded by its transactions.
+    informer: Arc<Informer>,
     apps: Apps,
     live: LiveStatus,
 }
 
 impl Pushes {
-    pub fn new(store: Arc<dyn Store>, apps: Apps, clients: WorkerClients) -> Pushes {
-        let live = LiveStatus::new(store.clone(), clients);
-        Pushes { store, apps, live }
+    pub fn new(
+        store: Arc<dyn Store>,
+        informer: Arc<Informer>,
+        apps: Apps,
+        clients: WorkerClients,
+    ) -> Pushes {
+        let live = LiveStatus::new(informer.clone(), clients);
+        Pushes {
+            store,
+            informer,
+            apps,
+            live,
+        }
     }
 
     pub fn apps(&self) -> &Apps {
@@ -302,6 +316,8 @@ impl Pushes {
     }
 
     /// `:pushes`: every task of the app (or the one with this exact id), oldest first.
+    /// From the informer's picture once it holds every write acknowledged before the call
+    /// (a consistent read: a task created a moment ago on any controller is listed).
     pub async fn list(
         &self,
         vhost: &str,
@@ -315,44 +331,82 @@ impl Pushes {
                 Err(e) => Err(e),
             };
         }
-        let specs = self
-            .store
-            .list(&keys::tasks_of(vhost, app))
-            .await
-            .map_err(api_error)?;
-        let statuses = self
-            .store
-            .list(&keys::statuses_of(vhost, app))
-            .await
-            .map_err(api_error)?;
-        let mut by_id: HashMap<String, TaskStatus> = HashMap::new();
-        for kv in &statuses.kvs {
-            if let Some((_, _, id)) = keys::parse_task_key(&kv.key) {
-                by_id.insert(id, decode(&kv.key, &kv.value)?);
-            }
-        }
-        let mut tasks = Vec::with_capacity(specs.kvs.len());
-        for kv in &specs.kvs {
-            let spec: TaskSpec = decode(&kv.key, &kv.value)?;
-            let status = by_id.remove(&spec.id).unwrap_or_default();
-            tasks.push(Task { spec, status });
-        }
+        let mut tasks: Vec<Task> = {
+            let picture = self.informer.consistent().await.map_err(api_error)?;
+            picture
+                .tasks_of(vhost, app)
+                .map(|(spec, status)| task_of(spec, status))
+                .collect()
+        };
         self.live.refresh(&mut tasks).await;
         tasks.sort_by(|a, b| (a.spec.created_ms, &a.spec.id).cmp(&(b.spec.created_ms, &b.spec.id)));
         Ok(tasks)
     }
 
-    pub async fn get(&self, vhost: &str, app: &str, id: &str) -> Result<Task, ApiError> {
-        let key = keys::task(vhost, app, id);
-        match self.store.get(&key).await.map_err(api_error)? {
-            Some(kv) => {
-                let mut task = [self.load(&kv).await?];
-                self.live.refresh(&mut task).await;
-                let [task] = task;
-                Ok(task)
+    /// One page of [`Pushes::list`]: at most `size` tasks after the one `token` names (the
+    /// first page for an empty token), and the token of the next page (empty on the last).
+    /// A token names the last task of its page, so tasks created or removed between pages
+    /// neither shift nor repeat the others.
+    pub async fn page(
+        &self,
+        vhost: &str,
+        app: &str,
+        size: usize,
+        token: &str,
+    ) -> Result<(Vec<Task>, String), ApiError> {
+        let after = match token {
+            "" => None,
+            t => Some(PageToken::decode(t, vhost, app)?),
+        };
+        let (mut tasks, more) = {
+            let picture = self.informer.consistent().await.map_err(api_error)?;
+            let mut order: Vec<(i64, &str)> = picture
+                .tasks_of(vhost, app)
+                .map(|(t, _)| (t.created_ms, t.id.as_str()))
+                .filter(|k| {
+                    after
+                        .as_ref()
+                        .is_none_or(|a| *k > (a.created_ms, a.id.as_str()))
+                })
+                .collect();
+            order.sort_unstable();
+            let more = order.len() > size;
+            order.truncate(size);
+            let page: Vec<Task> = order
+                .iter()
+                .filter_map(|(_, id)| picture.task(vhost, app, id))
+                .map(|(spec, status)| task_of(spec, status))
+                .collect();
+            (page, more)
+        };
+        self.live.refresh(&mut tasks).await;
+        let next = match tasks.last() {
+            Some(t) if more => PageToken {
+                vhost: vhost.to_string(),
+                app: app.to_string(),
+                created_ms: t.spec.created_ms,
+                id: t.spec.id.clone(),
             }
-            None => Err(not_found(vhost, app, id)),
-        }
+            .encode(),
+            _ => String::new(),
+        };
+        Ok((tasks, next))
+    }
+
+    pub async fn get(&self, vhost: &str, app: &str, id: &str) -> Result<Task, ApiError> {
+        let task = {
+            let picture = self.informer.consistent().await.map_err(api_error)?;
+            picture
+                .task(vhost, app, id)
+                .map(|(spec, status)| task_of(spec, status))
+        };
+        let Some(task) = task else {
+            return Err(not_found(vhost, app, id));
+        };
+        let mut task = [task];
+        self.live.refresh(&mut task).await;
+        let [task] = task;
+        Ok(task)
     }
 
     async fn load(&self, kv: &KeyValue) -> Result<Task, ApiError> {
@@ -417,6 +471,49 @@ struct Filter {
 impl Filter {
     fn matches(&self, vhost: &str, app: &str) -> bool {
         (self.vhost.is_empty() || self.vhost == vhost) && (self.app.is_empty() || self.app == app)
+    }
+}
+
+/// The most tasks one page of `ListPushes` holds.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Where a page of `ListPushes` ends: the last task it holds, in list order, and the
+/// vhost and app it lists (a token is refused for another app). Opaque to clients:
+/// base64url of JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PageToken {
+    vhost: String,
+    app: String,
+    created_ms: i64,
+    id: String,
+}
+
+impl PageToken {
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode(token: &str, vhost: &str, app: &str) -> Result<PageToken, ApiError> {
+        use base64::Engine;
+        let invalid = || ApiError::bad_request("page_token is not a token of this listing");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| invalid())?;
+        let t: PageToken = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        if t.vhost != vhost || t.app != app {
+            return Err(invalid());
+        }
+        Ok(t)
+    }
+}
+
+/// A task as the API shows it, from the informer's picture.
+fn task_of(spec: &Arc<TaskSpec>, status: Option<&Arc<TaskStatus>>) -> Task {
+    Task {
+        spec: TaskSpec::clone(spec),
+        status: status.map(|s| TaskStatus::clone(s)).unwrap_or_default(),
     }
 }
 
@@ -668,6 +765,25 @@ mod tests {
 
     fn msg(r: StartPush) -> String {
         validate("default", "app", r).unwrap_err().message
+    }
+
+    #[test]
+    fn a_page_token_names_its_listing_and_nothing_else() {
+        use base64::Engine;
+        let t = PageToken {
+            vhost: "default".into(),
+            app: "app".into(),
+            created_ms: 5,
+            id: "x/y".into(),
+        };
+        let token = t.encode();
+        assert_eq!(PageToken::decode(&token, "default", "app").unwrap(), t);
+        assert!(PageToken::decode(&token, "default", "other").is_err());
+        assert!(PageToken::decode(&token, "other", "app").is_err());
+        assert!(PageToken::decode("%%%", "default", "app").is_err());
+        let empty = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{}");
+        let e = PageToken::decode(&empty, "default", "app").unwrap_err();
+        assert_eq!(e.message, "page_token is not a token of this listing");
     }
 
     #[test]

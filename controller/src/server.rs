@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
+use futures::FutureExt;
 use pushcast_proto::secret::redact;
 use pushcast_proto::v1::app_service_server::AppServiceServer;
 use pushcast_proto::v1::push_service_server::PushServiceServer;
@@ -79,7 +80,13 @@ pub async fn start(
             .client()
             .context("TLS toward the workers")?,
     );
-    let pushes = Pushes::new(store.clone(), apps.clone(), clients.clone());
+    let informer = crate::informer::Informer::new(store.clone());
+    let pushes = Pushes::new(
+        store.clone(),
+        informer.clone(),
+        apps.clone(),
+        clients.clone(),
+    );
     let stream_keys = crate::publish_keys::PublishKeys::new(
         store.clone(),
         apps,
@@ -115,9 +122,11 @@ pub async fn start(
         crate::notifier::run(notify_store, notify_leader, stop).await;
         Ok(())
     });
+    let stop = shutdown.clone();
+    tasks.spawn(informer.clone().run(stop).map(Ok));
     let (sched_store, stop) = (store.clone(), shutdown.clone());
     tasks.spawn(async move {
-        crate::scheduler::run(sched_store, clients, leading, stop).await;
+        crate::scheduler::run(informer, sched_store, clients, leading, stop).await;
         Ok(())
     });
     let router = gateway::router(Gateway {

@@ -77,6 +77,14 @@ pub const METRICS: &[(&str, &str)] = &[
         "pushcast_store_decode_errors_total",
         "Stored values that did not decode and were left out, by kind.",
     ),
+    (
+        "pushcast_informer_relists_total",
+        "Times a controller's informer listed the store again after its watch broke, by reason.",
+    ),
+    (
+        "pushcast_informer_lagging_reads_total",
+        "Reads and passes that did not see the informer reach the revision they waited for in time.",
+    ),
 ];
 
 /// Installs the global recorder once (later calls reuse it).

@@ -54,6 +54,11 @@ impl EtcdProcess {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The etcd process id (for measurements); panics when it is stopped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("etcd is not running").id()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -94,6 +99,34 @@ impl EtcdProcess {
         if let Err(e) = self.spawn_and_wait() {
             panic!("etcd did not restart: {e}");
         }
+    }
+
+    /// Compacts etcd's history up to its current revision (physically: every older
+    /// revision is gone when this returns), over etcd's JSON gateway; returns the revision.
+    /// A watch that has not delivered everything up to it is cancelled as compacted.
+    pub fn compact(&self) -> i64 {
+        // A range read of any key answers with the current revision in its header.
+        let range = http(
+            self.client_port,
+            "POST",
+            "/v3/kv/range",
+            r#"{"key":"AA=="}"#,
+        )
+        .expect("etcd range over the JSON gateway");
+        let revision: i64 = range
+            .split("\"revision\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in etcd's answer: {range}"));
+        let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        let answer = http(self.client_port, "POST", "/v3/kv/compaction", &body)
+            .expect("etcd compaction over the JSON gateway");
+        assert!(
+            answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+            "etcd compaction failed: {answer}"
+        );
+        revision
     }
 
     /// Reads a gauge or counter from etcd's `/metrics` (first sample of that name).
@@ -213,10 +246,22 @@ fn free_port() -> u16 {
 
 /// A minimal HTTP/1.0 GET (keeps this helper free of HTTP client dependencies).
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    http(port, "GET", path, "")
+}
+
+/// One HTTP/1.0 request to etcd; the whole response, headers included.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(
+        format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)

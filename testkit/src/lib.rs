@@ -34,6 +34,7 @@ pub mod process;
 pub mod receiver;
 pub mod rtmp_server;
 pub mod source;
+pub mod stats;
 pub mod stunnel;
 
 use std::sync::Arc;

@@ -14,13 +14,21 @@ use std::io::{BufRead, BufReader};
 /// tests and benchmarks (the same files as their `CARGO_BIN_EXE_*`): a test never runs a
 /// stale binary, and never runs `cargo build` itself. From another package's tests, build
 /// them first (`scripts/test.sh` does).
+///
+/// `PUSHCAST_BIN_DIR` names another directory to take them from (a benchmark of an older
+/// build, side by side with this one).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
+    let dir = match std::env::var_os("PUSHCAST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("the test's own path");
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("the test runs from target/<profile>/deps")
+                .to_path_buf()
+        }
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),

@@ -16,6 +16,7 @@ use pushcast_testkit::media::test_media;
 use pushcast_testkit::net::free_udp_port;
 use pushcast_testkit::nginx::Nginx;
 use pushcast_testkit::proc::Guard;
+use pushcast_testkit::stats::rss_kb;
 use pushcast_testkit::wait_for;
 use serde_json::{Value, json};
 
@@ -435,15 +436,6 @@ impl GrowthSampler {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap()
     }
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// The stream's end reaches the destination whole: the task is unassigned when its

@@ -42,7 +42,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
         .list_pushes(v1::ListPushesRequest {
             vhost: "default".into(),
             app: "app".into(),
-            id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -249,4 +249,107 @@ async fn grpc_and_rest_share_tasks_and_events() {
     ] {
         assert!(names.contains(&want.to_string()), "{names:?}");
     }
+}
+
+/// `ListPushes` pages (AIP-158): every task exactly once, in the unpaginated order, the
+/// last page without a token; a task created between pages does not shift the others; a
+/// token of another app and a token without a page size are refused; `page_size` 0 is
+/// the whole list, as before pagination.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_pushes_pages_through_every_task_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut pushes = PushServiceClient::new(channel);
+    for i in 0..23 {
+        let body = json!({"id": format!("p{i:02}"), "stream": {"name": "s"}, "protocol": "rtmp",
+                          "url": "rtmp://127.0.0.1:9/live", "streamKey": format!("k{i}")});
+        let r = node.action("startPush", body).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let list = |page_size: i32, page_token: String| v1::ListPushesRequest {
+        vhost: "default".into(),
+        app: "app".into(),
+        page_size,
+        page_token,
+        ..Default::default()
+    };
+    let ids = |r: &v1::ListPushesResponse| -> Vec<String> {
+        r.tasks.iter().map(|t| t.id.clone()).collect()
+    };
+    let whole = pushes
+        .list_pushes(authed(list(0, String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.tasks.len(), 23);
+    assert!(whole.next_page_token.is_empty());
+
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = pushes
+            .list_pushes(authed(list(10, token.clone())))
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.tasks.len() <= 10);
+        paged.extend(ids(&page));
+        if pages == 1 {
+            // Created between pages: it sorts last (newest), so it shows up on a later
+            // page, and shifts nothing.
+            let body = json!({"id": "late", "stream": {"name": "s"}, "protocol": "rtmp",
+                              "url": "rtmp://127.0.0.1:9/live", "streamKey": "late"});
+            assert_eq!(node.action("startPush", body).await.status, 200);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(pages < 10, "pagination does not end");
+    }
+    let mut expected = ids(&whole);
+    expected.push("late".into());
+    assert_eq!(paged, expected, "every task once, in list order");
+    assert_eq!(pages, 3);
+
+    // A token is bound to its listing.
+    let first = pushes
+        .list_pushes(authed(list(5, String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+    let other = pushes
+        .list_pushes(authed(v1::ListPushesRequest {
+            vhost: "default".into(),
+            app: "other".into(),
+            page_size: 5,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_ne!(other.code(), tonic::Code::Ok);
+    let garbage = pushes
+        .list_pushes(authed(list(5, "not-a-token".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    assert!(
+        garbage.message().contains("page_token"),
+        "{}",
+        garbage.message()
+    );
+    let no_size = pushes
+        .list_pushes(authed(list(0, first.next_page_token)))
+        .await
+        .unwrap_err();
+    assert_eq!(no_size.code(), tonic::Code::InvalidArgument);
 }

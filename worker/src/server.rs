@@ -121,6 +121,7 @@ pub async fn start(
     let push = PushConfig {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(100)),
         send_timeout: Duration::from_millis(args.send_timeout_ms.max(100)),
+        write_interval: Duration::from_millis(args.write_interval_ms.min(1000)),
         tls,
         ..PushConfig::default()
     };

@@ -1,26 +1,27 @@
 //! The scheduler: level-triggered reconciliation of desired state (tasks) with actual
 //! state (workers, live streams, assignments), run by the elected leader only.
 //!
-//! A pass is a pure plan, a pure diff and a thin loop around them: it reads the whole
-//! picture from the store ([`read`]), asks [`placement::place`] where each task should
-//! run, asks [`diff::diff`] what that changes, and writes only those changes
+//! A pass is a pure plan, a pure diff and a thin loop around them: it takes its view of
+//! the cluster from the informer's picture ([`view_of`]: the tasks of live streams and
+//! the assigned ones, never the reserved rest), asks [`placement::place`] where each task
+//! should run, asks [`diff::diff`] what that changes, and writes only those changes
 //! ([`apply`]): assignments (`assign/{worker}/...`, each with a generation, guarded by
 //! the worker's registration so a dead worker is never assigned to) and forwards
 //! (`relay/{from}/{to}/...`). Workers follow their own prefix. Passes run on every
-//! relevant store change (debounced) and on a timer, so a missed event is corrected by
-//! the next pass. A stored value that does not decode is logged with its key and counted
-//! (`pushcast_store_decode_errors_total`), never skipped silently.
+//! change the informer sees that matters to placement and on a timer (a resync from the
+//! picture, not from the store), so a write that failed is retried by the next pass. A
+//! stored value that does not decode is logged with its key and counted
+//! (`pushcast_store_decode_errors_total`) by the informer, never skipped silently.
 
 pub mod diff;
 pub mod placement;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use pushcast_proto::keys;
-use pushcast_proto::model::{Assignment, LiveStream, TaskSpec, WorkerInfo};
+use pushcast_proto::model::TaskSpec;
 use pushcast_proto::v1;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Compare, Op, Store, StoreError, Txn};
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use diff::{Change, Current, Diff, Stored};
 use placement::{Key, Placement, View};
 
+use crate::informer::{Informer, Picture};
 use crate::worker_clients::WorkerClients;
 
 /// How often a pass runs without any store event.
@@ -36,6 +38,7 @@ const PERIOD: Duration = Duration::from_secs(2);
 
 /// Runs passes while this controller is the leader, until `shutdown`.
 pub async fn run(
+    informer: Arc<Informer>,
     store: Arc<dyn Store>,
     clients: WorkerClients,
     mut leader: watch::Receiver<bool>,
@@ -60,85 +63,49 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = lost => tracing::info!("no longer the leader: scheduling stops"),
-            _ = lead(store.clone(), clients.clone()) => {}
+            _ = lead(&informer, store.as_ref(), &clients) => {}
         }
     }
 }
 
-/// The control loop of a leader: pass on changes and on a timer.
-async fn lead(store: Arc<dyn Store>, clients: WorkerClients) {
+/// The control loop of a leader: a pass whenever the informer sees a change that matters
+/// to placement, and a resync from the informer's picture on a timer. A change that
+/// arrives during a pass makes one more pass: bursts coalesce without a debounce delay.
+async fn lead(informer: &Informer, store: &dyn Store, clients: &WorkerClients) {
     // Workers told their full set, by node id → WorkerService address.
     let mut told: HashMap<String, String> = HashMap::new();
+    let mut changes = informer.placement_changes();
+    let mut timer = tokio::time::interval(PERIOD);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut events = match store.watch("", 0).await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "scheduler cannot watch the store; passes on the timer only");
-                None
-            }
-        };
-        let mut timer = tokio::time::interval(PERIOD);
-        loop {
-            let t0 = Instant::now();
-            match pass(store.as_ref()).await {
-                Ok(stats) => {
-                    let took_ms = t0.elapsed().as_millis() as u64;
-                    metrics::counter!("pushcast_scheduler_passes_total").increment(1);
-                    metrics::histogram!("pushcast_scheduler_pass_duration_seconds")
-                        .record(t0.elapsed().as_secs_f64());
-                    metrics::gauge!("pushcast_scheduler_placed_tasks").set(stats.placed as f64);
-                    if stats.changes > 0 {
-                        tracing::info!(
-                            changes = stats.changes,
-                            placed = stats.placed,
-                            took_ms,
-                            "scheduler pass"
-                        );
-                    } else {
-                        tracing::debug!(took_ms, "scheduler pass: nothing to do");
-                    }
-                    notify(&clients, &mut told, stats).await;
+        changes.borrow_and_update();
+        let t0 = Instant::now();
+        match pass(informer, store, &told).await {
+            Ok(stats) => {
+                let took_ms = t0.elapsed().as_millis() as u64;
+                metrics::counter!("pushcast_scheduler_passes_total").increment(1);
+                metrics::histogram!("pushcast_scheduler_pass_duration_seconds")
+                    .record(t0.elapsed().as_secs_f64());
+                metrics::gauge!("pushcast_scheduler_placed_tasks").set(stats.placed as f64);
+                if stats.changes > 0 {
+                    tracing::info!(
+                        changes = stats.changes,
+                        placed = stats.placed,
+                        took_ms,
+                        "scheduler pass"
+                    );
+                } else {
+                    tracing::trace!(took_ms, "scheduler pass: nothing to do");
                 }
-                Err(e) => tracing::warn!(error = %e, "scheduler pass failed; retrying"),
+                notify(clients, &mut told, stats).await;
             }
-            // Wait for a relevant change (then let a burst settle) or the timer.
-            let broke = match events.as_mut() {
-                Some(ev) => {
-                    tokio::select! {
-                        _ = timer.tick() => false,
-                        e = next_relevant(ev) => !e,
-                    }
-                }
-                None => {
-                    timer.tick().await;
-                    false
-                }
-            };
-            if broke {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(e) => tracing::warn!(error = %e, "scheduler pass failed; retrying"),
+        }
+        tokio::select! {
+            _ = timer.tick() => {}
+            r = changes.changed() => if r.is_err() { return },
         }
     }
-}
-
-/// Waits for a store change that matters to placement; false when the watch broke.
-async fn next_relevant(events: &mut pushcast_store::WatchStream) -> bool {
-    while let Some(ev) = events.next().await {
-        match ev {
-            Ok(ev) => {
-                let k = ev.key();
-                if [keys::TASKS, keys::WORKERS, keys::STREAMS, keys::ASSIGNMENTS]
-                    .iter()
-                    .any(|p| k.starts_with(p))
-                {
-                    return true;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-    false
 }
 
 #[derive(Debug, Default)]
@@ -189,9 +156,17 @@ async fn notify(clients: &WorkerClients, told: &mut HashMap<String, String>, mut
     }
 }
 
-/// One reconciliation pass: read, plan, diff, apply.
-pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
-    let (view, current) = read(store).await?;
+/// One reconciliation pass: view, plan, diff, apply. Works from the informer's picture;
+/// after writing, waits (briefly) until the picture holds its own writes, so the next
+/// pass never plans from a picture older than this one's changes.
+/// `told` are the workers already told their whole set (node id → address): the others
+/// get it in [`PassStats::full`].
+pub async fn pass(
+    informer: &Informer,
+    store: &dyn Store,
+    told: &HashMap<String, String>,
+) -> Result<PassStats, StoreError> {
+    let (view, current) = view_of(&informer.read());
     let plan = placement::place(&view);
     let forwards = placement::forwards(&view, &plan);
     let tasks: BTreeMap<Key, &TaskSpec> = view
@@ -200,86 +175,79 @@ pub async fn pass(store: &dyn Store) -> Result<PassStats, StoreError> {
         .map(|t| ((t.vhost.clone(), t.app.clone(), t.id.clone()), t))
         .collect();
     let changes = diff::diff(&tasks, &view.workers, &current, &plan, &forwards);
+    let workers: BTreeMap<String, String> = view
+        .workers
+        .iter()
+        .map(|(w, i)| (w.clone(), i.grpc_addr.clone()))
+        .collect();
+    let untold = workers
+        .iter()
+        .filter(|(w, addr)| told.get(*w) != Some(*addr))
+        .map(|(w, _)| w.clone())
+        .collect();
     let stats = PassStats {
         placed: plan.len(),
-        workers: view
-            .workers
-            .iter()
-            .map(|(w, i)| (w.clone(), i.grpc_addr.clone()))
-            .collect(),
+        workers,
         ..PassStats::default()
     };
-    apply(store, changes, stats).await
+    let (stats, written) = apply(store, changes, stats, &untold).await?;
+    if written > 0 {
+        informer.reach(written, OWN_WRITES_WAIT).await;
+    }
+    Ok(stats)
 }
 
-/// [`pushcast_store::decoded`] of a listed value.
-fn decoded<T: serde::de::DeserializeOwned>(
-    kv: &pushcast_store::KeyValue,
-    kind: &'static str,
-) -> Option<T> {
-    pushcast_store::decoded(&kv.key, &kv.value, kind)
-}
+/// How long a pass waits for the informer to hold its own writes.
+const OWN_WRITES_WAIT: Duration = Duration::from_secs(2);
 
-/// The whole picture: what placement needs, and the assignments and forwards stored.
-pub async fn read(store: &dyn Store) -> Result<(View, Current), StoreError> {
-    let tasks = store.list(keys::TASKS).await?;
-    let workers = store.list(keys::WORKERS).await?;
-    let streams = store.list(keys::STREAMS).await?;
-    let assigned = store.list(keys::ASSIGNMENTS).await?;
-    let forwards = store.list(keys::FORWARDS).await?;
-
+/// What placement needs, and the assignments and forwards stored, from the informer's
+/// picture: only the tasks that can be placed (their stream is live) or are assigned, so
+/// a pass costs O(live tasks), whatever the number of reserved ones.
+pub fn view_of(picture: &Picture) -> (View, Current) {
     let mut view = View {
-        tasks: tasks
-            .kvs
-            .iter()
-            .filter_map(|kv| decoded(kv, "task"))
+        tasks: picture
+            .placeable()
+            .into_iter()
+            .filter_map(|k| picture.tasks.get(k))
+            .map(|t| TaskSpec::clone(t))
             .collect(),
         ..View::default()
     };
-    for w in workers
-        .kvs
-        .iter()
-        .filter_map(|kv| decoded::<WorkerInfo>(kv, "worker"))
-    {
-        view.workers.insert(w.node_id.clone(), w);
+    for w in picture.workers.values() {
+        view.workers.insert(w.node_id.clone(), w.clone());
     }
-    for s in streams
-        .kvs
-        .iter()
-        .filter_map(|kv| decoded::<LiveStream>(kv, "stream"))
-    {
-        view.streams.insert((s.vhost, s.app, s.stream), s.worker);
+    for s in picture.streams.values() {
+        view.streams.insert(
+            (s.vhost.clone(), s.app.clone(), s.stream.clone()),
+            s.worker.clone(),
+        );
     }
     let mut current = Current::default();
-    for kv in &assigned.kvs {
-        let Some(a) = decoded::<Assignment>(kv, "assignment") else {
-            continue;
-        };
-        let worker = kv
-            .key
+    for (key, a) in &picture.assignments {
+        let worker = key
             .strip_prefix(keys::ASSIGNMENTS)
             .and_then(|r| r.split('/').next())
             .map(keys::unescape)
             .unwrap_or_default();
-        let key = (a.spec.vhost.clone(), a.spec.app.clone(), a.spec.id.clone());
+        let task = (a.spec.vhost.clone(), a.spec.app.clone(), a.spec.id.clone());
         view.current.insert(
-            key.clone(),
+            task.clone(),
             Placement {
                 worker: worker.clone(),
                 source: a.source.clone(),
             },
         );
         current.assignments.insert(
-            key,
+            task,
             Stored {
-                key: kv.key.clone(),
+                key: key.clone(),
                 worker,
-                assignment: a,
+                assignment: a.clone(),
             },
         );
     }
-    current.forwards = forwards.kvs.iter().map(|kv| kv.key.clone()).collect();
-    Ok((view, current))
+    current.forwards = picture.forwards.clone();
+    (view, current)
 }
 
 /// Writes the changes of a pass, each guarded as it must be, and records what each
@@ -288,12 +256,19 @@ async fn apply(
     store: &dyn Store,
     d: Diff<'_>,
     mut stats: PassStats,
-) -> Result<PassStats, StoreError> {
+    untold: &BTreeSet<String>,
+) -> Result<(PassStats, i64), StoreError> {
+    // The highest revision written.
+    let mut written = 0;
     let update = |key: &str, value: Vec<u8>| v1::AssignmentUpdate {
         key: key.to_string(),
         assignment: value,
     };
-    for s in d.unchanged {
+    for s in d
+        .unchanged
+        .into_iter()
+        .filter(|s| untold.contains(&s.worker))
+    {
         // Unchanged, but part of the worker's whole set (a new leader sends it).
         if let Ok(v) = serde_json::to_vec(&s.assignment) {
             stats
@@ -326,7 +301,9 @@ async fn apply(
                 if let Some((old, _)) = &replaces {
                     txn = txn.and_then(Op::delete(old.clone()));
                 }
-                if !store.txn(txn).await?.succeeded {
+                let r = store.txn(txn).await?;
+                written = written.max(r.revision);
+                if !r.succeeded {
                     continue;
                 }
                 // A short span in the task's own trace: where the scheduler put it.
@@ -356,7 +333,10 @@ async fn apply(
                 }
             }
             Change::Unassign { key, worker } => {
-                store.delete(&key).await?;
+                let r = store
+                    .txn(Txn::new().and_then(Op::delete(key.clone())))
+                    .await?;
+                written = written.max(r.revision);
                 stats.changes += 1;
                 stats
                     .drift
@@ -371,40 +351,66 @@ async fn apply(
                 let txn = Txn::new()
                     .when(Compare::Present(keys::worker(&from)))
                     .and_then(Op::put(key, value));
-                if store.txn(txn).await?.succeeded {
+                let r = store.txn(txn).await?;
+                written = written.max(r.revision);
+                if r.succeeded {
                     stats.changes += 1;
                 }
             }
             Change::RemoveForward { key } => {
-                store.delete(&key).await?;
+                let r = store.txn(Txn::new().and_then(Op::delete(key))).await?;
+                written = written.max(r.revision);
                 stats.changes += 1;
             }
         }
     }
-    Ok(stats)
+    Ok((stats, written))
 }
 
 #[cfg(test)]
 mod tests {
-    //! A pass on the embedded store in a temp dir: read, plan, diff, apply.
+    //! A pass on the embedded store in a temp dir, through a running informer: view,
+    //! plan, diff, apply.
     #![allow(clippy::unwrap_used)]
 
     use pushcast_proto::destination::Destination;
-    use pushcast_proto::model::{Protocol, StreamSelector};
+    use pushcast_proto::model::{Assignment, LiveStream, Protocol, StreamSelector, WorkerInfo};
 
     use super::*;
 
     struct Setup {
         store: Arc<dyn Store>,
+        informer: Arc<Informer>,
+        _stop: tokio_util::sync::DropGuard,
         _dir: tempfile::TempDir,
     }
 
     fn setup() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let store = pushcast_store::embedded::EmbeddedStore::open(&dir.path().join("s")).unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(pushcast_store::embedded::EmbeddedStore::open(&dir.path().join("s")).unwrap());
+        let informer = Informer::new(store.clone());
+        let stop = CancellationToken::new();
+        tokio::spawn(informer.clone().run(stop.clone()));
         Setup {
-            store: Arc::new(store),
+            store,
+            informer,
+            _stop: stop.drop_guard(),
             _dir: dir,
+        }
+    }
+
+    impl Setup {
+        /// A pass once the informer holds everything written so far.
+        async fn pass(&self) -> PassStats {
+            drop(self.informer.consistent().await.unwrap());
+            pass(&self.informer, self.store.as_ref(), &HashMap::new())
+                .await
+                .unwrap()
+        }
+
+        async fn view(&self) -> (View, Current) {
+            view_of(&*self.informer.consistent().await.unwrap())
         }
     }
 
@@ -455,7 +461,7 @@ mod tests {
         worker(store, "w1").await;
         task(store, "t1").await;
         live_on(store, "w1").await;
-        let first = pass(store).await.unwrap();
+        let first = s.pass().await;
         assert_eq!((first.changes, first.placed), (1, 1));
         assert_eq!(first.drift["w1"].len(), 1);
         let stored = store
@@ -464,7 +470,7 @@ mod tests {
             .unwrap();
         let a: Assignment = serde_json::from_slice(&stored.unwrap().value).unwrap();
         assert_eq!(a.generation, 1);
-        let again = pass(store).await.unwrap();
+        let again = s.pass().await;
         assert_eq!(
             again.changes, 0,
             "level-triggered: nothing changed, nothing written"
@@ -475,9 +481,33 @@ mod tests {
             "but still the worker's whole set"
         );
         store.delete(&keys::task("v", "a", "t1")).await.unwrap();
-        let gone = pass(store).await.unwrap();
+        let gone = s.pass().await;
         assert_eq!(gone.changes, 1);
         assert!(gone.drift["w1"][0].assignment.is_empty(), "a removal");
+    }
+
+    #[tokio::test]
+    async fn the_pass_right_after_a_pass_sees_its_writes_and_repeats_none() {
+        let s = setup();
+        let store = s.store.as_ref();
+        worker(store, "w1").await;
+        task(store, "t1").await;
+        task(store, "t2").await;
+        live_on(store, "w1").await;
+        assert_eq!(s.pass().await.changes, 2);
+        // No wait for the informer here: the pass itself waited for its own writes.
+        let next = pass(&s.informer, store, &HashMap::new()).await.unwrap();
+        assert_eq!(next.changes, 0, "{:?}", next.drift);
+        let a: Assignment = serde_json::from_slice(
+            &store
+                .get(&keys::assignment("w1", "v", "a", "t1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+        )
+        .unwrap();
+        assert_eq!(a.generation, 1, "assigned once, not twice");
     }
 
     #[tokio::test]
@@ -491,13 +521,13 @@ mod tests {
             .await
             .unwrap();
         live_on(store, "w1").await;
-        let (view, _) = read(store).await.unwrap();
+        let (view, _) = s.view().await;
         assert_eq!(
             view.tasks.len(),
             1,
             "the broken task is left out, not the others"
         );
-        assert_eq!(pass(store).await.unwrap().placed, 1);
+        assert_eq!(s.pass().await.placed, 1);
     }
 
     #[tokio::test]
@@ -505,7 +535,8 @@ mod tests {
         let s = setup();
         let store = s.store.as_ref();
         task(store, "t1").await;
-        let (view, current) = read(store).await.unwrap();
+        live_on(store, "dead").await;
+        let (view, current) = s.view().await;
         let plan = diff::Plan::from([(
             ("v".to_string(), "a".to_string(), "t1".to_string()),
             Placement {
@@ -520,7 +551,10 @@ mod tests {
             .collect();
         let d = diff::diff(&tasks, &view.workers, &current, &plan, &Default::default());
         assert_eq!(d.changes.len(), 1);
-        let stats = apply(store, d, PassStats::default()).await.unwrap();
+        let untold = BTreeSet::new();
+        let (stats, _) = apply(store, d, PassStats::default(), &untold)
+            .await
+            .unwrap();
         assert_eq!(
             stats.changes, 0,
             "the worker's registration guards the write"

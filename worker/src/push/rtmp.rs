@@ -39,6 +39,7 @@ pub(crate) async fn run(target: &RtmpTarget, ctx: &mut Ctx<'_>) -> Result<Sessio
     } else {
         format!("{}:{}", target.host, target.port)
     };
+    let started = Instant::now();
     // Each phase is boxed on its own: a session lives for hours in `drive`, and should not
     // keep the connect phase's state (a TLS handshake's is the largest) beside it.
     let Some((stream, peer, deadline)) =
@@ -46,11 +47,23 @@ pub(crate) async fn run(target: &RtmpTarget, ctx: &mut Ctx<'_>) -> Result<Sessio
     else {
         return Ok(SessionEnd::Cancelled);
     };
+    let timeline = Timeline {
+        started,
+        connected: Instant::now(),
+    };
     match stream {
         Connected::Plain(tcp) => {
-            Box::pin(drive(tcp, peer, target, &host_port, deadline, ctx)).await
+            Box::pin(drive(
+                tcp, peer, target, &host_port, deadline, timeline, ctx,
+            ))
+            .await
         }
-        Connected::Tls(tls) => Box::pin(drive(*tls, peer, target, &host_port, deadline, ctx)).await,
+        Connected::Tls(tls) => {
+            Box::pin(drive(
+                *tls, peer, target, &host_port, deadline, timeline, ctx,
+            ))
+            .await
+        }
     }
 }
 
@@ -103,6 +116,20 @@ async fn connect(
     Ok(Some((Connected::Tls(Box::new(tls)), peer, deadline)))
 }
 
+/// When an attempt began and when its connection (TCP, and TLS for `rtmps`) was up: the
+/// start of its timeline, logged with `RTMP publish started` and `first frame sent`.
+#[derive(Clone, Copy)]
+struct Timeline {
+    started: Instant,
+    connected: Instant,
+}
+
+impl Timeline {
+    fn ms_since(at: Instant) -> f64 {
+        (Instant::now() - at).as_secs_f64() * 1000.0
+    }
+}
+
 /// Frames and payload bytes queued since the last write.
 #[derive(Default)]
 struct Batch {
@@ -116,6 +143,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     target: &RtmpTarget,
     host_port: &str,
     deadline: Instant,
+    timeline: Timeline,
     ctx: &mut Ctx<'_>,
 ) -> Result<SessionEnd, PushError> {
     let mut config = ClientConfig::new(&target.app, &target.tc_url, &target.stream_name);
@@ -194,7 +222,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
-    tracing::info!(peer = ?peer, "RTMP publish started");
+    tracing::info!(
+        peer = ?peer,
+        connect_ms = (timeline.connected - timeline.started).as_secs_f64() * 1000.0,
+        negotiate_ms = Timeline::ms_since(timeline.connected),
+        "RTMP publish started"
+    );
+    let mut first_frame = true;
     (ctx.events)(SessionEvent::Connected { peer });
 
     let mut rebaser = Rebaser::default();
@@ -269,6 +303,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             hold_until = Some(next_write_tick(ctx.cfg.write_interval));
         }
         ctx.counters.add_sent(batch.bytes, batch.frames);
+        if first_frame && batch.frames > 0 {
+            first_frame = false;
+            tracing::debug!(
+                since_attempt_ms = Timeline::ms_since(timeline.started),
+                frames = batch.frames,
+                "first frame sent"
+            );
+        }
         if source_ended {
             let _ = timeout(send_timeout, stream.shutdown()).await;
             return Ok(SessionEnd::SourceEnded);
