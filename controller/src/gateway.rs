@@ -94,6 +94,23 @@ fn ok(response: Value) -> Response {
     )
 }
 
+/// [`ok`] around a response already encoded as JSON (the same bytes `ok` would write).
+fn ok_raw(response: Vec<u8>) -> Response {
+    let mut text = Vec::with_capacity(response.len() + 48);
+    text.extend_from_slice(br#"{"message":"OK","response":"#);
+    text.extend_from_slice(&response);
+    text.extend_from_slice(br#","statusCode":200}"#);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
 fn error(e: ApiError) -> Response {
     let code = e.http_status();
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -227,16 +244,28 @@ async fn app_target(
         Some((app, action)) => (app.to_string(), Some(action.to_string())),
         None => (target, None),
     };
+    if action.as_deref() == Some("pushes") && (method == Method::GET || method == Method::POST) {
+        let filter = match method {
+            Method::POST => match json_object(body).await {
+                Ok(o) => o,
+                Err(e) => return error(e),
+            },
+            _ => Map::new(),
+        };
+        return match list_pushes(&gw, &vhost, &app, filter).await {
+            Ok(list) => ok_raw(list),
+            Err(e) => error(e),
+        };
+    }
     let apps = gw.pushes.apps();
     let result = match (&method, action.as_deref()) {
         (&Method::GET, None) => apps.require(&vhost, &app).await.map(|a| a.to_ome_json()),
         (&Method::PATCH, None) => patch_app(&gw, &vhost, &app, body).await,
         (&Method::DELETE, None) => apps.delete(&vhost, &app).await.map(|()| Value::Null),
-        (&Method::GET, Some("pushes")) => list_pushes(&gw, &vhost, &app, Map::new()).await,
         (&Method::POST, Some(action @ ("streamKey" | "deleteStreamKey"))) => {
             publish_key_action(&gw, &vhost, &app, action, body).await
         }
-        (&Method::POST, Some(action @ ("startPush" | "stopPush" | "updatePush" | "pushes"))) => {
+        (&Method::POST, Some(action @ ("startPush" | "stopPush" | "updatePush"))) => {
             post_action(&gw, &vhost, &app, action, body).await
         }
         _ => Err(controller_not_found()),
@@ -267,9 +296,6 @@ async fn post_action(
     body: Body,
 ) -> Result<Value, ApiError> {
     let obj = json_object(body).await?;
-    if action == "pushes" {
-        return list_pushes(gw, vhost, app, obj).await;
-    }
     gw.pushes.apps().require(vhost, app).await?;
     let task = match action {
         "startPush" => {
@@ -311,18 +337,28 @@ async fn publish_key_action(
     }
 }
 
+/// `:pushes` as the bytes of its JSON array, written task by task (`Task::to_ome`):
+/// no `Value` tree for thousands of tasks.
 async fn list_pushes(
     gw: &Gateway,
     vhost: &str,
     app: &str,
     filter: Map<String, Value>,
-) -> Result<Value, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     gw.pushes.apps().require(vhost, app).await?;
     let id = filter.get("id").and_then(Value::as_str);
     let tasks = gw.pushes.list(vhost, app, id).await?;
-    Ok(Value::Array(
-        tasks.iter().map(|t| t.to_ome_json()).collect(),
-    ))
+    let mut out = Vec::with_capacity(64 + tasks.len() * 512);
+    out.push(b'[');
+    for (i, t) in tasks.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &t.to_ome())
+            .map_err(|e| ApiError::internal(format!("cannot encode task {}: {e}", t.spec.id)))?;
+    }
+    out.push(b']');
+    Ok(out)
 }
 
 /// A string field; anything else (number, null, object) counts as missing.
@@ -504,6 +540,52 @@ mod tests {
     }
 
     const START: &str = "/v1/vhosts/default/apps/app:startPush";
+
+    async fn body_of(resp: Response) -> (u16, Vec<u8>, Option<String>) {
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec(), ct)
+    }
+
+    /// `:pushes` is written as bytes; its envelope must be `ok`'s, byte for byte.
+    #[tokio::test]
+    async fn a_raw_answer_has_the_bytes_of_the_json_one() {
+        let value = json!([{"b": 1, "a": "x"}, {"c": null}]);
+        let raw = serde_json::to_vec(&value).unwrap();
+        assert_eq!(
+            body_of(ok_raw(raw)).await,
+            body_of(ok(value)).await
+        );
+    }
+
+    /// `:pushes` over GET and POST, with and without an id, after a create: the list
+    /// holds the task's OME object, in the envelope.
+    #[tokio::test]
+    async fn pushes_lists_the_task_it_was_given() {
+        let api = api().await;
+        let body = r#"{"id":"t1","stream":{"name":"s"},"protocol":"rtmp","url":"rtmp://h/live","streamKey":"k"}"#;
+        let (status, created) = api.post(START, body).await;
+        assert_eq!(status, 200, "{created}");
+        let created: Value = serde_json::from_str(&created).unwrap();
+        let path = "/v1/vhosts/default/apps/app:pushes";
+        for (method, body) in [("GET", ""), ("POST", "{}"), ("POST", r#"{"id":"t1"}"#)] {
+            let (status, text) = api.send(method, path, body, Some(AUTH)).await;
+            assert_eq!(status, 200, "{text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["response"], json!([created["response"].clone()]), "{method} {body}");
+            assert!(text.starts_with(r#"{"message":"OK","response":[{"app":"app","#), "{text}");
+        }
+        let (_, none) = api.post(path, r#"{"id":"nope"}"#).await;
+        assert_eq!(none, r#"{"message":"OK","response":[],"statusCode":200}"#);
+        let (status, bad) = api.post(path, "[1]").await;
+        assert_eq!(status, 400, "{bad}");
+    }
 
     #[tokio::test]
     async fn auth_runs_first_and_a_bad_body_is_a_json_error() {
