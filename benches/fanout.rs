@@ -777,6 +777,35 @@ async fn bench_pushcast(
     (outcome, probes)
 }
 
+/// What pushcast logged of one probe's task (lines naming it, at the node's log level),
+/// each with its time since startPush was sent: the steps between the API and the
+/// destination.
+fn print_timeline(node: &Node, key: &str, wall0: std::time::SystemTime) {
+    let t0 = wall0
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() % 86_400.0)
+        .unwrap_or(0.0);
+    let needle = key;
+    for line in node.proc.output().iter().filter(|l| l.contains(needle)) {
+        // `2026-11-30T01:07:22.025572Z  INFO ...`: seconds of the day from the time.
+        let at = line.get(11..26).and_then(|t| {
+            let mut p = t.split(':');
+            let h: f64 = p.next()?.parse().ok()?;
+            let m: f64 = p.next()?.parse().ok()?;
+            let s: f64 = p.next()?.parse().ok()?;
+            Some(h * 3600.0 + m * 60.0 + s)
+        });
+        if let Some(at) = at {
+            let msg = line.get(27..).unwrap_or_default();
+            println!(
+                "    {:>7.1} ms  {}",
+                (at - t0) * 1000.0,
+                &msg[..msg.len().min(160)]
+            );
+        }
+    }
+}
+
 /// One startPush-to-first-keyframe measurement.
 struct Probe {
     /// startPush sent → the sink has written the push's first H.264 keyframe to disk.
@@ -794,6 +823,7 @@ struct Probe {
 async fn probe_start(node: &Node, sink: &Sink, i: usize) -> Probe {
     let key = format!("probe{i}");
     let path = sink.record.join(format!("{key}.flv"));
+    let wall0 = std::time::SystemTime::now();
     let t0 = Instant::now();
     start_push(node, &key, &sink.url("probe"), &key).await;
     let api = t0.elapsed();
@@ -814,6 +844,7 @@ async fn probe_start(node: &Node, sink: &Sink, i: usize) -> Probe {
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let to_keyframe = t0.elapsed();
+    print_timeline(node, &key, wall0);
     let r = node.action("stopPush", json!({"id": key})).await;
     assert_eq!(r.status, 200, "stopPush {key}: {}", r.text);
     Probe {

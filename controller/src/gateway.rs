@@ -558,10 +558,7 @@ mod tests {
     async fn a_raw_answer_has_the_bytes_of_the_json_one() {
         let value = json!([{"b": 1, "a": "x"}, {"c": null}]);
         let raw = serde_json::to_vec(&value).unwrap();
-        assert_eq!(
-            body_of(ok_raw(raw)).await,
-            body_of(ok(value)).await
-        );
+        assert_eq!(body_of(ok_raw(raw)).await, body_of(ok(value)).await);
     }
 
     /// `:pushes` over GET and POST, with and without an id, after a create: the list
@@ -578,8 +575,15 @@ mod tests {
             let (status, text) = api.send(method, path, body, Some(AUTH)).await;
             assert_eq!(status, 200, "{text}");
             let v: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(v["response"], json!([created["response"].clone()]), "{method} {body}");
-            assert!(text.starts_with(r#"{"message":"OK","response":[{"app":"app","#), "{text}");
+            assert_eq!(
+                v["response"],
+                json!([created["response"].clone()]),
+                "{method} {body}"
+            );
+            assert!(
+                text.starts_with(r#"{"message":"OK","response":[{"app":"app","#),
+                "{text}"
+            );
         }
         let (_, none) = api.post(path, r#"{"id":"nope"}"#).await;
         assert_eq!(none, r#"{"message":"OK","response":[],"statusCode":200}"#);

@@ -738,7 +738,12 @@ mod tests {
         busy.spec.stream.variant_names = vec!["v".into()];
         let mut multi = single.clone();
         let mut list = multi.spec.destinations().to_vec();
-        list.push(dest(Protocol::Mpegts, "udp://1.2.3.4:5", "", &["bypass_video"]));
+        list.push(dest(
+            Protocol::Mpegts,
+            "udp://1.2.3.4:5",
+            "",
+            &["bypass_video"],
+        ));
         multi.spec.set_destinations(list);
         multi.status.destinations = vec![DestinationStatus {
             destination: "udp://1.2.3.4:5".into(),

@@ -194,10 +194,14 @@ async fn a_controller_behind_a_compaction_and_a_broken_watch_lists_exactly_the_t
     etcd.compact();
     cut.restore();
     let want = expected.clone();
-    wait_for("c1 lists exactly the tasks after its watch broke", Duration::from_secs(20), || {
-        let (c1, want) = (&c1, &want);
-        async move { (ids(c1).await == *want).then_some(()) }
-    })
+    wait_for(
+        "c1 lists exactly the tasks after its watch broke",
+        Duration::from_secs(20),
+        || {
+            let (c1, want) = (&c1, &want);
+            async move { (ids(c1).await == *want).then_some(()) }
+        },
+    )
     .await;
 
     c1.proc.signal("STOP");
@@ -215,9 +219,13 @@ async fn a_controller_behind_a_compaction_and_a_broken_watch_lists_exactly_the_t
     etcd.compact();
     c1.proc.signal("CONT");
     let want = expected.clone();
-    wait_for("the frozen controller lists exactly the tasks", Duration::from_secs(20), || {
-        let (c1, want) = (&c1, &want);
-        async move { (ids(c1).await == *want).then_some(()) }
-    })
+    wait_for(
+        "the frozen controller lists exactly the tasks",
+        Duration::from_secs(20),
+        || {
+            let (c1, want) = (&c1, &want);
+            async move { (ids(c1).await == *want).then_some(()) }
+        },
+    )
     .await;
 }

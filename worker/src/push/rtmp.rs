@@ -137,7 +137,35 @@ struct Batch {
     bytes: u64,
 }
 
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+/// The TCP socket under a push connection (plain or TLS).
+trait OverTcp {
+    fn tcp(&self) -> &TcpStream;
+
+    /// Asks the kernel to acknowledge what arrives at once rather than delay the ACK.
+    /// While negotiating, the server answers `connect` with several small messages; a
+    /// server with Nagle on (nginx-rtmp) holds the later ones until the first is
+    /// acknowledged, and Linux delays that ACK by up to 40 ms: the whole difference
+    /// between a 45 ms and a 3 ms publish on loopback. Not sticky (the kernel leaves
+    /// quick-ACK mode on its own), so it is set again before each read.
+    fn quick_ack(&self) {
+        // Only an optimisation: a socket that refuses it still works.
+        let _ = socket2::SockRef::from(self.tcp()).set_tcp_quickack(true);
+    }
+}
+
+impl OverTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl OverTcp for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin + OverTcp>(
     mut stream: S,
     peer: Option<SocketAddr>,
     target: &RtmpTarget,
@@ -159,6 +187,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if !flush(&mut stream, &mut conn, send_timeout, &cancel).await? {
             return Ok(SessionEnd::Cancelled);
         }
+        stream.quick_ack();
         let n = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
