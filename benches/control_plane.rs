@@ -5,7 +5,8 @@
 //! cargo bench --bench control_plane
 //! ```
 //!
-//! For each size (`CP_SIZES`, default `10000,100000`) and each deployment:
+//! For each size (`CP_SIZES`, default `10000,100000`; 0 gives the processes' own idle
+//! cost) and each deployment:
 //! 1. start it fresh (the standalone on a new embedded store; etcd, one controller and
 //!    one worker, each its own process);
 //! 2. create that many reserved tasks (their stream is not live) over REST `startPush`,
@@ -222,7 +223,7 @@ async fn phases(
 
     let t0 = Instant::now();
     let latencies = create(api, n, s.concurrency).await;
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let rate = n as f64 / t0.elapsed().as_secs_f64().max(1e-3);
     let p50 = percentile(&latencies, 0.5);
     let p99 = percentile(&latencies, 0.99);
     println!(
@@ -242,7 +243,11 @@ async fn phases(
         .enumerate()
         .map(|(i, (name, _))| {
             let cpu = (cpu1[i] - cpu0[i]) / secs;
-            let per_task = (rss_after[i] as f64 - rss_before[i] as f64) * 1024.0 / n as f64;
+            let per_task = if n == 0 {
+                0.0
+            } else {
+                (rss_after[i] as f64 - rss_before[i] as f64) * 1024.0 / n as f64
+            };
             println!("  {name}: idle {cpu:.1} CPU-ms/s, {per_task:.0} bytes of RSS per task");
             (*name, cpu, per_task)
         })

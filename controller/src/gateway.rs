@@ -94,11 +94,12 @@ fn ok(response: Value) -> Response {
     )
 }
 
-/// [`ok`] around a response already encoded as JSON (the same bytes `ok` would write).
-fn ok_raw(response: Vec<u8>) -> Response {
-    let mut text = Vec::with_capacity(response.len() + 48);
-    text.extend_from_slice(br#"{"message":"OK","response":"#);
-    text.extend_from_slice(&response);
+/// What [`ok_raw`]'s argument starts with: the envelope up to the response.
+const OK_RAW_PREFIX: &[u8] = br#"{"message":"OK","response":"#;
+
+/// [`ok`] around a response already encoded as JSON after [`OK_RAW_PREFIX`] (the same
+/// bytes `ok` would write).
+fn ok_raw(mut text: Vec<u8>) -> Response {
     text.extend_from_slice(br#","statusCode":200}"#);
     (
         StatusCode::OK,
@@ -252,7 +253,7 @@ async fn app_target(
             },
             _ => Map::new(),
         };
-        return match list_pushes(&gw, &vhost, &app, filter).await {
+        return match list_pushes(&gw, &vhost, &app, filter, OK_RAW_PREFIX).await {
             Ok(list) => ok_raw(list),
             Err(e) => error(e),
         };
@@ -338,17 +339,20 @@ async fn publish_key_action(
 }
 
 /// `:pushes` as the bytes of its JSON array, written task by task (`Task::to_ome`):
-/// no `Value` tree for thousands of tasks.
+/// no `Value` tree for thousands of tasks. Written after `prefix`, so the envelope
+/// around it costs no copy.
 async fn list_pushes(
     gw: &Gateway,
     vhost: &str,
     app: &str,
     filter: Map<String, Value>,
+    prefix: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
     gw.pushes.apps().require(vhost, app).await?;
     let id = filter.get("id").and_then(Value::as_str);
     let tasks = gw.pushes.list(vhost, app, id).await?;
-    let mut out = Vec::with_capacity(64 + tasks.len() * 512);
+    let mut out = Vec::with_capacity(prefix.len() + 64 + tasks.len() * 512);
+    out.extend_from_slice(prefix);
     out.push(b'[');
     for (i, t) in tasks.iter().enumerate() {
         if i > 0 {
@@ -557,7 +561,8 @@ mod tests {
     #[tokio::test]
     async fn a_raw_answer_has_the_bytes_of_the_json_one() {
         let value = json!([{"b": 1, "a": "x"}, {"c": null}]);
-        let raw = serde_json::to_vec(&value).unwrap();
+        let mut raw = OK_RAW_PREFIX.to_vec();
+        raw.extend_from_slice(&serde_json::to_vec(&value).unwrap());
         assert_eq!(body_of(ok_raw(raw)).await, body_of(ok(value)).await);
     }
 
