@@ -125,34 +125,16 @@ async fn run_bench(s: Settings) {
     for r in &rows {
         for (i, (proc, cpu, mem)) in r.processes.iter().enumerate() {
             let first = i == 0;
+            // The row's own figures on its first line only.
+            let cell = |v: String| if first { v } else { String::new() };
             println!(
                 "| {} | {} | {} | {} | {} | {proc} | {cpu:.1} | {mem:.0} | {} |",
-                if first { r.deployment } else { "" },
-                if first {
-                    r.tasks.to_string()
-                } else {
-                    String::new()
-                },
-                if first {
-                    format!("{:.0}", r.create_rate)
-                } else {
-                    String::new()
-                },
-                if first {
-                    format!("{:.1}", r.create_p50_ms)
-                } else {
-                    String::new()
-                },
-                if first {
-                    format!("{:.1}", r.create_p99_ms)
-                } else {
-                    String::new()
-                },
-                if first {
-                    format!("{:.1} / {:.1}", r.list_median_ms, r.list_max_ms)
-                } else {
-                    String::new()
-                },
+                cell(r.deployment.to_string()),
+                cell(r.tasks.to_string()),
+                cell(format!("{:.0}", r.create_rate)),
+                cell(format!("{:.1}", r.create_p50_ms)),
+                cell(format!("{:.1}", r.create_p99_ms)),
+                cell(format!("{:.1} / {:.1}", r.list_median_ms, r.list_max_ms)),
             );
         }
     }

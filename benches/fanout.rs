@@ -599,23 +599,13 @@ async fn bench_nginx(s: &Settings, src: &Source, sink: &Sink, logs: &Path) -> Ou
 // Peer B: pushcast
 
 /// The standalone binary (worker and controller in one process, embedded store), with
-/// its app open for publishing.
-/// The standalone binary; with `write_interval_ms`, that `--write-interval-ms`.
+/// its app open for publishing; with `write_interval_ms`, that `--write-interval-ms`.
 async fn start_standalone(data_dir: &Path, write_interval_ms: Option<u64>) -> Node {
-    let node = match write_interval_ms {
-        None => Node::standalone(data_dir, TOKEN).await,
-        Some(ms) => {
-            let args = vec![
-                format!("--data-dir={}", data_dir.display()),
-                format!("--access-token={TOKEN}"),
-                "--rest-addr=127.0.0.1:0".into(),
-                "--grpc-addr=127.0.0.1:0".into(),
-                "--rtmp-addr=127.0.0.1:0".into(),
-                format!("--write-interval-ms={ms}"),
-            ];
-            Node::start("pushcast", "standalone", args, TOKEN).await
-        }
-    };
+    let extra: Vec<String> = write_interval_ms
+        .map(|ms| format!("--write-interval-ms={ms}"))
+        .into_iter()
+        .collect();
+    let node = Node::standalone_with(data_dir, TOKEN, &extra).await;
     node.open_publish("app").await;
     node
 }

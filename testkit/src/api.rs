@@ -45,13 +45,19 @@ impl Node {
 
     /// `pushcast` standalone on the embedded store in `data_dir`.
     pub async fn standalone(data_dir: &Path, token: &str) -> Node {
-        let args = vec![
+        Self::standalone_with(data_dir, token, &[]).await
+    }
+
+    /// [`Node::standalone`] with `extra` arguments after the usual ones.
+    pub async fn standalone_with(data_dir: &Path, token: &str, extra: &[String]) -> Node {
+        let mut args = vec![
             format!("--data-dir={}", data_dir.display()),
             format!("--access-token={token}"),
             "--rest-addr=127.0.0.1:0".into(),
             "--grpc-addr=127.0.0.1:0".into(),
             "--rtmp-addr=127.0.0.1:0".into(),
         ];
+        args.extend_from_slice(extra);
         Self::start("pushcast", "standalone", args, token).await
     }
 

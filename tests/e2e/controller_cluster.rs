@@ -158,6 +158,14 @@ async fn ids(node: &Node) -> Vec<String> {
     ids
 }
 
+/// Waits until `node` lists exactly the ids `want` (sorted).
+async fn lists_exactly(node: &Node, want: &[String], what: &str) {
+    wait_for(what, Duration::from_secs(20), || async move {
+        (ids(node).await == want).then_some(())
+    })
+    .await;
+}
+
 /// A controller's informer whose watch broke while tasks changed (its connection to
 /// etcd cut; tasks created and removed meanwhile, etcd's history compacted past it) lists
 /// again and ends up listing exactly the tasks: none lost, no ghost of a removed one.
@@ -193,14 +201,10 @@ async fn a_controller_behind_a_compaction_and_a_broken_watch_lists_exactly_the_t
     expected.sort();
     etcd.compact();
     cut.restore();
-    let want = expected.clone();
-    wait_for(
+    lists_exactly(
+        &c1,
+        &expected,
         "c1 lists exactly the tasks after its watch broke",
-        Duration::from_secs(20),
-        || {
-            let (c1, want) = (&c1, &want);
-            async move { (ids(c1).await == *want).then_some(()) }
-        },
     )
     .await;
 
@@ -218,14 +222,10 @@ async fn a_controller_behind_a_compaction_and_a_broken_watch_lists_exactly_the_t
     expected.sort();
     etcd.compact();
     c1.proc.signal("CONT");
-    let want = expected.clone();
-    wait_for(
+    lists_exactly(
+        &c1,
+        &expected,
         "the frozen controller lists exactly the tasks",
-        Duration::from_secs(20),
-        || {
-            let (c1, want) = (&c1, &want);
-            async move { (ids(c1).await == *want).then_some(()) }
-        },
     )
     .await;
 }

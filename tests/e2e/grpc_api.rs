@@ -30,11 +30,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let node = Node::controller(&etcd.endpoint(), TOKEN, "c1", dir.path()).await;
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = crate::grpc_channel(&node).await;
     let mut pushes = PushServiceClient::new(channel.clone());
 
     // Without credentials: refused.
@@ -259,11 +255,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
 async fn list_pushes_pages_through_every_task_once() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = crate::grpc_channel(&node).await;
     let mut pushes = PushServiceClient::new(channel);
     for i in 0..23 {
         let body = json!({"id": format!("p{i:02}"), "stream": {"name": "s"}, "protocol": "rtmp",

@@ -18,6 +18,15 @@ mod stream_keys;
 mod tls;
 mod tracing;
 
+/// A gRPC channel to `node`'s API (plain HTTP/2).
+async fn grpc_channel(node: &pushcast_testkit::api::Node) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(node.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// The sandbox starts the binaries Cargo built for this test: the same files as its
 /// `CARGO_BIN_EXE_*`, never a stale copy.
 #[test]

@@ -276,11 +276,7 @@ async fn grpc_update_push_has_the_rest_semantics() {
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = crate::grpc_channel(&node).await;
     let mut pushes = PushServiceClient::new(channel);
     let d = |key: &str| v1::Destination {
         protocol: "rtmp".into(),

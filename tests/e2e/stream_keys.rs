@@ -54,11 +54,7 @@ async fn only_a_valid_key_publishes_and_regeneration_follows_the_rules() {
         (400, "[HTTP] There is no required parameter [ stream] (400)")
     );
 
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = crate::grpc_channel(&node).await;
     let mut grpc =
         pushcast_proto::v1::stream_key_service_client::StreamKeyServiceClient::new(channel);
     let mut req = tonic::Request::new(pushcast_proto::v1::GetStreamKeyRequest {
