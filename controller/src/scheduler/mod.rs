@@ -410,7 +410,7 @@ mod tests {
         }
 
         async fn view(&self) -> (View, Current) {
-            view_of(&*self.informer.consistent().await.unwrap())
+            view_of(&self.informer.consistent().await.unwrap())
         }
     }
 

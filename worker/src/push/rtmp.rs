@@ -137,35 +137,41 @@ struct Batch {
     bytes: u64,
 }
 
-/// The TCP socket under a push connection (plain or TLS).
-trait OverTcp {
-    fn tcp(&self) -> &TcpStream;
+/// A push connection whose TCP socket can be asked for quick ACKs (plain or TLS).
+///
+/// While negotiating, the server answers `connect` with several small messages; a
+/// server with Nagle on (nginx-rtmp) holds the later ones until the first is
+/// acknowledged, and Linux delays that ACK by up to 40 ms: the whole difference between
+/// a 45 ms and a 5 ms publish on loopback. Quick-ACK mode is not sticky (the kernel
+/// leaves it on its own), so it is asked for again before each read.
+trait QuickAck {
+    fn quick_ack(&self);
+}
 
-    /// Asks the kernel to acknowledge what arrives at once rather than delay the ACK.
-    /// While negotiating, the server answers `connect` with several small messages; a
-    /// server with Nagle on (nginx-rtmp) holds the later ones until the first is
-    /// acknowledged, and Linux delays that ACK by up to 40 ms: the whole difference
-    /// between a 45 ms and a 3 ms publish on loopback. Not sticky (the kernel leaves
-    /// quick-ACK mode on its own), so it is set again before each read.
+fn quick_ack_tcp(tcp: &TcpStream) {
+    // Only an optimisation: a socket that refuses it still works.
+    let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+}
+
+impl QuickAck for TcpStream {
     fn quick_ack(&self) {
-        // Only an optimisation: a socket that refuses it still works.
-        let _ = socket2::SockRef::from(self.tcp()).set_tcp_quickack(true);
+        quick_ack_tcp(self);
     }
 }
 
-impl OverTcp for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
+impl QuickAck for TlsStream<TcpStream> {
+    fn quick_ack(&self) {
+        quick_ack_tcp(self.get_ref().0);
     }
 }
 
-impl OverTcp for TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
+/// In-memory streams (tests) have no ACKs to hurry.
+#[cfg(test)]
+impl QuickAck for tokio::io::DuplexStream {
+    fn quick_ack(&self) {}
 }
 
-async fn drive<S: AsyncRead + AsyncWrite + Unpin + OverTcp>(
+async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
     peer: Option<SocketAddr>,
     target: &RtmpTarget,
@@ -498,8 +504,19 @@ mod tests {
         let run_size = std::mem::size_of_val(&run(&target, &mut ctx));
         assert!(run_size <= 256, "run takes {run_size} bytes");
         let (stream, _peer) = tokio::io::duplex(64);
-        let drive_size =
-            std::mem::size_of_val(&drive(stream, None, &target, "x", Instant::now(), &mut ctx));
+        let timeline = Timeline {
+            started: Instant::now(),
+            connected: Instant::now(),
+        };
+        let drive_size = std::mem::size_of_val(&drive(
+            stream,
+            None,
+            &target,
+            "x",
+            Instant::now(),
+            timeline,
+            &mut ctx,
+        ));
         assert!(drive_size <= 2048, "drive takes {drive_size} bytes");
     }
 
