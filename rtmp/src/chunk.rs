@@ -87,6 +87,35 @@ impl Default for DecoderConfig {
     }
 }
 
+impl DecoderConfig {
+    /// The limits of a peer nobody has admitted yet: before `publish` is accepted, a
+    /// client sends only commands (`connect`, `createStream`, `publish`: a few hundred
+    /// bytes each), so 64 KiB per message and 128 KiB of partial messages are plenty,
+    /// and what an unauthenticated connection can make us hold is bounded by them (the
+    /// decoder never buffers more than one chunk, and a chunk is never longer than its
+    /// message).
+    pub const fn before_admission() -> DecoderConfig {
+        DecoderConfig {
+            max_message_size: 64 * 1024,
+            max_chunk_streams: 8,
+            max_partial_bytes: 128 * 1024,
+        }
+    }
+
+    /// The limits of an admitted publisher whose messages (frames) may be up to
+    /// `max_message_size` bytes: partial messages up to twice that (audio and video in
+    /// flight at once).
+    pub fn admitted(max_message_size: u32) -> DecoderConfig {
+        DecoderConfig {
+            max_message_size,
+            max_chunk_streams: DEFAULT_MAX_CHUNK_STREAMS,
+            max_partial_bytes: usize::try_from(max_message_size)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(2),
+        }
+    }
+}
+
 /// The header state of one inbound chunk stream, and its message in progress.
 #[derive(Debug, Default)]
 struct InStream {
@@ -160,6 +189,17 @@ impl ChunkDecoder {
             buf: BytesMut::new(),
             partial_bytes: 0,
         }
+    }
+
+    /// Replaces the limits (an ingest raises them once a publish is admitted). What is
+    /// already held stays; the new limits apply to what comes next.
+    pub fn set_config(&mut self, config: DecoderConfig) {
+        self.config = config;
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> DecoderConfig {
+        self.config
     }
 
     /// The inbound chunk size currently in force.

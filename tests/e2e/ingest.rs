@@ -185,3 +185,213 @@ async fn malformed_ingest_input_closes_only_that_connection() {
         .expect("first publisher finishes its file");
     assert!(status.success(), "the first publish ran to its end");
 }
+
+/// C0+C1, read S0+S1+S2, send C2, over tokio (for many connections at once).
+async fn handshake_async(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c0c1 = vec![3u8];
+    c0c1.extend(std::iter::repeat_n(0u8, 1536));
+    s.write_all(&c0c1).await?;
+    let mut s012 = vec![0u8; 1 + 1536 * 2];
+    s.read_exact(&mut s012).await?;
+    s.write_all(&s012[1..1537]).await
+}
+
+/// A connection to `target` from the loopback address `from`.
+async fn connect_from(
+    from: [u8; 4],
+    target: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((from, 0)))?;
+    socket.connect(target).await
+}
+
+/// What the attack did: connections opened, and those the worker closed.
+#[derive(Debug, Default)]
+struct Attack {
+    opened: usize,
+    closed: usize,
+}
+
+/// Waits up to `limit` for the worker to close `s` (EOF or reset); whether it did.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// 2,000 hostile connections: 1,500 half-handshakes from one address (over the
+/// per-address cap), 250 that declare a 16 MB message before any publish, 250 that send
+/// garbage after the handshake (those from 125 addresses each, two per address).
+async fn attack(target: std::net::SocketAddr) -> Attack {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    let mut result = Attack::default();
+    for _ in 0..1500 {
+        if let Ok(mut s) = connect_from([127, 0, 0, 2], target).await {
+            result.opened += 1;
+            let _ = s.write_all(&[3u8; 101]).await;
+            held.push(s);
+        }
+    }
+    let oversized = (0..250).map(|i| async move {
+        let mut s = connect_from([127, 0, 2, (i / 2 + 1) as u8], target)
+            .await
+            .ok()?;
+        handshake_async(&mut s).await.ok()?;
+        // Set Chunk Size 2^31 - 1, then a video message header declaring 16 MB - 1.
+        let mut b = vec![
+            0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x7F, 0xFF, 0xFF, 0xFF,
+        ];
+        b.extend_from_slice(&[0x06, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0]);
+        s.write_all(&b).await.ok()?;
+        // Trickle its body, as the attack did, until closed.
+        for _ in 0..20 {
+            if s.write_all(&[0x17; 1024]).await.is_err() {
+                break;
+            }
+        }
+        Some(closed_within(&mut s, Duration::from_secs(5)).await)
+    });
+    let garbage = (0..250u32).map(|i| async move {
+        let mut s = connect_from([127, 0, 3, (i / 2 + 1) as u8], target)
+            .await
+            .ok()?;
+        handshake_async(&mut s).await.ok()?;
+        let mut x = 0x9E37_79B9u32.wrapping_mul(i + 1);
+        let bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let _ = s.write_all(&bytes).await;
+        Some(closed_within(&mut s, Duration::from_secs(12)).await)
+    });
+    let (a, b) = futures::future::join(
+        futures::future::join_all(oversized),
+        futures::future::join_all(garbage),
+    )
+    .await;
+    for closed in a.into_iter().chain(b).flatten() {
+        result.opened += 1;
+        result.closed += usize::from(closed);
+    }
+    drop(held);
+    result
+}
+
+/// The sum of `pushcast_ingest_refused_total` for `reason` in a Prometheus text.
+fn refused(metrics: &str, reason: &str) -> f64 {
+    let label = format!("reason=\"{reason}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("pushcast_ingest_refused_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// 2,000 hostile ingest connections (half-handshakes over the per-address cap, 16 MB
+/// messages declared before any publish, garbage) while a real publish is pushed: the
+/// push keeps every frame, the worker's memory grows by less than 64 MB, every oversized
+/// or garbage connection is closed, and the refusals show in `/metrics` by reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_ingest_connections_do_not_hurt_a_live_push() {
+    use pushcast_media::FrameKind;
+    use pushcast_testkit::flv::count_media;
+    use pushcast_testkit::media::test_media;
+
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = pushcast_testkit::net::free_tcp_port();
+    let extra = [
+        "--max-ingest-connections-per-ip=40".to_string(),
+        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+    ];
+    let node = Node::standalone_with(dir.path(), TOKEN, &extra).await;
+    node.open_publish("app").await;
+    let media = test_media();
+    let mut recorder = pushcast_testkit::ffmpeg::RtmpRecorder::start(&dir.path().join("live.flv"));
+    let body = serde_json::json!({"id": "live", "stream": {"name": "cam"}, "protocol": "rtmp",
+                                  "url": recorder.rtmp_url(), "streamKey": "live"});
+    assert_eq!(node.action("startPush", body).await.status, 200);
+    let pid = node.proc.pid();
+    let rss_before = pushcast_testkit::stats::rss_kb(pid);
+    let url = node.ingest_url("app", "cam");
+    let mut publisher = pushcast_testkit::ffmpeg::publish(&url, dir.path(), "publish-cam", 1);
+    node.proc
+        .wait_logged(&["publish started"], Duration::from_secs(10))
+        .await;
+
+    let target: std::net::SocketAddr = node.rtmp.as_deref().unwrap().parse().unwrap();
+    let attacking = tokio::spawn(attack(target));
+    let mut rss_max = rss_before;
+    while !attacking.is_finished() {
+        rss_max = rss_max.max(pushcast_testkit::stats::rss_kb(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attack = attacking.await.unwrap();
+    assert!(publisher.wait_exit(Duration::from_secs(30)).is_some());
+    let frames = recorder.finish(Duration::from_secs(15));
+
+    assert_eq!(attack.opened, 2000, "{attack:?}");
+    assert_eq!(
+        attack.closed, 500,
+        "every oversized and garbage connection was closed: {attack:?}"
+    );
+    assert_eq!(
+        (
+            count_media(&frames, FrameKind::Video),
+            count_media(&frames, FrameKind::Audio)
+        ),
+        (2 * media.video_frames(), 2 * media.audio_frames()),
+        "the live push kept every frame of the two loops"
+    );
+    let grew_mb = (rss_max as f64 - rss_before as f64) / 1024.0;
+    println!(
+        "MEASURED hostile ingest: RSS {rss_before} kB before, {rss_max} kB at most (+{grew_mb:.1} MB)"
+    );
+    assert!(
+        grew_mb < 64.0,
+        "RSS grew by {grew_mb:.1} MB during the attack"
+    );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let over_cap = refused(&metrics, "per-address limit");
+    assert!(
+        over_cap >= 1400.0,
+        "half-handshakes over the per-address cap: {over_cap}"
+    );
+    // The oversized ones, and the garbage whose first header happened to declare more
+    // than 64 KiB.
+    let too_large = refused(&metrics, "message too large");
+    assert!(too_large >= 250.0, "{metrics}");
+    let bounded: f64 = [
+        "message too large",
+        "protocol error",
+        "too many chunk streams",
+        "too much buffered",
+        "no publish in time",
+    ]
+    .iter()
+    .map(|r| refused(&metrics, r))
+    .sum();
+    assert!(
+        bounded >= 500.0,
+        "every oversized and garbage connection refused by reason: {metrics}"
+    );
+}

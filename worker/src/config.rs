@@ -31,6 +31,26 @@ pub struct WorkerArgs {
     #[arg(long, env = "PUSHCAST_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
 
+    /// Most RTMP/RTMPS ingest connections open at once (0 = no limit); one more is closed
+    /// unanswered and counted (`pushcast_ingest_refused_total{reason="connection limit"}`).
+    #[arg(long, env = "PUSHCAST_MAX_INGEST_CONNECTIONS", default_value_t = 4096)]
+    pub max_ingest_connections: usize,
+
+    /// Most ingest connections open at once from one IP address (0 = no limit). Off by
+    /// default: behind a NAT or a load balancer that does not keep client addresses
+    /// every encoder shares one, and forwards from another worker count here too.
+    #[arg(
+        long,
+        env = "PUSHCAST_MAX_INGEST_CONNECTIONS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_ingest_connections_per_ip: usize,
+
+    /// Largest RTMP message (a frame) an admitted publisher may send, in bytes. Before
+    /// its publish is admitted a connection may send no message over 64 KiB.
+    #[arg(long, env = "PUSHCAST_MAX_MESSAGE_BYTES", default_value_t = crate::ingest_limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: u32,
+
     /// Most push sessions this worker runs at once (0 = no limit).
     #[arg(long, env = "PUSHCAST_MAX_SESSIONS", default_value_t = 0)]
     pub max_sessions: u32,

@@ -37,6 +37,7 @@ use pushcast_webhooks::{
 };
 
 use crate::hub::{Hub, Source, StreamId};
+use crate::ingest_limits::{IngestLimits, Slot};
 use crate::lease::Lease;
 use pushcast_rtmp::{
     PublishRequest, RejectCode, RtmpError, ServerConfig, ServerConnection, ServerEvent,
@@ -44,6 +45,16 @@ use pushcast_rtmp::{
 
 /// An encoder that sends nothing for this long is disconnected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection must have a publish admitted this soon after it was accepted (handshake,
+/// `connect`, `createStream`, `publish` and the authorization callback take well under a
+/// second): half-open handshakes and silent clients do not hold their place for long.
+const ADMISSION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Read buffer of a connection before its publish is admitted (commands are small), and
+/// after (media).
+const READ_BUF_BEFORE_ADMISSION: usize = 4 * 1024;
+const READ_BUF_ADMITTED: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -53,6 +64,23 @@ pub enum IngestError {
     Rtmp(#[from] RtmpError),
     #[error("no data for {0:?}")]
     Idle(Duration),
+    #[error("no publish admitted within {0:?} of connecting")]
+    NotPublishing(Duration),
+}
+
+impl IngestError {
+    /// The `reason` of `pushcast_ingest_refused_total` when this ends a connection that
+    /// was never admitted (the bounds an unadmitted peer ran into), if it is one.
+    fn refusal_label(&self) -> Option<&'static str> {
+        match self {
+            IngestError::Rtmp(RtmpError::MessageTooLarge { .. }) => Some("message too large"),
+            IngestError::Rtmp(RtmpError::TooManyChunkStreams(_)) => Some("too many chunk streams"),
+            IngestError::Rtmp(RtmpError::TooMuchBuffered(_)) => Some("too much buffered"),
+            IngestError::NotPublishing(_) => Some("no publish in time"),
+            IngestError::Rtmp(_) => Some("protocol error"),
+            IngestError::Io(_) | IngestError::Idle(_) => None,
+        }
+    }
 }
 
 /// What every ingest connection shares.
@@ -73,6 +101,8 @@ pub struct Ingest {
     pub refused: Arc<std::sync::atomic::AtomicU64>,
     /// Delivers the apps' publish callbacks.
     pub webhooks: Dispatcher,
+    /// Connection caps and message bounds.
+    pub limits: IngestLimits,
 }
 
 /// The live publishes of this worker, by stream: each connection's token, cancelled to
@@ -173,12 +203,14 @@ impl Ingest {
     ) {
         tokio::spawn(self.clone().reregister(shutdown.clone()));
         while let Some((sock, peer)) = accept(&listener, &accept_until, &shutdown, "ingest").await {
+            let Some(slot) = self.slot(peer) else {
+                continue;
+            };
             let this = self.clone();
             let stop = shutdown.child_token();
             let conn = async move {
-                if let Err(e) = this.connection(sock, peer, stop).await {
-                    tracing::info!(error = %e, "ingest connection closed");
-                }
+                this.connection(sock, peer, stop).await;
+                drop(slot);
             };
             tokio::spawn(conn.instrument(tracing::info_span!("ingest", %peer)));
         }
@@ -195,6 +227,9 @@ impl Ingest {
         shutdown: CancellationToken,
     ) {
         while let Some((sock, peer)) = accept(&listener, &accept_until, &shutdown, "RTMPS").await {
+            let Some(slot) = self.slot(peer) else {
+                continue;
+            };
             let (this, acceptor) = (self.clone(), acceptor.clone());
             let stop = shutdown.child_token();
             let conn = async move {
@@ -212,26 +247,56 @@ impl Ingest {
                         }
                     },
                 };
-                if let Err(e) = this.connection(tls, peer, stop).await {
-                    tracing::info!(error = %e, "ingest connection closed");
-                }
+                this.connection(tls, peer, stop).await;
+                drop(slot);
             };
             tokio::spawn(conn.instrument(tracing::info_span!("ingest", %peer, tls = true)));
         }
     }
 
+    /// A place for a connection from `peer` under the limits; `None` (counted, logged at
+    /// debug: a flood must not flood the log) when there is none, and the socket is
+    /// dropped unanswered.
+    fn slot(&self, peer: SocketAddr) -> Option<Slot> {
+        match self.limits.take(peer.ip()) {
+            Ok(slot) => Some(slot),
+            Err(full) => {
+                metrics::counter!("pushcast_ingest_refused_total", "reason" => full.label())
+                    .increment(1);
+                tracing::debug!(%peer, reason = %full, "ingest connection refused");
+                None
+            }
+        }
+    }
+
+    /// Serves one connection to its end; why it ended is logged (and counted when the
+    /// peer was never admitted and ran into a bound).
     async fn connection<S: Conn>(
         &self,
         mut sock: S,
         peer: SocketAddr,
         shutdown: CancellationToken,
-    ) -> Result<(), IngestError> {
-        let mut buf = vec![0u8; 64 * 1024];
+    ) {
+        let mut buf = vec![0u8; READ_BUF_BEFORE_ADMISSION];
         // The connection does the handshake itself: it sees every byte from the first.
-        let mut conn = ServerConnection::new(ServerConfig::default());
+        // Until a publish is admitted, it takes only what commands need.
+        let config = ServerConfig {
+            decoder: pushcast_rtmp::DecoderConfig::before_admission(),
+            ..ServerConfig::default()
+        };
+        let mut conn = ServerConnection::new(config);
         let mut live: Option<Published> = None;
+        let mut admitted = false;
         let result = self
-            .drive(&mut sock, &mut conn, &mut buf, peer, &mut live, &shutdown)
+            .drive(
+                &mut sock,
+                &mut conn,
+                &mut buf,
+                peer,
+                &mut live,
+                &mut admitted,
+                &shutdown,
+            )
             .await;
         if let Some(p) = live.take() {
             let why = match &result {
@@ -240,7 +305,16 @@ impl Ingest {
             };
             self.unpublish(p, false, &why).await;
         }
-        result
+        if let Err(e) = result {
+            match e.refusal_label().filter(|_| !admitted) {
+                Some(reason) => {
+                    metrics::counter!("pushcast_ingest_refused_total", "reason" => reason)
+                        .increment(1);
+                    tracing::info!(%peer, error = %e, "ingest connection refused");
+                }
+                None => tracing::info!(error = %e, "ingest connection closed"),
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -248,11 +322,13 @@ impl Ingest {
         &self,
         sock: &mut S,
         conn: &mut ServerConnection,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
         peer: SocketAddr,
         live: &mut Option<Published>,
+        admitted: &mut bool,
         shutdown: &CancellationToken,
     ) -> Result<(), IngestError> {
+        let deadline = tokio::time::Instant::now() + ADMISSION_DEADLINE;
         let mut input = Vec::new();
         loop {
             for event in conn.handle_input(&input)? {
@@ -260,6 +336,12 @@ impl Ingest {
                     ServerEvent::PublishRequested(req) => match self.admit(&req, peer).await {
                         Ok(p) => {
                             conn.accept_publish(req.stream_id)?;
+                            // Admitted: frames may now be as large as configured.
+                            if !*admitted {
+                                *admitted = true;
+                                conn.set_decoder_limits(self.limits.admitted());
+                                buf.resize(READ_BUF_ADMITTED, 0);
+                            }
                             self.publishers
                                 .lock()
                                 .insert(p.source.key().clone(), shutdown.clone());
@@ -288,10 +370,19 @@ impl Ingest {
                 }
             }
             flush(sock, conn).await?;
+            // Until admitted, the read waits at most until the admission deadline.
+            let wait = if *admitted {
+                IDLE_TIMEOUT
+            } else {
+                deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(IDLE_TIMEOUT)
+            };
             let n = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = tokio::time::timeout(IDLE_TIMEOUT, sock.read(buf)) => match r {
+                r = tokio::time::timeout(wait, sock.read(buf)) => match r {
                     Ok(r) => r?,
+                    Err(_) if !*admitted => return Err(IngestError::NotPublishing(ADMISSION_DEADLINE)),
                     Err(_) => return Err(IngestError::Idle(IDLE_TIMEOUT)),
                 },
             };
@@ -617,6 +708,7 @@ mod tests {
             published: Default::default(),
             publishers: Publishers::default(),
             refused: Default::default(),
+            limits: Default::default(),
             webhooks: Dispatcher::new(Default::default()).unwrap(),
         };
         Setup { ingest, _dir: dir }

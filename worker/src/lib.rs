@@ -5,6 +5,7 @@ pub mod config;
 pub mod forward;
 pub mod hub;
 pub mod ingest;
+pub mod ingest_limits;
 pub mod lease;
 pub mod live;
 pub mod push;

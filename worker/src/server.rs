@@ -145,6 +145,11 @@ pub async fn start(
         publishers: publishers.clone(),
         refused: Default::default(),
         webhooks: webhooks.clone(),
+        limits: crate::ingest_limits::IngestLimits::new(
+            args.max_ingest_connections,
+            args.max_ingest_connections_per_ip,
+            args.max_message_bytes,
+        ),
     };
     if let (Some((listener, acceptor)), Some(addr)) = (rtmps, rtmps_addr) {
         let (ingest, accept_until, stop) = (ingest.clone(), drain.clone(), shutdown.clone());

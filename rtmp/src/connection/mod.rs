@@ -69,6 +69,10 @@ impl Transport {
         self.bytes_in
     }
 
+    pub(crate) fn set_decoder_config(&mut self, config: DecoderConfig) {
+        self.decoder.set_config(config);
+    }
+
     pub(crate) fn outbound_len(&self) -> usize {
         self.out.len()
     }

@@ -170,6 +170,14 @@ impl ServerConnection {
         self.conn.outbound_len()
     }
 
+    /// Replaces the limits on what the encoder may make us buffer: an ingest starts a
+    /// connection with [`DecoderConfig::before_admission`] and raises them with
+    /// [`DecoderConfig::admitted`] once it accepts the publish.
+    pub fn set_decoder_limits(&mut self, limits: DecoderConfig) {
+        self.config.decoder = limits;
+        self.conn.set_decoder_config(limits);
+    }
+
     /// Total bytes received on this connection (handshake included).
     pub fn bytes_received(&self) -> u64 {
         self.conn.bytes_received()

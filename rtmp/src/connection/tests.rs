@@ -5,7 +5,7 @@ use bytes::Bytes;
 use super::client::{ClientConfig, ClientConnection, ClientEvent};
 use super::server::{RejectCode, ServerConfig, ServerConnection, ServerEvent};
 use crate::amf0::{self, Amf0Value};
-use crate::chunk::{ChunkDecoder, ChunkEncoder, OutBuf, RawMessage, csid};
+use crate::chunk::{ChunkDecoder, ChunkEncoder, DecoderConfig, OutBuf, RawMessage, csid};
 use crate::error::RtmpError;
 use crate::handshake::{Handshake, HandshakeStatus};
 use crate::message::{Command, Message, RtmpMessage, UserControlEvent, type_id};
@@ -805,4 +805,44 @@ fn server_survives_random_input_after_a_valid_start() {
             }
         }
     }
+}
+
+/// Before a publish is admitted, a message longer than a command could be is refused at
+/// its header, before its bytes arrive (the pre-admission attack: a 16 MB message after
+/// raising the chunk size, trickled in); the raised limits of an admitted publisher
+/// take such a message.
+#[test]
+fn unadmitted_peers_cannot_declare_large_messages_admitted_ones_can() {
+    let big_header = |len: u32| -> Vec<u8> {
+        // Set Chunk Size 2^31 - 1 on csid 2, then a type-0 header on csid 6 declaring a
+        // video message of `len` bytes, and its first 10 bytes.
+        let mut b = vec![
+            0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x7F, 0xFF, 0xFF, 0xFF,
+        ];
+        b.extend_from_slice(&[0x06, 0, 0, 0]);
+        b.extend_from_slice(&len.to_be_bytes()[1..]);
+        b.extend_from_slice(&[9, 1, 0, 0, 0]);
+        b.extend_from_slice(&[0x17; 10]);
+        b
+    };
+    let config = ServerConfig {
+        decoder: DecoderConfig::before_admission(),
+        ..ServerConfig::default()
+    };
+    let mut server = ServerConnection::new(config.clone());
+    let _ = Scripted::connect(&mut server);
+    match server.handle_input(&big_header(0x00FF_FFFF)) {
+        Err(RtmpError::MessageTooLarge { length, max }) => {
+            assert_eq!((length, max), (0x00FF_FFFF, 64 * 1024));
+        }
+        other => panic!("a 16 MB message before admission: {other:?}"),
+    }
+
+    let mut server = ServerConnection::new(config);
+    let _ = Scripted::connect(&mut server);
+    server.set_decoder_limits(DecoderConfig::admitted(8 * 1024 * 1024));
+    let events = server
+        .handle_input(&big_header(1024 * 1024))
+        .expect("an admitted publisher may send a 1 MB frame");
+    assert!(events.is_empty(), "the frame is not complete yet");
 }
