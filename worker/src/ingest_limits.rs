@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use pushcast_rtmp::DecoderConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Open connections by address.
+type PerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// The configured bounds, shared by every ingest connection (RTMP and RTMPS).
 #[derive(Clone, Debug)]
 pub struct IngestLimits {
@@ -22,7 +25,7 @@ pub struct IngestLimits {
     total_max: usize,
     /// Connections at once from one address; 0 = no limit.
     per_address_max: usize,
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_address: PerAddress,
 }
 
 /// Why a connection was not taken (the `reason` of `pushcast_ingest_refused_total`).
@@ -49,7 +52,7 @@ impl Full {
 #[derive(Debug)]
 pub struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
-    address: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    address: Option<(IpAddr, PerAddress)>,
 }
 
 impl Drop for Slot {
