@@ -88,13 +88,13 @@ impl Default for DecoderConfig {
 }
 
 impl DecoderConfig {
-    /// The limits of a peer nobody has admitted yet: before `publish` is accepted, a
-    /// client sends only commands (`connect`, `createStream`, `publish`: a few hundred
-    /// bytes each), so 64 KiB per message and 128 KiB of partial messages are plenty,
-    /// and what an unauthenticated connection can make us hold is bounded by them (the
-    /// decoder never buffers more than one chunk, and a chunk is never longer than its
-    /// message).
-    pub const fn before_admission() -> DecoderConfig {
+    /// The limits for a peer that has only commands and control messages to send (a few
+    /// hundred bytes each): an encoder whose publish is not admitted yet (`connect`,
+    /// `createStream`, `publish`), and a server we publish to (`_result`, `onStatus`,
+    /// acknowledgements). 64 KiB per message and 128 KiB of partial messages are plenty,
+    /// and what such a peer can make us hold is bounded by them (the decoder never
+    /// buffers more than one chunk, and a chunk is never longer than its message).
+    pub const fn commands_only() -> DecoderConfig {
         DecoderConfig {
             max_message_size: 64 * 1024,
             max_chunk_streams: 8,

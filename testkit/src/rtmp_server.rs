@@ -21,6 +21,15 @@ pub enum Behaviour {
     StopReadingAfterPublish,
     /// Accept TCP and never read or answer anything (not even the handshake).
     Silent,
+    /// Answer the handshake, then send 4 KiB of garbage and nothing else.
+    GarbageAfterHandshake,
+    /// Answer the handshake, then raise the chunk size to 2^31 - 1, declare a 16 MB
+    /// message and trickle its bytes.
+    HugeMessageAfterHandshake,
+    /// Accept, after announcing a 4 GB acknowledgement window and peer bandwidth.
+    HugeAckWindow,
+    /// Accept, writing every answer one byte at a time.
+    ByteByByte,
 }
 
 /// What the server saw on its (last) connection.
@@ -35,6 +44,52 @@ pub struct Received {
     pub publish_ended: bool,
     /// The connection closed (EOF or error).
     pub closed: bool,
+}
+
+/// Writes `bytes` one at a time, each its own TCP segment (`TCP_NODELAY`), yielding
+/// between them; a pause of 1 ms every 256 bytes lets them arrive apart.
+async fn trickle(sock: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    for (i, b) in bytes.iter().enumerate() {
+        sock.write_all(std::slice::from_ref(b)).await?;
+        if i % 256 == 255 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(())
+}
+
+/// What a misbehaving server sends right after its handshake answer (in parts, a few
+/// ms apart), instead of answering `connect`; `None` for the others.
+fn misbehave(behaviour: Behaviour) -> Option<Vec<Vec<u8>>> {
+    match behaviour {
+        Behaviour::GarbageAfterHandshake => {
+            let mut x = 0x2545_F491u32;
+            let garbage = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            Some(vec![garbage])
+        }
+        Behaviour::HugeMessageAfterHandshake => {
+            // Set Chunk Size 2^31 - 1 (csid 2), then a type-0 header on csid 3 declaring
+            // a 16 MB - 1 command message, then its body 1 KiB at a time.
+            let mut first = vec![
+                0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x7F, 0xFF, 0xFF, 0xFF,
+            ];
+            first.extend_from_slice(&[0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 20, 0, 0, 0, 0]);
+            let mut parts = vec![first];
+            parts.extend(std::iter::repeat_n(vec![0x02; 1024], 64));
+            Some(parts)
+        }
+        _ => None,
+    }
 }
 
 pub struct TestRtmpServer {
@@ -64,6 +119,7 @@ impl TestRtmpServer {
                 }
                 let mut conn = ServerConnection::new(ServerConfig::default());
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut answered_handshake = false;
                 'conn: loop {
                     let n = match sock.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
@@ -98,7 +154,38 @@ impl TestRtmpServer {
                         }
                     }
                     for seg in conn.take_outbound() {
-                        if sock.write_all(&seg).await.is_err() {
+                        let written = if behaviour == Behaviour::ByteByByte {
+                            trickle(&mut sock, &seg).await
+                        } else {
+                            sock.write_all(&seg).await
+                        };
+                        if written.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    if !answered_handshake && behaviour == Behaviour::HugeAckWindow {
+                        // Window Acknowledgement Size and Set Peer Bandwidth of 4 GB - 1.
+                        let mut b = vec![
+                            0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+                        ];
+                        b.extend_from_slice(&[
+                            0x02, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 2,
+                        ]);
+                        if sock.write_all(&b).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    if !answered_handshake {
+                        answered_handshake = true;
+                        if let Some(hostile) = misbehave(behaviour) {
+                            for part in hostile {
+                                if sock.write_all(&part).await.is_err() {
+                                    break 'conn;
+                                }
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            // Then wait for the client to give up and close.
+                            while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
                             break 'conn;
                         }
                     }

@@ -281,7 +281,7 @@ impl Ingest {
         // The connection does the handshake itself: it sees every byte from the first.
         // Until a publish is admitted, it takes only what commands need.
         let config = ServerConfig {
-            decoder: pushcast_rtmp::DecoderConfig::before_admission(),
+            decoder: pushcast_rtmp::DecoderConfig::commands_only(),
             ..ServerConfig::default()
         };
         let mut conn = ServerConnection::new(config);

@@ -1,7 +1,7 @@
 //! The ingest's bounds on whoever connects: how many connections at once, in total and
 //! per address, and how large an admitted publisher's messages may be. Before a publish
 //! is admitted, a connection holds at most a small read buffer, the handshake's 3 KiB and
-//! [`DecoderConfig::before_admission`]'s 64 KiB message / 128 KiB partial bounds, so
+//! [`DecoderConfig::commands_only`]'s 64 KiB message / 128 KiB partial bounds, so
 //! the total an attacker can make the worker hold is bounded by construction: about
 //! `max_connections` × 200 KiB at worst.
 

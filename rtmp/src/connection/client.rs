@@ -56,7 +56,9 @@ impl ClientConfig {
             swf_url: None,
             chunk_size: 4096,
             window_ack_size: 2_500_000,
-            decoder: DecoderConfig::default(),
+            // A server sends commands and control messages only: a destination that
+            // declares a 16 MB message is refused at its header, not buffered.
+            decoder: DecoderConfig::commands_only(),
         }
     }
 }

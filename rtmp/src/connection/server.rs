@@ -171,7 +171,7 @@ impl ServerConnection {
     }
 
     /// Replaces the limits on what the encoder may make us buffer: an ingest starts a
-    /// connection with [`DecoderConfig::before_admission`] and raises them with
+    /// connection with [`DecoderConfig::commands_only`] and raises them with
     /// [`DecoderConfig::admitted`] once it accepts the publish.
     pub fn set_decoder_limits(&mut self, limits: DecoderConfig) {
         self.config.decoder = limits;

@@ -826,7 +826,7 @@ fn unadmitted_peers_cannot_declare_large_messages_admitted_ones_can() {
         b
     };
     let config = ServerConfig {
-        decoder: DecoderConfig::before_admission(),
+        decoder: DecoderConfig::commands_only(),
         ..ServerConfig::default()
     };
     let mut server = ServerConnection::new(config.clone());

@@ -435,3 +435,74 @@ async fn cancellation_ends_the_session_promptly_and_unpublishes() {
     assert!(got.closed);
     assert!(!got.frames.is_empty() && got.frames.len() < media.frames.len());
 }
+
+/// Destinations that misbehave on purpose: each attempt ends with a clear error, fast (a
+/// push reads only small commands from a server: a 16 MB message is refused at its
+/// header, never buffered), and it is one the backoff policy retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_destinations_fail_fast_with_a_clear_error() {
+    let media = test_media();
+    for (behaviour, says) in [
+        (
+            Behaviour::HugeMessageAfterHandshake,
+            "exceeds the limit of 65536 bytes",
+        ),
+        (Behaviour::GarbageAfterHandshake, ""),
+    ] {
+        let server = TestRtmpServer::start(behaviour).await;
+        let started = Instant::now();
+        let (result, counters, connected) = push(
+            &server.url(),
+            "k",
+            media.frames.clone(),
+            4.0,
+            &PushConfig::default(),
+        )
+        .await;
+        let took = started.elapsed();
+        let err = result.expect_err("a hostile destination fails the attempt");
+        eprintln!("{behaviour:?}: {err} after {took:?}");
+        assert!(err.to_string().contains(says), "{behaviour:?}: {err}");
+        assert_eq!(connected, 0, "{behaviour:?}");
+        assert_eq!(counters.sent_bytes(), 0);
+        // Well before the 5 s connect timeout: the error is the input's, not a wait.
+        assert!(took < Duration::from_secs(2), "{behaviour:?}: {took:?}");
+        assert_eq!(
+            err.retry_class(),
+            pushcast_retry::RetryClass::Transient,
+            "{behaviour:?}: retried by the backoff policy"
+        );
+    }
+}
+
+/// A destination that announces a 4 GB acknowledgement window, or answers one byte at a
+/// time, is still published to, and gets every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_but_valid_destinations_get_every_frame() {
+    let media = test_media();
+    for behaviour in [Behaviour::HugeAckWindow, Behaviour::ByteByByte] {
+        let server = TestRtmpServer::start(behaviour).await;
+        let (result, _, connected) = push(
+            &server.url(),
+            "k",
+            media.frames.clone(),
+            f64::INFINITY,
+            &PushConfig::default(),
+        )
+        .await;
+        assert!(
+            matches!(result, Ok(SessionEnd::SourceEnded)),
+            "{behaviour:?}: {result:?}"
+        );
+        assert_eq!(connected, 1, "{behaviour:?}");
+        let got = server.wait_closed(Duration::from_secs(5)).await;
+        assert_eq!(
+            (
+                count_media(&got.frames, FrameKind::Video),
+                count_media(&got.frames, FrameKind::Audio)
+            ),
+            (media.video_frames(), media.audio_frames()),
+            "{behaviour:?}"
+        );
+    }
+}
