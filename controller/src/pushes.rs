@@ -608,6 +608,8 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
     } else {
         req.destinations
     };
+    // Before any per-destination work: a request with thousands costs nothing more.
+    check_count(dests.len())?;
     let mut protocols = Vec::with_capacity(dests.len());
     for d in &dests {
         protocols.push(check_protocol(vhost, app, d)?);
@@ -684,6 +686,20 @@ fn check_destination(
         .map_err(|e| ApiError::bad_request(e.api_message()))
 }
 
+/// The most destinations one task may have. Each is a claim key written in the task's
+/// transactions: an update that replaces all of them deletes and writes 2 × 50 keys,
+/// under etcd's 128 operations per transaction.
+pub const MAX_DESTINATIONS: usize = 50;
+
+fn check_count(n: usize) -> Result<(), ApiError> {
+    if n > MAX_DESTINATIONS {
+        return Err(ApiError::bad_request(format!(
+            "A push has at most {MAX_DESTINATIONS} destinations ({n} given)"
+        )));
+    }
+    Ok(())
+}
+
 /// A task cannot push one destination twice: 409 naming the task itself.
 fn check_distinct(list: &[Arc<Destination>], id: &str) -> Result<(), ApiError> {
     for (i, d) in list.iter().enumerate() {
@@ -723,6 +739,7 @@ pub fn apply_update(old: &TaskSpec, req: &UpdatePush) -> Result<TaskSpec, ApiErr
     }
     let mut keep = drop.iter();
     list.retain(|_| !keep.next().copied().unwrap_or(false));
+    check_count(list.len() + req.add.len())?;
     let mut protocols = Vec::with_capacity(req.add.len());
     for d in &req.add {
         protocols.push(check_protocol(vhost, app, d)?);
@@ -930,6 +947,28 @@ mod tests {
         let text = serde_json::to_string(&s).unwrap();
         assert!(!text.contains("destinations"), "{text}");
         assert_eq!(s.first().address(), "rtmp://h/live/a");
+    }
+
+    /// 50 destinations are taken, 51 refused with a clear 400, on start and on update.
+    #[test]
+    fn a_task_has_at_most_fifty_destinations() {
+        let dests = |n: usize| -> Vec<DestinationRequest> {
+            (0..n)
+                .map(|i| dest("rtmp", "rtmp://h/live", &format!("k{i}")))
+                .collect()
+        };
+        let fifty = validate("default", "app", multi(dests(50))).unwrap();
+        assert_eq!(fifty.destinations().len(), 50);
+        let e = validate("default", "app", multi(dests(51))).unwrap_err();
+        assert_eq!(e.http_status(), 400);
+        assert_eq!(e.message, "A push has at most 50 destinations (51 given)");
+        let up = UpdatePush {
+            id: Some("t".into()),
+            add: vec![dest("rtmp", "rtmp://h/live", "one-more")],
+            ..Default::default()
+        };
+        let e = apply_update(&fifty, &up).unwrap_err();
+        assert_eq!(e.message, "A push has at most 50 destinations (51 given)");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use pushcast_store::{Compare, Op, Store, Txn};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::apps::Apps;
 use crate::auth::Auth;
@@ -25,6 +26,11 @@ use crate::gateway::{self, Gateway};
 use crate::grpc::{Api, auth_interceptor};
 use crate::pushes::Pushes;
 use pushcast_proto::keys;
+
+/// The largest gRPC request the API decodes (tonic's default is 4 MiB). A task with its
+/// 50 destinations is a few kB; a larger request is refused (`OUT_OF_RANGE`) before it is
+/// decoded, whatever it holds.
+pub const MAX_GRPC_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// A running controller.
 pub struct Controller {
@@ -180,15 +186,20 @@ pub async fn start(
         builder
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(PushServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(InterceptedService::new(
+                PushServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_GRPC_REQUEST_BYTES),
                 interceptor.clone(),
             ))
-            .add_service(AppServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(InterceptedService::new(
+                AppServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_GRPC_REQUEST_BYTES),
                 interceptor.clone(),
             ))
-            .add_service(StreamKeyServiceServer::with_interceptor(api, interceptor))
+            .add_service(InterceptedService::new(
+                StreamKeyServiceServer::new(api).max_decoding_message_size(MAX_GRPC_REQUEST_BYTES),
+                interceptor,
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async move { stop.cancelled().await },

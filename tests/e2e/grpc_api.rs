@@ -345,3 +345,52 @@ async fn list_pushes_pages_through_every_task_once() {
         .unwrap_err();
     assert_eq!(no_size.code(), tonic::Code::InvalidArgument);
 }
+
+/// Hostile gRPC requests: a repeated field of 10,000 destinations is refused by the API's
+/// rule (INVALID_ARGUMENT, at most 50), a 2 MB request before it is decoded
+/// (OUT_OF_RANGE, the 1 MiB bound); the server goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_grpc_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let mut pushes = PushServiceClient::new(crate::grpc_channel(&node).await);
+    let start = |destinations: Vec<v1::Destination>| v1::StartPushRequest {
+        vhost: "default".into(),
+        app: "app".into(),
+        id: "big".into(),
+        stream: Some(v1::StreamSelector {
+            name: "s".into(),
+            ..Default::default()
+        }),
+        destinations,
+        ..Default::default()
+    };
+    let d = |i: usize, pad: usize| v1::Destination {
+        protocol: "rtmp".into(),
+        url: format!("rtmp://127.0.0.1:9/live{}", "x".repeat(pad)),
+        stream_key: format!("k{i}"),
+        ..Default::default()
+    };
+    let many = pushes
+        .start_push(authed(start((0..10_000).map(|i| d(i, 0)).collect())))
+        .await
+        .unwrap_err();
+    assert_eq!(many.code(), tonic::Code::InvalidArgument, "{many:?}");
+    assert!(
+        many.message()
+            .contains("at most 50 destinations (10000 given)"),
+        "{}",
+        many.message()
+    );
+    let huge = pushes
+        .start_push(authed(start((0..20).map(|i| d(i, 100_000)).collect())))
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), tonic::Code::OutOfRange, "{huge:?}");
+    let fine = pushes
+        .start_push(authed(start(vec![d(0, 0), d(1, 0)])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fine.task.unwrap().destinations.len(), 2);
+}
