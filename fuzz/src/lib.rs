@@ -1,0 +1,138 @@
+//! The bodies of the fuzz targets: each feeds arbitrary bytes to one parser or state
+//! machine that faces the network and must never panic, loop or hold more than its
+//! bounds. `fuzz_targets/` runs them under libFuzzer (`scripts/fuzz.sh`, nightly);
+//! `tests/replay.rs` runs every file of `corpus/` through them on stable, so what the
+//! fuzzer found (and the seeds) stays a regression test of the normal suite.
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use pushcast_media::{Frame, FrameKind};
+use pushcast_mpegts::{TsMuxer, TsTracks};
+use pushcast_rtmp::{
+    ChunkDecoder, ClientConfig, ClientConnection, ClientEvent, DecoderConfig, ServerConfig,
+    ServerConnection, ServerEvent, amf0,
+};
+
+/// Splits `data` into pieces whose sizes come from the data itself (its first byte), so
+/// the fuzzer also explores how input is cut across reads.
+fn pieces(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (step, rest) = match data.split_first() {
+        Some((s, rest)) => (usize::from(*s).max(1), rest),
+        None => (1, data),
+    };
+    rest.chunks(step)
+}
+
+/// The RTMP chunk decoder under the limits of an unadmitted peer and of an admitted one.
+pub fn chunk_decoder(data: &[u8]) {
+    for config in [
+        DecoderConfig::commands_only(),
+        DecoderConfig::admitted(1 << 20),
+    ] {
+        let mut dec = ChunkDecoder::new(config);
+        for piece in pieces(data) {
+            dec.push(piece);
+            loop {
+                match dec.next_message() {
+                    Ok(Some(m)) => {
+                        assert!(m.payload.len() <= config.max_message_size as usize);
+                    }
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            assert!(dec.buffered() <= piece.len() + config.max_message_size as usize + 18);
+        }
+    }
+}
+
+/// AMF0: whatever decodes encodes again, and that decodes to as many values.
+pub fn amf0(data: &[u8]) {
+    let Ok(values) = amf0::decode_all(data) else {
+        return;
+    };
+    let mut out = Vec::new();
+    if amf0::encode_all(&values, &mut out).is_ok() {
+        let again = amf0::decode_all(&out).map(|v| v.len());
+        assert_eq!(again.ok(), Some(values.len()), "re-encoded AMF0 decodes");
+    }
+}
+
+/// The ingest's connection state machine fed arbitrary client bytes: every publish is
+/// admitted (to reach the media path), with the ingest's limits before and after.
+pub fn server_session(data: &[u8]) {
+    let config = ServerConfig {
+        decoder: DecoderConfig::commands_only(),
+        ..ServerConfig::default()
+    };
+    let mut conn = ServerConnection::new(config);
+    for piece in pieces(data) {
+        let Ok(events) = conn.handle_input(piece) else {
+            return;
+        };
+        for ev in events {
+            if let ServerEvent::PublishRequested(req) = ev {
+                if conn.accept_publish(req.stream_id).is_err() {
+                    return;
+                }
+                conn.set_decoder_limits(DecoderConfig::admitted(1 << 20));
+            }
+        }
+        drop(conn.take_outbound());
+    }
+}
+
+/// The push side fed arbitrary server bytes: once published, it sends a frame per
+/// piece, as a session would.
+pub fn client_session(data: &[u8]) {
+    let mut conn = ClientConnection::new(ClientConfig::new("live", "rtmp://h/live", "key"));
+    drop(conn.take_outbound());
+    let frame = Frame {
+        kind: FrameKind::Video,
+        timestamp_ms: 0,
+        payload: Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]),
+    };
+    for piece in pieces(data) {
+        let Ok(events) = conn.handle_input(piece) else {
+            return;
+        };
+        let published = events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Published { .. }));
+        if (published || conn.is_published()) && conn.send_frame(&frame).is_err() {
+            return;
+        }
+        drop(conn.take_outbound());
+    }
+}
+
+/// The FLV → MPEG-TS muxer fed arbitrary frames: each is a kind byte (video, audio,
+/// data), a 32-bit timestamp, a 16-bit length and that many payload bytes.
+pub fn ts_muxer(data: &[u8]) {
+    let mut mux = TsMuxer::new(TsTracks {
+        video: true,
+        audio: true,
+    });
+    let mut out = Vec::new();
+    let mut rest = data;
+    while rest.len() >= 7 {
+        let kind = match rest[0] % 3 {
+            0 => FrameKind::Video,
+            1 => FrameKind::Audio,
+            _ => FrameKind::Data,
+        };
+        let timestamp_ms = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+        let len = usize::from(u16::from_be_bytes([rest[5], rest[6]])).min(rest.len() - 7);
+        let payload = Bytes::copy_from_slice(&rest[7..7 + len]);
+        rest = &rest[7 + len..];
+        let frame = Frame {
+            kind,
+            timestamp_ms,
+            payload,
+        };
+        out.clear();
+        if mux.push(&frame, &mut out).is_ok() {
+            assert_eq!(out.len() % 188, 0, "whole TS packets");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Writes the seed corpus (`corpus/<target>/seed-*`): real byte streams of a publish, as
+//! the crate's own client and server exchange them. Run it again when a protocol change
+//! makes the seeds stale: `cargo test -p pushcast-fuzz --test seeds -- --ignored`.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use pushcast_media::{Frame, FrameKind};
+use pushcast_rtmp::{
+    Amf0Value, ClientConfig, ClientConnection, ServerConfig, ServerConnection, ServerEvent, amf0,
+};
+
+fn flat(segments: Vec<Bytes>) -> Vec<u8> {
+    segments.concat()
+}
+
+fn write(target: &str, name: &str, step: u8, data: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    let mut bytes = vec![step];
+    bytes.extend_from_slice(data);
+    std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("seed");
+}
+
+fn frames() -> Vec<Frame> {
+    let f = |kind, ts, payload: &[u8]| Frame {
+        kind,
+        timestamp_ms: ts,
+        payload: Bytes::copy_from_slice(payload),
+    };
+    vec![
+        f(
+            FrameKind::Video,
+            0,
+            &[
+                0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
+                0x68, 0xee, 0x3c, 0x80,
+            ],
+        ),
+        f(FrameKind::Audio, 0, &[0xaf, 0, 0x12, 0x10]),
+        f(
+            FrameKind::Video,
+            0,
+            &[0x17, 1, 0, 0, 0, 0, 0, 0, 3, 0x65, 0x88, 0x84],
+        ),
+        f(FrameKind::Audio, 23, &[0xaf, 1, 0x21, 0x10, 0x05]),
+        f(
+            FrameKind::Video,
+            33,
+            &[0x27, 1, 0, 0, 0x21, 0, 0, 0, 3, 0x41, 0x9a, 0x02],
+        ),
+    ]
+}
+
+#[test]
+#[ignore = "writes the seed corpus; run by hand"]
+fn write_seeds() {
+    let mut client = ClientConnection::new(ClientConfig::new("live", "rtmp://h/live", "key"));
+    let mut server = ServerConnection::new(ServerConfig::default());
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let c = flat(client.take_outbound());
+        to_server.extend_from_slice(&c);
+        for ev in server.handle_input(&c).expect("server") {
+            if let ServerEvent::PublishRequested(req) = ev {
+                server.accept_publish(req.stream_id).expect("accept");
+            }
+        }
+        let s = flat(server.take_outbound());
+        to_client.extend_from_slice(&s);
+        client.handle_input(&s).expect("client");
+        if client.is_published() {
+            break;
+        }
+    }
+    assert!(client.is_published());
+    for f in frames() {
+        client.send_frame(&f).expect("frame");
+    }
+    to_server.extend_from_slice(&flat(client.take_outbound()));
+    write("server_session", "publish", 255, &to_server);
+    write("server_session", "publish-bytewise", 1, &to_server);
+    write("client_session", "publish", 255, &to_client);
+    write(
+        "chunk_decoder",
+        "after-handshake",
+        200,
+        &to_server[1537 + 1536..],
+    );
+    let connect = [
+        Amf0Value::string("connect"),
+        Amf0Value::Number(1.0),
+        Amf0Value::object([
+            ("app", Amf0Value::string("live")),
+            ("tcUrl", Amf0Value::string("rtmp://h/live")),
+        ]),
+        Amf0Value::Null,
+    ];
+    let mut out = Vec::new();
+    amf0::encode_all(&connect, &mut out).expect("amf0");
+    // amf0's target does not split: its first byte is data too.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join("amf0");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    std::fs::write(dir.join("seed-connect"), &out).expect("seed");
+    let mut ts = Vec::new();
+    for f in frames() {
+        ts.push(match f.kind {
+            FrameKind::Video => 0,
+            FrameKind::Audio => 1,
+            FrameKind::Data => 2,
+        });
+        ts.extend_from_slice(&f.timestamp_ms.to_be_bytes());
+        ts.extend_from_slice(&(f.payload.len() as u16).to_be_bytes());
+        ts.extend_from_slice(&f.payload);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join("ts_muxer");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    std::fs::write(dir.join("seed-frames"), &ts).expect("seed");
+}
