@@ -61,25 +61,53 @@ async fn run(
     let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
     checkpoint.tick().await;
     loop {
-        let mut due: HashMap<TaskKey, TaskStatus> = HashMap::new();
+        let mut queued: Vec<(TaskKey, TaskStatus)> = Vec::new();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             m = rx.recv() => match m {
-                Some((k, st)) => { due.insert(k, st); }
+                Some(m) => queued.push(m),
                 None => return,
             },
             _ = checkpoint.tick() => {
-                due.extend(live.all().iter().map(|t| (t.key.clone(), t.snapshot())));
+                queued.extend(live.all().iter().map(|t| (t.key.clone(), t.snapshot())));
             }
         }
-        while let Ok((k, st)) = rx.try_recv() {
-            due.insert(k, st);
+        while let Ok(m) = rx.try_recv() {
+            queued.push(m);
         }
-        let due: Vec<(TaskKey, TaskStatus)> = due.into_iter().collect();
-        for batch in due.chunks(BATCH) {
-            write_batch(store.as_ref(), batch).await;
+        for round in rounds(queued) {
+            for batch in round.chunks(BATCH) {
+                write_batch(store.as_ref(), batch).await;
+            }
         }
     }
+}
+
+/// Groups queued statuses into rounds written one after the other. Within a round a
+/// task's later status supersedes its earlier one (counters move on), but a change of
+/// *state* never hides the state before it: `stopped` then `ready` when a stream ends are
+/// both written, in order (status callbacks and `WatchPushes` see each state), and a
+/// round never writes one key twice (a transaction may not).
+fn rounds(queued: Vec<(TaskKey, TaskStatus)>) -> Vec<Vec<(TaskKey, TaskStatus)>> {
+    let mut rounds: Vec<Vec<(TaskKey, TaskStatus)>> = vec![Vec::new()];
+    // Where each task is in the last round.
+    let mut index: HashMap<TaskKey, usize> = HashMap::new();
+    for (key, status) in queued {
+        if let Some(&i) = index.get(&key) {
+            let last = rounds.len() - 1;
+            if rounds[last][i].1.state == status.state {
+                rounds[last][i].1 = status;
+                continue;
+            }
+            rounds.push(Vec::new());
+            index.clear();
+        }
+        let last = rounds.len() - 1;
+        index.insert(key.clone(), rounds[last].len());
+        rounds[last].push((key, status));
+    }
+    rounds.retain(|r| !r.is_empty());
+    rounds
 }
 
 /// Statuses written in one transaction: one store revision per batch, not per task
@@ -123,5 +151,58 @@ async fn write(store: &dyn Store, key: &TaskKey, status: &pushcast_proto::model:
         .and_then(Op::put(keys::status(v, a, i), value));
     if let Err(e) = store.txn(txn).await {
         tracing::warn!(task = %i, error = %e, "cannot write task status (kept in memory, retried at the next change or checkpoint)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use pushcast_proto::model::TaskState;
+
+    use super::*;
+
+    fn st(state: TaskState, sent_bytes: u64) -> TaskStatus {
+        TaskStatus {
+            state,
+            sent_bytes,
+            ..Default::default()
+        }
+    }
+
+    fn key(id: &str) -> TaskKey {
+        ("v".into(), "a".into(), id.into())
+    }
+
+    #[test]
+    fn counters_supersede_but_a_change_of_state_is_written_after_the_state_before() {
+        use TaskState::*;
+        let queued = vec![
+            (key("t1"), st(Started, 1)),
+            (key("t2"), st(Started, 5)),
+            (key("t1"), st(Started, 2)),
+            (key("t1"), st(Stopped, 3)),
+            (key("t1"), st(Ready, 3)),
+            (key("t2"), st(Started, 6)),
+        ];
+        let r = rounds(queued);
+        let states: Vec<Vec<(&str, TaskState, u64)>> = r
+            .iter()
+            .map(|round| {
+                round
+                    .iter()
+                    .map(|((_, _, id), s)| (id.as_str(), s.state, s.sent_bytes))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                vec![("t1", Started, 2), ("t2", Started, 5)],
+                vec![("t1", Stopped, 3)],
+                vec![("t1", Ready, 3), ("t2", Started, 6)],
+            ]
+        );
+        assert!(rounds(Vec::new()).is_empty());
     }
 }
