@@ -148,17 +148,7 @@ async fn standalone(s: &Settings, n: usize) -> Row {
     let node = Node::standalone(dir.path(), TOKEN).await;
     let pid = node.proc.pid();
     let measured = [("pushcast", pid)];
-    let (create, processes, list) = phases(s, &node, n, &measured).await;
-    Row {
-        deployment: "standalone",
-        tasks: n,
-        create_rate: create.0,
-        create_p50_ms: create.1,
-        create_p99_ms: create.2,
-        processes,
-        list_median_ms: list.0,
-        list_max_ms: list.1,
-    }
+    phases(s, "standalone", &node, n, &measured).await
 }
 
 async fn cluster(s: &Settings, n: usize) -> Row {
@@ -174,31 +164,24 @@ async fn cluster(s: &Settings, n: usize) -> Row {
         ("etcd", etcd.pid()),
         ("worker", worker.pid()),
     ];
-    let (create, processes, list) = phases(s, &controller, n, &measured).await;
+    let row = phases(s, "cluster", &controller, n, &measured).await;
     drop(worker);
     drop(controller);
     drop(etcd);
-    Row {
-        deployment: "cluster",
-        tasks: n,
-        create_rate: create.0,
-        create_p50_ms: create.1,
-        create_p99_ms: create.2,
-        processes,
-        list_median_ms: list.0,
-        list_max_ms: list.1,
-    }
+    row
 }
 
 type Measured<'a> = &'a [(&'static str, u32)];
 
-/// Creates `n` tasks on `api`, then measures idling and listing.
+/// Creates `n` tasks on `api`, then measures idling and listing: the row of
+/// `deployment`.
 async fn phases(
     s: &Settings,
+    deployment: &'static str,
     api: &Node,
     n: usize,
     measured: Measured<'_>,
-) -> ((f64, f64, f64), Vec<(&'static str, f64, f64)>, (f64, f64)) {
+) -> Row {
     api.open_publish("app").await;
     settle().await;
     let rss_before: Vec<u64> = measured.iter().map(|(_, pid)| rss_kb(*pid)).collect();
@@ -261,7 +244,16 @@ async fn phases(
         times.iter().copied().fold(0.0_f64, f64::max),
     );
     println!("  `:pushes`: median {:.1} ms, max {:.1} ms", list.0, list.1);
-    ((rate, p50, p99), processes, list)
+    Row {
+        deployment,
+        tasks: n,
+        create_rate: rate,
+        create_p50_ms: p50,
+        create_p99_ms: p99,
+        processes,
+        list_median_ms: list.0,
+        list_max_ms: list.1,
+    }
 }
 
 /// Lets a burst's after-effects (scheduler passes, status writes, compaction) pass.

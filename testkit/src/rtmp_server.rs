@@ -46,6 +46,20 @@ pub struct Received {
     pub closed: bool,
 }
 
+/// `n` pseudo-random bytes (xorshift from a nonzero `seed`): garbage that is the same on
+/// every run.
+pub fn garbage(seed: u32, n: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 /// Writes `bytes` one at a time, each its own TCP segment (`TCP_NODELAY`), yielding
 /// between them; a pause of 1 ms every 256 bytes lets them arrive apart.
 async fn trickle(sock: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
@@ -65,18 +79,7 @@ async fn trickle(sock: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io::Res
 /// ms apart), instead of answering `connect`; `None` for the others.
 fn misbehave(behaviour: Behaviour) -> Option<Vec<Vec<u8>>> {
     match behaviour {
-        Behaviour::GarbageAfterHandshake => {
-            let mut x = 0x2545_F491u32;
-            let garbage = (0..4096)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as u8
-                })
-                .collect();
-            Some(vec![garbage])
-        }
+        Behaviour::GarbageAfterHandshake => Some(vec![garbage(0x2545_F491, 4096)]),
         Behaviour::HugeMessageAfterHandshake => {
             // Set Chunk Size 2^31 - 1 (csid 2), then a type-0 header on csid 3 declaring
             // a 16 MB - 1 command message, then its body 1 KiB at a time.

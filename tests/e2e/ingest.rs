@@ -266,15 +266,8 @@ async fn attack(target: std::net::SocketAddr) -> Attack {
             .await
             .ok()?;
         handshake_async(&mut s).await.ok()?;
-        let mut x = 0x9E37_79B9u32.wrapping_mul(i + 1);
-        let bytes: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let bytes =
+            pushcast_testkit::rtmp_server::garbage(0x9E37_79B9u32.wrapping_mul(i + 1), 4096);
         let _ = s.write_all(&bytes).await;
         Some(closed_within(&mut s, Duration::from_secs(12)).await)
     });
