@@ -46,7 +46,25 @@ pub fn router(gw: Gateway) -> Router {
         .with_state(gw)
 }
 
+/// The OpenAPI 3.1 document of this API (`controller/api/openapi.json`), served at
+/// `GET /v1/openapi.json` without a token: it describes the API, it grants nothing.
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+/// Where [`OPENAPI`] is served.
+pub const OPENAPI_PATH: &str = "/v1/openapi.json";
+
 async fn preflight_and_auth(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+    if req.method() == Method::GET && req.uri().path() == OPENAPI_PATH {
+        return (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            OPENAPI,
+        )
+            .into_response();
+    }
     if req.method() == Method::OPTIONS {
         let mut resp = StatusCode::NO_CONTENT.into_response();
         let h = resp.headers_mut();
@@ -555,6 +573,61 @@ mod tests {
             .await
             .unwrap();
         (status, bytes.to_vec(), ct)
+    }
+
+    /// The document and the routes agree: every operation it describes is routed (its
+    /// answer is never the "Controller not found" of an unknown route) and answers in the
+    /// envelope the document gives (200 `OK` with a `response`, or an error envelope);
+    /// every method it does not describe on its paths is not routed. The document is
+    /// served without a token.
+    #[tokio::test]
+    async fn the_openapi_document_and_the_routes_agree() {
+        let api = api().await;
+        let (status, served) = api.send("GET", OPENAPI_PATH, "", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(served, OPENAPI);
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let not_found = r#"{"message":"[HTTP] Controller not found (404)","statusCode":404}"#;
+        let mut operations = 0;
+        for (template, item) in paths {
+            let path = template
+                .replace("{vhost}", "default")
+                .replace("{app}", "app");
+            for method in ["GET", "POST", "PATCH", "DELETE", "PUT"] {
+                let documented = item.get(method.to_lowercase()).is_some();
+                let (status, text) = api.send(method, &path, "{}", Some(AUTH)).await;
+                if !documented {
+                    assert_eq!((status, text.as_str()), (404, not_found), "{method} {path}");
+                    continue;
+                }
+                operations += 1;
+                assert_ne!(
+                    text, not_found,
+                    "{method} {path} is documented but not routed"
+                );
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if status == 200 {
+                    assert_eq!(
+                        (&v["message"], &v["statusCode"]),
+                        (&json!("OK"), &json!(200))
+                    );
+                    assert!(v.get("response").is_some(), "{method} {path}: {text}");
+                } else {
+                    assert_eq!(v["statusCode"], status, "{method} {path}: {text}");
+                    let m = v["message"].as_str().unwrap();
+                    assert!(
+                        m.starts_with("[HTTP] ") && m.ends_with(&format!("({status})")),
+                        "{m}"
+                    );
+                    assert!(v.get("response").is_none(), "{method} {path}: {text}");
+                }
+                // Without the token: 401, whatever the operation.
+                let (status, _) = api.send(method, &path, "{}", None).await;
+                assert_eq!(status, 401, "{method} {path} without a token");
+            }
+        }
+        assert_eq!(operations, 12, "every operation of the document was called");
     }
 
     /// `:pushes` is written as bytes; its envelope must be `ok`'s, byte for byte.
