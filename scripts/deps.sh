@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Installs the system packages pushcast needs, only those missing (Debian/Ubuntu).
+# Installs what pushcast needs, only what is missing (Debian/Ubuntu).
 #   scripts/deps.sh build   protoc + the well-known .proto files (to compile)
-#   scripts/deps.sh test    + the real peers the tests run: etcd, ffmpeg, nginx-rtmp, stunnel
+#   scripts/deps.sh test    + the real peers the tests run: etcd, ffmpeg, nginx-rtmp,
+#                           stunnel, promtool, and schemathesis (PyPI, in a venv under
+#                           ~/.cache/pushcast-schemathesis) for the API attack test
 set -euo pipefail
 
 want=(protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = "test" ]; then
   want+=(etcd-server etcd-client ffmpeg nginx libnginx-mod-rtmp stunnel4 ca-certificates prometheus)
+  command -v python3 > /dev/null || want+=(python3)
+  python3 -c 'import venv, ensurepip' 2> /dev/null || want+=(python3-venv)
 fi
 
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
-echo "installing: ${missing[*]}" >&2
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ "${1:-build}" = "test" ]; then
+  venv="$HOME/.cache/pushcast-schemathesis"
+  if [ ! -x "$venv/bin/st" ]; then
+    echo "installing: schemathesis (PyPI) in $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  fi
+fi

@@ -13,6 +13,7 @@ mod grpc_api;
 mod ingest;
 mod metrics;
 mod multi_destination;
+mod openapi;
 mod rest_api;
 mod stream_keys;
 mod tls;
