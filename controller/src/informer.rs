@@ -17,7 +17,7 @@
 //! ([`Informer::consistent`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -48,6 +48,10 @@ const PREFIXES: [&str; 6] = [
 /// watch delivers a change within a millisecond or two; a revision that never arrives
 /// means writes outside pushcast's keys (a shared etcd), and the picture is then current.
 const CONSISTENT_WAIT: Duration = Duration::from_millis(200);
+
+/// How long a consistent read waits for the informer to list again when its watch is
+/// down (the store was unreachable a moment ago) before it answers "unavailable".
+const RELIST_WAIT: Duration = Duration::from_secs(5);
 
 /// What the controller knows of the store, as of [`Picture::revision`].
 #[derive(Debug, Default)]
@@ -191,6 +195,10 @@ pub struct Informer {
     placement: watch::Sender<u64>,
     /// How many times the store was listed (1 + the re-lists).
     lists: AtomicU64,
+    /// Whether the watch is up: the picture follows the store.
+    live: AtomicBool,
+    /// Cuts the wait before listing again short (a reader needs the picture now).
+    hurry: tokio::sync::Notify,
 }
 
 impl Informer {
@@ -201,6 +209,8 @@ impl Informer {
             reached: watch::channel(0).0,
             placement: watch::channel(0).0,
             lists: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            hurry: tokio::sync::Notify::new(),
         })
     }
 
@@ -216,10 +226,30 @@ impl Informer {
     }
 
     /// Waits until the picture holds every write the store had acknowledged when this was
-    /// called (bounded by [`CONSISTENT_WAIT`]), then returns it.
+    /// called, then returns it. With the watch up, a revision not reached within
+    /// [`CONSISTENT_WAIT`] can only come from writes outside pushcast's keys: the picture
+    /// is served (and counted). With the watch down (the store was out of reach a moment
+    /// ago), the informer is made to list again at once and waited for, up to
+    /// [`RELIST_WAIT`]; past that the read is refused as unavailable rather than
+    /// answered from a picture that may miss writes.
     pub async fn consistent(&self) -> Result<RwLockReadGuard<'_, Picture>, StoreError> {
         let revision = self.store.revision().await?;
-        self.reach(revision, CONSISTENT_WAIT).await;
+        if !self.reach(revision, CONSISTENT_WAIT).await {
+            if self.live.load(Ordering::Acquire) {
+                metrics::counter!("pushcast_informer_lagging_reads_total").increment(1);
+                tracing::debug!(
+                    revision,
+                    "informer did not reach the store's revision in time"
+                );
+            } else {
+                self.hurry.notify_one();
+                if !self.reach(revision, RELIST_WAIT).await {
+                    return Err(StoreError::Unavailable(
+                        "the controller is still reading the store again".into(),
+                    ));
+                }
+            }
+        }
         Ok(self.read())
     }
 
@@ -227,15 +257,7 @@ impl Informer {
     pub async fn reach(&self, revision: i64, within: Duration) -> bool {
         let mut rx = self.reached.subscribe();
         let reached = tokio::time::timeout(within, rx.wait_for(|r| *r >= revision)).await;
-        let ok = matches!(reached, Ok(Ok(_)));
-        if !ok {
-            metrics::counter!("pushcast_informer_lagging_reads_total").increment(1);
-            tracing::debug!(
-                revision,
-                "informer did not reach the store's revision in time"
-            );
-        }
-        ok
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// Changes whenever something placement depends on changed.
@@ -255,6 +277,7 @@ impl Informer {
                 _ = shutdown.cancelled() => return,
                 r = self.follow(&mut backoff) => r,
             };
+            self.live.store(false, Ordering::Release);
             let reason = match &outcome {
                 StoreError::Compacted(_) => "compacted",
                 StoreError::Unavailable(_) => "unavailable",
@@ -266,6 +289,7 @@ impl Informer {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
+                _ = self.hurry.notified() => {}
             }
         }
     }
@@ -288,21 +312,32 @@ impl Informer {
         };
         let listed: Vec<(&str, i64)> = listings.iter().map(|(p, l)| (*p, l.revision)).collect();
         let mut fresh = Picture::default();
-        let mut top = 0;
         for (_, l) in &listings {
-            top = top.max(l.revision);
             for KeyValue { key, value, .. } in &l.kvs {
                 fresh.apply(key, Some(value));
             }
         }
         drop(listings);
+        // Complete up to the *oldest* listing only: a prefix listed earlier may miss a
+        // write the others hold, until its event arrives (a read that trusted the newest
+        // listing's revision once answered without a task created a moment before).
+        let top = from;
         fresh.revision = top;
         *self.picture.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.reached.send_replace(top);
         self.placement.send_modify(|g| *g += 1);
         self.lists.fetch_add(1, Ordering::Relaxed);
+        self.live.store(true, Ordering::Release);
         backoff.reset();
-        tracing::debug!(revision = top, "informer listed");
+        let (tasks, n) = {
+            let p = self.read();
+            (p.tasks.len(), self.lists.load(Ordering::Relaxed))
+        };
+        if n > 1 {
+            tracing::info!(revision = top, tasks, "informer listed again");
+        } else {
+            tracing::debug!(revision = top, tasks, "informer listed");
+        }
 
         while let Some(ev) = events.next().await {
             let ev = match ev {
