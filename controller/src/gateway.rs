@@ -271,7 +271,7 @@ async fn app_target(
             },
             _ => Map::new(),
         };
-        return match list_pushes(&gw, &vhost, &app, filter, OK_RAW_PREFIX).await {
+        return match list_pushes(&gw, &vhost, &app, filter).await {
             Ok(list) => ok_raw(list),
             Err(e) => error(e),
         };
@@ -357,15 +357,15 @@ async fn publish_key_action(
 }
 
 /// `:pushes` as the bytes of its JSON array, written task by task (`Task::to_ome`):
-/// no `Value` tree for thousands of tasks. Written after `prefix`, so the envelope
-/// around it costs no copy.
+/// no `Value` tree for thousands of tasks. Written after [`OK_RAW_PREFIX`], so the
+/// envelope around it ([`ok_raw`]) costs no copy.
 async fn list_pushes(
     gw: &Gateway,
     vhost: &str,
     app: &str,
     filter: Map<String, Value>,
-    prefix: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
+    let prefix = OK_RAW_PREFIX;
     gw.pushes.apps().require(vhost, app).await?;
     let id = filter.get("id").and_then(Value::as_str);
     let tasks = gw.pushes.list(vhost, app, id).await?;

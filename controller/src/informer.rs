@@ -53,11 +53,10 @@ const CONSISTENT_WAIT: Duration = Duration::from_millis(200);
 /// down (the store was unreachable a moment ago) before it answers "unavailable".
 const RELIST_WAIT: Duration = Duration::from_secs(5);
 
-/// What the controller knows of the store, as of [`Picture::revision`].
+/// What the controller knows of the store (up to the revision [`Informer::reach`]
+/// waits for).
 #[derive(Debug, Default)]
 pub struct Picture {
-    /// The store revision this picture reflects.
-    pub revision: i64,
     /// Task specs by task key (`tasks/{vhost}/{app}/{id}`), in key order.
     pub tasks: BTreeMap<String, Arc<TaskSpec>>,
     /// Task statuses by *task* key.
@@ -321,10 +320,8 @@ impl Informer {
         // Complete up to the *oldest* listing only: a prefix listed earlier may miss a
         // write the others hold, until its event arrives (a read that trusted the newest
         // listing's revision once answered without a task created a moment before).
-        let top = from;
-        fresh.revision = top;
         *self.picture.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        self.reached.send_replace(top);
+        self.reached.send_replace(from);
         self.placement.send_modify(|g| *g += 1);
         self.lists.fetch_add(1, Ordering::Relaxed);
         self.live.store(true, Ordering::Release);
@@ -334,9 +331,9 @@ impl Informer {
             (p.tasks.len(), self.lists.load(Ordering::Relaxed))
         };
         if n > 1 {
-            tracing::info!(revision = top, tasks, "informer listed again");
+            tracing::info!(revision = from, tasks, "informer listed again");
         } else {
-            tracing::debug!(revision = top, tasks, "informer listed");
+            tracing::debug!(revision = from, tasks, "informer listed");
         }
 
         while let Some(ev) = events.next().await {
@@ -355,13 +352,11 @@ impl Informer {
                     WatchEvent::Put(kv) => Some(kv.value.as_slice()),
                     WatchEvent::Delete { .. } => None,
                 };
-                let mut pic = self.picture.write().unwrap_or_else(|e| e.into_inner());
-                pic.apply(key, value);
-                pic.revision = pic.revision.max(revision);
+                self.picture
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apply(key, value);
                 placement = !key.starts_with(STATUSES);
-            } else {
-                let mut pic = self.picture.write().unwrap_or_else(|e| e.into_inner());
-                pic.revision = pic.revision.max(revision);
             }
             self.reached.send_if_modified(|r| {
                 let moved = revision > *r;
