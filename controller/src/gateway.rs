@@ -12,14 +12,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use pushcast_proto::ApiError;
-use pushcast_proto::model::{AppConfig, Callbacks};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
-use crate::apps::AppPatch;
 use crate::auth::Auth;
 use crate::publish_keys::PublishKeys;
-use crate::pushes::{DestinationRef, DestinationRequest, Pushes, StartPush, UpdatePush};
+use crate::pushes::Pushes;
+use crate::requests;
 
 /// Largest request body accepted; more is 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -165,27 +164,21 @@ fn respond(r: Result<Value, ApiError>) -> Response {
 
 /// Reads the body (at most [`MAX_BODY`]) as a JSON object; empty is `{}`.
 async fn json_object(body: Body) -> Result<Map<String, Value>, ApiError> {
-    match json_value(body).await? {
-        Value::Object(m) => Ok(m),
-        _ => Err(ApiError::bad_request(
-            "[JSON] Request body must be a JSON object",
-        )),
-    }
+    requests::object(&body_bytes(body).await?)
 }
 
-/// Reads the body (at most [`MAX_BODY`]) as JSON of any shape (app creation takes an
-/// object or an array); empty is `{}`.
+/// Reads the body (at most [`MAX_BODY`]) as JSON of any shape; empty is `{}`.
 async fn json_value(body: Body) -> Result<Value, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+    requests::body(&body_bytes(body).await?)
+}
+
+async fn body_bytes(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             pushcast_proto::ErrorKind::PayloadTooLarge,
             format!("Request body is larger than {MAX_BODY} bytes"),
         )
-    })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Map::new()));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("[JSON] {e}")))
+    })
 }
 
 async fn apps_collection(
@@ -214,42 +207,18 @@ async fn create_apps(gw: &Gateway, vhost: &str, body: Body) -> Result<Value, Api
         Value::Array(items) => {
             let mut created = Vec::with_capacity(items.len());
             for item in items {
-                let app = app_from_json(vhost, &item)?;
+                let app = requests::app(vhost, &item)?;
                 created.push(apps.create(app).await?.to_ome_json());
             }
             Ok(Value::Array(created))
         }
         item @ Value::Object(_) => Ok(apps
-            .create(app_from_json(vhost, &item)?)
+            .create(requests::app(vhost, &item)?)
             .await?
             .to_ome_json()),
         _ => Err(ApiError::bad_request(
             "[JSON] Request body must be a JSON object or array",
         )),
-    }
-}
-
-fn app_from_json(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
-    let name = str_field(v, "name")
-        .ok_or_else(|| ApiError::bad_request("There is no required parameter [ name]"))?;
-    Ok(AppConfig {
-        vhost: vhost.to_string(),
-        name,
-        open_publish: v
-            .get("openPublish")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        callbacks: callbacks_from_json(v)?.unwrap_or_default(),
-    })
-}
-
-/// The `callbacks` object of an app body, when present.
-fn callbacks_from_json(v: &Value) -> Result<Option<Callbacks>, ApiError> {
-    match v.get("callbacks") {
-        None | Some(Value::Null) => Ok(None),
-        Some(c) => Callbacks::from_ome_json(c)
-            .map(Some)
-            .map_err(|e| ApiError::bad_request(format!("Invalid callbacks: {e}"))),
     }
 }
 
@@ -295,10 +264,7 @@ async fn app_target(
 async fn patch_app(gw: &Gateway, vhost: &str, app: &str, body: Body) -> Result<Value, ApiError> {
     let obj = json_object(body).await?;
     gw.pushes.apps().require(vhost, app).await?;
-    let patch = AppPatch {
-        open_publish: obj.get("openPublish").and_then(Value::as_bool),
-        callbacks: callbacks_from_json(&Value::Object(obj.clone()))?,
-    };
+    let patch = requests::app_patch(&obj)?;
     Ok(gw
         .pushes
         .apps()
@@ -319,12 +285,12 @@ async fn post_action(
     let task = match action {
         "startPush" => {
             gw.pushes
-                .start(vhost, app, start_push_from_json(&obj))
+                .start(vhost, app, requests::start_push(&obj))
                 .await?
         }
         "updatePush" => {
             gw.pushes
-                .update(vhost, app, update_push_from_json(&obj))
+                .update(vhost, app, requests::update_push(&obj))
                 .await?
         }
         _ => {
@@ -381,94 +347,6 @@ async fn list_pushes(
     }
     out.push(b']');
     Ok(out)
-}
-
-/// A string field; anything else (number, null, object) counts as missing.
-fn str_field(v: &Value, name: &str) -> Option<String> {
-    v.get(name).and_then(Value::as_str).map(str::to_string)
-}
-
-fn start_push_from_json(obj: &Map<String, Value>) -> StartPush {
-    let body = Value::Object(obj.clone());
-    let stream = body.get("stream").filter(|s| s.is_object());
-    // `tracks` is the old name of `trackIds`.
-    let track_ids = int_list(stream.and_then(|s| s.get("trackIds").or_else(|| s.get("tracks"))))
-        .unwrap_or_default();
-    StartPush {
-        id: str_field(&body, "id"),
-        stream_name: stream.and_then(|s| str_field(s, "name")),
-        track_ids,
-        variant_names: string_list(stream.and_then(|s| s.get("variantNames"))),
-        protocol: str_field(&body, "protocol"),
-        url: str_field(&body, "url"),
-        stream_key: str_field(&body, "streamKey"),
-        destinations: destinations_from_json(body.get("destinations")),
-    }
-}
-
-/// The integers of a JSON array (other items skipped); `None` when it is not an array.
-fn int_list(v: Option<&Value>) -> Option<Vec<i64>> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_i64).collect())
-}
-
-/// The strings of a JSON array (other items skipped); empty when it is not an array.
-fn string_list(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `[{protocol, url, streamKey, variantNames?}, ...]`; anything but an object in the
-/// array counts as a destination with every field missing.
-fn destinations_from_json(v: Option<&Value>) -> Vec<DestinationRequest> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|d| DestinationRequest {
-                    protocol: str_field(d, "protocol"),
-                    url: str_field(d, "url"),
-                    stream_key: str_field(d, "streamKey"),
-                    variant_names: string_list(d.get("variantNames")),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `{"id", "addDestinations": [...], "removeDestinations": [<{url,streamKey}> or index],
-/// "variantNames"?, "trackIds"?}`.
-fn update_push_from_json(obj: &Map<String, Value>) -> UpdatePush {
-    let remove = obj
-        .get("removeDestinations")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|r| match r.as_u64() {
-                    Some(i) => DestinationRef::Index(usize::try_from(i).unwrap_or(usize::MAX)),
-                    None => DestinationRef::Address {
-                        url: str_field(r, "url").unwrap_or_default(),
-                        stream_key: str_field(r, "streamKey").unwrap_or_default(),
-                    },
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    UpdatePush {
-        id: obj.get("id").and_then(Value::as_str).map(str::to_string),
-        add: destinations_from_json(obj.get("addDestinations")),
-        remove,
-        variant_names: obj
-            .get("variantNames")
-            .filter(|v| v.is_array())
-            .map(|v| string_list(Some(v))),
-        track_ids: int_list(obj.get("trackIds")),
-    }
 }
 
 #[cfg(test)]
@@ -737,7 +615,7 @@ mod tests {
             "streamKey": "k", "variantNames": ["bypass_video", 3]}],
             "removeDestinations": [1, {"url": "rtmp://h/b", "streamKey": "k2"}, "junk"],
             "trackIds": [101]});
-        let up = update_push_from_json(obj.as_object().unwrap());
+        let up = requests::update_push(obj.as_object().unwrap());
         assert_eq!(up.id.as_deref(), Some("t"));
         assert_eq!(up.add.len(), 1);
         assert_eq!(up.add[0].variant_names, ["bypass_video"]);

@@ -13,6 +13,7 @@ pub mod live_status;
 pub mod notifier;
 pub mod publish_keys;
 pub mod pushes;
+pub mod requests;
 pub mod scheduler;
 pub mod server;
 pub mod store_error;

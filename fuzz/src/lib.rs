@@ -136,3 +136,78 @@ pub fn ts_muxer(data: &[u8]) {
         }
     }
 }
+
+/// The REST gateway's request bodies, as the gateway reads them (`pushcast_controller::
+/// requests`) and then checks them (the startPush/updatePush rules, app callbacks). The
+/// first byte picks the endpoint, the rest is the body. What is accepted must be a task
+/// or an app the store can keep: its stored JSON decodes to the same task, and the OME
+/// answer for it can be written.
+pub fn rest_json(data: &[u8]) {
+    use pushcast_controller::{pushes, requests};
+    use pushcast_proto::model::TaskSpec;
+
+    let Some((op, body)) = data.split_first() else {
+        return;
+    };
+    let stored_again = |spec: &TaskSpec| {
+        assert!(spec.destinations().len() <= 50, "at most 50 destinations");
+        let json = serde_json::to_vec(spec).expect("a task encodes");
+        let back: TaskSpec = serde_json::from_slice(&json).expect("a stored task decodes");
+        assert_eq!(&back, spec, "a stored task decodes to itself");
+    };
+    match op % 4 {
+        0 => {
+            let Ok(obj) = requests::object(body) else {
+                return;
+            };
+            if let Ok(spec) = pushes::validate("default", "app", requests::start_push(&obj)) {
+                stored_again(&spec);
+            }
+        }
+        1 => {
+            let Ok(obj) = requests::object(body) else {
+                return;
+            };
+            let base = serde_json::json!({"id": "t", "stream": {"name": "s"}, "protocol": "rtmp",
+                "url": "rtmp://a.example/live", "streamKey": "k"});
+            let base = base.as_object().expect("an object");
+            let Ok(old) = pushes::validate("default", "app", requests::start_push(base)) else {
+                panic!("the base task is valid");
+            };
+            if let Ok(spec) = pushes::apply_update(&old, &requests::update_push(&obj)) {
+                stored_again(&spec);
+            }
+        }
+        2 => {
+            let Ok(value) = requests::body(body) else {
+                return;
+            };
+            let items = match value {
+                serde_json::Value::Array(items) => items,
+                item => vec![item],
+            };
+            for item in &items {
+                if let Ok(app) = requests::app("default", item) {
+                    assert!(app.to_ome_json().is_object(), "an app is shown as an object");
+                    let json = serde_json::to_vec(&app).expect("an app encodes");
+                    let back: pushcast_proto::model::AppConfig =
+                        serde_json::from_slice(&json).expect("a stored app decodes");
+                    assert_eq!(back, app, "a stored app decodes to itself");
+                }
+            }
+        }
+        _ => {
+            let Ok(obj) = requests::object(body) else {
+                return;
+            };
+            if let Ok(patch) = requests::app_patch(&obj) {
+                if let Some(c) = patch.callbacks {
+                    let json = serde_json::to_vec(&c).expect("callbacks encode");
+                    let back: pushcast_proto::model::Callbacks =
+                        serde_json::from_slice(&json).expect("stored callbacks decode");
+                    assert_eq!(back, c, "stored callbacks decode to themselves");
+                }
+            }
+        }
+    }
+}

@@ -42,3 +42,8 @@ fn client_session() {
 fn ts_muxer() {
     replay("ts_muxer", pushcast_fuzz::ts_muxer);
 }
+
+#[test]
+fn rest_json() {
+    replay("rest_json", pushcast_fuzz::rest_json);
+}

@@ -123,3 +123,39 @@ fn write_seeds() {
     std::fs::create_dir_all(&dir).expect("corpus dir");
     std::fs::write(dir.join("seed-frames"), &ts).expect("seed");
 }
+
+#[test]
+#[ignore = "writes the seed corpus; run by hand"]
+fn write_rest_json_seeds() {
+    let seeds: [(&str, u8, &str); 6] = [
+        (
+            "start-push",
+            0,
+            r#"{"id":"yt","stream":{"name":"cam","trackIds":[0,1]},"protocol":"rtmp","url":"rtmp://a.rtmp.youtube.com/live2","streamKey":"k"}"#,
+        ),
+        (
+            "start-push-multi",
+            0,
+            r#"{"id":"m","stream":{"name":"cam","variantNames":["hd"]},"destinations":[{"protocol":"rtmps","url":"rtmps://live.example:443/app","streamKey":"k"},{"protocol":"mpegts","url":"udp://127.0.0.1:5000"},{"protocol":"srt","url":"srt://127.0.0.1:9000?streamid=x","variantNames":["sd"]}]}"#,
+        ),
+        (
+            "update-push",
+            1,
+            r#"{"id":"t","addDestinations":[{"protocol":"mpegts","url":"tcp://127.0.0.1:5001"}],"removeDestinations":[{"url":"rtmp://a.example/live","streamKey":"k"},0],"trackIds":[1],"variantNames":[]}"#,
+        ),
+        (
+            "create-apps",
+            2,
+            r#"[{"name":"live","openPublish":true,"callbacks":{"publish":[{"url":"http://127.0.0.1/p","format":"old"}],"authorize":{"url":"http://127.0.0.1/a","timeoutMs":500},"status":[{"url":"http://127.0.0.1/s","secret":"x"}]}},{"name":"b"}]"#,
+        ),
+        (
+            "patch-app",
+            3,
+            r#"{"openPublish":false,"callbacks":{"publish":[{"url":"http://127.0.0.1/p"}],"status":[]}}"#,
+        ),
+        ("empty", 0, " "),
+    ];
+    for (name, op, body) in seeds {
+        write("rest_json", name, op, body.as_bytes());
+    }
+}

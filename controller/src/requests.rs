@@ -1,0 +1,156 @@
+//! The gateway's request bodies: bytes → JSON → the typed requests of [`Pushes`] and
+//! [`Apps`](crate::apps::Apps). Pure (no store, no socket), so the one place where the
+//! REST API reads what a client sent can be fuzzed as a whole (`fuzz/`, target
+//! `rest_json`) and tested without HTTP.
+//!
+//! The OME contract is lenient about shapes: a field of the wrong type counts as missing
+//! (and then the action's own check names it), never as a parse error.
+//!
+//! [`Pushes`]: crate::pushes::Pushes
+
+use pushcast_proto::ApiError;
+use pushcast_proto::model::{AppConfig, Callbacks};
+use serde_json::{Map, Value};
+
+use crate::apps::AppPatch;
+use crate::pushes::{DestinationRef, DestinationRequest, StartPush, UpdatePush};
+
+/// A body as JSON of any shape (app creation takes an object or an array); empty or
+/// blank is `{}`. The size bound is the transport's ([`MAX_BODY`](crate::gateway::MAX_BODY)).
+pub fn body(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("[JSON] {e}")))
+}
+
+/// A body that must be a JSON object; empty is `{}`.
+pub fn object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match body(bytes)? {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::bad_request(
+            "[JSON] Request body must be a JSON object",
+        )),
+    }
+}
+
+/// The body of `PATCH /v1/vhosts/{vhost}/apps/{app}`.
+pub fn app_patch(obj: &Map<String, Value>) -> Result<AppPatch, ApiError> {
+    let v = Value::Object(obj.clone());
+    Ok(AppPatch {
+        open_publish: obj.get("openPublish").and_then(Value::as_bool),
+        callbacks: callbacks(&v)?,
+    })
+}
+
+pub fn app(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
+    let name = str_field(v, "name")
+        .ok_or_else(|| ApiError::bad_request("There is no required parameter [ name]"))?;
+    Ok(AppConfig {
+        vhost: vhost.to_string(),
+        name,
+        open_publish: v
+            .get("openPublish")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        callbacks: callbacks(v)?.unwrap_or_default(),
+    })
+}
+
+/// The `callbacks` object of an app body (or of a PATCH), when present.
+pub fn callbacks(v: &Value) -> Result<Option<Callbacks>, ApiError> {
+    match v.get("callbacks") {
+        None | Some(Value::Null) => Ok(None),
+        Some(c) => Callbacks::from_ome_json(c)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("Invalid callbacks: {e}"))),
+    }
+}
+
+/// A string field; anything else (number, null, object) counts as missing.
+fn str_field(v: &Value, name: &str) -> Option<String> {
+    v.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+pub fn start_push(obj: &Map<String, Value>) -> StartPush {
+    let body = Value::Object(obj.clone());
+    let stream = body.get("stream").filter(|s| s.is_object());
+    // `tracks` is the old name of `trackIds`.
+    let track_ids = int_list(stream.and_then(|s| s.get("trackIds").or_else(|| s.get("tracks"))))
+        .unwrap_or_default();
+    StartPush {
+        id: str_field(&body, "id"),
+        stream_name: stream.and_then(|s| str_field(s, "name")),
+        track_ids,
+        variant_names: string_list(stream.and_then(|s| s.get("variantNames"))),
+        protocol: str_field(&body, "protocol"),
+        url: str_field(&body, "url"),
+        stream_key: str_field(&body, "streamKey"),
+        destinations: destinations(body.get("destinations")),
+    }
+}
+
+/// The integers of a JSON array (other items skipped); `None` when it is not an array.
+fn int_list(v: Option<&Value>) -> Option<Vec<i64>> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+}
+
+/// The strings of a JSON array (other items skipped); empty when it is not an array.
+fn string_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `[{protocol, url, streamKey, variantNames?}, ...]`; anything but an object in the
+/// array counts as a destination with every field missing.
+fn destinations(v: Option<&Value>) -> Vec<DestinationRequest> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|d| DestinationRequest {
+                    protocol: str_field(d, "protocol"),
+                    url: str_field(d, "url"),
+                    stream_key: str_field(d, "streamKey"),
+                    variant_names: string_list(d.get("variantNames")),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `{"id", "addDestinations": [...], "removeDestinations": [<{url,streamKey}> or index],
+/// "variantNames"?, "trackIds"?}`.
+pub fn update_push(obj: &Map<String, Value>) -> UpdatePush {
+    let remove = obj
+        .get("removeDestinations")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|r| match r.as_u64() {
+                    Some(i) => DestinationRef::Index(usize::try_from(i).unwrap_or(usize::MAX)),
+                    None => DestinationRef::Address {
+                        url: str_field(r, "url").unwrap_or_default(),
+                        stream_key: str_field(r, "streamKey").unwrap_or_default(),
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    UpdatePush {
+        id: obj.get("id").and_then(Value::as_str).map(str::to_string),
+        add: destinations(obj.get("addDestinations")),
+        remove,
+        variant_names: obj
+            .get("variantNames")
+            .filter(|v| v.is_array())
+            .map(|v| string_list(Some(v))),
+        track_ids: int_list(obj.get("trackIds")),
+    }
+}
