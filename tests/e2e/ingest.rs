@@ -229,8 +229,9 @@ async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
 }
 
 /// 2,000 hostile connections: 1,500 half-handshakes from one address (over the
-/// per-address cap), 250 that declare a 16 MB message before any publish, 250 that send
-/// garbage after the handshake (those from 125 addresses each, two per address).
+/// per-address cap), 200 that declare a 16 MB message before any publish, 150 that send
+/// garbage after the handshake, 150 that trickle a command a byte at a time and never
+/// publish (those from many addresses, two per address).
 async fn attack(target: std::net::SocketAddr) -> Attack {
     use tokio::io::AsyncWriteExt;
     let mut held = Vec::new();
@@ -242,7 +243,7 @@ async fn attack(target: std::net::SocketAddr) -> Attack {
             held.push(s);
         }
     }
-    let oversized = (0..250).map(|i| async move {
+    let oversized = (0..200).map(|i| async move {
         let mut s = connect_from([127, 0, 2, (i / 2 + 1) as u8], target)
             .await
             .ok()?;
@@ -261,7 +262,7 @@ async fn attack(target: std::net::SocketAddr) -> Attack {
         }
         Some(closed_within(&mut s, Duration::from_secs(5)).await)
     });
-    let garbage = (0..250u32).map(|i| async move {
+    let garbage = (0..150u32).map(|i| async move {
         let mut s = connect_from([127, 0, 3, (i / 2 + 1) as u8], target)
             .await
             .ok()?;
@@ -271,12 +272,38 @@ async fn attack(target: std::net::SocketAddr) -> Attack {
         let _ = s.write_all(&bytes).await;
         Some(closed_within(&mut s, Duration::from_secs(12)).await)
     });
-    let (a, b) = futures::future::join(
+    let trickle = (0..150u32).map(|i| async move {
+        let mut s = connect_from([127, 0, 4, (i / 2 + 1) as u8], target)
+            .await
+            .ok()?;
+        handshake_async(&mut s).await.ok()?;
+        // A command message header declaring 200 bytes, then its body a byte every
+        // 250 ms: never complete, so never a publish; the admission deadline (10 s)
+        // closes it.
+        s.write_all(&[0x03, 0, 0, 0, 0, 0, 200, 0x14, 0, 0, 0, 0])
+            .await
+            .ok()?;
+        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut probe = [0u8; 64];
+        while tokio::time::Instant::now() < until {
+            if s.write_all(&[0x02]).await.is_err() {
+                return Some(true);
+            }
+            use tokio::io::AsyncReadExt;
+            match tokio::time::timeout(Duration::from_millis(250), s.read(&mut probe)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(true),
+                _ => {}
+            }
+        }
+        Some(false)
+    });
+    let (a, b, c) = futures::future::join3(
         futures::future::join_all(oversized),
         futures::future::join_all(garbage),
+        futures::future::join_all(trickle),
     )
     .await;
-    for closed in a.into_iter().chain(b).flatten() {
+    for closed in a.into_iter().chain(b).chain(c).flatten() {
         result.opened += 1;
         result.closed += usize::from(closed);
     }
@@ -295,7 +322,7 @@ fn refused(metrics: &str, reason: &str) -> f64 {
 }
 
 /// 2,000 hostile ingest connections (half-handshakes over the per-address cap, 16 MB
-/// messages declared before any publish, garbage) while a real publish is pushed: the
+/// messages declared before any publish, garbage, slow trickles) while a real publish is pushed: the
 /// push keeps every frame, the worker's memory grows by less than 64 MB, every oversized
 /// or garbage connection is closed, and the refusals show in `/metrics` by reason.
 #[tokio::test(flavor = "multi_thread")]
@@ -372,7 +399,9 @@ async fn hostile_ingest_connections_do_not_hurt_a_live_push() {
     // The oversized ones, and the garbage whose first header happened to declare more
     // than 64 KiB.
     let too_large = refused(&metrics, "message too large");
-    assert!(too_large >= 250.0, "{metrics}");
+    assert!(too_large >= 200.0, "{metrics}");
+    let too_slow = refused(&metrics, "no publish in time");
+    assert!(too_slow >= 150.0, "the trickling ones: {metrics}");
     let bounded: f64 = [
         "message too large",
         "protocol error",
