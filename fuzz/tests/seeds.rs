@@ -10,6 +10,9 @@ use pushcast_rtmp::{
     Amf0Value, ClientConfig, ClientConnection, ServerConfig, ServerConnection, ServerEvent, amf0,
 };
 
+/// A side's handshake bytes: C0/S0, then C1+C2 or S1+S2.
+const HANDSHAKE: usize = 1 + 2 * 1536;
+
 fn flat(segments: Vec<Bytes>) -> Vec<u8> {
     segments.concat()
 }
@@ -80,14 +83,34 @@ fn write_seeds() {
         client.send_frame(&f).expect("frame");
     }
     to_server.extend_from_slice(&flat(client.take_outbound()));
-    write("server_session", "publish", 255, &to_server);
+    // Step 127 (whole messages at a time) and 1 (byte by byte); with the high bit set,
+    // the target does the handshake and the seed starts after it.
+    write("server_session", "publish", 127, &to_server);
     write("server_session", "publish-bytewise", 1, &to_server);
-    write("client_session", "publish", 255, &to_client);
+    write(
+        "server_session",
+        "after-handshake",
+        0x80 | 127,
+        &to_server[HANDSHAKE..],
+    );
+    write(
+        "server_session",
+        "after-handshake-bytewise",
+        0x80 | 1,
+        &to_server[HANDSHAKE..],
+    );
+    write("client_session", "publish", 127, &to_client);
+    write(
+        "client_session",
+        "after-handshake",
+        0x80 | 127,
+        &to_client[HANDSHAKE..],
+    );
     write(
         "chunk_decoder",
         "after-handshake",
         200,
-        &to_server[1537 + 1536..],
+        &to_server[HANDSHAKE..],
     );
     let connect = [
         Amf0Value::string("connect"),

@@ -366,7 +366,7 @@ async fn hostile_ingest_connections_do_not_hurt_a_live_push() {
     assert_eq!(attack.opened, 2000, "{attack:?}");
     assert_eq!(
         attack.closed, 500,
-        "every oversized and garbage connection was closed: {attack:?}"
+        "every oversized, garbage and trickling connection was closed: {attack:?}"
     );
     assert_eq!(
         (
