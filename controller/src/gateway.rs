@@ -359,6 +359,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::http::Request;
+    use pushcast_proto::model::{AppConfig, Callbacks};
     use pushcast_store::embedded::EmbeddedStore;
     use tower::ServiceExt;
 
@@ -607,33 +608,5 @@ mod tests {
             .await;
         assert_eq!(status, 200);
         assert!(text.contains(r#""id":"t""#), "{text}");
-    }
-
-    #[tokio::test]
-    async fn update_push_reads_indexes_and_addresses() {
-        let obj = json!({"id": "t", "addDestinations": [{"protocol": "rtmp", "url": "rtmp://h/a",
-            "streamKey": "k", "variantNames": ["bypass_video", 3]}],
-            "removeDestinations": [1, {"url": "rtmp://h/b", "streamKey": "k2"}, "junk"],
-            "trackIds": [101]});
-        let up = requests::update_push(obj.as_object().unwrap());
-        assert_eq!(up.id.as_deref(), Some("t"));
-        assert_eq!(up.add.len(), 1);
-        assert_eq!(up.add[0].variant_names, ["bypass_video"]);
-        assert_eq!(
-            up.remove,
-            [
-                DestinationRef::Index(1),
-                DestinationRef::Address {
-                    url: "rtmp://h/b".into(),
-                    stream_key: "k2".into()
-                },
-                DestinationRef::Address {
-                    url: String::new(),
-                    stream_key: String::new()
-                },
-            ]
-        );
-        assert_eq!(up.track_ids, Some(vec![101]));
-        assert_eq!(up.variant_names, None, "absent: the selection is kept");
     }
 }

@@ -154,3 +154,40 @@ pub fn update_push(obj: &Map<String, Value>) -> UpdatePush {
         track_ids: int_list(obj.get("trackIds")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn update_push_reads_indexes_and_addresses() {
+        let obj = json!({"id": "t", "addDestinations": [{"protocol": "rtmp", "url": "rtmp://h/a",
+            "streamKey": "k", "variantNames": ["bypass_video", 3]}],
+            "removeDestinations": [1, {"url": "rtmp://h/b", "streamKey": "k2"}, "junk"],
+            "trackIds": [101]});
+        let up = update_push(obj.as_object().unwrap());
+        assert_eq!(up.id.as_deref(), Some("t"));
+        assert_eq!(up.add.len(), 1);
+        assert_eq!(up.add[0].variant_names, ["bypass_video"]);
+        assert_eq!(
+            up.remove,
+            [
+                DestinationRef::Index(1),
+                DestinationRef::Address {
+                    url: "rtmp://h/b".into(),
+                    stream_key: "k2".into()
+                },
+                DestinationRef::Address {
+                    url: String::new(),
+                    stream_key: String::new()
+                },
+            ]
+        );
+        assert_eq!(up.track_ids, Some(vec![101]));
+        assert_eq!(up.variant_names, None, "absent: the selection is kept");
+    }
+}

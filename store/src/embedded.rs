@@ -817,6 +817,16 @@ impl Store for EmbeddedStore {
         }
     }
 
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
+        let leases = lock(&self.inner.leases);
+        let now = Instant::now();
+        Ok(leases
+            .map
+            .get(&lease)
+            .filter(|l| l.deadline > now)
+            .map(|l| l.deadline - now))
+    }
+
     async fn revision(&self) -> Result<i64> {
         Ok(self.inner.revision.load(Ordering::SeqCst))
     }

@@ -516,6 +516,17 @@ impl Store for EtcdStore {
         .await?
     }
 
+    async fn lease_ttl(&self, id: LeaseId) -> Result<Option<Duration>> {
+        let resp = self
+            .call("lease time-to-live", || {
+                let mut lease = self.lease.clone();
+                async move { lease.time_to_live(id, None).await }
+            })
+            .await?;
+        // etcd answers -1 for a lease that expired or never was.
+        Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs))
+    }
+
     async fn revision(&self) -> Result<i64> {
         let resp = self
             .call("revision", || {

@@ -243,6 +243,10 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a lease, deleting its keys at once (in one revision).
     /// [`StoreError::LeaseNotFound`] if it does not exist, as in etcd.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+    /// How long a lease has left before it expires; `None` when it is gone. etcd counts
+    /// in whole seconds (rounded down), the embedded store exactly. Used to tell whether
+    /// a lease's holder renewed it between two looks.
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>>;
     /// Current revision of the store.
     async fn revision(&self) -> Result<i64>;
 }

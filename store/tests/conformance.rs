@@ -90,6 +90,7 @@ conformance!(
     lease_expiry_deletes_keys,
     keep_alive_extends_the_lease,
     revoke_deletes_at_once,
+    lease_ttl_counts_down_and_ends_with_the_lease,
     keep_alive_after_expiry_is_lease_not_found,
     unknown_lease_is_lease_not_found,
     put_without_lease_detaches_the_key,
@@ -503,6 +504,19 @@ mod suite {
         // Without keep-alives it goes.
         let mut watch = s.watch("workers/", 0).await.unwrap();
         assert_eq!(delete_of(&next_event(&mut watch).await).0, "workers/w1");
+    }
+
+    pub async fn lease_ttl_counts_down_and_ends_with_the_lease(s: Arc<dyn Store>) {
+        let lease = s.grant_lease(Duration::from_secs(60)).await.unwrap();
+        let ttl = s.lease_ttl(lease).await.unwrap().expect("a live lease");
+        // etcd rounds down to whole seconds; the embedded store is exact.
+        assert!(
+            ttl <= Duration::from_secs(60) && ttl >= Duration::from_secs(58),
+            "{ttl:?}"
+        );
+        s.revoke_lease(lease).await.unwrap();
+        assert_eq!(s.lease_ttl(lease).await.unwrap(), None, "revoked");
+        assert_eq!(s.lease_ttl(987_654_321).await.unwrap(), None, "never was");
     }
 
     pub async fn revoke_deletes_at_once(s: Arc<dyn Store>) {

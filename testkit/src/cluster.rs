@@ -98,7 +98,12 @@ impl Cluster {
             controllers: Vec::new(),
             controller_alive: Vec::new(),
             workers: Vec::new(),
-            nginx: Nginx::start(),
+            // A pusher that froze (SIGSTOP) is dropped after 2 s, as platforms drop a
+            // stalled ingest.
+            nginx: Nginx::start_with(crate::nginx::NginxOptions {
+                drop_idle_publisher: Some(Duration::from_secs(2)),
+                ..Default::default()
+            }),
             leader_ttl_secs: 3,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -163,6 +168,44 @@ impl Cluster {
     pub fn kill9_worker(&mut self, i: usize) {
         self.workers[i].proc.kill9();
         self.workers[i].alive = false;
+    }
+
+    /// SIGSTOP of worker `i`: a frozen process (its kernel still accepts connections on
+    /// its ports; nothing answers).
+    pub fn pause_worker(&self, i: usize) {
+        self.workers[i].proc.signal("STOP");
+    }
+
+    /// SIGCONT of worker `i`.
+    pub fn resume_worker(&self, i: usize) {
+        self.workers[i].proc.signal("CONT");
+    }
+
+    /// Waits until the nginx recording of every key of `keys` differs from its size in
+    /// `before` (grown, or restarted by a new publish); how long that took.
+    pub async fn wait_recordings_change(
+        &self,
+        keys: &[String],
+        before: &[u64],
+        timeout: Duration,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let changed = keys.iter().zip(before).all(|(k, b)| {
+                let n = self.recording_size(k);
+                n > 0 && n != *b
+            });
+            if changed {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{} nginx recordings did not change within {timeout:?}\n{}",
+                keys.len(),
+                self.logs_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// SIGKILL of controller `i`.

@@ -19,6 +19,10 @@ pub struct NginxOptions {
     pub on_publish: Option<String>,
     /// Listen on this port instead of a free one (e.g. a destination that comes up late).
     pub port: Option<u16>,
+    /// `drop_idle_publisher`: closes a publisher that sent nothing for this long, as the
+    /// big platforms do with a stalled ingest (a frozen pusher then does not hold the
+    /// stream key forever).
+    pub drop_idle_publisher: Option<Duration>,
 }
 
 /// A running nginx-rtmp on 127.0.0.1 with `application live { live on; record all; }`.
@@ -48,6 +52,10 @@ impl Nginx {
             .on_publish
             .map(|u| format!("on_publish {u};"))
             .unwrap_or_default();
+        let idle = options
+            .drop_idle_publisher
+            .map(|d| format!("drop_idle_publisher {}ms;", d.as_millis()))
+            .unwrap_or_default();
         let record = "{prefix}/record";
         let body = format!(
             "rtmp {{\n\
@@ -59,6 +67,7 @@ impl Nginx {
                    record all;\n\
                    record_path {record};\n\
                    {on_publish}\n\
+                   {idle}\n\
                  }}\n\
                }}\n\
              }}\n"

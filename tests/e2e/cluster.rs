@@ -81,15 +81,18 @@ async fn thirty_tasks_from_three_workers_all_push() {
     c.assert_no_double_publish();
 }
 
+/// kill -9 of the ingest worker, the encoder reconnecting at once to another worker,
+/// default settings (5 s lease): the encoder is admitted at its first attempt — an
+/// ffmpeg that does not retry — because the dead worker (nothing listens on its port
+/// any more) has its lease revoked instead of waited out; the tasks push again from the
+/// new worker, and no destination ever has two publishers.
 #[tokio::test(flavor = "multi_thread")]
-async fn worker_kill9_tasks_follow_the_republished_stream() {
+async fn worker_kill9_the_reconnecting_encoder_is_admitted_at_once() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(Etcd::start()).await;
     c.add_controller().await;
-    let opts = WorkerOpts {
-        lease_ttl_secs: WORKER_TTL,
-        ..WorkerOpts::default()
-    };
+    let opts = WorkerOpts::default();
+    let ttl = secs(opts.lease_ttl_secs);
     c.add_worker(opts.clone()).await;
     c.add_worker(opts).await;
     c.wait_for_leader(secs(15)).await;
@@ -102,27 +105,136 @@ async fn worker_kill9_tasks_follow_the_republished_stream() {
     c.wait_started_on(0, &ids, Some("w0"), secs(30)).await;
     c.wait_recordings_grow(&keys, secs(10)).await;
 
-    // The ingest worker dies; the encoder reconnects to the other worker (retrying while
-    // the dead worker's stream is still registered under its unexpired lease).
     let t_kill = Instant::now();
     c.kill9_worker(0);
     first.stop();
-    let second = Publisher::start(&c.workers[1].ingest_url("cam"), &c.path().join("p2.log"));
-    let moved = c.wait_started_on(0, &ids, Some("w1"), secs(30)).await;
-    let took = t_kill.elapsed();
-    c.wait_counters_move(0, &ids, &moved, secs(10)).await;
-    c.wait_recordings_grow(&keys, secs(10)).await;
-    println!(
-        "MEASURED worker kill -9 to bytes flowing from the new worker: {took:?} \
-         (worker lease TTL {WORKER_TTL} s, publisher attempts {})",
-        second.attempts()
-    );
-    // The encoder gets in once the dead worker's lease expires (the TTL, plus etcd's
-    // expiry sweep), then the scheduler and the push take a moment.
+    // What the destination has from the dead worker, once nginx has closed it.
+    c.wait_recordings_stop(&keys, Duration::from_millis(300), secs(10))
+        .await;
+    let before: Vec<u64> = keys.iter().map(|k| c.recording_size(k)).collect();
+    // The encoder reconnects once, to the other worker, while the dead one's stream is
+    // still registered under its unexpired lease.
+    let reconnect = t_kill.elapsed();
     assert!(
-        took < secs(WORKER_TTL + 3),
-        "pushing again {took:?} after the kill; the lease TTL is {WORKER_TTL} s"
+        reconnect < ttl,
+        "the lease must still be live: {reconnect:?}"
     );
+    let log = c.path().join("p2.log");
+    let mut second = pushcast_testkit::ffmpeg::publish_file(
+        &pushcast_testkit::media::test_media().flv,
+        &c.workers[1].ingest_url("cam"),
+        -1,
+        &log,
+    );
+    let took = c.wait_recordings_change(&keys, &before, secs(30)).await;
+    println!(
+        "MEASURED worker kill -9, encoder reconnecting at once to another worker: bytes at \
+         the destination {took:?} after the reconnect ({:?} after the kill; lease TTL {ttl:?})",
+        t_kill.elapsed()
+    );
+    assert!(
+        second.try_status().is_none(),
+        "the encoder was admitted: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        !c.log_lines("w1", "revoking its lease").is_empty(),
+        "w1 revoked the dead worker's lease"
+    );
+    // Waiting the lease out would take at least what was left of the TTL.
+    assert!(
+        reconnect + took < ttl,
+        "pushing again {took:?} after the reconnect: the lease was waited out"
+    );
+    c.wait_started_on(0, &ids, Some("w1"), secs(30)).await;
+    c.assert_no_double_publish();
+}
+
+/// A frozen ingest worker (SIGSTOP: its kernel still accepts connections, nothing
+/// answers) cannot be told from a partitioned one: an encoder publishing its stream to
+/// another worker is held — not refused — until the frozen worker's lease expires, then
+/// admitted; while the worker answered, the same publish was refused. When the frozen
+/// worker wakes up it finds its lease gone, fences, and ends its stale publisher: no
+/// destination ever has two publishers.
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_worker_the_publish_is_held_until_its_lease_expires() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(Etcd::start()).await;
+    c.add_controller().await;
+    let opts = WorkerOpts::default();
+    let ttl = secs(opts.lease_ttl_secs);
+    c.add_worker(opts.clone()).await;
+    c.add_worker(opts).await;
+    c.wait_for_leader(secs(15)).await;
+
+    let (ids, keys) = names("frz", 3);
+    for n in 0..3 {
+        c.start_push(0, &ids[n], "frz", &keys[n]).await;
+    }
+    let media = pushcast_testkit::media::test_media();
+    let mut first = Publisher::start(&c.workers[0].ingest_url("frz"), &c.path().join("p1.log"));
+    c.wait_started_on(0, &ids, Some("w0"), secs(30)).await;
+
+    // w0 answers: the stream really is live there.
+    let dup_log = c.path().join("dup.log");
+    let mut dup = pushcast_testkit::ffmpeg::publish_file(
+        &media.flv,
+        &c.workers[1].ingest_url("frz"),
+        0,
+        &dup_log,
+    );
+    assert!(
+        dup.wait_exit(secs(10)).is_some(),
+        "the duplicate is refused"
+    );
+    let dup_said = std::fs::read_to_string(&dup_log).unwrap_or_default();
+    assert!(dup_said.contains("ExistStreamName"), "{dup_said}");
+
+    c.pause_worker(0);
+    let t_pause = Instant::now();
+    first.stop();
+    c.wait_recordings_stop(&keys, Duration::from_millis(300), secs(10))
+        .await;
+    let before: Vec<u64> = keys.iter().map(|k| c.recording_size(k)).collect();
+    let log = c.path().join("p2.log");
+    let t_publish = Instant::now();
+    let mut second = pushcast_testkit::ffmpeg::publish_file(
+        &media.flv,
+        &c.workers[1].ingest_url("frz"),
+        -1,
+        &log,
+    );
+    let took = c.wait_recordings_change(&keys, &before, secs(30)).await;
+    println!(
+        "MEASURED frozen ingest worker: the new publish held, bytes at the destination \
+         {took:?} after it ({:?} after the freeze; lease TTL {ttl:?})",
+        t_pause.elapsed()
+    );
+    assert!(
+        second.try_status().is_none(),
+        "held, then admitted: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!c.log_lines("w1", "holding the publish").is_empty());
+    assert!(
+        c.log_lines("w1", "revoking its lease").is_empty(),
+        "never revoked"
+    );
+    // Held until the lease expired: not before what was left of it could have run out
+    // (renewed every TTL/3, so at least 2/3 of the TTL was left at the freeze).
+    assert!(
+        t_publish.elapsed() >= ttl * 2 / 3 - (t_publish - t_pause),
+        "admitted after {:?}, before the frozen worker's lease could expire",
+        t_publish.elapsed()
+    );
+    c.wait_started_on(0, &ids, Some("w1"), secs(30)).await;
+
+    c.resume_worker(0);
+    wait_for("w0 to end its stale publisher", secs(15), || async {
+        (!c.log_lines("w0", "fenced").is_empty()).then_some(())
+    })
+    .await;
+    c.wait_recordings_grow(&keys, secs(10)).await;
     c.assert_no_double_publish();
 }
 

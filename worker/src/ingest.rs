@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_proto::keys;
-use pushcast_proto::model::{AppConfig, FORWARD_APP, LiveStream};
+use pushcast_proto::model::{AppConfig, FORWARD_APP, LiveStream, WorkerInfo};
 use pushcast_proto::publish_keys::lookup_hash;
 use pushcast_proto::secret::redact;
 use pushcast_proto::time;
 use pushcast_runtime::CancellationToken;
-use pushcast_store::{Compare, Op, Store, Txn};
+use pushcast_store::{Compare, Op, Store, StoreError, Txn, WatchEvent};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -39,6 +39,7 @@ use pushcast_webhooks::{
 use crate::hub::{Hub, Source, StreamId};
 use crate::ingest_limits::{IngestLimits, Slot};
 use crate::lease::Lease;
+use crate::stale;
 use pushcast_rtmp::{
     PublishRequest, RejectCode, RtmpError, ServerConfig, ServerConnection, ServerEvent,
 };
@@ -159,6 +160,16 @@ pub enum Refusal {
     /// The stream is live already (here or on another worker).
     #[error("ExistStreamName: {0}")]
     StreamInUse(String),
+    /// The stream is registered on a worker that did not answer, and its lease did not
+    /// expire while the publisher was held.
+    #[error(
+        "ExistStreamName: {stream} is registered on worker {worker}, which did not answer, and its lease did not expire within {waited:?}"
+    )]
+    StreamHeld {
+        stream: String,
+        worker: String,
+        waited: Duration,
+    },
     /// The store could not be asked.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -171,7 +182,7 @@ impl Refusal {
     /// The `onStatus` code the encoder sees.
     pub fn code(&self) -> RejectCode {
         match self {
-            Refusal::StreamInUse(_) => RejectCode::BadName,
+            Refusal::StreamInUse(_) | Refusal::StreamHeld { .. } => RejectCode::BadName,
             _ => RejectCode::Denied,
         }
     }
@@ -185,7 +196,7 @@ impl Refusal {
                 "AuthencationFailed"
             }
             Refusal::BadForwardName => "bad relay stream name",
-            Refusal::StreamInUse(_) => "ExistStreamName",
+            Refusal::StreamInUse(_) | Refusal::StreamHeld { .. } => "ExistStreamName",
             Refusal::Unavailable(_) => "service unavailable",
             Refusal::Internal(_) => "internal error",
         }
@@ -410,11 +421,26 @@ impl Ingest {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             for (key, value) in entries {
+                let record = serde_json::from_slice::<LiveStream>(&value).ok();
                 let txn = Txn::new()
                     .when(Compare::Absent(key.clone()))
                     .and_then(Op::put_with_lease(key.clone(), value, lease));
-                if let Err(e) = self.store.txn(txn).await {
-                    tracing::warn!(error = %e, "cannot register a live stream under the new lease");
+                match self.store.txn(txn).await {
+                    Ok(r) if r.succeeded => {}
+                    // Another worker admitted the stream while this one was cut off or
+                    // frozen (its lease expired or was revoked): the stream is live there
+                    // now, so the publisher here is a stale one; end it.
+                    Ok(_) => {
+                        if let Some(l) = record {
+                            tracing::warn!(app = %l.app, stream = %l.stream,
+                                "the stream is live on another worker now; ending its publisher here");
+                            self.publishers
+                                .disconnect(&StreamId::new(l.vhost, l.app, l.stream));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot register a live stream under the new lease");
+                    }
                 }
             }
         }
@@ -507,17 +533,25 @@ impl Ingest {
         let value = serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
         let store_key = keys::stream(&vhost, &req.app, &stream);
         let exist = || Refusal::StreamInUse(stream.clone());
-        let txn = Txn::new()
-            .when(Compare::Absent(store_key.clone()))
-            .and_then(Op::put_with_lease(
-                store_key.clone(),
-                value.clone(),
-                self.lease.id(),
-            ));
-        match self.store.txn(txn).await {
-            Ok(r) if r.succeeded => {}
-            Ok(_) => return Err(exist()),
-            Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+        // Once more after the stream's holder was found gone (or its lease expired).
+        let mut settled = false;
+        loop {
+            let txn = Txn::new()
+                .when(Compare::Absent(store_key.clone()))
+                .and_then(Op::put_with_lease(
+                    store_key.clone(),
+                    value.clone(),
+                    self.lease.id(),
+                ));
+            match self.store.txn(txn).await {
+                Ok(r) if r.succeeded => break,
+                Ok(_) if !settled => {
+                    self.settle_holder(&store_key, &stream).await?;
+                    settled = true;
+                }
+                Ok(_) => return Err(exist()),
+                Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+            }
         }
         match self.hub.publish(key) {
             Ok(source) => {
@@ -539,6 +573,89 @@ impl Ingest {
             Err(_) => {
                 let _ = self.store.delete(&store_key).await;
                 Err(exist())
+            }
+        }
+    }
+
+    /// The stream is registered already: decides whether its holder is gone (revoke its
+    /// lease), live (refuse), or cannot be told (hold until its lease expires), as
+    /// [`stale`] describes. `Ok` when the record is gone and the publish may try again.
+    async fn settle_holder(&self, store_key: &str, stream: &str) -> Result<(), Refusal> {
+        let unavailable = |e: StoreError| Refusal::Unavailable(e.to_string());
+        let exist = || Refusal::StreamInUse(stream.to_string());
+        let Some(kv) = self.store.get(store_key).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let holder = match serde_json::from_slice::<LiveStream>(&kv.value) {
+            Ok(h) if h.worker != self.node_id && kv.lease != 0 => h.worker,
+            // Live here, or a record no worker owns: nothing to decide.
+            _ => return Err(exist()),
+        };
+        let registration = self
+            .store
+            .get(&keys::worker(&holder))
+            .await
+            .map_err(unavailable)?
+            .and_then(|r| serde_json::from_slice::<WorkerInfo>(&r.value).ok());
+        let Some(before) = self.store.lease_ttl(kv.lease).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let probe = match &registration {
+            Some(r) => Some(stale::probe(&r.grpc_addr, stale::PROBE_TIMEOUT).await),
+            None => None,
+        };
+        let Some(after) = self.store.lease_ttl(kv.lease).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let verdict = stale::decide(registration.is_some(), probe, after > before);
+        let decision = match verdict {
+            stale::Verdict::Revoke => "revoked",
+            stale::Verdict::Refuse => "refused",
+            stale::Verdict::Hold => "held",
+        };
+        metrics::counter!("pushcast_ingest_stale_streams_total", "decision" => decision)
+            .increment(1);
+        match verdict {
+            stale::Verdict::Refuse => Err(exist()),
+            stale::Verdict::Revoke => {
+                tracing::warn!(%stream, worker = %holder, ?probe,
+                    registered = registration.is_some(),
+                    "the stream's worker is gone; revoking its lease");
+                match self.store.revoke_lease(kv.lease).await {
+                    Ok(()) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+            stale::Verdict::Hold => {
+                let waited = after + stale::HOLD_MARGIN;
+                tracing::info!(%stream, worker = %holder, ?probe,
+                    "the stream's worker does not answer; holding the publish until its lease expires (at most {waited:?})");
+                if self.gone_within(store_key, kv.mod_revision, waited).await {
+                    Ok(())
+                } else {
+                    Err(Refusal::StreamHeld {
+                        stream: stream.to_string(),
+                        worker: holder,
+                        waited,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Whether `key` (at `revision`) is deleted within `limit`, as a watch sees it.
+    async fn gone_within(&self, key: &str, revision: i64, limit: Duration) -> bool {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        let Ok(mut events) = self.store.watch(key, revision + 1).await else {
+            return false;
+        };
+        loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(Ok(WatchEvent::Delete { key: k, .. }))) if k == key => return true,
+                Ok(Some(Ok(_))) => continue,
+                // The watch broke or the deadline passed: one last look.
+                _ => return matches!(self.store.get(key).await, Ok(None)),
             }
         }
     }

@@ -6,8 +6,16 @@
 //! session at once — because the store may expire the lease soon and the scheduler will
 //! then give the worker's tasks to another worker; stopping first means two workers never
 //! push the same destination at the same moment. When renewal finds the lease gone, a new
-//! lease is granted and published, so owners of leased keys can write them again; the
-//! fence lifts once a renewal (or a new lease) succeeds.
+//! lease is granted and published, so owners of leased keys can write them again.
+//!
+//! The fence is a **deadline**, not only a flag: each renewal moves "pushes may run until"
+//! to two thirds of the TTL after it, and [`Fence::is_up`] compares it with the clock.
+//! A process that was frozen (SIGSTOP, a stalled VM) wakes up with every timer overdue
+//! and its tasks run in any order; whatever checks the fence first sees it up, before
+//! the renewal task has even run. **After a lost lease** the fence stays up for one more
+//! TTL: by then the worker has seen where the cluster moved its tasks (its watches
+//! deliver the changes at once), so it does not restart a push that is now another
+//! worker's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +29,7 @@ use tokio::time::Instant;
 #[derive(Clone)]
 pub struct Lease {
     rx: watch::Receiver<LeaseId>,
-    fenced: watch::Receiver<bool>,
+    fenced: watch::Receiver<FenceState>,
     /// The renewal task; it revokes the lease at shutdown (see [`Lease::stopped`]).
     task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -35,7 +43,10 @@ impl Lease {
     ) -> Result<Lease, StoreError> {
         let id = store.grant_lease(ttl).await?;
         let (tx, rx) = watch::channel(id);
-        let (fence_tx, fenced) = watch::channel(false);
+        let (fence_tx, fenced) = watch::channel(FenceState {
+            valid_until: Instant::now() + ttl * 2 / 3,
+            held_until: None,
+        });
         let task = tokio::spawn(renew(store, ttl, tx, fence_tx, shutdown));
         Ok(Lease {
             rx,
@@ -70,46 +81,95 @@ impl Lease {
     }
 }
 
+/// What the renewal task last decided: pushes may run until `valid_until` (two thirds
+/// of the TTL after the last renewal), and not before `held_until` (a TTL after a lost
+/// lease was replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FenceState {
+    valid_until: Instant,
+    held_until: Option<Instant>,
+}
+
+impl FenceState {
+    fn up_at(&self, now: Instant) -> bool {
+        now >= self.valid_until || self.held_until.is_some_and(|h| now < h)
+    }
+
+    /// When, with no further news, the fence changes next (`None`: never).
+    fn next_change(&self, now: Instant) -> Option<Instant> {
+        match self.held_until {
+            Some(h) if now < h => Some(h),
+            _ if now < self.valid_until => Some(self.valid_until),
+            _ => None,
+        }
+    }
+}
+
 /// The fence as the pushes see it: while it is up (the lease could not be renewed in
-/// time), no push may run; everything that pushes waits on it the same way.
+/// time, or was lost a moment ago), no push may run; everything that pushes waits on it
+/// the same way, and checks [`Fence::is_up`] before it connects.
 #[derive(Clone)]
-pub struct Fence(watch::Receiver<bool>);
+pub struct Fence(watch::Receiver<FenceState>);
 
 impl Fence {
     /// A fence that stays down (tests, and processes without a lease).
     pub fn down() -> Fence {
-        let (tx, rx) = watch::channel(false);
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let (tx, rx) = watch::channel(FenceState {
+            valid_until: far,
+            held_until: None,
+        });
         // The sender is dropped: the fence can never go up.
         drop(tx);
         Fence(rx)
     }
 
-    /// Whether the fence is up now.
+    /// Whether the fence is up now (by the clock: see the module's doc).
     pub fn is_up(&self) -> bool {
-        *self.0.borrow()
+        self.0.borrow().up_at(Instant::now())
     }
 
     /// Waits until the fence is down; false if `cancel` fired first.
     pub async fn lifted(&mut self, cancel: &CancellationToken) -> bool {
-        while *self.0.borrow_and_update() {
+        loop {
+            let state = *self.0.borrow_and_update();
+            let now = Instant::now();
+            if !state.up_at(now) {
+                return !cancel.is_cancelled();
+            }
+            // Up by the clock until a renewal moves the deadline; up by a hold until the
+            // hold ends.
+            let wake = state.held_until.filter(|h| now < *h);
             tokio::select! {
                 _ = cancel.cancelled() => return false,
-                r = self.0.changed() => if r.is_err() { return false },
+                r = self.0.changed() => if r.is_err() && wake.is_none() { return false },
+                _ = sleep_until_some(wake) => {}
             }
         }
-        !cancel.is_cancelled()
     }
 
     /// Resolves when the fence goes up (never, if it can no longer change).
     pub async fn raised(&mut self) {
+        let mut open = true;
         loop {
-            if *self.0.borrow_and_update() {
+            let state = *self.0.borrow_and_update();
+            let now = Instant::now();
+            if state.up_at(now) {
                 return;
             }
-            if self.0.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            tokio::select! {
+                r = self.0.changed(), if open => if r.is_err() { open = false },
+                _ = sleep_until_some(state.next_change(now)) => {}
             }
         }
+    }
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -117,12 +177,14 @@ async fn renew(
     store: Arc<dyn Store>,
     ttl: Duration,
     tx: watch::Sender<LeaseId>,
-    fence: watch::Sender<bool>,
+    fence: watch::Sender<FenceState>,
     shutdown: CancellationToken,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(200));
     let fence_after = ttl * 2 / 3;
     let mut last_ok = Instant::now();
+    let mut held_until = None;
+    let mut was_up = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -135,7 +197,9 @@ async fn renew(
             Ok(Ok(())) => last_ok = Instant::now(),
             Ok(Err(StoreError::LeaseNotFound(_))) => {
                 tracing::warn!(lease = id, "lease expired; granting a new one");
-                set_fence(&fence, true);
+                // The cluster may have moved this worker's tasks: no push for a TTL.
+                held_until = Some(Instant::now() + ttl);
+                publish_fence(&fence, last_ok + fence_after, held_until, &mut was_up);
                 match store.grant_lease(ttl).await {
                     Ok(new) => {
                         last_ok = Instant::now();
@@ -147,7 +211,7 @@ async fn renew(
             Ok(Err(e)) => tracing::warn!(lease = id, error = %e, "cannot renew the lease"),
             Err(_) => tracing::warn!(lease = id, "renewing the lease timed out"),
         }
-        set_fence(&fence, last_ok.elapsed() >= fence_after);
+        publish_fence(&fence, last_ok + fence_after, held_until, &mut was_up);
     }
     let id = *tx.borrow();
     if let Err(e) = store.revoke_lease(id).await {
@@ -155,16 +219,31 @@ async fn renew(
     }
 }
 
-fn set_fence(fence: &watch::Sender<bool>, on: bool) {
-    if *fence.borrow() != on {
-        if on {
+/// Publishes the fence's deadlines, and logs when it goes up or down (as seen by the
+/// renewal task; the fence itself reads the clock).
+fn publish_fence(
+    fence: &watch::Sender<FenceState>,
+    valid_until: Instant,
+    held_until: Option<Instant>,
+    was_up: &mut bool,
+) {
+    let state = FenceState {
+        valid_until,
+        held_until,
+    };
+    if *fence.borrow() != state {
+        let _ = fence.send(state);
+    }
+    let up = state.up_at(Instant::now());
+    if up != *was_up {
+        if up {
             tracing::warn!(
                 "FENCED: the lease could not be renewed in time; stopping every push session"
             );
         } else {
             tracing::info!("fence lifted: the lease is renewed");
         }
-        let _ = fence.send(on);
+        *was_up = up;
     }
 }
 
@@ -254,6 +333,9 @@ mod tests {
             self.revoked.lock().unwrap().push(lease);
             Ok(())
         }
+        async fn lease_ttl(&self, _: LeaseId) -> pushcast_store::Result<Option<Duration>> {
+            not_here()
+        }
         async fn revision(&self) -> pushcast_store::Result<i64> {
             not_here()
         }
@@ -333,8 +415,27 @@ mod tests {
         ids.changed().await.unwrap();
         assert_eq!(*ids.borrow(), 2, "a new lease, published");
         assert_eq!(t0.elapsed(), TTL / 3, "found at the first renewal");
-        // The new lease renews: the fence is down (again) right after.
+        // Up at once, and held for a TTL (the cluster may have moved the tasks), though
+        // the new lease renews.
+        assert!(fence.is_up());
+        let t1 = Instant::now();
         assert!(fence.lifted(&CancellationToken::new()).await);
+        assert_eq!(t1.elapsed(), TTL, "held for a TTL after the loss");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frozen_process_sees_the_fence_up_before_any_task_runs() {
+        // The renewal task's last word: pushes may run for 2 more seconds.
+        let (tx, rx) = watch::channel(FenceState {
+            valid_until: Instant::now() + Duration::from_secs(2),
+            held_until: None,
+        });
+        let fence = Fence(rx);
+        assert!(!fence.is_up());
+        // Frozen for 3 s: no task ran, nothing was sent; the clock alone raises it.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(fence.is_up());
+        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]

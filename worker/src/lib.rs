@@ -13,6 +13,7 @@ pub mod reconnect;
 pub mod runner;
 pub mod server;
 pub mod service;
+pub mod stale;
 pub mod status;
 pub mod tracks;
 

@@ -19,6 +19,7 @@ use pushcast_retry::{Backoff, BackoffConfig};
 use pushcast_runtime::CancellationToken;
 
 use crate::hub::{Hub, QueueLimits, StreamId, Subscription};
+use crate::lease::Fence;
 use crate::live::TaskLive;
 use crate::push::{self, PushConfig, SessionCounters, SessionEnd, SessionEvent};
 use crate::tracks::{self, TrackSelection};
@@ -30,6 +31,9 @@ pub struct Settings {
     pub push: PushConfig,
     pub queue: QueueLimits,
     pub backoff: BackoffConfig,
+    /// Checked before every connection: a fenced worker opens none (see `lease`), even
+    /// when a loop's retry comes before its runner has seen the fence go up.
+    pub fence: Fence,
 }
 
 /// Which tracks a loop sends.
@@ -119,6 +123,10 @@ impl Loop {
                     return wait_end(source, &this.cancel).await;
                 }
             };
+            let mut fence = settings.fence.clone();
+            if fence.is_up() && !fence.lifted(&this.cancel).await {
+                return SessionEnd::Cancelled;
+            }
             let started = Instant::now();
             // The attempt's own token: cancelling the loop cancels it, unless the stream
             // has already ended (see `finish_or_cancel`).

@@ -474,6 +474,7 @@ mod tests {
                 push: PushConfig::default(),
                 queue: QueueLimits::default(),
                 backoff: BackoffConfig::default(),
+                fence: Fence::down(),
             }),
             store,
             live: LiveTasks::default(),
