@@ -817,6 +817,11 @@ impl Store for EmbeddedStore {
         }
     }
 
+    async fn quorum_lost(&self) -> bool {
+        // In the process itself: there is nothing to lose.
+        false
+    }
+
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         let leases = lock(&self.inner.leases);
         let now = Instant::now();

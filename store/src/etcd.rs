@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -49,6 +50,9 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     timeout: Duration,
+    /// Each member's client URL, asked one by one by [`Store::quorum_lost`].
+    endpoints: Arc<[String]>,
+    options: ConnectOptions,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -82,19 +86,21 @@ impl EtcdStore {
             // A member cut off from the quorum fails calls (and cancels watches) instead
             // of serving stale data.
             .with_require_leader(true);
-        let client =
-            match tokio::time::timeout(request_timeout, Client::connect(endpoints, Some(options)))
-                .await
-            {
-                Ok(Ok(client)) => client,
-                Ok(Err(e)) => return Err(map_err("connect", e)),
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "etcd at {} did not answer within {request_timeout:?}",
-                        endpoints.join(",")
-                    )));
-                }
-            };
+        let client = match tokio::time::timeout(
+            request_timeout,
+            Client::connect(endpoints, Some(options.clone())),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(map_err("connect", e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd at {} did not answer within {request_timeout:?}",
+                    endpoints.join(",")
+                )));
+            }
+        };
         let store = EtcdStore {
             kv: client
                 .kv_client()
@@ -105,6 +111,8 @@ impl EtcdStore {
             client,
             prefix: prefix.to_string(),
             timeout: request_timeout,
+            endpoints: endpoints.into(),
+            options,
         };
         let maintenance = store.client.maintenance_client();
         store
@@ -326,6 +334,52 @@ fn map_err(op: &str, e: etcd_client::Error) -> StoreError {
     }
 }
 
+/// What one etcd member said about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    /// Its port refuses connections: no etcd process there.
+    Dead,
+    /// It answers, without a leader.
+    NoLeader,
+    /// It answers, and follows (or is) a leader.
+    Led,
+    /// No answer in time, or an error that says nothing either way.
+    Unknown,
+}
+
+/// How long one member gets to say what it is (see [`Store::quorum_lost`]).
+const MEMBER_LOOK: Duration = Duration::from_millis(500);
+
+/// Asks one member (a client URL) for its status, on a connection of its own.
+async fn member_state(endpoint: &str, options: ConnectOptions) -> Member {
+    let addr = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let look = async {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Member::Dead,
+            Err(_) => return Member::Unknown,
+            Ok(_) => {}
+        }
+        // The status of the member itself: served without a leader, unlike a read.
+        let options = options.with_require_leader(false);
+        let Ok(mut client) = Client::connect([endpoint], Some(options)).await else {
+            return Member::Unknown;
+        };
+        match client.status().await {
+            Ok(s) if s.leader() == 0 || s.errors().iter().any(|e| e.contains("no leader")) => {
+                Member::NoLeader
+            }
+            Ok(_) => Member::Led,
+            Err(_) => Member::Unknown,
+        }
+    };
+    tokio::time::timeout(MEMBER_LOOK, look)
+        .await
+        .unwrap_or(Member::Unknown)
+}
+
 /// The first lease named by a transaction (to report which one was not found).
 fn first_lease(txn: &Txn) -> LeaseId {
     txn.success
@@ -514,6 +568,24 @@ impl Store for EtcdStore {
             }
         })
         .await?
+    }
+
+    async fn quorum_lost(&self) -> bool {
+        let looks = self
+            .endpoints
+            .iter()
+            .map(|e| member_state(e, self.options.clone()));
+        let states = futures::future::join_all(looks).await;
+        let n = states.len();
+        let out = states
+            .iter()
+            .filter(|s| matches!(s, Member::Dead | Member::NoLeader))
+            .count();
+        let lost = n - out < n / 2 + 1;
+        if lost {
+            tracing::debug!(?states, "etcd has no quorum");
+        }
+        lost
     }
 
     async fn lease_ttl(&self, id: LeaseId) -> Result<Option<Duration>> {

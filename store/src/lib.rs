@@ -247,6 +247,12 @@ pub trait Store: Send + Sync + 'static {
     /// in whole seconds (rounded down), the embedded store exactly. Used to tell whether
     /// a lease's holder renewed it between two looks.
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>>;
+    /// Whether the store can prove that it has no quorum now, so that no lease can expire
+    /// (etcd expires leases only through a leader, and a new leader gives every lease its
+    /// whole TTL again): too many members refuse connections (no process) or answer that
+    /// they have no leader for the rest to elect one. False when it cannot be told — a
+    /// member that does not answer might be in a majority that has a leader.
+    async fn quorum_lost(&self) -> bool;
     /// Current revision of the store.
     async fn revision(&self) -> Result<i64>;
 }

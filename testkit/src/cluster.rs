@@ -72,7 +72,10 @@ impl WorkerProc {
 
 /// The sandbox: etcd, controllers, workers, one nginx-rtmp destination.
 pub struct Cluster {
+    /// etcd (the first member, when there are several: see [`Cluster::start_members`]).
     pub etcd: EtcdProcess,
+    /// The other members of a multi-member etcd (empty for one member).
+    pub etcd_members: Vec<EtcdProcess>,
     pub dir: tempfile::TempDir,
     /// Indexes are stable: a killed controller stays in place (see `controller_alive`).
     pub controllers: Vec<Node>,
@@ -89,8 +92,16 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster on `etcd` with no controller or worker yet, and an nginx destination.
     pub async fn start(etcd: EtcdProcess) -> Cluster {
+        Cluster::start_members(vec![etcd]).await
+    }
+
+    /// A cluster on a multi-member etcd (e.g. [`EtcdProcess::cluster`]`(3)`): every
+    /// controller and worker is given every member's endpoint.
+    pub async fn start_members(mut members: Vec<EtcdProcess>) -> Cluster {
+        let etcd = members.remove(0);
         Cluster {
             etcd,
+            etcd_members: members,
             dir: tempfile::Builder::new()
                 .prefix("pushcast-cluster-")
                 .tempdir()
@@ -119,7 +130,7 @@ impl Cluster {
         let data = self.dir.path().join(&id);
         std::fs::create_dir_all(&data).unwrap();
         let args = vec![
-            format!("--etcd-endpoints={}", self.etcd.endpoint()),
+            format!("--etcd-endpoints={}", self.etcd_endpoints()),
             format!("--access-token={TOKEN}"),
             format!("--node-id={id}"),
             "--rest-addr=127.0.0.1:0".into(),
@@ -144,7 +155,7 @@ impl Cluster {
         let id = format!("w{i}");
         let data = self.dir.path().join(&id);
         std::fs::create_dir_all(&data).unwrap();
-        let etcd = opts.etcd.clone().unwrap_or_else(|| self.etcd.endpoint());
+        let etcd = opts.etcd.clone().unwrap_or_else(|| self.etcd_endpoints());
         let extra = [
             format!("--lease-ttl-secs={}", opts.lease_ttl_secs),
             format!("--max-sessions={}", opts.max_sessions),
@@ -168,6 +179,15 @@ impl Cluster {
     pub fn kill9_worker(&mut self, i: usize) {
         self.workers[i].proc.kill9();
         self.workers[i].alive = false;
+    }
+
+    /// Every etcd member's client URL, comma-separated.
+    pub fn etcd_endpoints(&self) -> String {
+        std::iter::once(&self.etcd)
+            .chain(&self.etcd_members)
+            .map(EtcdProcess::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// SIGSTOP of worker `i`: a frozen process (its kernel still accepts connections on

@@ -19,6 +19,9 @@ pub struct EtcdProcess {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// `--name`, and `--initial-cluster` (every member's `name=peer URL`).
+    name: String,
+    initial_cluster: Option<String>,
 }
 
 impl EtcdProcess {
@@ -40,6 +43,8 @@ impl EtcdProcess {
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
+                name: "n0".into(),
+                initial_cluster: None,
             };
             match etcd.spawn_and_wait() {
                 Ok(()) => return etcd,
@@ -47,6 +52,69 @@ impl EtcdProcess {
             }
         }
         panic!("etcd did not start: {last_error}");
+    }
+
+    /// Starts an etcd cluster of `n` members (`n0`, `n1`, …) on free ports and waits
+    /// until every member is healthy (a member is healthy only once a quorum has elected
+    /// a leader, so all are spawned before any is waited for).
+    pub fn cluster(n: usize) -> Vec<EtcdProcess> {
+        let bin = etcd_binary();
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut members: Vec<EtcdProcess> = (0..n)
+                .map(|i| EtcdProcess {
+                    bin: bin.clone(),
+                    dir: tempfile::Builder::new()
+                        .prefix("etcd-test-")
+                        .tempdir()
+                        .expect("cannot create a temporary directory for etcd"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    child: None,
+                    name: format!("n{i}"),
+                    initial_cluster: None,
+                })
+                .collect();
+            let initial = members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            let spawned: Result<(), String> = members.iter_mut().try_for_each(|m| {
+                m.initial_cluster = Some(initial.clone());
+                m.spawn()
+            });
+            let healthy =
+                spawned.and_then(|()| members.iter_mut().try_for_each(|m| m.wait_healthy()));
+            match healthy {
+                Ok(()) => return members,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("the etcd cluster did not start: {last_error}");
+    }
+
+    /// The client URLs of `members`, comma-separated (pushcast's `--etcd-endpoints`).
+    pub fn endpoints(members: &[EtcdProcess]) -> String {
+        members
+            .iter()
+            .map(EtcdProcess::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Whether the process runs (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts a stopped member again, without waiting: it is healthy only once a quorum
+    /// is back (see [`EtcdProcess::wait_healthy`]).
+    pub fn start_again(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn() {
+            panic!("etcd did not start again: {e}");
+        }
     }
 
     /// The client URL, e.g. `http://127.0.0.1:41234`.
@@ -144,6 +212,11 @@ impl EtcdProcess {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
+        self.spawn()?;
+        self.wait_healthy()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
@@ -154,14 +227,18 @@ impl EtcdProcess {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cannot clone etcd log handle: {e}"))?;
+        let initial = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         let child = Command::new(&self.bin)
-            .arg("--name=n0")
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=n0={peer}"))
+            .arg(format!("--initial-cluster={initial}"))
             .arg("--logger=zap")
             // Short raft timers: etcd's minimum lease TTL is 1.5 election timeouts
             // rounded up to seconds, so this grants a 1 s TTL as 1 s (default: 2 s).
@@ -173,6 +250,11 @@ impl EtcdProcess {
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until `/health` says healthy (a leader is known); kills it on failure.
+    pub fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + HEALTH_DEADLINE;
         loop {
             if let Some(child) = self.child.as_mut()

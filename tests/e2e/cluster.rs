@@ -601,3 +601,83 @@ async fn the_double_publish_detector_sees_two_publishers() {
     .await;
     println!("detector: {}", lines[0]);
 }
+
+/// A three-member etcd. One member killed: the service goes on (a new task is accepted
+/// and starts, the running ones keep pushing). A second one killed: no quorum — a write
+/// answers 503 within the request deadline, and the running pushes keep going for three
+/// lease TTLs (without a leader no lease can expire, and the worker can prove there is
+/// none: it does not fence). The members return: everything converges, the task refused
+/// meanwhile is accepted and starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_member_etcd_one_down_goes_on_two_down_is_503_and_pushes_keep_going() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_members(Etcd::cluster(3)).await;
+    c.add_controller().await;
+    let opts = WorkerOpts::default();
+    let ttl = secs(opts.lease_ttl_secs);
+    c.add_worker(opts).await;
+    c.wait_for_leader(secs(15)).await;
+
+    let (ids, keys) = names("q", 5);
+    for n in 0..3 {
+        c.start_push(0, &ids[n], "q", &keys[n]).await;
+    }
+    let _publisher = Publisher::start(&c.workers[0].ingest_url("q"), &c.path().join("p.log"));
+    c.wait_started_on(0, &ids[..3], Some("w0"), secs(30)).await;
+
+    // One member of three down: the service goes on.
+    c.etcd_members[1].stop();
+    c.start_push(0, &ids[3], "q", &keys[3]).await;
+    c.wait_started_on(0, &ids[..4], Some("w0"), secs(30)).await;
+
+    // Two down: no quorum.
+    c.etcd_members[0].stop();
+    let t_lost = Instant::now();
+    let t = Instant::now();
+    let r = c.controllers[0]
+        .action("startPush", c.push_body(&ids[4], "q", &keys[4]))
+        .await;
+    let answered = t.elapsed();
+    assert_eq!(r.status, 503, "a write without a quorum: {}", r.text);
+    println!("MEASURED etcd without a quorum: startPush answered 503 in {answered:?}");
+    assert!(answered < secs(4), "the request deadline: {answered:?}");
+    let mut rounds = 0;
+    while t_lost.elapsed() < ttl * 3 {
+        c.wait_recordings_grow(&keys[..4], secs(2)).await;
+        rounds += 1;
+    }
+    assert!(
+        c.log_lines("w0", "FENCED").is_empty(),
+        "the worker fenced without a quorum"
+    );
+    assert!(!c.log_lines("w0", "has no quorum").is_empty());
+    println!(
+        "MEASURED etcd without a quorum for {:?}: {rounds} rounds of every recording growing",
+        t_lost.elapsed()
+    );
+
+    // The members return: the cluster converges.
+    c.etcd_members[0].start_again();
+    c.etcd_members[1].start_again();
+    for m in &mut c.etcd_members {
+        m.wait_healthy().unwrap();
+    }
+    let t_back = Instant::now();
+    let body = c.push_body(&ids[4], "q", &keys[4]);
+    wait_for(
+        "startPush accepted with the quorum back",
+        secs(30),
+        || async {
+            let r = c.controllers[0].action("startPush", body.clone()).await;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
+    c.wait_started_on(0, &ids, Some("w0"), secs(30)).await;
+    println!(
+        "MEASURED quorum back to all five tasks started: {:?}",
+        t_back.elapsed()
+    );
+    c.wait_recordings_grow(&keys, secs(10)).await;
+    c.assert_no_double_publish();
+}

@@ -16,6 +16,12 @@
 //! TTL: by then the worker has seen where the cluster moved its tasks (its watches
 //! deliver the changes at once), so it does not restart a push that is now another
 //! worker's.
+//!
+//! **Without a quorum** (etcd members down, the remaining ones without a leader), no
+//! lease can expire and a new leader renews them all: a failed renewal while the store
+//! proves it has no quorum ([`Store::quorum_lost`]) counts as a renewal, so running
+//! pushes keep going through an etcd outage. A partition (members that do not answer)
+//! proves nothing, and fences.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,6 +191,7 @@ async fn renew(
     let mut last_ok = Instant::now();
     let mut held_until = None;
     let mut was_up = false;
+    let mut quorum_gone = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -194,7 +201,12 @@ async fn renew(
         // The renewal may hang while the store is unreachable: never past the fence time.
         let deadline = (last_ok + fence_after).max(Instant::now() + Duration::from_millis(100));
         match tokio::time::timeout_at(deadline, store.keep_alive(id)).await {
-            Ok(Ok(())) => last_ok = Instant::now(),
+            Ok(Ok(())) => {
+                last_ok = Instant::now();
+                if std::mem::take(&mut quorum_gone) {
+                    tracing::info!("the store has a quorum again; the lease is renewed");
+                }
+            }
             Ok(Err(StoreError::LeaseNotFound(_))) => {
                 tracing::warn!(lease = id, "lease expired; granting a new one");
                 // The cluster may have moved this worker's tasks: no push for a TTL.
@@ -208,14 +220,35 @@ async fn renew(
                     Err(e) => tracing::warn!(error = %e, "cannot grant a new lease"),
                 }
             }
-            Ok(Err(e)) => tracing::warn!(lease = id, error = %e, "cannot renew the lease"),
-            Err(_) => tracing::warn!(lease = id, "renewing the lease timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(lease = id, error = %e, "cannot renew the lease");
+                no_quorum(&*store, &mut last_ok, &mut quorum_gone).await;
+            }
+            Err(_) => {
+                tracing::warn!(lease = id, "renewing the lease timed out");
+                no_quorum(&*store, &mut last_ok, &mut quorum_gone).await;
+            }
         }
         publish_fence(&fence, last_ok + fence_after, held_until, &mut was_up);
     }
     let id = *tx.borrow();
     if let Err(e) = store.revoke_lease(id).await {
         tracing::debug!(error = %e, "lease not revoked at shutdown");
+    }
+}
+
+/// A renewal failed: when the store proves it has no quorum, no lease can expire (and a
+/// new leader gives every lease its whole TTL again), so the worker is as safe as after
+/// a renewal and its pushes keep going; otherwise (a partition, a member that does not
+/// answer) nothing changes and the fence goes up on time.
+async fn no_quorum(store: &dyn Store, last_ok: &mut Instant, quorum_gone: &mut bool) {
+    if store.quorum_lost().await {
+        if !std::mem::replace(quorum_gone, true) {
+            tracing::warn!(
+                "the store has no quorum: no lease can expire; push sessions keep going"
+            );
+        }
+        *last_ok = Instant::now();
     }
 }
 
@@ -272,6 +305,7 @@ mod tests {
         renewal: Mutex<Renewal>,
         granted: Mutex<Vec<LeaseId>>,
         revoked: Mutex<Vec<LeaseId>>,
+        quorum_lost: Mutex<bool>,
     }
 
     impl Leases {
@@ -280,6 +314,7 @@ mod tests {
                 renewal: Mutex::new(Renewal::Ok),
                 granted: Mutex::new(Vec::new()),
                 revoked: Mutex::new(Vec::new()),
+                quorum_lost: Mutex::new(false),
             })
         }
         fn set(&self, r: Renewal) {
@@ -335,6 +370,9 @@ mod tests {
         }
         async fn lease_ttl(&self, _: LeaseId) -> pushcast_store::Result<Option<Duration>> {
             not_here()
+        }
+        async fn quorum_lost(&self) -> bool {
+            *self.quorum_lost.lock().unwrap()
         }
         async fn revision(&self) -> pushcast_store::Result<i64> {
             not_here()
@@ -421,6 +459,25 @@ mod tests {
         let t1 = Instant::now();
         assert!(fence.lifted(&CancellationToken::new()).await);
         assert_eq!(t1.elapsed(), TTL, "held for a TTL after the loss");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_quorum_the_fence_stays_down() {
+        let store = Leases::new();
+        let (_lease, mut fence) = kept(&store).await;
+        *store.quorum_lost.lock().unwrap() = true;
+        store.set(Renewal::Unavailable);
+        assert!(
+            fenced_after(&mut fence, Instant::now(), TTL * 10)
+                .await
+                .is_none(),
+            "a store without a quorum expires no lease"
+        );
+        // A partition (the store cannot tell) fences as before.
+        *store.quorum_lost.lock().unwrap() = false;
+        let t0 = Instant::now();
+        let after = fenced_after(&mut fence, t0, TTL * 2).await.expect("fenced");
+        assert!(after <= TTL * 2 / 3, "{after:?}");
     }
 
     #[tokio::test(start_paused = true)]
