@@ -11,6 +11,7 @@ pub mod informer;
 pub mod leader;
 pub mod live_status;
 pub mod notifier;
+pub mod outbox;
 pub mod publish_keys;
 pub mod pushes;
 pub mod requests;

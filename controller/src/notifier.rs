@@ -1,11 +1,17 @@
 //! Task status callbacks: created / started / error / stopped / removed events of push
-//! tasks, POSTed as signed JSON to their app's status URLs.
+//! tasks, POSTed as signed JSON to their app's status URLs — never lost.
 //!
-//! The leader sends them (one sender in the cluster, so no duplicates), derived from the
-//! store: task specs appearing and disappearing, and status keys changing state (workers
-//! write those only on state changes). Delivery is at least once, retried, in order per
-//! task (see `pushcast-webhooks`). Events that happen while no controller leads are not
-//! replayed: a new leader starts from the current state.
+//! The leader derives them from the store's history: task specs appearing and
+//! disappearing, and status keys changing state (workers write those on state changes).
+//! It keeps a **cursor** (the revision it has accounted for) and what it knows of each
+//! task (**seen**: the task exists, its last state) in the store, and records every event
+//! in the outbox ([`crate::outbox`]) in the same transaction that moves the cursor. A new
+//! leader (or the same one after a restart) goes on from the cursor: etcd replays every
+//! change since, so the events that happened while no controller led are derived then,
+//! in order. Only when the history since the cursor is gone (compacted) does it compare
+//! the current state with what it had seen, and send what differs (counted in
+//! `pushcast_status_events_history_lost_total`). Delivery is the outbox's: at least
+//! once, in order per task and receiver, with a stable event id.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,15 +21,21 @@ use futures::StreamExt;
 use pushcast_proto::keys;
 use pushcast_proto::model::{AppConfig, TaskSpec, TaskState, TaskStatus};
 use pushcast_runtime::CancellationToken;
-use pushcast_store::{Store, WatchEvent, decoded};
-use pushcast_webhooks::{
-    Dispatcher, Payload, Target, TaskCounters, TaskEventKind, TaskStatusEvent,
-};
+use pushcast_store::{Op, Store, StoreError, Txn, WatchEvent, decoded};
+use pushcast_webhooks::{Dispatcher, TaskCounters, TaskEventKind, TaskStatusEvent};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::outbox::{self, Entry};
+
+/// How often the cursor is written when only changes that make no event went by (so a
+/// new leader does not replay them all).
+const CURSOR_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs while this controller leads, until `shutdown`.
 pub async fn run(
     store: Arc<dyn Store>,
+    node_id: String,
     mut leader: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
@@ -54,74 +66,349 @@ pub async fn run(
                 dispatcher.stats().record_metrics();
             }
         };
+        let derive = async {
+            loop {
+                if let Err(e) = follow(store.as_ref(), &node_id).await {
+                    tracing::warn!(error = %e, "status callbacks: cannot follow the store; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        let deliver = async {
+            loop {
+                outbox::deliver(store.as_ref(), &node_id, &dispatcher).await;
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = lost => {}
-            _ = follow(store.as_ref(), &dispatcher) => {}
+            _ = derive => {}
+            _ = deliver => {}
             _ = export => {}
         }
     }
 }
 
+/// What the deriver knows of a task, kept in the store (`notifier/seen/…`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Seen {
+    /// The last status state seen (`None`: no status yet).
+    state: Option<TaskState>,
+}
+
+/// A change to what is seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SeenChange {
+    Put(String, Seen),
+    Delete(String),
+}
+
+/// One task event, before it is written for each receiver.
+#[derive(Debug, Clone, PartialEq)]
+struct Event {
+    vhost: String,
+    app: String,
+    id: String,
+    kind: TaskEventKind,
+    status: TaskStatus,
+}
+
+/// The deriver's state: apps (for their receivers), statuses (for the counters of a
+/// `removed` event) and what is seen of each task, by task key.
 #[derive(Default)]
 struct State {
     apps: HashMap<(String, String), AppConfig>,
-    tasks: HashMap<String, TaskSpec>,
     statuses: HashMap<String, TaskStatus>,
+    seen: HashMap<String, Seen>,
 }
 
-/// Follows the store and sends events; returns when the watch breaks (to start over).
-async fn follow(store: &dyn Store, dispatcher: &Dispatcher) {
+/// Derives events from the cursor on, until the watch breaks (`Ok`) or the store fails.
+async fn follow(store: &dyn Store, node_id: &str) -> Result<(), StoreError> {
+    let mut st = State::default();
+    let apps = store.list("apps/").await?;
+    for kv in &apps.kvs {
+        if let Some(a) = decoded::<AppConfig>(&kv.key, &kv.value, "app") {
+            st.apps.insert((a.vhost.clone(), a.name.clone()), a);
+        }
+    }
+    let statuses = store.list("status/").await?;
+    for kv in &statuses.kvs {
+        if let Some(s) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") {
+            st.statuses.insert(kv.key.clone(), s);
+        }
+    }
+    for kv in store.list(keys::NOTIFIER_SEEN).await?.kvs {
+        if let (Some(task), Some(seen)) = (
+            keys::task_of_seen(&kv.key),
+            decoded::<Seen>(&kv.key, &kv.value, "seen"),
+        ) {
+            st.seen.insert(task, seen);
+        }
+    }
+    let cursor = match store.get(keys::NOTIFIER_CURSOR).await? {
+        Some(kv) => String::from_utf8_lossy(&kv.value)
+            .parse::<i64>()
+            .unwrap_or(0),
+        None => 0,
+    };
+    let mut cursor = if cursor == 0 {
+        // The first leader ever: events from now on.
+        catch_up(store, node_id, &mut st, false).await?
+    } else {
+        cursor
+    };
     loop {
-        let mut st = State::default();
-        let listed = async {
-            let apps = store.list("apps/").await?;
-            let tasks = store.list(keys::TASKS).await?;
-            let statuses = store.list("status/").await?;
-            Ok::<_, pushcast_store::StoreError>((apps, tasks, statuses))
-        };
-        let (apps, tasks, statuses) = match listed.await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "status callbacks: cannot read the store; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        for kv in &apps.kvs {
-            if let Some(a) = decoded::<AppConfig>(&kv.key, &kv.value, "app") {
-                st.apps.insert((a.vhost.clone(), a.name.clone()), a);
+        let mut events = store.watch("", cursor + 1).await?;
+        let mut written = cursor;
+        let mut last_write = tokio::time::Instant::now();
+        loop {
+            let next = tokio::time::timeout(CURSOR_EVERY, events.next()).await;
+            let ev = match next {
+                Ok(Some(Ok(ev))) => ev,
+                Ok(Some(Err(StoreError::Compacted(_)))) => {
+                    tracing::warn!(
+                        cursor,
+                        "status callbacks: the history since the cursor is gone; sending what changed"
+                    );
+                    cursor = catch_up(store, node_id, &mut st, true).await?;
+                    break;
+                }
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    // Quiet: write the cursor if only eventless changes went by.
+                    if cursor > written {
+                        write(store, node_id, cursor, &[], Vec::new(), &st).await?;
+                        written = cursor;
+                        last_write = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
+            };
+            let revision = ev.revision();
+            let (made, changes) = on_event(&mut st, ev);
+            cursor = revision;
+            if !made.is_empty() || !changes.is_empty() {
+                write(store, node_id, revision, &made, changes, &st).await?;
+                written = revision;
+                last_write = tokio::time::Instant::now();
+            } else if last_write.elapsed() >= CURSOR_EVERY && cursor > written {
+                write(store, node_id, cursor, &[], Vec::new(), &st).await?;
+                written = cursor;
+                last_write = tokio::time::Instant::now();
             }
         }
-        for kv in &tasks.kvs {
-            if let Some(t) = decoded::<TaskSpec>(&kv.key, &kv.value, "task") {
-                st.tasks.insert(kv.key.clone(), t);
-            }
-        }
-        for kv in &statuses.kvs {
-            if let Some(s) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") {
-                st.statuses.insert(kv.key.clone(), s);
-            }
-        }
-        let from = apps.revision.max(tasks.revision).max(statuses.revision) + 1;
-        let Ok(mut events) = store.watch("", from).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        while let Some(Ok(ev)) = events.next().await {
-            for (task, kind, status) in on_event(&mut st, ev) {
-                send(&st, dispatcher, &task, kind, &status);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// What to send for one store change: folds it into the known state and returns the
-/// task events it makes (a pure decision; the caller sends them).
-fn on_event(st: &mut State, ev: WatchEvent) -> Vec<(TaskSpec, TaskEventKind, TaskStatus)> {
+/// Compares the current tasks and statuses with what was seen, records the events that
+/// make up the difference (`counted`: as events the history could not give), and
+/// returns the revision read.
+async fn catch_up(
+    store: &dyn Store,
+    node_id: &str,
+    st: &mut State,
+    counted: bool,
+) -> Result<i64, StoreError> {
+    let tasks = store.list(keys::TASKS).await?;
+    let statuses = store.list("status/").await?;
+    let revision = tasks.revision.max(statuses.revision);
+    st.statuses.clear();
+    for kv in &statuses.kvs {
+        if let Some(s) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") {
+            st.statuses.insert(kv.key.clone(), s);
+        }
+    }
+    let present: Vec<String> = tasks.kvs.iter().map(|kv| kv.key.clone()).collect();
+    let (made, changes) = difference(st, &present, counted);
+    if counted {
+        metrics::counter!("pushcast_status_events_history_lost_total").increment(made.len() as u64);
+    }
+    // In pieces: a transaction has a bounded number of operations.
+    let mut made = made.as_slice();
+    let mut changes = changes;
+    while !made.is_empty() || !changes.is_empty() {
+        let n = made.len().min(16);
+        let m = changes.len().min(32);
+        let rest = changes.split_off(m);
+        write(store, node_id, revision, &made[..n], changes, st).await?;
+        made = &made[n..];
+        changes = rest;
+    }
+    write(store, node_id, revision, &[], Vec::new(), st).await?;
+    Ok(revision)
+}
+
+/// The events that take what is seen to `present` (the task keys now) and the current
+/// statuses: `created` for new tasks (`counted`: with their state's event), the state's
+/// event where it changed, `removed` for tasks gone.
+fn difference(st: &mut State, present: &[String], counted: bool) -> (Vec<Event>, Vec<SeenChange>) {
+    let mut made = Vec::new();
+    let mut changes = Vec::new();
+    for task in present {
+        let Some((v, a, id)) = keys::parse_task_key(task) else {
+            continue;
+        };
+        let status = st.statuses.get(&keys::status(&v, &a, &id)).cloned();
+        let now = Seen {
+            state: status.as_ref().map(|s| s.state),
+        };
+        let before = st.seen.get(task).copied();
+        if before == Some(now) {
+            continue;
+        }
+        if counted {
+            if before.is_none() {
+                made.push(event(
+                    &v,
+                    &a,
+                    &id,
+                    TaskEventKind::Created,
+                    TaskStatus::default(),
+                ));
+            }
+            if let (Some(kind), Some(status)) = (now.state.and_then(kind_of), status) {
+                made.push(event(&v, &a, &id, kind, status));
+            }
+        }
+        st.seen.insert(task.clone(), now);
+        changes.push(SeenChange::Put(task.clone(), now));
+    }
+    let gone: Vec<String> = st
+        .seen
+        .keys()
+        .filter(|t| !present.contains(t))
+        .cloned()
+        .collect();
+    for task in gone {
+        st.seen.remove(&task);
+        if counted && let Some((v, a, id)) = keys::parse_task_key(&task) {
+            let mut last = TaskStatus::default();
+            last.state = TaskState::Stopped;
+            made.push(event(&v, &a, &id, TaskEventKind::Removed, last));
+        }
+        changes.push(SeenChange::Delete(task));
+    }
+    (made, changes)
+}
+
+fn event(v: &str, a: &str, id: &str, kind: TaskEventKind, status: TaskStatus) -> Event {
+    Event {
+        vhost: v.to_string(),
+        app: a.to_string(),
+        id: id.to_string(),
+        kind,
+        status,
+    }
+}
+
+/// The event a status state makes (none for `ready` and `stopping`).
+fn kind_of(state: TaskState) -> Option<TaskEventKind> {
+    match state {
+        TaskState::Started => Some(TaskEventKind::Started),
+        TaskState::Error => Some(TaskEventKind::Error),
+        TaskState::Stopped => Some(TaskEventKind::Stopped),
+        TaskState::Ready | TaskState::Stopping => None,
+    }
+}
+
+/// Records `made` (one outbox entry per event and receiver), the seen `changes` and the
+/// cursor `revision`, in one transaction guarded by leadership.
+async fn write(
+    store: &dyn Store,
+    node_id: &str,
+    revision: i64,
+    made: &[Event],
+    changes: Vec<SeenChange>,
+    st: &State,
+) -> Result<(), StoreError> {
+    let mut entries = Vec::new();
+    for (n, ev) in made.iter().enumerate() {
+        entries.extend(entries_of(st, ev, revision, n));
+    }
+    let first = outbox_first(store, revision).await?;
+    let mut txn = Txn::new().when(outbox::leading(node_id));
+    for op in outbox::record_ops(revision, first, &entries) {
+        txn = txn.and_then(op);
+    }
+    for c in changes {
+        txn = match c {
+            SeenChange::Put(task, seen) => match serde_json::to_vec(&seen) {
+                Ok(v) => txn.and_then(Op::put(keys::notifier_seen(&task), v)),
+                Err(_) => txn,
+            },
+            SeenChange::Delete(task) => txn.and_then(Op::delete(keys::notifier_seen(&task))),
+        };
+    }
+    txn = txn.and_then(Op::put(keys::NOTIFIER_CURSOR, revision.to_string()));
+    let r = store.txn(txn).await?;
+    if !r.succeeded {
+        return Err(StoreError::Unavailable(
+            "no longer the leader: the events are another controller's now".into(),
+        ));
+    }
+    if !entries.is_empty() {
+        metrics::counter!("pushcast_status_events_total").increment(entries.len() as u64);
+    }
+    Ok(())
+}
+
+/// The first free entry number at `revision` (a catch-up writes several batches at one
+/// revision).
+async fn outbox_first(store: &dyn Store, revision: i64) -> Result<usize, StoreError> {
+    let prefix = format!("{}{revision:020}-", keys::OUTBOX);
+    Ok(store.list(&prefix).await?.kvs.len())
+}
+
+/// The outbox entries of one event: one per status receiver of its app. The event id is
+/// the store revision of the change it comes from and its place among that change's
+/// events: the same whoever derives it.
+fn entries_of(st: &State, ev: &Event, revision: i64, n: usize) -> Vec<Entry> {
+    let Some(app) = st.apps.get(&(ev.vhost.clone(), ev.app.clone())) else {
+        return Vec::new();
+    };
+    let event_id = format!("{revision}-{n}");
+    let mut body = TaskStatusEvent::new(
+        ev.kind,
+        &ev.id,
+        &ev.vhost,
+        &ev.app,
+        ev.status.state.as_str(),
+    )
+    .with_counters(TaskCounters {
+        sent_bytes: ev.status.sent_bytes,
+        total_sent_bytes: ev.status.total_sent_bytes,
+        sequence: ev.status.sequence,
+    })
+    .with_event_id(event_id.clone());
+    if ev.kind == TaskEventKind::Error
+        && let Some(reason) = &ev.status.last_error
+    {
+        body = body.with_reason(reason.clone());
+    }
+    let json = String::from_utf8(body.to_json()).unwrap_or_default();
+    let task = keys::task(&ev.vhost, &ev.app, &ev.id);
+    app.callbacks
+        .status
+        .iter()
+        .map(|cb| Entry {
+            vhost: ev.vhost.clone(),
+            app: ev.app.clone(),
+            url: cb.url.clone(),
+            task: task.clone(),
+            event_id: event_id.clone(),
+            what: ev.kind.as_str().to_string(),
+            body: json.clone(),
+        })
+        .collect()
+}
+
+/// What to record for one store change: folds it into the state and returns the task
+/// events it makes and the changes to what is seen (a pure decision).
+fn on_event(st: &mut State, ev: WatchEvent) -> (Vec<Event>, Vec<SeenChange>) {
     let key = ev.key().to_string();
-    let mut out = Vec::new();
+    let mut made = Vec::new();
+    let mut changes = Vec::new();
     if key.starts_with("apps/") {
         match ev {
             WatchEvent::Put(kv) => {
@@ -132,87 +419,62 @@ fn on_event(st: &mut State, ev: WatchEvent) -> Vec<(TaskSpec, TaskEventKind, Tas
             WatchEvent::Delete { .. } => st.apps.retain(|(v, a), _| keys::app(v, a) != key),
         }
     } else if key.starts_with(keys::TASKS) {
+        let Some((v, a, id)) = keys::parse_task_key(&key) else {
+            return (made, changes);
+        };
         match ev {
             WatchEvent::Put(kv) => {
-                let Some(t) = decoded::<TaskSpec>(&kv.key, &kv.value, "task") else {
-                    return out;
-                };
-                if st.tasks.insert(key, t.clone()).is_none() {
-                    out.push((t, TaskEventKind::Created, TaskStatus::default()));
+                if decoded::<TaskSpec>(&kv.key, &kv.value, "task").is_none() {
+                    return (made, changes);
+                }
+                if !st.seen.contains_key(&key) {
+                    st.seen.insert(key.clone(), Seen::default());
+                    changes.push(SeenChange::Put(key, Seen::default()));
+                    made.push(event(
+                        &v,
+                        &a,
+                        &id,
+                        TaskEventKind::Created,
+                        TaskStatus::default(),
+                    ));
                 }
             }
             WatchEvent::Delete { .. } => {
-                if let Some(t) = st.tasks.remove(&key) {
-                    let skey = keys::status(&t.vhost, &t.app, &t.id);
+                if st.seen.remove(&key).is_some() {
+                    let skey = keys::status(&v, &a, &id);
                     let mut gone = st.statuses.remove(&skey).unwrap_or_default();
                     gone.state = TaskState::Stopped;
-                    out.push((t, TaskEventKind::Removed, gone));
+                    changes.push(SeenChange::Delete(key));
+                    made.push(event(&v, &a, &id, TaskEventKind::Removed, gone));
                 }
             }
         }
     } else if key.starts_with("status/") {
-        let WatchEvent::Put(kv) = ev else { return out };
+        let WatchEvent::Put(kv) = ev else {
+            st.statuses.remove(&key);
+            return (made, changes);
+        };
         let Some(new) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") else {
-            return out;
+            return (made, changes);
         };
-        let old_state = st.statuses.get(&key).map(|s| s.state);
         st.statuses.insert(key.clone(), new.clone());
-        if old_state == Some(new.state) {
-            return out;
-        }
-        let kind = match new.state {
-            TaskState::Started => TaskEventKind::Started,
-            TaskState::Error => TaskEventKind::Error,
-            TaskState::Stopped => TaskEventKind::Stopped,
-            TaskState::Ready | TaskState::Stopping => return out,
-        };
         let Some((v, a, id)) = keys::parse_task_key(&key) else {
-            return out;
+            return (made, changes);
         };
-        if let Some(t) = st.tasks.get(&keys::task(&v, &a, &id)).cloned() {
-            out.push((t, kind, new));
+        let task = keys::task(&v, &a, &id);
+        let Some(seen) = st.seen.get_mut(&task) else {
+            return (made, changes);
+        };
+        if seen.state == Some(new.state) {
+            return (made, changes);
+        }
+        seen.state = Some(new.state);
+        changes.push(SeenChange::Put(task, *seen));
+        if let Some(kind) = kind_of(new.state) {
+            made.push(event(&v, &a, &id, kind, new));
         }
     }
-    out
-}
-
-fn send(
-    st: &State,
-    dispatcher: &Dispatcher,
-    t: &TaskSpec,
-    kind: TaskEventKind,
-    status: &TaskStatus,
-) {
-    let Some(app) = st.apps.get(&(t.vhost.clone(), t.app.clone())) else {
-        return;
-    };
-    if app.callbacks.status.is_empty() {
-        return;
-    }
-    let mut ev = TaskStatusEvent::new(kind, &t.id, &t.vhost, &t.app, status.state.as_str())
-        .with_counters(TaskCounters {
-            sent_bytes: status.sent_bytes,
-            total_sent_bytes: status.total_sent_bytes,
-            sequence: status.sequence,
-        });
-    if kind == TaskEventKind::Error
-        && let Some(reason) = &status.last_error
-    {
-        ev = ev.with_reason(reason.clone());
-    }
-    for cb in &app.callbacks.status {
-        match Target::new(&cb.url) {
-            Ok(target) => {
-                let target = if cb.secret.is_empty() {
-                    target
-                } else {
-                    target.with_secret(cb.secret.clone())
-                };
-                dispatcher.send(&target, Payload::status(&ev));
-            }
-            Err(e) => tracing::warn!(error = %e, "bad status callback URL"),
-        }
-    }
+    (made, changes)
 }
 
 #[cfg(test)]
@@ -250,8 +512,8 @@ mod tests {
         }
     }
 
-    fn kinds(events: Vec<(TaskSpec, TaskEventKind, TaskStatus)>) -> Vec<TaskEventKind> {
-        events.into_iter().map(|(_, k, _)| k).collect()
+    fn kinds((events, _): (Vec<Event>, Vec<SeenChange>)) -> Vec<TaskEventKind> {
+        events.into_iter().map(|e| e.kind).collect()
     }
 
     #[test]
@@ -263,22 +525,23 @@ mod tests {
             [TaskEventKind::Created]
         );
         assert!(
-            on_event(&mut st, put(&task, &spec())).is_empty(),
+            kinds(on_event(&mut st, put(&task, &spec()))).is_empty(),
             "an update is no creation"
         );
-        assert!(on_event(&mut st, put(&stat, &status(TaskState::Ready))).is_empty());
+        assert!(kinds(on_event(&mut st, put(&stat, &status(TaskState::Ready)))).is_empty());
         for (state, kind) in [
             (TaskState::Started, TaskEventKind::Started),
             (TaskState::Error, TaskEventKind::Error),
             (TaskState::Stopped, TaskEventKind::Stopped),
         ] {
             assert_eq!(kinds(on_event(&mut st, put(&stat, &status(state)))), [kind]);
-            assert!(
-                on_event(&mut st, put(&stat, &status(state))).is_empty(),
-                "a checkpoint in the same state is no event"
+            assert_eq!(
+                on_event(&mut st, put(&stat, &status(state))),
+                (vec![], vec![]),
+                "a checkpoint in the same state is no event, and no write"
             );
         }
-        let removed = on_event(
+        let (removed, changes) = on_event(
             &mut st,
             WatchEvent::Delete {
                 key: task.clone(),
@@ -286,18 +549,19 @@ mod tests {
             },
         );
         assert_eq!(removed.len(), 1);
-        let (_, kind, last) = &removed[0];
+        let e = &removed[0];
         assert_eq!(
-            (*kind, last.state, last.sent_bytes),
+            (e.kind, e.status.state, e.status.sent_bytes),
             (TaskEventKind::Removed, TaskState::Stopped, 5)
         );
+        assert_eq!(changes, [SeenChange::Delete(task)]);
     }
 
     #[test]
     fn statuses_of_unknown_tasks_and_broken_values_make_nothing() {
         let mut st = State::default();
         let stat = keys::status("v", "a", "nobody");
-        assert!(on_event(&mut st, put(&stat, &status(TaskState::Started))).is_empty());
+        assert!(kinds(on_event(&mut st, put(&stat, &status(TaskState::Started)))).is_empty());
         let broken = WatchEvent::Put(KeyValue {
             key: keys::task("v", "a", "t"),
             value: b"{".to_vec(),
@@ -305,7 +569,7 @@ mod tests {
             mod_revision: 1,
             lease: 0,
         });
-        assert!(on_event(&mut st, broken).is_empty());
-        assert!(st.tasks.is_empty());
+        assert!(kinds(on_event(&mut st, broken)).is_empty());
+        assert!(st.seen.is_empty());
     }
 }

@@ -124,8 +124,9 @@ pub async fn start(
     // Waited for at shutdown, so the leader's lease is revoked before the process exits.
     tasks.spawn(async move { campaign.await.context("leader election task panicked") });
     let (notify_store, notify_leader, stop) = (store.clone(), leading.clone(), shutdown.clone());
+    let notify_node = cfg.node_id.clone();
     tasks.spawn(async move {
-        crate::notifier::run(notify_store, notify_leader, stop).await;
+        crate::notifier::run(notify_store, notify_node, notify_leader, stop).await;
         Ok(())
     });
     let stop = shutdown.clone();

@@ -141,6 +141,36 @@ pub const TASKS: &str = "tasks/";
 /// The access token generated at first start when none is configured.
 pub const ACCESS_TOKEN: &str = "secrets/access-token";
 
+/// Prefix of the callback outbox: status events waiting for a receiver's 2xx.
+pub const OUTBOX: &str = "outbox/";
+
+/// An outbox entry: the `n`-th of the events derived from the store change at
+/// `revision` (zero-padded, so keys sort in the order the events happened).
+pub fn outbox_entry(revision: i64, n: usize) -> String {
+    format!("{OUTBOX}{revision:020}-{n:04}")
+}
+
+/// The store revision up to which status events have been derived into the outbox.
+pub const NOTIFIER_CURSOR: &str = "notifier/cursor";
+
+/// Prefix of what the event deriver knows of each task (exists; its last state).
+pub const NOTIFIER_SEEN: &str = "notifier/seen/";
+
+/// What the event deriver knows of the task whose task key is `task_key`.
+pub fn notifier_seen(task_key: &str) -> String {
+    format!(
+        "{NOTIFIER_SEEN}{}",
+        task_key.strip_prefix(TASKS).unwrap_or(task_key)
+    )
+}
+
+/// The task key of a [`notifier_seen`] key.
+pub fn task_of_seen(seen_key: &str) -> Option<String> {
+    seen_key
+        .strip_prefix(NOTIFIER_SEEN)
+        .map(|rest| format!("{TASKS}{rest}"))
+}
+
 /// Splits a task or status key into (vhost, app, id).
 pub fn parse_task_key(key: &str) -> Option<(String, String, String)> {
     let rest = key

@@ -228,3 +228,69 @@ async fn a_down_receiver_gets_the_callback_later_and_a_slow_one_delays_nothing()
     assert!(flaky.requests().len() >= 3);
     assert!(p.wait_exit(Duration::from_secs(20)).unwrap().success());
 }
+
+/// Status events are never lost: with no controller running at all, a running task
+/// stops (its encoder leaves) and starts again (it comes back) on its worker; when a
+/// controller comes back it derives those events from the store's history and delivers
+/// them, in order, after the ones sent before. Every event carries an `X-Event-Id` equal
+/// to its body's `eventId`, the same when it is retried (the receiver fails the first
+/// request), so receivers can deduplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_events_while_no_controller_runs_are_delivered_later() {
+    use pushcast_testkit::cluster::{Cluster, Publisher, WorkerOpts};
+    let mut c = Cluster::start(pushcast_testkit::etcd::EtcdProcess::start()).await;
+    c.add_controller().await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.wait_for_leader(Duration::from_secs(15)).await;
+    let rx = Receiver::start_with(pushcast_testkit::receiver::fail_first(1)).await;
+    set_callbacks(
+        &c.controllers[0],
+        json!({"status": [{"url": rx.url("/status"), "secret": "s"}]}),
+    )
+    .await;
+    let key = ["evkey".to_string()];
+    c.start_push(0, "t1", "ev", &key[0]).await;
+    let mut p = Publisher::start(&c.workers[0].ingest_url("ev"), &c.path().join("p1.log"));
+    c.wait_started_on(0, &["t1".to_string()], Some("w0"), Duration::from_secs(30))
+        .await;
+    rx.wait_accepted(2, Duration::from_secs(15)).await;
+
+    // No controller at all: the task stops and starts again on the worker meanwhile.
+    c.kill9_controller(0);
+    p.stop();
+    c.wait_recordings_stop(&key, Duration::from_millis(500), Duration::from_secs(10))
+        .await;
+    let _p2 = Publisher::start(&c.workers[0].ingest_url("ev"), &c.path().join("p2.log"));
+    c.wait_recordings_grow(&key, Duration::from_secs(20)).await;
+    assert_eq!(rx.accepted().len(), 2, "nobody sent anything meanwhile");
+
+    // A controller again: what happened is delivered.
+    c.add_controller().await;
+    let got = rx.wait_accepted(4, Duration::from_secs(30)).await;
+    let events: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        events,
+        ["created", "started", "stopped", "started"],
+        "{got:#?}"
+    );
+    let mut ids = Vec::new();
+    for r in &got {
+        let id = r.header("x-event-id").expect("X-Event-Id").to_string();
+        assert_eq!(r.json()["eventId"], id.as_str(), "header and body agree");
+        assert!(pushcast_webhooks::verify(
+            &r.body,
+            b"s",
+            r.header("x-signature").unwrap()
+        ));
+        ids.push(id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "one id per event: {ids:?}");
+    // The request the receiver failed was the first event, under the same id.
+    let all = rx.requests();
+    assert!(!all[0].ok());
+    assert_eq!(all[0].header("x-event-id"), Some(ids[0].as_str()));
+}

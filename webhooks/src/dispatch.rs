@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::authorize::{Denied, authorize_with};
 use crate::publish::{self, Format, PublishEnd, PublishEvent};
-use crate::status::{self, SIGNATURE_HEADER, TaskStatusEvent};
+use crate::status::{self, EVENT_ID_HEADER, SIGNATURE_HEADER, TaskStatusEvent};
 
 /// Which retry policy a payload gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -190,13 +190,28 @@ pub const FORM: &str = "application/x-www-form-urlencoded";
 
 /// A body ready to POST. Payloads with the same order key going to the same target are
 /// delivered one at a time, in the order they were sent.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Payload {
     class: Class,
     content_type: &'static str,
     body: Bytes,
     order_key: Option<Arc<str>>,
     what: &'static str,
+    /// Sent as `X-Event-Id`.
+    event_id: Option<Arc<str>>,
+    /// Told whether the payload was delivered (true) or given up (false).
+    on_done: Option<Arc<dyn Fn(bool) + Send + Sync>>,
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload")
+            .field("class", &self.class)
+            .field("what", &self.what)
+            .field("event_id", &self.event_id)
+            .field("order_key", &self.order_key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Payload {
@@ -208,7 +223,38 @@ impl Payload {
             body: body.into(),
             order_key: None,
             what: "callback",
+            event_id: None,
+            on_done: None,
         }
+    }
+
+    /// Names the event (`X-Event-Id`).
+    pub fn with_event_id(mut self, id: impl Into<Arc<str>>) -> Payload {
+        self.event_id = Some(id.into());
+        self
+    }
+
+    /// Calls `done(delivered)` once the dispatcher is through with the payload: true when
+    /// a receiver accepted it, false when the retry policy gave up (or it was dropped).
+    pub fn on_done(mut self, done: impl Fn(bool) + Send + Sync + 'static) -> Payload {
+        self.on_done = Some(Arc::new(done));
+        self
+    }
+
+    /// A status event already encoded (`body`, e.g. kept in the store's outbox), named
+    /// `event_id` and ordered by `order_key`.
+    pub fn status_encoded(
+        body: impl Into<Bytes>,
+        what: &'static str,
+        event_id: impl Into<Arc<str>>,
+        order_key: impl Into<Arc<str>>,
+    ) -> Payload {
+        Payload {
+            what,
+            ..Payload::new(Class::Status, JSON, body)
+        }
+        .with_event_id(event_id)
+        .ordered_by(order_key)
     }
 
     /// Sets the order key.
@@ -247,11 +293,15 @@ impl Payload {
     /// A task status event (JSON), ordered by task (vhost, app, id). Signed when the
     /// target has a secret.
     pub fn status(ev: &TaskStatusEvent) -> Payload {
-        Payload {
+        let p = Payload {
             what: ev.event.as_str(),
             ..Payload::new(Class::Status, JSON, ev.to_json())
         }
-        .ordered_by(ev.order_key())
+        .ordered_by(ev.order_key());
+        match &ev.event_id {
+            Some(id) => p.with_event_id(id.as_str()),
+            None => p,
+        }
     }
 
     pub fn class(&self) -> Class {
@@ -432,12 +482,19 @@ impl Dispatcher {
                     inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     if let Some(old) = old {
                         inner.warn_dropped(&mut st, &old.target, old.payload.what, "oldest");
+                        if let Some(done) = &old.payload.on_done {
+                            done(false);
+                        }
                     }
                     outcome = SendOutcome::QueuedDroppedOldest;
                 }
                 None => {
                     inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     inner.warn_dropped(&mut st, target, payload.what, "new");
+                    drop(st);
+                    if let Some(done) = &payload.on_done {
+                        done(false);
+                    }
                     return SendOutcome::Dropped;
                 }
             }
@@ -559,7 +616,8 @@ impl Inner {
         }
     }
 
-    async fn deliver(&self, job: &Job) {
+    /// Delivers with retries; whether a receiver accepted it.
+    async fn deliver(&self, job: &Job) -> bool {
         let policy = *self.policy(job.payload.class);
         let mut backoff = Backoff::new(policy.backoff);
         let mut attempt: u32 = 0;
@@ -578,7 +636,7 @@ impl Inner {
                         attempt,
                         "callback delivered"
                     );
-                    return;
+                    return true;
                 }
                 Err(err) => err,
             };
@@ -592,7 +650,7 @@ impl Inner {
                     error = %err,
                     "callback failed, giving up"
                 );
-                return;
+                return false;
             }
             self.counters.retried.fetch_add(1, Ordering::Relaxed);
             debug!(
@@ -616,6 +674,9 @@ impl Inner {
             .header(reqwest::header::CONTENT_TYPE, job.payload.content_type);
         if let Some(secret) = &job.target.0.secret {
             req = req.header(SIGNATURE_HEADER, status::sign(&body, secret));
+        }
+        if let Some(id) = &job.payload.event_id {
+            req = req.header(EVENT_ID_HEADER, id.as_ref());
         }
         let resp = req
             .body(body)
@@ -647,7 +708,10 @@ async fn run_lane(inner: Arc<Inner>, key: LaneKey) {
                 }
             }
         };
-        inner.deliver(&job).await;
+        let delivered = inner.deliver(&job).await;
+        if let Some(done) = &job.payload.on_done {
+            done(delivered);
+        }
         let idle = {
             let mut st = inner.lock();
             st.held -= 1;

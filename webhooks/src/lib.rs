@@ -42,5 +42,6 @@ pub use publish::{
     split_query,
 };
 pub use status::{
-    SIGNATURE_HEADER, TaskCounters, TaskEventKind, TaskStatusEvent, next_seq, sign, unix_ms, verify,
+    EVENT_ID_HEADER, SIGNATURE_HEADER, TaskCounters, TaskEventKind, TaskStatusEvent, next_seq,
+    sign, unix_ms, verify,
 };

@@ -11,6 +11,10 @@ use sha2::Sha256;
 /// The signature header of status callbacks.
 pub const SIGNATURE_HEADER: &str = "X-Signature";
 
+/// The header naming an event, the same on every retry and after a failover: receivers
+/// deduplicate by it (delivery is at least once). Also in the body as `eventId`.
+pub const EVENT_ID_HEADER: &str = "X-Event-Id";
+
 /// What happened to a push task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +80,10 @@ pub struct TaskStatusEvent {
     pub counters: TaskCounters,
     /// Unix ms.
     pub time: u64,
+    /// The event's id, stable across retries and failovers (also the `X-Event-Id`
+    /// header): receivers deduplicate by it.
+    #[serde(rename = "eventId", default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 impl TaskStatusEvent {
@@ -99,7 +107,13 @@ impl TaskStatusEvent {
             destination: None,
             counters: TaskCounters::default(),
             time: unix_ms(),
+            event_id: None,
         }
+    }
+
+    pub fn with_event_id(mut self, id: impl Into<String>) -> Self {
+        self.event_id = Some(id.into());
+        self
     }
 
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
@@ -209,10 +223,17 @@ mod tests {
                 sequence: 2,
             },
             time: 1_700_000_000_000,
+            event_id: None,
         };
         assert_eq!(
             String::from_utf8(ev.to_json()).unwrap(),
             r#"{"event":"error","seq":7,"taskId":"t1","vhost":"default","app":"live","state":"error","reason":"connection refused","counters":{"sentBytes":10,"totalsentBytes":30,"sequence":2},"time":1700000000000}"#
+        );
+        // The event id comes last (an added field).
+        assert!(
+            String::from_utf8(ev.clone().with_event_id("42-0").to_json())
+                .unwrap()
+                .ends_with(r#""time":1700000000000,"eventId":"42-0"}"#)
         );
         let started = TaskStatusEvent {
             event: TaskEventKind::Started,
