@@ -13,11 +13,11 @@
 //! `pushcast_status_events_history_lost_total`). Delivery is the outbox's: at least
 //! once, in order per task and receiver, with a stable event id.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use pushcast_proto::keys;
 use pushcast_proto::model::{AppConfig, TaskSpec, TaskState, TaskStatus};
 use pushcast_runtime::CancellationToken;
@@ -159,11 +159,12 @@ async fn follow(store: &dyn Store, node_id: &str) -> Result<(), StoreError> {
     };
     loop {
         let mut events = store.watch("", cursor + 1).await?;
-        let mut written = cursor;
-        let mut last_write = tokio::time::Instant::now();
+        // A change that matters went by without a write: the cursor is written once
+        // things are quiet (its own writes and the outbox's do not count, or it would
+        // write itself forever).
+        let mut dirty = false;
         loop {
-            let next = tokio::time::timeout(CURSOR_EVERY, events.next()).await;
-            let ev = match next {
+            let ev = match tokio::time::timeout(CURSOR_EVERY, events.next()).await {
                 Ok(Some(Ok(ev))) => ev,
                 Ok(Some(Err(StoreError::Compacted(_)))) => {
                     tracing::warn!(
@@ -176,28 +177,85 @@ async fn follow(store: &dyn Store, node_id: &str) -> Result<(), StoreError> {
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(None) => return Ok(()),
                 Err(_) => {
-                    // Quiet: write the cursor if only eventless changes went by.
-                    if cursor > written {
-                        write(store, node_id, cursor, &[], Vec::new(), &st).await?;
-                        written = cursor;
-                        last_write = tokio::time::Instant::now();
+                    if dirty {
+                        write(store, node_id, Batch::at(cursor), &st).await?;
+                        dirty = false;
                     }
                     continue;
                 }
             };
-            let revision = ev.revision();
-            let (made, changes) = on_event(&mut st, ev);
-            cursor = revision;
-            if !made.is_empty() || !changes.is_empty() {
-                write(store, node_id, revision, &made, changes, &st).await?;
-                written = revision;
-                last_write = tokio::time::Instant::now();
-            } else if last_write.elapsed() >= CURSOR_EVERY && cursor > written {
-                write(store, node_id, cursor, &[], Vec::new(), &st).await?;
-                written = cursor;
-                last_write = tokio::time::Instant::now();
+            // This change and whatever else has already arrived, in one transaction.
+            let mut batch = Batch::at(cursor);
+            let mut next = Some(ev);
+            while let Some(ev) = next.take() {
+                let revision = ev.revision();
+                dirty |= matters(ev.key());
+                let (made, changes) = on_event(&mut st, ev);
+                batch.add(revision, made, changes);
+                if batch.is_full() {
+                    break;
+                }
+                next = match events.next().now_or_never() {
+                    Some(Some(Ok(ev))) => Some(ev),
+                    _ => None,
+                };
+            }
+            cursor = batch.cursor;
+            if batch.has_writes() {
+                write(store, node_id, batch, &st).await?;
+                dirty = false;
             }
         }
+    }
+}
+
+/// Whether a change at `key` is one the deriver follows (not its own bookkeeping).
+fn matters(key: &str) -> bool {
+    key.starts_with("apps/") || key.starts_with(keys::TASKS) || key.starts_with("status/")
+}
+
+/// What one transaction records: events with the revision of their change and their
+/// place among its events, changes to what is seen, and the cursor after them.
+#[derive(Debug, Default)]
+struct Batch {
+    cursor: i64,
+    made: Vec<(i64, usize, Event)>,
+    /// The last change of each task (a transaction may name a key once).
+    changes: BTreeMap<String, Option<Seen>>,
+}
+
+impl Batch {
+    fn at(cursor: i64) -> Batch {
+        Batch {
+            cursor,
+            ..Batch::default()
+        }
+    }
+
+    fn add(&mut self, revision: i64, made: Vec<Event>, changes: Vec<SeenChange>) {
+        self.cursor = self.cursor.max(revision);
+        let first = self.made.iter().filter(|(r, _, _)| *r == revision).count();
+        self.made.extend(
+            made.into_iter()
+                .enumerate()
+                .map(|(n, e)| (revision, first + n, e)),
+        );
+        for c in changes {
+            match c {
+                SeenChange::Put(task, seen) => self.changes.insert(task, Some(seen)),
+                SeenChange::Delete(task) => self.changes.insert(task, None),
+            };
+        }
+    }
+
+    /// Room is left for one more change's writes under etcd's 128 operations a
+    /// transaction (an event has one entry per receiver of its app).
+    fn is_full(&self) -> bool {
+        self.made.len() >= 8 || self.changes.len() >= 32
+    }
+
+    fn has_writes(&self) -> bool {
+        !self.made.is_empty() || !self.changes.is_empty()
     }
 }
 
@@ -224,18 +282,27 @@ async fn catch_up(
     if counted {
         metrics::counter!("pushcast_status_events_history_lost_total").increment(made.len() as u64);
     }
-    // In pieces: a transaction has a bounded number of operations.
-    let mut made = made.as_slice();
-    let mut changes = changes;
-    while !made.is_empty() || !changes.is_empty() {
-        let n = made.len().min(16);
-        let m = changes.len().min(32);
-        let rest = changes.split_off(m);
-        write(store, node_id, revision, &made[..n], changes, st).await?;
-        made = &made[n..];
-        changes = rest;
+    // In pieces: a transaction has a bounded number of operations. The events are
+    // numbered across the pieces: they all come from the one revision read.
+    let mut made = made.into_iter().enumerate();
+    let mut changes = changes.into_iter();
+    loop {
+        let mut batch = Batch::at(revision);
+        batch
+            .made
+            .extend(made.by_ref().take(8).map(|(n, e)| (revision, n, e)));
+        for c in changes.by_ref().take(32) {
+            match c {
+                SeenChange::Put(task, seen) => batch.changes.insert(task, Some(seen)),
+                SeenChange::Delete(task) => batch.changes.insert(task, None),
+            };
+        }
+        let last = !batch.has_writes();
+        write(store, node_id, batch, st).await?;
+        if last {
+            break;
+        }
     }
-    write(store, node_id, revision, &[], Vec::new(), st).await?;
     Ok(revision)
 }
 
@@ -283,8 +350,10 @@ fn difference(st: &mut State, present: &[String], counted: bool) -> (Vec<Event>,
     for task in gone {
         st.seen.remove(&task);
         if counted && let Some((v, a, id)) = keys::parse_task_key(&task) {
-            let mut last = TaskStatus::default();
-            last.state = TaskState::Stopped;
+            let last = TaskStatus {
+                state: TaskState::Stopped,
+                ..TaskStatus::default()
+            };
             made.push(event(&v, &a, &id, TaskEventKind::Removed, last));
         }
         changes.push(SeenChange::Delete(task));
@@ -312,52 +381,44 @@ fn kind_of(state: TaskState) -> Option<TaskEventKind> {
     }
 }
 
-/// Records `made` (one outbox entry per event and receiver), the seen `changes` and the
-/// cursor `revision`, in one transaction guarded by leadership.
+/// Records a batch (one outbox entry per event and receiver), the seen changes and the
+/// cursor, in one transaction guarded by leadership.
 async fn write(
     store: &dyn Store,
     node_id: &str,
-    revision: i64,
-    made: &[Event],
-    changes: Vec<SeenChange>,
+    batch: Batch,
     st: &State,
 ) -> Result<(), StoreError> {
-    let mut entries = Vec::new();
-    for (n, ev) in made.iter().enumerate() {
-        entries.extend(entries_of(st, ev, revision, n));
-    }
-    let first = outbox_first(store, revision).await?;
     let mut txn = Txn::new().when(outbox::leading(node_id));
-    for op in outbox::record_ops(revision, first, &entries) {
-        txn = txn.and_then(op);
+    let mut n = 0;
+    for (revision, place, ev) in &batch.made {
+        let entries = entries_of(st, ev, *revision, *place);
+        n += entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            // One key per (event, receiver): the event's place, then the receiver's.
+            if let Ok(v) = serde_json::to_vec(e) {
+                txn = txn.and_then(Op::put(keys::outbox_entry(*revision, place * 100 + i), v));
+            }
+        }
     }
-    for c in changes {
-        txn = match c {
-            SeenChange::Put(task, seen) => match serde_json::to_vec(&seen) {
-                Ok(v) => txn.and_then(Op::put(keys::notifier_seen(&task), v)),
-                Err(_) => txn,
-            },
-            SeenChange::Delete(task) => txn.and_then(Op::delete(keys::notifier_seen(&task))),
+    for (task, seen) in batch.changes {
+        txn = match seen.map(|s| serde_json::to_vec(&s)) {
+            Some(Ok(v)) => txn.and_then(Op::put(keys::notifier_seen(&task), v)),
+            Some(Err(_)) => txn,
+            None => txn.and_then(Op::delete(keys::notifier_seen(&task))),
         };
     }
-    txn = txn.and_then(Op::put(keys::NOTIFIER_CURSOR, revision.to_string()));
+    txn = txn.and_then(Op::put(keys::NOTIFIER_CURSOR, batch.cursor.to_string()));
     let r = store.txn(txn).await?;
     if !r.succeeded {
         return Err(StoreError::Unavailable(
             "no longer the leader: the events are another controller's now".into(),
         ));
     }
-    if !entries.is_empty() {
-        metrics::counter!("pushcast_status_events_total").increment(entries.len() as u64);
+    if n > 0 {
+        metrics::counter!("pushcast_status_events_total").increment(n as u64);
     }
     Ok(())
-}
-
-/// The first free entry number at `revision` (a catch-up writes several batches at one
-/// revision).
-async fn outbox_first(store: &dyn Store, revision: i64) -> Result<usize, StoreError> {
-    let prefix = format!("{}{revision:020}-", keys::OUTBOX);
-    Ok(store.list(&prefix).await?.kvs.len())
 }
 
 /// The outbox entries of one event: one per status receiver of its app. The event id is
@@ -571,5 +632,29 @@ mod tests {
         });
         assert!(kinds(on_event(&mut st, broken)).is_empty());
         assert!(st.seen.is_empty());
+    }
+
+    #[test]
+    fn a_batch_names_each_task_once_with_its_last_change() {
+        let t = keys::task("v", "a", "t");
+        let seen = |state| Seen { state: Some(state) };
+        let mut b = Batch::at(1);
+        b.add(
+            2,
+            vec![],
+            vec![SeenChange::Put(t.clone(), seen(TaskState::Stopped))],
+        );
+        b.add(
+            3,
+            vec![],
+            vec![SeenChange::Put(t.clone(), seen(TaskState::Started))],
+        );
+        assert_eq!(
+            b.changes.len(),
+            1,
+            "etcd refuses a key twice in a transaction"
+        );
+        assert_eq!(b.changes[&t], Some(seen(TaskState::Started)));
+        assert_eq!(b.cursor, 3);
     }
 }

@@ -60,18 +60,6 @@ impl Entry {
 /// Events of one task to one receiver: (url, task key).
 type Lane = (String, String);
 
-/// The writes that record `entries` (keys from [`keys::outbox_entry`]).
-pub fn record_ops(revision: i64, first: usize, entries: &[Entry]) -> Vec<Op> {
-    entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| {
-            let value = serde_json::to_vec(e).ok()?;
-            Some(Op::put(keys::outbox_entry(revision, first + i), value))
-        })
-        .collect()
-}
-
 /// The leader's guard on every outbox write: only the leader writes.
 pub fn leading(node_id: &str) -> Compare {
     Compare::Value(keys::LEADER.to_string(), node_id.as_bytes().to_vec())

@@ -234,13 +234,13 @@ pub fn rest_json(data: &[u8]) {
             let Ok(obj) = requests::object(body) else {
                 return;
             };
-            if let Ok(patch) = requests::app_patch(&obj) {
-                if let Some(c) = patch.callbacks {
-                    let json = serde_json::to_vec(&c).expect("callbacks encode");
-                    let back: pushcast_proto::model::Callbacks =
-                        serde_json::from_slice(&json).expect("stored callbacks decode");
-                    assert_eq!(back, c, "stored callbacks decode to themselves");
-                }
+            if let Ok(patch) = requests::app_patch(&obj)
+                && let Some(c) = patch.callbacks
+            {
+                let json = serde_json::to_vec(&c).expect("callbacks encode");
+                let back: pushcast_proto::model::Callbacks =
+                    serde_json::from_slice(&json).expect("stored callbacks decode");
+                assert_eq!(back, c, "stored callbacks decode to themselves");
             }
         }
     }

@@ -144,10 +144,10 @@ pub const ACCESS_TOKEN: &str = "secrets/access-token";
 /// Prefix of the callback outbox: status events waiting for a receiver's 2xx.
 pub const OUTBOX: &str = "outbox/";
 
-/// An outbox entry: the `n`-th of the events derived from the store change at
-/// `revision` (zero-padded, so keys sort in the order the events happened).
+/// An outbox entry: the `n`-th derived from the store change at `revision`
+/// (zero-padded, so keys sort in the order the events happened).
 pub fn outbox_entry(revision: i64, n: usize) -> String {
-    format!("{OUTBOX}{revision:020}-{n:04}")
+    format!("{OUTBOX}{revision:020}-{n:08}")
 }
 
 /// The store revision up to which status events have been derived into the outbox.
