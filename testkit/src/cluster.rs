@@ -640,6 +640,8 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// does. Stopped when dropped.
 pub struct Publisher {
     pub url: String,
+    /// Where its attempts go, in turn (see [`Publisher::rotating`]).
+    pub urls: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// How many times ffmpeg was started.
@@ -649,19 +651,34 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(url: &str, log: &Path) -> Publisher {
+        Publisher::rotating(Arc::new(Mutex::new(vec![url.to_string()])), log)
+    }
+
+    /// Like [`Publisher::start`], each attempt to the next of `urls` (read at the time of
+    /// the attempt): an encoder behind a load balancer whose workers come and go.
+    pub fn rotating(urls: Arc<Mutex<Vec<String>>>, log: &Path) -> Publisher {
         let media = test_media().flv.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(0));
+        let first = urls.lock().unwrap().first().cloned().unwrap_or_default();
         let thread = {
-            let (stop, attempts, url, log) = (
-                stop.clone(),
-                attempts.clone(),
-                url.to_string(),
-                log.to_owned(),
-            );
+            let (stop, attempts, log, urls) =
+                (stop.clone(), attempts.clone(), log.to_owned(), urls.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    *attempts.lock().unwrap() += 1;
+                    let n = {
+                        let mut a = attempts.lock().unwrap();
+                        *a += 1;
+                        *a as usize
+                    };
+                    let url = {
+                        let u = urls.lock().unwrap();
+                        if u.is_empty() {
+                            String::new()
+                        } else {
+                            u[(n - 1) % u.len()].clone()
+                        }
+                    };
                     let mut g = publish_file(&media, &url, -1, &log);
                     while !stop.load(Ordering::SeqCst) && g.try_status().is_none() {
                         std::thread::sleep(Duration::from_millis(20));
@@ -675,7 +692,8 @@ impl Publisher {
             })
         };
         Publisher {
-            url: url.to_string(),
+            url: first,
+            urls,
             stop,
             thread: Some(thread),
             attempts,

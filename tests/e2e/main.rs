@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod callbacks;
+mod chaos;
 mod cluster;
 mod controller_cluster;
 mod data_plane;
