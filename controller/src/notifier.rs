@@ -178,63 +178,127 @@ async fn follow(store: &dyn Store, node_id: &str) -> Result<(), StoreError> {
                 Ok(None) => return Ok(()),
                 Err(_) => {
                     if dirty {
-                        write(store, node_id, Batch::at(cursor), &st).await?;
+                        write(store, node_id, Piece::at(cursor), &st).await?;
                         dirty = false;
                     }
                     continue;
                 }
             };
-            // This change and whatever else has already arrived, in one transaction.
+            // This change and whatever else has already arrived: one transaction per
+            // burst. A revision is never split between two (its events are numbered in
+            // it, and the cursor moves past it once all are written), unless it alone
+            // has more writes than a transaction takes.
             let mut batch = Batch::at(cursor);
             let mut next = Some(ev);
+            let mut broken = None;
             while let Some(ev) = next.take() {
                 let revision = ev.revision();
+                if revision != batch.revision && batch.ops(&st) >= SOFT_OPS {
+                    let done = batch.revision;
+                    write(store, node_id, batch.take(done), &st).await?;
+                    cursor = done;
+                    dirty = false;
+                }
                 dirty |= matters(ev.key());
                 let (made, changes) = on_event(&mut st, ev);
                 batch.add(revision, made, changes);
-                if batch.is_full() {
-                    break;
+                if batch.ops(&st) >= HARD_OPS {
+                    // In pieces: the cursor stays before this revision until its last.
+                    write(store, node_id, batch.take(revision - 1), &st).await?;
                 }
                 next = match events.next().now_or_never() {
                     Some(Some(Ok(ev))) => Some(ev),
-                    _ => None,
+                    Some(Some(Err(e))) => {
+                        broken = Some(e);
+                        None
+                    }
+                    Some(None) => {
+                        broken = Some(StoreError::Unavailable("the watch ended".into()));
+                        None
+                    }
+                    None => None,
                 };
             }
-            cursor = batch.cursor;
-            if batch.has_writes() {
-                write(store, node_id, batch, &st).await?;
+            // Every event that had arrived is in: the last revision is complete.
+            let done = batch.revision;
+            let piece = batch.take(done);
+            cursor = cursor.max(done);
+            if piece.has_writes() {
+                write(store, node_id, piece, &st).await?;
                 dirty = false;
+            }
+            match broken {
+                Some(StoreError::Compacted(_)) => {
+                    cursor = catch_up(store, node_id, &mut st, true).await?;
+                    break;
+                }
+                Some(e) => return Err(e),
+                None => {}
             }
         }
     }
 }
+
+/// A burst is written once it has this many writes (at a revision's end).
+const SOFT_OPS: usize = 64;
+/// A revision alone with this many writes is written in pieces (etcd takes at most 128
+/// operations a transaction).
+const HARD_OPS: usize = 110;
 
 /// Whether a change at `key` is one the deriver follows (not its own bookkeeping).
 fn matters(key: &str) -> bool {
     key.starts_with("apps/") || key.starts_with(keys::TASKS) || key.starts_with("status/")
 }
 
-/// What one transaction records: events with the revision of their change and their
-/// place among its events, changes to what is seen, and the cursor after them.
+/// Changes on their way to a transaction: events with the revision of their change and
+/// their place among its events, the last change to what is seen of each task.
 #[derive(Debug, Default)]
 struct Batch {
-    cursor: i64,
+    /// The last revision added, and how many of its events are numbered (carried over
+    /// when a revision is written in pieces).
+    revision: i64,
+    numbered: usize,
     made: Vec<(i64, usize, Event)>,
     /// The last change of each task (a transaction may name a key once).
     changes: BTreeMap<String, Option<Seen>>,
 }
 
+/// What one transaction records: a piece of a batch, and the cursor after it.
+#[derive(Debug, Default)]
+struct Piece {
+    cursor: i64,
+    made: Vec<(i64, usize, Event)>,
+    changes: BTreeMap<String, Option<Seen>>,
+}
+
+impl Piece {
+    fn at(cursor: i64) -> Piece {
+        Piece {
+            cursor,
+            ..Piece::default()
+        }
+    }
+
+    fn has_writes(&self) -> bool {
+        !self.made.is_empty() || !self.changes.is_empty()
+    }
+}
+
 impl Batch {
     fn at(cursor: i64) -> Batch {
         Batch {
-            cursor,
+            revision: cursor,
             ..Batch::default()
         }
     }
 
     fn add(&mut self, revision: i64, made: Vec<Event>, changes: Vec<SeenChange>) {
-        self.cursor = self.cursor.max(revision);
-        let first = self.made.iter().filter(|(r, _, _)| *r == revision).count();
+        if revision != self.revision {
+            self.revision = revision;
+            self.numbered = 0;
+        }
+        let first = self.numbered;
+        self.numbered += made.len();
         self.made.extend(
             made.into_iter()
                 .enumerate()
@@ -248,15 +312,27 @@ impl Batch {
         }
     }
 
-    /// Room is left for one more change's writes under etcd's 128 operations a
-    /// transaction (an event has one entry per receiver of its app).
-    fn is_full(&self) -> bool {
-        self.made.len() >= 8 || self.changes.len() >= 32
+    /// The writes it would make: an entry per event and receiver, one per task seen.
+    fn ops(&self, st: &State) -> usize {
+        let entries: usize = self.made.iter().map(|(_, _, e)| receivers(st, e)).sum();
+        entries + self.changes.len()
     }
 
-    fn has_writes(&self) -> bool {
-        !self.made.is_empty() || !self.changes.is_empty()
+    /// What is gathered, to be written with `cursor`; the numbering goes on.
+    fn take(&mut self, cursor: i64) -> Piece {
+        Piece {
+            cursor,
+            made: std::mem::take(&mut self.made),
+            changes: std::mem::take(&mut self.changes),
+        }
     }
+}
+
+/// How many status receivers an event's app has.
+fn receivers(st: &State, e: &Event) -> usize {
+    st.apps
+        .get(&(e.vhost.clone(), e.app.clone()))
+        .map_or(0, |a| a.callbacks.status.len())
 }
 
 /// Compares the current tasks and statuses with what was seen, records the events that
@@ -287,18 +363,18 @@ async fn catch_up(
     let mut made = made.into_iter().enumerate();
     let mut changes = changes.into_iter();
     loop {
-        let mut batch = Batch::at(revision);
-        batch
+        let mut piece = Piece::at(revision);
+        piece
             .made
             .extend(made.by_ref().take(8).map(|(n, e)| (revision, n, e)));
         for c in changes.by_ref().take(32) {
             match c {
-                SeenChange::Put(task, seen) => batch.changes.insert(task, Some(seen)),
-                SeenChange::Delete(task) => batch.changes.insert(task, None),
+                SeenChange::Put(task, seen) => piece.changes.insert(task, Some(seen)),
+                SeenChange::Delete(task) => piece.changes.insert(task, None),
             };
         }
-        let last = !batch.has_writes();
-        write(store, node_id, batch, st).await?;
+        let last = !piece.has_writes();
+        write(store, node_id, piece, st).await?;
         if last {
             break;
         }
@@ -386,7 +462,7 @@ fn kind_of(state: TaskState) -> Option<TaskEventKind> {
 async fn write(
     store: &dyn Store,
     node_id: &str,
-    batch: Batch,
+    batch: Piece,
     st: &State,
 ) -> Result<(), StoreError> {
     let mut txn = Txn::new().when(outbox::leading(node_id));
@@ -655,6 +731,29 @@ mod tests {
             "etcd refuses a key twice in a transaction"
         );
         assert_eq!(b.changes[&t], Some(seen(TaskState::Started)));
-        assert_eq!(b.cursor, 3);
+        assert_eq!(b.revision, 3);
+    }
+
+    #[test]
+    fn a_revision_written_in_pieces_keeps_numbering_its_events() {
+        let e = || event("v", "a", "t", TaskEventKind::Started, TaskStatus::default());
+        let mut b = Batch::at(1);
+        b.add(5, vec![e(), e()], vec![]);
+        let first = b.take(4);
+        assert_eq!(
+            first.cursor, 4,
+            "the cursor stays before an unfinished revision"
+        );
+        b.add(5, vec![e()], vec![]);
+        let second = b.take(5);
+        let places: Vec<(i64, usize)> = first
+            .made
+            .iter()
+            .chain(&second.made)
+            .map(|(r, n, _)| (*r, *n))
+            .collect();
+        assert_eq!(places, [(5, 0), (5, 1), (5, 2)], "one id per event");
+        b.add(6, vec![e()], vec![]);
+        assert_eq!(b.take(6).made[0].1, 0, "a new revision numbers from 0");
     }
 }
