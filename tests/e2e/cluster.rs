@@ -15,8 +15,8 @@ use pushcast_testkit::etcd::EtcdProcess as Etcd;
 use pushcast_testkit::wait_for;
 use serde_json::json;
 
-/// One cluster at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One cluster at a time (the chaos soak takes it too).
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `--lease-ttl-secs` of the workers in the failure tests.
 const WORKER_TTL: u64 = 3;
