@@ -165,11 +165,15 @@ async fn chaos_soak() {
         let hold = Duration::from_millis(2_000 + rng.below(6_000) as u64);
         println!("chaos: {fault:?} (worker w{victim} where it applies, {hold:?})");
         match fault {
+            // Kills: recovery counts from the kill (the cluster must recover without the
+            // dead process); it is restarted after the hold.
             Fault::WorkerKill => {
+                let t = Instant::now();
                 c.kill9_worker(victim);
                 *urls.lock().unwrap() = live_urls(&c);
                 refresh(&publishers, &urls);
-                tokio::time::sleep(hold).await;
+                recovered(&c, &ids, fault, t, &mut recoveries, &mut violations).await;
+                tokio::time::sleep(hold.saturating_sub(t.elapsed())).await;
                 add_worker(&mut c, &mut cuts).await;
             }
             Fault::ControllerKill => {
@@ -177,8 +181,11 @@ async fn chaos_soak() {
                     .filter(|&i| c.controller_alive(i))
                     .collect();
                 let i = alive[rng.below(alive.len())];
+                let t = Instant::now();
                 c.kill9_controller(i);
-                tokio::time::sleep(hold).await;
+                *endpoints.lock().unwrap() = api_endpoints(&c);
+                recovered(&c, &ids, fault, t, &mut recoveries, &mut violations).await;
+                tokio::time::sleep(hold.saturating_sub(t.elapsed())).await;
                 c.add_controller().await;
             }
             Fault::WorkerFreeze => {
@@ -205,12 +212,20 @@ async fn chaos_soak() {
         *urls.lock().unwrap() = live_urls(&c);
         refresh(&publishers, &urls);
         *endpoints.lock().unwrap() = api_endpoints(&c);
-        let t = Instant::now();
-        match all_flowing(&c, &ids, RECOVERY_BOUND).await {
-            Ok(()) => recoveries.entry(fault).or_default().push(t.elapsed()),
-            Err(e) => violations.push(format!(
-                "{fault:?}: not every task pushing {RECOVERY_BOUND:?} after the fault: {e}"
-            )),
+        // The others: recovery counts from the fault's end (thawed, restored, member
+        // back); after a kill, from the restart of the replacement.
+        match fault {
+            Fault::WorkerKill | Fault::ControllerKill => {
+                if let Err(e) = all_flowing(&c, &ids, RECOVERY_BOUND).await {
+                    violations.push(format!(
+                        "{fault:?}: not every task pushing after the restart: {e}"
+                    ));
+                }
+            }
+            _ => {
+                let t = Instant::now();
+                recovered(&c, &ids, fault, t, &mut recoveries, &mut violations).await;
+            }
         }
         let doubled = c.double_publishes();
         if !doubled.is_empty() {
@@ -260,8 +275,12 @@ async fn chaos_soak() {
         let mut t = times.clone();
         t.sort();
         let pick = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
+        let from = match fault {
+            Fault::WorkerKill | Fault::ControllerKill => "the kill",
+            _ => "the fault's end",
+        };
         println!(
-            "  {fault:?}: {} faults, recovery p50 {:?} p99 {:?} max {:?}",
+            "  {fault:?}: {} faults, every task pushing again after {from}: p50 {:?} p99 {:?} max {:?}",
             t.len(),
             pick(0.5),
             pick(0.99),
@@ -280,6 +299,23 @@ async fn chaos_soak() {
         println!("    {v}");
     }
     assert!(violations.is_empty(), "{} violations", violations.len());
+}
+
+/// Waits until every task pushes; records how long since `since`, or a violation.
+async fn recovered(
+    c: &Cluster,
+    ids: &[String],
+    fault: Fault,
+    since: Instant,
+    recoveries: &mut BTreeMap<Fault, Vec<Duration>>,
+    violations: &mut Vec<String>,
+) {
+    match all_flowing(c, ids, RECOVERY_BOUND).await {
+        Ok(()) => recoveries.entry(fault).or_default().push(since.elapsed()),
+        Err(e) => violations.push(format!(
+            "{fault:?}: not every task pushing {RECOVERY_BOUND:?} after the fault: {e}"
+        )),
+    }
 }
 
 /// Starts a worker behind its own cut-off proxy.
