@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use pushcast_proto::keys;
-use pushcast_proto::model::{AppConfig, TaskSpec, TaskState, TaskStatus};
+use pushcast_proto::model::{AppConfig, OutboxKind, TaskSpec, TaskState, TaskStatus};
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Op, Store, StoreError, Txn, WatchEvent, decoded};
 use pushcast_webhooks::{Dispatcher, TaskCounters, TaskEventKind, TaskStatusEvent};
@@ -529,12 +529,15 @@ fn entries_of(st: &State, ev: &Event, revision: i64, n: usize) -> Vec<Entry> {
         .status
         .iter()
         .map(|cb| Entry {
+            kind: OutboxKind::Status,
             vhost: ev.vhost.clone(),
             app: ev.app.clone(),
             url: cb.url.clone(),
-            task: task.clone(),
+            // The dispatcher's order key of a task's status events.
+            order: format!("task\u{0}{task}"),
             event_id: event_id.clone(),
             what: ev.kind.as_str().to_string(),
+            content_type: pushcast_webhooks::JSON.to_string(),
             body: json.clone(),
         })
         .collect()

@@ -1,9 +1,11 @@
-//! The callback outbox: status events kept in the store until a receiver accepts them.
+//! The callback outbox: events kept in the store until a receiver accepts them.
 //!
-//! The event deriver ([`crate::notifier`]) writes one entry per (event, receiver) in the
-//! same transaction that moves its cursor past the store change the event comes from, so
-//! an event is recorded exactly when the change is accounted for: a controller that dies
-//! in between leaves both undone, and the next leader derives the event again. The
+//! The status event deriver ([`crate::notifier`]) writes one entry per (event, receiver)
+//! in the same transaction that moves its cursor past the store change the event comes
+//! from, so an event is recorded exactly when the change is accounted for: a controller
+//! that dies in between leaves both undone, and the next leader derives the event again.
+//! The worker that ingests writes PubStart with the stream's registration and PubEnd with
+//! its removal, in the same transactions. The
 //! leader delivers the entries ([`deliver`]): per receiver and task one at a time, in the
 //! order they happened (the head of each lane; the next once it is acknowledged), each
 //! with its `X-Event-Id` (and `eventId` in the body), the same on every retry and after a
@@ -21,10 +23,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pushcast_proto::keys;
-use pushcast_proto::model::AppConfig;
+use pushcast_proto::model::{AppConfig, OutboxEntry, OutboxKind};
 use pushcast_store::{Compare, Op, Store, Txn, WatchEvent, decoded};
-use pushcast_webhooks::{Dispatcher, Payload, Target};
-use serde::{Deserialize, Serialize};
+use pushcast_webhooks::{Class, Dispatcher, Payload, Target};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -35,29 +36,13 @@ pub const MAX_ENTRIES: usize = 10_000;
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// One event for one receiver, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub vhost: String,
-    pub app: String,
-    /// The receiver.
-    pub url: String,
-    /// The task's key: events of one task go to one receiver in order.
-    pub task: String,
-    /// `X-Event-Id`, and `eventId` in the body.
-    pub event_id: String,
-    /// The event's name (`started`, …), for logs.
-    pub what: String,
-    /// The JSON body, as it is sent (signed at sending, with the receiver's secret).
-    pub body: String,
+pub type Entry = OutboxEntry;
+
+fn lane_of(e: &Entry) -> Lane {
+    (e.url.clone(), e.order.clone())
 }
 
-impl Entry {
-    fn lane(&self) -> Lane {
-        (self.url.clone(), self.task.clone())
-    }
-}
-
-/// Events of one task to one receiver: (url, task key).
+/// Events of one order (a task, a publish session) to one receiver: (url, order).
 type Lane = (String, String);
 
 /// The leader's guard on every outbox write: only the leader writes.
@@ -81,7 +66,7 @@ impl Book {
         if self.entries.contains_key(&key) {
             return;
         }
-        let lane = self.lanes.entry(entry.lane()).or_default();
+        let lane = self.lanes.entry(lane_of(&entry)).or_default();
         // Keys sort in event order; a watch delivers them in that order too.
         let at = lane.partition_point(|k| *k < key);
         lane.insert(at, key.clone());
@@ -90,7 +75,7 @@ impl Book {
 
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
-        let lane = entry.lane();
+        let lane = lane_of(&entry);
         if let Some(keys) = self.lanes.get_mut(&lane) {
             keys.retain(|k| k != key);
             if keys.is_empty() {
@@ -206,7 +191,7 @@ async fn send_head(
             Ok(Some(secret)) => secret,
             Ok(None) => {
                 tracing::info!(event = %entry.event_id, what = %entry.what,
-                    "status callback dropped: its receiver is no longer one of the app's");
+                    "callback dropped: its receiver is no longer one of the app's");
                 metrics::counter!("pushcast_callbacks_outbox_dropped_total", "reason" => "receiver removed")
                     .increment(1);
                 remove(store, node_id, book, &key).await;
@@ -222,26 +207,22 @@ async fn send_head(
             Ok(t) if secret.is_empty() => t,
             Ok(t) => t.with_secret(secret),
             Err(e) => {
-                tracing::warn!(error = %e, "status callback dropped: bad receiver URL");
+                tracing::warn!(error = %e, "callback dropped: bad receiver URL");
                 remove(store, node_id, book, &key).await;
                 continue;
             }
         };
-        let what = match entry.what.as_str() {
-            "created" => "created",
-            "started" => "started",
-            "error" => "error",
-            "stopped" => "stopped",
-            "removed" => "removed",
-            _ => "status",
-        };
         let tx = done.clone();
         let acked = key.clone();
-        let payload = Payload::status_encoded(
+        let payload = Payload::encoded(
+            match entry.kind {
+                OutboxKind::Status => Class::Status,
+                OutboxKind::Publish => Class::Publish,
+            },
+            &entry.content_type,
             entry.body.into_bytes(),
-            what,
             entry.event_id.as_str(),
-            format!("task\u{0}{}", entry.task),
+            entry.order.as_str(),
         )
         .on_done(move |delivered| {
             let _ = tx.send((acked.clone(), delivered));
@@ -252,18 +233,26 @@ async fn send_head(
     }
 }
 
-/// The secret of the entry's receiver among its app's status callbacks now (`""` for
-/// none); `None` when the app or the receiver is gone.
+/// The secret of the entry's receiver among its app's callbacks of its kind now (`""`
+/// for none: publish callbacks are not signed); `None` when the app or the receiver is
+/// gone.
 async fn receiver_secret(store: &dyn Store, entry: &Entry) -> Result<Option<String>, ()> {
     let key = keys::app(&entry.vhost, &entry.app);
     let kv = store.get(&key).await.map_err(|_| ())?;
     let app = kv.and_then(|kv| decoded::<AppConfig>(&kv.key, &kv.value, "app"));
-    Ok(app.and_then(|a| {
-        a.callbacks
+    Ok(app.and_then(|a| match entry.kind {
+        OutboxKind::Status => a
+            .callbacks
             .status
             .into_iter()
             .find(|s| s.url == entry.url)
-            .map(|s| s.secret)
+            .map(|s| s.secret),
+        OutboxKind::Publish => a
+            .callbacks
+            .publish
+            .iter()
+            .any(|p| p.url == entry.url)
+            .then(String::new),
     }))
 }
 
@@ -340,12 +329,14 @@ mod tests {
 
     fn entry(url: &str, task: &str) -> Entry {
         Entry {
+            kind: OutboxKind::Status,
             vhost: "v".into(),
             app: "a".into(),
             url: url.into(),
-            task: task.into(),
+            order: task.into(),
             event_id: "1-0".into(),
             what: "started".into(),
+            content_type: "application/json".into(),
             body: "{}".into(),
         }
     }

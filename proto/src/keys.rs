@@ -150,6 +150,13 @@ pub fn outbox_entry(revision: i64, n: usize) -> String {
     format!("{OUTBOX}{revision:020}-{n:08}")
 }
 
+/// An outbox entry of a publish session (`vdoid`): its start (`step` 0) or end (1), for
+/// the `n`-th publish callback of its app. Sorts after every status entry, and a
+/// session's start before its end.
+pub fn outbox_publish(vdoid: &str, step: u8, n: usize) -> String {
+    format!("{OUTBOX}p-{}-{step}-{n:04}", escape(vdoid))
+}
+
 /// The store revision up to which status events have been derived into the outbox.
 pub const NOTIFIER_CURSOR: &str = "notifier/cursor";
 

@@ -882,6 +882,48 @@ impl TaskStatus {
     }
 }
 
+/// A callback waiting in the store's outbox (`outbox/…`) for its receiver's 2xx: one
+/// event for one receiver. Status events are written by the leader, publish events
+/// (PubStart/PubEnd) by the worker that ingests, each in the transaction of the change it
+/// reports; the leader delivers them all (`controller/src/outbox.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    #[serde(default)]
+    pub kind: OutboxKind,
+    pub vhost: String,
+    pub app: String,
+    /// The receiver.
+    pub url: String,
+    /// Entries with the same order go to one receiver one at a time, in key order (a
+    /// task's events; a publish session's start and end).
+    pub order: String,
+    /// `X-Event-Id`: the same on every retry and after a failover.
+    pub event_id: String,
+    /// The event's name (`started`, `PubStart`, …), for logs.
+    pub what: String,
+    /// `application/json` or `application/x-www-form-urlencoded`.
+    #[serde(default = "json_type")]
+    pub content_type: String,
+    /// The body, as it is sent (a status event is signed at sending, with the
+    /// receiver's secret).
+    pub body: String,
+}
+
+fn json_type() -> String {
+    "application/json".to_string()
+}
+
+/// Which callbacks of an app an [`OutboxEntry`] belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxKind {
+    /// A task status event (`callbacks.status`, signed).
+    #[default]
+    Status,
+    /// PubStart / PubEnd (`callbacks.publish`).
+    Publish,
+}
+
 /// A live source stream, as the worker that ingests it records it in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveStream {

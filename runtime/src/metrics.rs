@@ -85,6 +85,30 @@ pub const METRICS: &[(&str, &str)] = &[
         "pushcast_informer_lagging_reads_total",
         "Reads and passes that did not see the informer reach the revision they waited for in time.",
     ),
+    (
+        "pushcast_ingest_stale_streams_total",
+        "Publishes that met their stream registered on another worker, by decision (revoked: that worker was gone; refused: it answered; held: it could not be told).",
+    ),
+    (
+        "pushcast_status_events_total",
+        "Status callback entries recorded in the outbox (one per event and receiver).",
+    ),
+    (
+        "pushcast_status_events_history_lost_total",
+        "Status events sent from a comparison of states because the store's history since the cursor was compacted.",
+    ),
+    (
+        "pushcast_callbacks_outbox_entries",
+        "Status callback entries waiting in the outbox for their receiver.",
+    ),
+    (
+        "pushcast_callbacks_outbox_delivered_total",
+        "Outbox entries a receiver accepted (and that were deleted).",
+    ),
+    (
+        "pushcast_callbacks_outbox_dropped_total",
+        "Outbox entries dropped, by reason (full: the oldest beyond the bound; receiver removed).",
+    ),
 ];
 
 /// Installs the global recorder once (later calls reuse it).

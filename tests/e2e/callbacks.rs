@@ -2,6 +2,7 @@
 //! callbacks, end to end: the real standalone binary, real ffmpeg publishers and a real
 //! HTTP receiver started by the test.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use pushcast_testkit::api::Node;
@@ -229,12 +230,13 @@ async fn a_down_receiver_gets_the_callback_later_and_a_slow_one_delays_nothing()
     assert!(p.wait_exit(Duration::from_secs(20)).unwrap().success());
 }
 
-/// Status events are never lost: with no controller running at all, a running task
-/// stops (its encoder leaves) and starts again (it comes back) on its worker; when a
-/// controller comes back it derives those events from the store's history and delivers
-/// them, in order, after the ones sent before. Every event carries an `X-Event-Id` equal
-/// to its body's `eventId`, the same when it is retried (the receiver fails the first
-/// request), so receivers can deduplicate.
+/// Callbacks are never lost: with no controller running at all, a running task stops
+/// (its encoder leaves) and starts again (it comes back) on its worker; when a controller
+/// comes back it derives those status events from the store's history and delivers
+/// them, in order, after the ones sent before, and the PubEnd and PubStart the worker
+/// recorded meanwhile go out too. Every event carries an `X-Event-Id` (for status events
+/// equal to the body's `eventId`), the same when it is retried (the receiver fails the
+/// first request), so receivers can deduplicate.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_events_while_no_controller_runs_are_delivered_later() {
     use pushcast_testkit::cluster::{Cluster, Publisher, WorkerOpts};
@@ -243,9 +245,11 @@ async fn status_events_while_no_controller_runs_are_delivered_later() {
     c.add_worker(WorkerOpts::default()).await;
     c.wait_for_leader(Duration::from_secs(15)).await;
     let rx = Receiver::start_with(pushcast_testkit::receiver::fail_first(1)).await;
+    let pubs = Receiver::start().await;
     set_callbacks(
         &c.controllers[0],
-        json!({"status": [{"url": rx.url("/status"), "secret": "s"}]}),
+        json!({"status": [{"url": rx.url("/status"), "secret": "s"}],
+               "publish": [{"url": pubs.url("/pub"), "format": "new"}]}),
     )
     .await;
     let key = ["evkey".to_string()];
@@ -263,10 +267,29 @@ async fn status_events_while_no_controller_runs_are_delivered_later() {
     let _p2 = Publisher::start(&c.workers[0].ingest_url("ev"), &c.path().join("p2.log"));
     c.wait_recordings_grow(&key, Duration::from_secs(20)).await;
     assert_eq!(rx.accepted().len(), 2, "nobody sent anything meanwhile");
+    assert_eq!(
+        pubs.accepted().len(),
+        1,
+        "only the first PubStart, before the kill"
+    );
 
     // A controller again: what happened is delivered.
     c.add_controller().await;
-    let got = rx.wait_accepted(4, Duration::from_secs(30)).await;
+    // At least once: an event the killed controller had delivered but not yet deleted is
+    // sent again under its id; a receiver keeps the first of each id.
+    let distinct = |log: &[pushcast_testkit::receiver::Recorded]| {
+        let mut seen = HashSet::new();
+        log.iter()
+            .filter(|r| r.ok())
+            .filter(|r| seen.insert(r.header("x-event-id").unwrap_or("").to_string()))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    rx.wait_until(Duration::from_secs(30), "4 distinct status events", |log| {
+        distinct(log).len() >= 4
+    })
+    .await;
+    let got = distinct(&rx.requests());
     let events: Vec<String> = got
         .iter()
         .map(|r| r.json()["event"].as_str().unwrap_or("").to_string())
@@ -287,10 +310,34 @@ async fn status_events_while_no_controller_runs_are_delivered_later() {
         ));
         ids.push(id);
     }
-    ids.dedup();
-    assert_eq!(ids.len(), 4, "one id per event: {ids:?}");
     // The request the receiver failed was the first event, under the same id.
     let all = rx.requests();
     assert!(!all[0].ok());
     assert_eq!(all[0].header("x-event-id"), Some(ids[0].as_str()));
+
+    // The publish callbacks recorded while no controller ran: the first session's end,
+    // the second one's start.
+    pubs.wait_until(
+        Duration::from_secs(30),
+        "3 distinct publish events",
+        |log| distinct(log).len() >= 3,
+    )
+    .await;
+    let got = distinct(&pubs.requests());
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|r| r.json()["NotifyType"].as_str().unwrap_or("?").to_string())
+        .map(|k| {
+            if k == "PubStart" {
+                "PubStart"
+            } else if k == "PubEnd" {
+                "PubEnd"
+            } else {
+                "?"
+            }
+        })
+        .collect();
+    assert_eq!(kinds, ["PubStart", "PubEnd", "PubStart"], "{got:#?}");
+    let ids: HashSet<&str> = got.iter().filter_map(|r| r.header("x-event-id")).collect();
+    assert_eq!(ids.len(), 3, "an id per publish event");
 }

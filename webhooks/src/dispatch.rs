@@ -228,6 +228,12 @@ impl Payload {
         }
     }
 
+    /// Sets the order key.
+    pub fn ordered_by(mut self, key: impl Into<Arc<str>>) -> Payload {
+        self.order_key = Some(key.into());
+        self
+    }
+
     /// Names the event (`X-Event-Id`).
     pub fn with_event_id(mut self, id: impl Into<Arc<str>>) -> Payload {
         self.event_id = Some(id.into());
@@ -241,26 +247,30 @@ impl Payload {
         self
     }
 
-    /// A status event already encoded (`body`, e.g. kept in the store's outbox), named
-    /// `event_id` and ordered by `order_key`.
-    pub fn status_encoded(
+    /// A payload already encoded (`body`, e.g. kept in the store's outbox) of `class`,
+    /// named `event_id` and ordered by `order_key`; `content_type` is JSON unless it is the
+    /// form type.
+    pub fn encoded(
+        class: Class,
+        content_type: &str,
         body: impl Into<Bytes>,
-        what: &'static str,
         event_id: impl Into<Arc<str>>,
         order_key: impl Into<Arc<str>>,
     ) -> Payload {
+        let content_type = if content_type.starts_with(FORM) {
+            FORM
+        } else {
+            JSON
+        };
         Payload {
-            what,
-            ..Payload::new(Class::Status, JSON, body)
+            what: match class {
+                Class::Status => "status event",
+                Class::Publish => "publish event",
+            },
+            ..Payload::new(class, content_type, body)
         }
         .with_event_id(event_id)
         .ordered_by(order_key)
-    }
-
-    /// Sets the order key.
-    pub fn ordered_by(mut self, key: impl Into<Arc<str>>) -> Payload {
-        self.order_key = Some(key.into());
-        self
     }
 
     /// PubStart (new) / `user_publish` (old). Ordered by the publish session (`vdoid`), so
@@ -306,6 +316,11 @@ impl Payload {
 
     pub fn class(&self) -> Class {
         self.class
+    }
+
+    /// What it is, for logs (`PubStart`, `started`, …).
+    pub fn what(&self) -> &'static str {
+        self.what
     }
 
     pub fn content_type(&self) -> &'static str {

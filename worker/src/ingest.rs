@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_proto::keys;
-use pushcast_proto::model::{AppConfig, FORWARD_APP, LiveStream, WorkerInfo};
+use pushcast_proto::model::{
+    AppConfig, FORWARD_APP, LiveStream, OutboxEntry, OutboxKind, WorkerInfo,
+};
 use pushcast_proto::publish_keys::lookup_hash;
 use pushcast_proto::secret::redact;
 use pushcast_proto::time;
@@ -533,16 +535,22 @@ impl Ingest {
         let value = serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
         let store_key = keys::stream(&vhost, &req.app, &stream);
         let exist = || Refusal::StreamInUse(stream.clone());
+        // PubStart goes to the outbox with the registration: recorded if and only if the
+        // stream is live (not leased: it outlives this worker).
+        let starts = publish_entries(&event, &app.callbacks.publish, None);
         // Once more after the stream's holder was found gone (or its lease expired).
         let mut settled = false;
         loop {
-            let txn = Txn::new()
-                .when(Compare::Absent(store_key.clone()))
-                .and_then(Op::put_with_lease(
-                    store_key.clone(),
-                    value.clone(),
-                    self.lease.id(),
-                ));
+            let txn = starts.iter().fold(
+                Txn::new()
+                    .when(Compare::Absent(store_key.clone()))
+                    .and_then(Op::put_with_lease(
+                        store_key.clone(),
+                        value.clone(),
+                        self.lease.id(),
+                    )),
+                |t, (k, v)| t.and_then(Op::put(k.clone(), v.clone())),
+            );
             match self.store.txn(txn).await {
                 Ok(r) if r.succeeded => break,
                 Ok(_) if !settled => {
@@ -560,9 +568,6 @@ impl Ingest {
                 metrics::gauge!("pushcast_ingest_streams").increment(1.0);
                 self.lock_published()
                     .insert(store_key.clone(), value.clone());
-                for cb in &app.callbacks.publish {
-                    self.notify(cb, Payload::publish_start(&event, format_of(cb)));
-                }
                 Ok(Published {
                     source,
                     store_key: Some(store_key),
@@ -571,7 +576,11 @@ impl Ingest {
                 })
             }
             Err(_) => {
-                let _ = self.store.delete(&store_key).await;
+                let undo = starts.iter().fold(
+                    Txn::new().and_then(Op::delete(store_key.clone())),
+                    |t, (k, _)| t.and_then(Op::delete(k.clone())),
+                );
+                let _ = self.store.txn(undo).await;
                 Err(exist())
             }
         }
@@ -587,9 +596,27 @@ impl Ingest {
             return Ok(());
         };
         let holder = match serde_json::from_slice::<LiveStream>(&kv.value) {
-            Ok(h) if h.worker != self.node_id && kv.lease != 0 => h.worker,
-            // Live here, or a record no worker owns: nothing to decide.
-            _ => return Err(exist()),
+            // A record no worker's lease holds, or one it does not own: nothing to decide.
+            Ok(_) if kv.lease == 0 => return Err(exist()),
+            Err(_) => return Err(exist()),
+            // Live here.
+            Ok(h) if h.worker == self.node_id && kv.lease == self.lease.id() => {
+                return Err(exist());
+            }
+            // This worker's name under another lease: a run of this worker before a
+            // restart (a lease this process lost would have taken its keys with it). That
+            // process is gone; its lease goes at once.
+            Ok(h) if h.worker == self.node_id => {
+                metrics::counter!("pushcast_ingest_stale_streams_total", "decision" => "revoked")
+                    .increment(1);
+                tracing::warn!(%stream, lease = kv.lease,
+                    "the stream is registered by a previous run of this worker; revoking its lease");
+                return match self.store.revoke_lease(kv.lease).await {
+                    Ok(()) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
+                    Err(e) => Err(unavailable(e)),
+                };
+            }
+            Ok(h) => h.worker,
         };
         let registration = self
             .store
@@ -693,33 +720,88 @@ impl Ingest {
     /// Ends a publish: subscribers see the end, the stream leaves the store, the app's
     /// callbacks hear PubEnd (`normal`: the encoder unpublished; else the connection broke).
     async fn unpublish(&self, p: Published, normal: bool, why: &str) {
-        if let Some((event, callbacks)) = &p.notify {
-            let end = PublishEnd {
-                time_ms: time::now_ms().max(0) as u64,
-                message: why.to_string(),
-                mode: if normal {
-                    CloseMode::Normal
-                } else {
-                    CloseMode::Abnormal
-                },
-            };
-            for cb in callbacks {
-                self.notify(cb, Payload::publish_end(event, &end, format_of(cb)));
+        // PubEnd goes to the outbox with the stream's removal (or alone, when the stream
+        // is not this worker's any more); from memory only when the store cannot be
+        // written.
+        let ends = match &p.notify {
+            Some((event, callbacks)) => {
+                let end = PublishEnd {
+                    time_ms: time::now_ms().max(0) as u64,
+                    message: why.to_string(),
+                    mode: if normal {
+                        CloseMode::Normal
+                    } else {
+                        CloseMode::Abnormal
+                    },
+                };
+                Some((
+                    event,
+                    callbacks,
+                    publish_entries(event, callbacks, Some(&end)),
+                    end,
+                ))
             }
-        }
+            None => None,
+        };
         tracing::info!(stream = %p.source.key(), "publish ended");
         self.publishers.lock().remove(p.source.key());
         p.source.end();
         let Some(store_key) = p.store_key else { return };
         metrics::gauge!("pushcast_ingest_streams").decrement(1.0);
         self.lock_published().remove(&store_key);
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .when(Compare::Value(store_key.clone(), p.value))
             .and_then(Op::delete(store_key));
+        for (k, v) in ends.iter().flat_map(|(_, _, entries, _)| entries) {
+            txn = txn
+                .and_then(Op::put(k.clone(), v.clone()))
+                .or_else(Op::put(k.clone(), v.clone()));
+        }
         if let Err(e) = self.store.txn(txn).await {
-            tracing::warn!(error = %e, "cannot remove the ended stream from the store (its lease will)");
+            tracing::warn!(error = %e, "cannot remove the ended stream from the store (its lease will); PubEnd sent from memory");
+            if let Some((event, callbacks, _, end)) = &ends {
+                for cb in callbacks.iter() {
+                    self.notify(cb, Payload::publish_end(event, end, format_of(cb)));
+                }
+            }
         }
     }
+}
+
+/// The outbox entries (key, value) of a publish session's start (`end` absent) or end,
+/// one per publish callback of its app, named `{vdoid}-start` / `{vdoid}-end`.
+fn publish_entries(
+    ev: &PublishEvent,
+    callbacks: &[PublishCallback],
+    end: Option<&PublishEnd>,
+) -> Vec<(String, Vec<u8>)> {
+    callbacks
+        .iter()
+        .enumerate()
+        .filter_map(|(n, cb)| {
+            let payload = match end {
+                None => Payload::publish_start(ev, format_of(cb)),
+                Some(end) => Payload::publish_end(ev, end, format_of(cb)),
+            };
+            let entry = OutboxEntry {
+                kind: OutboxKind::Publish,
+                vhost: ev.vhost.clone(),
+                app: ev.app.clone(),
+                url: cb.url.clone(),
+                order: format!("pub\u{0}{}", ev.vdoid),
+                event_id: format!(
+                    "{}-{}",
+                    ev.vdoid,
+                    if end.is_some() { "end" } else { "start" }
+                ),
+                what: payload.what().to_string(),
+                content_type: payload.content_type().to_string(),
+                body: String::from_utf8_lossy(payload.body()).into_owned(),
+            };
+            let key = keys::outbox_publish(&ev.vdoid, u8::from(end.is_some()), n);
+            Some((key, serde_json::to_vec(&entry).ok()?))
+        })
+        .collect()
 }
 
 /// An accepted publish.
@@ -947,6 +1029,48 @@ mod tests {
             refusal(&s, request("app", "cam", None)).await,
             Refusal::StreamInUse("cam".into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_a_previous_run_or_an_unregistered_worker_is_taken_over_at_once() {
+        let s = setup(true).await;
+        let key = keys::stream("default", "app", "cam");
+        for holder in ["w1", "w2"] {
+            // Under a live lease that is not this worker's current one: "w1" is this
+            // worker before a restart, "w2" a worker with no registration.
+            let old = s
+                .ingest
+                .store
+                .grant_lease(Duration::from_secs(60))
+                .await
+                .unwrap();
+            let record = LiveStream {
+                vhost: "default".into(),
+                app: "app".into(),
+                stream: "cam".into(),
+                worker: holder.into(),
+                tracks: vec![],
+                since_ms: 0,
+            };
+            s.ingest
+                .store
+                .put(&key, serde_json::to_vec(&record).unwrap(), old)
+                .await
+                .unwrap();
+            let p = s
+                .ingest
+                .admit(&request("app", "cam", None), peer())
+                .await
+                .unwrap_or_else(|r| panic!("{holder}: refused {r}"));
+            assert_eq!(
+                s.ingest.store.lease_ttl(old).await.unwrap(),
+                None,
+                "{holder}: the stale lease is revoked"
+            );
+            let kv = s.ingest.store.get(&key).await.unwrap().unwrap();
+            assert_eq!(kv.lease, s.ingest.lease.id());
+            s.ingest.unpublish(p, true, "test").await;
+        }
     }
 
     #[tokio::test]
