@@ -150,11 +150,12 @@ pub fn outbox_entry(revision: i64, n: usize) -> String {
     format!("{OUTBOX}{revision:020}-{n:08}")
 }
 
-/// An outbox entry of a publish session (`vdoid`): its start (`step` 0) or end (1), for
-/// the `n`-th publish callback of its app. Sorts after every status entry, and a
-/// session's start before its end.
-pub fn outbox_publish(vdoid: &str, step: u8, n: usize) -> String {
-    format!("{OUTBOX}p-{}-{step}-{n:04}", escape(vdoid))
+/// An outbox entry of a publish session (`vdoid`): its start (`step` 0, at its start
+/// time) or end (1, at its end time), for the `n`-th publish callback of its app. Sorts
+/// after every status entry and, within a stream, in time order: a session's end before
+/// the next session's start.
+pub fn outbox_publish(time_ms: u64, vdoid: &str, step: u8, n: usize) -> String {
+    format!("{OUTBOX}p-{time_ms:016}-{}-{step}-{n:04}", escape(vdoid))
 }
 
 /// The store revision up to which status events have been derived into the outbox.

@@ -769,7 +769,9 @@ impl Ingest {
 }
 
 /// The outbox entries (key, value) of a publish session's start (`end` absent) or end,
-/// one per publish callback of its app, named `{vdoid}-start` / `{vdoid}-end`.
+/// one per publish callback of its app, named `{vdoid}-start` / `{vdoid}-end`, ordered
+/// per stream (a receiver never hears a session start before the previous one ended;
+/// across workers, as far as their clocks agree).
 fn publish_entries(
     ev: &PublishEvent,
     callbacks: &[PublishCallback],
@@ -788,7 +790,8 @@ fn publish_entries(
                 vhost: ev.vhost.clone(),
                 app: ev.app.clone(),
                 url: cb.url.clone(),
-                order: format!("pub\u{0}{}", ev.vdoid),
+                // A stream's publish events in order, across its sessions.
+                order: format!("pub\u{0}{}\u{0}{}\u{0}{}", ev.vhost, ev.app, ev.stream),
                 event_id: format!(
                     "{}-{}",
                     ev.vdoid,
@@ -798,7 +801,8 @@ fn publish_entries(
                 content_type: payload.content_type().to_string(),
                 body: String::from_utf8_lossy(payload.body()).into_owned(),
             };
-            let key = keys::outbox_publish(&ev.vdoid, u8::from(end.is_some()), n);
+            let at = end.map_or(ev.start_ms, |e| e.time_ms);
+            let key = keys::outbox_publish(at, &ev.vdoid, u8::from(end.is_some()), n);
             Some((key, serde_json::to_vec(&entry).ok()?))
         })
         .collect()
