@@ -11,7 +11,9 @@
 //! - the API lists exactly the fifty tasks, ids unique, whenever it answers 200, and never
 //!   answers a 5xx other than 503;
 //! - status callbacks: every task's `created` arrived, and its last event is the state
-//!   it ends in (`started`), each event id with one body.
+//!   it ends in (`started`), each event id with one body;
+//! - no encoder was ever refused (`ExistStreamName`): one that reconnects after its
+//!   worker died is admitted at its first attempt.
 //!
 //! It prints a report and fails on any violation. `CHAOS_SECONDS` (default 120: the run
 //! in `scripts/test.sh`) and `CHAOS_SEED` set the length and the faults;
@@ -268,6 +270,23 @@ async fn chaos_soak() {
     }
     let api = std::mem::take(&mut *api_watch.lock().unwrap());
     violations.extend(api.violations);
+    // An encoder that reconnects after its worker died is admitted at its first attempt
+    // (the dead worker's stream is decided, not refused); none was ever refused.
+    let attempts: u32 = publishers.iter().map(Publisher::attempts).sum();
+    for (s, p) in publishers.iter().enumerate() {
+        let refused: Vec<String> = p
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("ExistStreamName"))
+            .map(str::to_string)
+            .collect();
+        if !refused.is_empty() {
+            violations.push(format!(
+                "encoder s{s} refused {} times: {refused:?}",
+                refused.len()
+            ));
+        }
+    }
     drop(publishers);
 
     println!("chaos report (seed {seed}, {seconds} s):");
@@ -288,7 +307,8 @@ async fn chaos_soak() {
         );
     }
     println!(
-        "  API: {} calls polled, {} answered 503; status events delivered: {} ({} distinct)",
+        "  API: {} calls polled, {} answered 503; status events delivered: {} ({} distinct); \
+         encoder attempts: {attempts}, none refused",
         api.calls,
         api.unavailable,
         rx.accepted().len(),
