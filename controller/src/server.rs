@@ -164,11 +164,19 @@ pub async fn start(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PushServiceServer<Api>>().await;
     health.set_serving::<AppServiceServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pushcast_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: v1, and v1alpha for the tools that speak only it
+    // (grpcurl 1.8, older IDE plugins).
+    let reflection_of = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pushcast_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_of()
         .build_v1()
         .context("cannot build gRPC reflection")?;
+    let reflection_v1alpha = reflection_of()
+        .build_v1alpha()
+        .context("cannot build gRPC reflection (v1alpha)")?;
     let api = Api {
         pushes,
         keys: stream_keys,
@@ -187,6 +195,7 @@ pub async fn start(
         builder
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(
                 PushServiceServer::new(api.clone())
                     .max_decoding_message_size(MAX_GRPC_REQUEST_BYTES),

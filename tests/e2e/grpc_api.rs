@@ -394,3 +394,57 @@ async fn oversized_grpc_requests_are_refused() {
         .into_inner();
     assert_eq!(fine.task.unwrap().destinations.len(), 2);
 }
+
+/// grpcurl 1.8 speaks only the v1alpha reflection service (it said "server does not
+/// support the reflection API" when only v1 was served): it lists the API and describes
+/// a service. `scripts/deps.sh test` installs it; a missing binary fails the test.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_1_8_lists_and_describes_the_api_over_v1alpha_reflection() {
+    let bin = std::env::var_os("GRPCURL18_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/pushcast-grpcurl-1.8/grpcurl")
+        });
+    assert!(
+        bin.is_file(),
+        "grpcurl 1.8 not found at {} (scripts/deps.sh test installs it)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let addr = node.grpc.trim_start_matches("http://").to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .arg("-plaintext")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "grpcurl {args:?}: {text}");
+        text
+    };
+    let version = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stderr).contains("v1.8")
+            || String::from_utf8_lossy(&version.stdout).contains("v1.8"),
+        "an old grpcurl"
+    );
+    let list = run(&[&addr, "list"]);
+    for want in [
+        "pushcast.v1.PushService",
+        "pushcast.v1.AppService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(list.contains(want), "{list}");
+    }
+    let described = run(&[&addr, "describe", "pushcast.v1.PushService"]);
+    assert!(described.contains("rpc StartPush"), "{described}");
+}
