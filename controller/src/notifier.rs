@@ -13,7 +13,7 @@
 //! `pushcast_status_events_history_lost_total`). Delivery is the outbox's: at least
 //! once, in order per task and receiver, with a stable event id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use pushcast_proto::keys;
 use pushcast_proto::model::{AppConfig, OutboxKind, TaskSpec, TaskState, TaskStatus};
 use pushcast_runtime::CancellationToken;
-use pushcast_store::{Op, Store, StoreError, Txn, WatchEvent, decoded};
+use pushcast_store::{Listing, Op, Store, StoreError, Txn, WatchEvent, decoded};
 use pushcast_webhooks::{Dispatcher, TaskCounters, TaskEventKind, TaskStatusEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -103,6 +103,16 @@ enum SeenChange {
     Delete(String),
 }
 
+impl SeenChange {
+    /// As a transaction holds it: the task, and what is seen now (`None`: forgotten).
+    fn into_pair(self) -> (String, Option<Seen>) {
+        match self {
+            SeenChange::Put(task, seen) => (task, Some(seen)),
+            SeenChange::Delete(task) => (task, None),
+        }
+    }
+}
+
 /// One task event, before it is written for each receiver.
 #[derive(Debug, Clone, PartialEq)]
 struct Event {
@@ -131,12 +141,7 @@ async fn follow(store: &dyn Store, node_id: &str) -> Result<(), StoreError> {
             st.apps.insert((a.vhost.clone(), a.name.clone()), a);
         }
     }
-    let statuses = store.list("status/").await?;
-    for kv in &statuses.kvs {
-        if let Some(s) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") {
-            st.statuses.insert(kv.key.clone(), s);
-        }
-    }
+    st.statuses = statuses_of(&store.list("status/").await?);
     for kv in store.list(keys::NOTIFIER_SEEN).await?.kvs {
         if let (Some(task), Some(seen)) = (
             keys::task_of_seen(&kv.key),
@@ -304,12 +309,8 @@ impl Batch {
                 .enumerate()
                 .map(|(n, e)| (revision, first + n, e)),
         );
-        for c in changes {
-            match c {
-                SeenChange::Put(task, seen) => self.changes.insert(task, Some(seen)),
-                SeenChange::Delete(task) => self.changes.insert(task, None),
-            };
-        }
+        self.changes
+            .extend(changes.into_iter().map(SeenChange::into_pair));
     }
 
     /// The writes it would make: an entry per event and receiver, one per task seen.
@@ -335,6 +336,15 @@ fn receivers(st: &State, e: &Event) -> usize {
         .map_or(0, |a| a.callbacks.status.len())
 }
 
+/// The statuses of a listing, by key (those that do not decode are left out, counted).
+fn statuses_of(listing: &Listing) -> HashMap<String, TaskStatus> {
+    listing
+        .kvs
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), decoded(&kv.key, &kv.value, "status")?)))
+        .collect()
+}
+
 /// Compares the current tasks and statuses with what was seen, records the events that
 /// make up the difference (`counted`: as events the history could not give), and
 /// returns the revision read.
@@ -347,12 +357,7 @@ async fn catch_up(
     let tasks = store.list(keys::TASKS).await?;
     let statuses = store.list("status/").await?;
     let revision = tasks.revision.max(statuses.revision);
-    st.statuses.clear();
-    for kv in &statuses.kvs {
-        if let Some(s) = decoded::<TaskStatus>(&kv.key, &kv.value, "status") {
-            st.statuses.insert(kv.key.clone(), s);
-        }
-    }
+    st.statuses = statuses_of(&statuses);
     let present: Vec<String> = tasks.kvs.iter().map(|kv| kv.key.clone()).collect();
     let (made, changes) = difference(st, &present, counted);
     if counted {
@@ -367,12 +372,9 @@ async fn catch_up(
         piece
             .made
             .extend(made.by_ref().take(8).map(|(n, e)| (revision, n, e)));
-        for c in changes.by_ref().take(32) {
-            match c {
-                SeenChange::Put(task, seen) => piece.changes.insert(task, Some(seen)),
-                SeenChange::Delete(task) => piece.changes.insert(task, None),
-            };
-        }
+        piece
+            .changes
+            .extend(changes.by_ref().take(32).map(SeenChange::into_pair));
         let last = !piece.has_writes();
         write(store, node_id, piece, st).await?;
         if last {
@@ -402,13 +404,7 @@ fn difference(st: &mut State, present: &[String], counted: bool) -> (Vec<Event>,
         }
         if counted {
             if before.is_none() {
-                made.push(event(
-                    &v,
-                    &a,
-                    &id,
-                    TaskEventKind::Created,
-                    TaskStatus::default(),
-                ));
+                made.push(created(&v, &a, &id));
             }
             if let (Some(kind), Some(status)) = (now.state.and_then(kind_of), status) {
                 made.push(event(&v, &a, &id, kind, status));
@@ -417,6 +413,7 @@ fn difference(st: &mut State, present: &[String], counted: bool) -> (Vec<Event>,
         st.seen.insert(task.clone(), now);
         changes.push(SeenChange::Put(task.clone(), now));
     }
+    let present: HashSet<&String> = present.iter().collect();
     let gone: Vec<String> = st
         .seen
         .keys()
@@ -435,6 +432,11 @@ fn difference(st: &mut State, present: &[String], counted: bool) -> (Vec<Event>,
         changes.push(SeenChange::Delete(task));
     }
     (made, changes)
+}
+
+/// The `created` event of a task (no status yet).
+fn created(v: &str, a: &str, id: &str) -> Event {
+    event(v, a, id, TaskEventKind::Created, TaskStatus::default())
 }
 
 fn event(v: &str, a: &str, id: &str, kind: TaskEventKind, status: TaskStatus) -> Event {
@@ -470,10 +472,9 @@ async fn write(
     for (revision, place, ev) in &batch.made {
         let entries = entries_of(st, ev, *revision, *place);
         n += entries.len();
-        for (i, e) in entries.iter().enumerate() {
-            // One key per (event, receiver): the event's place, then the receiver's.
+        for (receiver, e) in entries.iter().enumerate() {
             if let Ok(v) = serde_json::to_vec(e) {
-                txn = txn.and_then(Op::put(keys::outbox_entry(*revision, place * 100 + i), v));
+                txn = txn.and_then(Op::put(keys::outbox_entry(*revision, *place, receiver), v));
             }
         }
     }
@@ -570,13 +571,7 @@ fn on_event(st: &mut State, ev: WatchEvent) -> (Vec<Event>, Vec<SeenChange>) {
                 if !st.seen.contains_key(&key) {
                     st.seen.insert(key.clone(), Seen::default());
                     changes.push(SeenChange::Put(key, Seen::default()));
-                    made.push(event(
-                        &v,
-                        &a,
-                        &id,
-                        TaskEventKind::Created,
-                        TaskStatus::default(),
-                    ));
+                    made.push(created(&v, &a, &id));
                 }
             }
             WatchEvent::Delete { .. } => {

@@ -17,14 +17,20 @@ fn flat(segments: Vec<Bytes>) -> Vec<u8> {
     segments.concat()
 }
 
-fn write(target: &str, name: &str, step: u8, data: &[u8]) {
+/// Writes `corpus/<target>/seed-<name>`.
+fn write_raw(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("corpus")
         .join(target);
     std::fs::create_dir_all(&dir).expect("corpus dir");
+    std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("seed");
+}
+
+/// A seed whose first byte is the target's `step` (piece size, or endpoint).
+fn write(target: &str, name: &str, step: u8, data: &[u8]) {
     let mut bytes = vec![step];
     bytes.extend_from_slice(data);
-    std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("seed");
+    write_raw(target, name, &bytes);
 }
 
 fn frames() -> Vec<Frame> {
@@ -124,11 +130,7 @@ fn write_seeds() {
     let mut out = Vec::new();
     amf0::encode_all(&connect, &mut out).expect("amf0");
     // amf0's target does not split: its first byte is data too.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
-        .join("amf0");
-    std::fs::create_dir_all(&dir).expect("corpus dir");
-    std::fs::write(dir.join("seed-connect"), &out).expect("seed");
+    write_raw("amf0", "connect", &out);
     let mut ts = Vec::new();
     for f in frames() {
         ts.push(match f.kind {
@@ -140,11 +142,7 @@ fn write_seeds() {
         ts.extend_from_slice(&(f.payload.len() as u16).to_be_bytes());
         ts.extend_from_slice(&f.payload);
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
-        .join("ts_muxer");
-    std::fs::create_dir_all(&dir).expect("corpus dir");
-    std::fs::write(dir.join("seed-frames"), &ts).expect("seed");
+    write_raw("ts_muxer", "frames", &ts);
 }
 
 #[test]

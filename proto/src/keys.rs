@@ -144,10 +144,11 @@ pub const ACCESS_TOKEN: &str = "secrets/access-token";
 /// Prefix of the callback outbox: status events waiting for a receiver's 2xx.
 pub const OUTBOX: &str = "outbox/";
 
-/// An outbox entry: the `n`-th derived from the store change at `revision`
-/// (zero-padded, so keys sort in the order the events happened).
-pub fn outbox_entry(revision: i64, n: usize) -> String {
-    format!("{OUTBOX}{revision:020}-{n:08}")
+/// An outbox entry: the event at `place` among those derived from the store change at
+/// `revision`, for the app's `receiver`-th status callback (zero-padded, so keys sort in
+/// the order the events happened).
+pub fn outbox_entry(revision: i64, place: usize, receiver: usize) -> String {
+    format!("{OUTBOX}{revision:020}-{place:08}-{receiver:04}")
 }
 
 /// An outbox entry of a publish session (`vdoid`): its start (`step` 0, at its start

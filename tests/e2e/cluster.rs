@@ -25,6 +25,40 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// One controller, two workers with the default lease, `n` tasks of `stream` pushing
+/// from w0, where an encoder that reconnects (OBS-like) publishes it.
+async fn pushing_from_w0(stream: &str, n: usize) -> (Cluster, Vec<String>, Vec<String>, Publisher) {
+    let mut c = Cluster::start(Etcd::start()).await;
+    c.add_controller().await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.wait_for_leader(secs(15)).await;
+    let (ids, keys) = names(stream, n);
+    for i in 0..n {
+        c.start_push(0, &ids[i], stream, &keys[i]).await;
+    }
+    let first = Publisher::start(&c.workers[0].ingest_url(stream), &c.path().join("p1.log"));
+    c.wait_started_on(0, &ids, Some("w0"), secs(30)).await;
+    (c, ids, keys, first)
+}
+
+/// An ffmpeg that publishes `stream` to worker `w` once, looping the test media `loops`
+/// more times (-1: until stopped), and does not retry.
+fn encoder_once(
+    c: &Cluster,
+    w: usize,
+    stream: &str,
+    loops: i64,
+    log: &std::path::Path,
+) -> pushcast_testkit::proc::Guard {
+    pushcast_testkit::ffmpeg::publish_file(
+        &pushcast_testkit::media::test_media().flv,
+        &c.workers[w].ingest_url(stream),
+        loops,
+        log,
+    )
+}
+
 /// Task ids `{prefix}{i}` and their stream keys `{prefix}key{i}`.
 fn names(prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
     (
@@ -89,20 +123,8 @@ async fn thirty_tasks_from_three_workers_all_push() {
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_kill9_the_reconnecting_encoder_is_admitted_at_once() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(Etcd::start()).await;
-    c.add_controller().await;
-    let opts = WorkerOpts::default();
-    let ttl = secs(opts.lease_ttl_secs);
-    c.add_worker(opts.clone()).await;
-    c.add_worker(opts).await;
-    c.wait_for_leader(secs(15)).await;
-
-    let (ids, keys) = names("cam", 5);
-    for n in 0..5 {
-        c.start_push(0, &ids[n], "cam", &keys[n]).await;
-    }
-    let mut first = Publisher::start(&c.workers[0].ingest_url("cam"), &c.path().join("p1.log"));
-    c.wait_started_on(0, &ids, Some("w0"), secs(30)).await;
+    let (mut c, ids, keys, mut first) = pushing_from_w0("cam", 5).await;
+    let ttl = secs(WorkerOpts::default().lease_ttl_secs);
     c.wait_recordings_grow(&keys, secs(10)).await;
 
     let t_kill = Instant::now();
@@ -120,12 +142,7 @@ async fn worker_kill9_the_reconnecting_encoder_is_admitted_at_once() {
         "the lease must still be live: {reconnect:?}"
     );
     let log = c.path().join("p2.log");
-    let mut second = pushcast_testkit::ffmpeg::publish_file(
-        &pushcast_testkit::media::test_media().flv,
-        &c.workers[1].ingest_url("cam"),
-        -1,
-        &log,
-    );
+    let mut second = encoder_once(&c, 1, "cam", -1, &log);
     let took = c.wait_recordings_change(&keys, &before, secs(30)).await;
     println!(
         "MEASURED worker kill -9, encoder reconnecting at once to another worker: bytes at \
@@ -159,30 +176,12 @@ async fn worker_kill9_the_reconnecting_encoder_is_admitted_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn frozen_worker_the_publish_is_held_until_its_lease_expires() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(Etcd::start()).await;
-    c.add_controller().await;
-    let opts = WorkerOpts::default();
-    let ttl = secs(opts.lease_ttl_secs);
-    c.add_worker(opts.clone()).await;
-    c.add_worker(opts).await;
-    c.wait_for_leader(secs(15)).await;
-
-    let (ids, keys) = names("frz", 3);
-    for n in 0..3 {
-        c.start_push(0, &ids[n], "frz", &keys[n]).await;
-    }
-    let media = pushcast_testkit::media::test_media();
-    let mut first = Publisher::start(&c.workers[0].ingest_url("frz"), &c.path().join("p1.log"));
-    c.wait_started_on(0, &ids, Some("w0"), secs(30)).await;
+    let (c, ids, keys, mut first) = pushing_from_w0("frz", 3).await;
+    let ttl = secs(WorkerOpts::default().lease_ttl_secs);
 
     // w0 answers: the stream really is live there.
     let dup_log = c.path().join("dup.log");
-    let mut dup = pushcast_testkit::ffmpeg::publish_file(
-        &media.flv,
-        &c.workers[1].ingest_url("frz"),
-        0,
-        &dup_log,
-    );
+    let mut dup = encoder_once(&c, 1, "frz", 0, &dup_log);
     assert!(
         dup.wait_exit(secs(10)).is_some(),
         "the duplicate is refused"
@@ -198,12 +197,7 @@ async fn frozen_worker_the_publish_is_held_until_its_lease_expires() {
     let before: Vec<u64> = keys.iter().map(|k| c.recording_size(k)).collect();
     let log = c.path().join("p2.log");
     let t_publish = Instant::now();
-    let mut second = pushcast_testkit::ffmpeg::publish_file(
-        &media.flv,
-        &c.workers[1].ingest_url("frz"),
-        -1,
-        &log,
-    );
+    let mut second = encoder_once(&c, 1, "frz", -1, &log);
     let took = c.wait_recordings_change(&keys, &before, secs(30)).await;
     println!(
         "MEASURED frozen ingest worker: the new publish held, bytes at the destination \

@@ -723,26 +723,19 @@ impl Ingest {
         // PubEnd goes to the outbox with the stream's removal (or alone, when the stream
         // is not this worker's any more); from memory only when the store cannot be
         // written.
-        let ends = match &p.notify {
-            Some((event, callbacks)) => {
-                let end = PublishEnd {
-                    time_ms: time::now_ms().max(0) as u64,
-                    message: why.to_string(),
-                    mode: if normal {
-                        CloseMode::Normal
-                    } else {
-                        CloseMode::Abnormal
-                    },
-                };
-                Some((
-                    event,
-                    callbacks,
-                    publish_entries(event, callbacks, Some(&end)),
-                    end,
-                ))
-            }
-            None => None,
-        };
+        let end = p.notify.as_ref().map(|(event, callbacks)| {
+            let end = PublishEnd {
+                time_ms: time::now_ms().max(0) as u64,
+                message: why.to_string(),
+                mode: if normal {
+                    CloseMode::Normal
+                } else {
+                    CloseMode::Abnormal
+                },
+            };
+            let entries = publish_entries(event, callbacks, Some(&end));
+            (end, entries)
+        });
         tracing::info!(stream = %p.source.key(), "publish ended");
         self.publishers.lock().remove(p.source.key());
         p.source.end();
@@ -752,15 +745,15 @@ impl Ingest {
         let mut txn = Txn::new()
             .when(Compare::Value(store_key.clone(), p.value))
             .and_then(Op::delete(store_key));
-        for (k, v) in ends.iter().flat_map(|(_, _, entries, _)| entries) {
+        for (k, v) in end.iter().flat_map(|(_, entries)| entries) {
             txn = txn
                 .and_then(Op::put(k.clone(), v.clone()))
                 .or_else(Op::put(k.clone(), v.clone()));
         }
         if let Err(e) = self.store.txn(txn).await {
             tracing::warn!(error = %e, "cannot remove the ended stream from the store (its lease will); PubEnd sent from memory");
-            if let Some((event, callbacks, _, end)) = &ends {
-                for cb in callbacks.iter() {
+            if let (Some((event, callbacks)), Some((end, _))) = (&p.notify, &end) {
+                for cb in callbacks {
                     self.notify(cb, Payload::publish_end(event, end, format_of(cb)));
                 }
             }
