@@ -220,7 +220,7 @@ async fn phases(
 
     // Timed from the request to the last byte of the answer; parsed (and checked)
     // afterwards, outside the timing.
-    let http = reqwest::Client::new();
+    let http = pushcast_testkit::http::client(std::time::Duration::from_secs(60));
     let url = format!("{}/v1/vhosts/default/apps/app:pushes", api.rest);
     let mut times = Vec::with_capacity(s.lists);
     for _ in 0..s.lists {

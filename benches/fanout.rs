@@ -290,7 +290,7 @@ impl Sink {
             record: nginx.dir.path().join("record"),
             nginx,
             stat_url: format!("http://127.0.0.1:{stat_port}/stat"),
-            http: reqwest::Client::builder()
+            http: pushcast_testkit::http::client_builder()
                 .timeout(Duration::from_secs(10))
                 .pool_max_idle_per_host(0)
                 .build()

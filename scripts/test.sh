@@ -15,5 +15,3 @@ FANOUT_SMOKE=1 FANOUT_N=5 FANOUT_SECONDS=4 FANOUT_WARMUP_SECONDS=3 FANOUT_PROBES
   cargo test --bench fanout -- --bench
 # The control-plane benchmark, small (its checks: every task created and listed).
 CP_SMOKE=1 CP_SIZES=200 CP_SECONDS=2 CP_LISTS=2 cargo test --bench control_plane -- --bench
-# The webhooks' https delivery tests need its `https` feature, off in the default build.
-cargo test -p pushcast-webhooks --features https --test https -- --test-threads=2

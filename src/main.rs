@@ -29,6 +29,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One rustls provider for the process (ring): the https callbacks and any library
+    // that uses the default.
+    pushcast_runtime::tls::install_provider();
     let telemetry = pushcast_runtime::logging::init("pushcast");
     let (cli, file) = parse_args::<Cli>()?;
     let (vhosts, apps) = vhosts_from(&file)?;
@@ -38,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let node_id = cli.common.node_id();
     let mut worker_args = cli.worker;
     worker_args.grpc_tls = cli.common.grpc_tls.clone();
+    worker_args.webhook_tls = cli.common.webhook_tls.clone();
     let worker = pushcast_worker::start(
         worker_args,
         cli.worker_grpc_addr,
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let mut controller_args = cli.controller;
     controller_args.grpc_tls = cli.common.grpc_tls.clone();
+    controller_args.webhook_tls = cli.common.webhook_tls.clone();
     if controller_args.public_ingest_url.is_none() {
         let ip = worker.rtmp_addr.ip();
         let host = if ip.is_unspecified() {

@@ -39,6 +39,11 @@ pub struct ControllerArgs {
     #[arg(skip)]
     pub grpc_tls: pushcast_runtime::tls::GrpcTlsArgs,
 
+    /// Trust for https callback receivers (the shared `--webhook-ca-file`, copied here by
+    /// the binary).
+    #[arg(skip)]
+    pub webhook_tls: pushcast_runtime::tls::WebhookTlsArgs,
+
     /// gRPC API (PushService, AppService, health, reflection).
     #[arg(long, env = "PUSHCAST_GRPC_ADDR", default_value = "0.0.0.0:9000")]
     pub grpc_addr: SocketAddr,

@@ -36,16 +36,10 @@ const CURSOR_EVERY: Duration = Duration::from_secs(2);
 pub async fn run(
     store: Arc<dyn Store>,
     node_id: String,
+    dispatcher: Dispatcher,
     mut leader: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
-    let dispatcher = match Dispatcher::new(Default::default()) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "status callbacks disabled: cannot start the dispatcher");
-            return;
-        }
-    };
     loop {
         while !*leader.borrow_and_update() {
             tokio::select! {

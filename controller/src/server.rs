@@ -125,8 +125,13 @@ pub async fn start(
     tasks.spawn(async move { campaign.await.context("leader election task panicked") });
     let (notify_store, notify_leader, stop) = (store.clone(), leading.clone(), shutdown.clone());
     let notify_node = cfg.node_id.clone();
+    let dispatcher = pushcast_webhooks::Dispatcher::new(pushcast_webhooks::DispatcherConfig {
+        extra_roots: cfg.args.webhook_tls.roots()?,
+        ..Default::default()
+    })
+    .context("cannot start the callback dispatcher")?;
     tasks.spawn(async move {
-        crate::notifier::run(notify_store, notify_node, notify_leader, stop).await;
+        crate::notifier::run(notify_store, notify_node, dispatcher, notify_leader, stop).await;
         Ok(())
     });
     let stop = shutdown.clone();

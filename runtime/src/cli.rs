@@ -47,6 +47,9 @@ pub struct CommonArgs {
 
     #[command(flatten)]
     pub grpc_tls: crate::tls::GrpcTlsArgs,
+
+    #[command(flatten)]
+    pub webhook_tls: crate::tls::WebhookTlsArgs,
 }
 
 impl CommonArgs {

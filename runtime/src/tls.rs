@@ -151,6 +151,26 @@ async fn serve_https_with(
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Trust for https callback receivers (publish, authorization and status callbacks).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WebhookTlsArgs {
+    /// CA certificates (PEM) trusted for https callback receivers besides the public web
+    /// roots (Mozilla's list): a private CA's receivers.
+    #[arg(long, env = "PUSHCAST_WEBHOOK_CA_FILE", value_name = "FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+}
+
+impl WebhookTlsArgs {
+    /// The extra trust anchors (none without --webhook-ca-file); a file that cannot be
+    /// read or holds no certificate is an error, so a typo fails at start.
+    pub fn roots(&self) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        match &self.webhook_ca_file {
+            None => Ok(Vec::new()),
+            Some(path) => load_certs(path).context("--webhook-ca-file"),
+        }
+    }
+}
+
 /// gRPC between controllers and workers (flags shared by every binary).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GrpcTlsArgs {

@@ -21,6 +21,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One rustls provider for the process (ring): the https callbacks and any library
+    // that uses the default.
+    pushcast_runtime::tls::install_provider();
     let telemetry = pushcast_runtime::logging::init("pushcast-controller");
     let (cli, file) = parse_args::<Cli>()?;
     let (vhosts, apps) = vhosts_from(&file)?;
@@ -29,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let store = cli.common.open_store().await?;
     let mut args = cli.controller;
     args.grpc_tls = cli.common.grpc_tls.clone();
+    args.webhook_tls = cli.common.webhook_tls.clone();
     let cfg = ControllerConfig {
         args,
         vhosts,

@@ -26,6 +26,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One rustls provider for the process (ring): the https callbacks and any library
+    // that uses the default.
+    pushcast_runtime::tls::install_provider();
     let telemetry = pushcast_runtime::logging::init("pushcast-worker");
     let (cli, _file) = parse_args::<Cli>()?;
     let shutdown = pushcast_runtime::shutdown::on_signal();
@@ -33,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let store = cli.common.open_store().await?;
     let mut args = cli.worker;
     args.grpc_tls = cli.common.grpc_tls.clone();
+    args.webhook_tls = cli.common.webhook_tls.clone();
     let worker =
         pushcast_worker::start(args, cli.grpc_addr, cli.common.node_id(), store, shutdown).await?;
     let result = worker.wait().await;

@@ -85,10 +85,7 @@ impl Node {
             grpc,
             rtmp,
             token: token.to_string(),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            http: crate::http::client(std::time::Duration::from_secs(20)),
         }
     }
 

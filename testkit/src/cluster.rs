@@ -116,10 +116,7 @@ impl Cluster {
                 ..Default::default()
             }),
             leader_ttl_secs: 3,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
+            http: crate::http::client(Duration::from_secs(5)),
         }
     }
 

@@ -1,11 +1,51 @@
-//! A tiny HTTP server answering every request with one status: the `on_publish`
-//! endpoint that refuses (403) or allows (200) nginx-rtmp publishes.
+//! HTTP helpers: the tests' HTTP client, and a tiny HTTP server answering every request
+//! with one status (the `on_publish` endpoint that refuses (403) or allows (200)
+//! nginx-rtmp publishes).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// A client builder for the tests. pushcast's https callbacks turn reqwest's rustls on
+/// for the whole build, so a client without a TLS config needs a process-wide provider:
+/// installed here (ring, as the binaries do).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// A client with a `timeout` per request.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    client_builder()
+        .timeout(timeout)
+        .build()
+        .expect("HTTP client")
+}
+
+/// The body of a GET (a `/metrics` scrape); panics on any failure.
+pub async fn get_text(url: &str) -> String {
+    client(Duration::from_secs(10))
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// The value of the first sample of `name` in a Prometheus exposition. `name` may carry
+/// labels as they are written (`x_total{reason="a"}`); without them any labels match.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
 
 pub struct StatusServer {
     pub port: u16,

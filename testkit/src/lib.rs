@@ -29,6 +29,7 @@ pub mod http;
 pub mod media;
 pub mod net;
 pub mod nginx;
+pub mod pki;
 pub mod proc;
 pub mod process;
 pub mod receiver;

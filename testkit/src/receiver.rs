@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::serve::Listener;
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pki::TestPki;
 
 /// One request as the receiver saw it.
 #[derive(Clone, Debug)]
@@ -100,14 +104,69 @@ struct Shared {
 
 pub struct Receiver {
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
+    tls_failures: Option<Arc<AtomicUsize>>,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
     }
+}
+
+/// TLS in front of a TCP listener, for axum.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    failed: Arc<AtomicUsize>,
+}
+
+impl Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            // A client that refuses our certificate fails the handshake: count, go on.
+            match self.acceptor.accept(tcp).await {
+                Ok(tls) => return (tls, addr),
+                Err(_) => {
+                    self.failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+fn tls_acceptor(pki: &TestPki) -> TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&pki.server_cert_pem)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki.server_key_pem).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    TlsAcceptor::from(Arc::new(config))
 }
 
 async fn handle(
@@ -159,7 +218,31 @@ impl Receiver {
         Receiver::serve(listener, policy)
     }
 
-    /// On any listener (the https test passes a TLS one).
+    /// An https receiver on 127.0.0.1 with `pki`'s server certificate (a client must
+    /// trust `pki.ca_pem`). A client that refuses the certificate is counted in
+    /// [`Receiver::refused_handshakes`].
+    pub async fn start_https(pki: &TestPki, policy: Policy) -> Receiver {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TlsListener {
+            tcp,
+            acceptor: tls_acceptor(pki),
+            failed: Arc::default(),
+        };
+        let failed = Arc::clone(&listener.failed);
+        let mut receiver = Receiver::serve(listener, policy);
+        receiver.scheme = "https";
+        receiver.tls_failures = Some(failed);
+        receiver
+    }
+
+    /// Handshakes that failed at an https receiver (the client refused its certificate).
+    pub fn refused_handshakes(&self) -> usize {
+        self.tls_failures
+            .as_ref()
+            .map_or(0, |n| n.load(Ordering::SeqCst))
+    }
+
+    /// On any listener.
     pub fn serve<L>(listener: L, policy: Policy) -> Receiver
     where
         L: Listener<Addr = SocketAddr>,
@@ -178,13 +261,15 @@ impl Receiver {
         });
         Receiver {
             addr,
+            scheme: "http",
+            tls_failures: None,
             shared,
-            server,
+            server: Some(server),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// Everything recorded so far, in arrival order.

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use pushcast_testkit::api::Node;
 use pushcast_testkit::ffmpeg::publish;
+use pushcast_testkit::http::{get_text, metric};
+use pushcast_testkit::net::free_tcp_port;
 use pushcast_testkit::nginx::Nginx;
+use pushcast_testkit::pki::make_pki;
 use pushcast_testkit::receiver::{Plan, Receiver, always};
 use serde_json::{Value, json};
 
@@ -340,4 +343,102 @@ async fn status_events_while_no_controller_runs_are_delivered_later() {
     assert_eq!(kinds, ["PubStart", "PubEnd", "PubStart"], "{got:#?}");
     let ids: HashSet<&str> = got.iter().filter_map(|r| r.header("x-event-id")).collect();
     assert_eq!(ids.len(), 3, "an id per publish event");
+}
+
+/// https receivers: a private CA given with --webhook-ca-file is trusted for every kind of
+/// callback (authorization from the worker, publish and signed status events from the
+/// controller's outbox); a receiver whose certificate another CA signed is refused at
+/// the handshake, and the refusals are counted by reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_receivers_with_a_private_ca_get_every_callback_and_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "hooks");
+    let other = make_pki(dir.path(), "other");
+    let metrics_port = free_tcp_port();
+    let node = Node::standalone_with(
+        dir.path(),
+        TOKEN,
+        &[
+            format!("--webhook-ca-file={}", pki.ca_pem.display()),
+            format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        ],
+    )
+    .await;
+    let rx = Receiver::start_https(&pki, always(Plan::OK)).await;
+    let stranger = Receiver::start_https(&other, always(Plan::OK)).await;
+    assert!(rx.url("/").starts_with("https://"));
+    set_callbacks(
+        &node,
+        json!({
+            "authorize": {"url": rx.url("/auth")},
+            "publish": [{"url": rx.url("/new"), "format": "new"},
+                        {"url": rx.url("/old"), "format": "old"},
+                        {"url": stranger.url("/new"), "format": "new"}],
+            "status": [{"url": rx.url("/status"), "secret": "s3cret"},
+                       {"url": stranger.url("/status"), "secret": "s3cret"}],
+        }),
+    )
+    .await;
+    let nginx = Nginx::start();
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "t1", "stream": {"name": "cam"}, "protocol": "rtmp",
+                   "url": nginx.rtmp_url(), "streamKey": "k"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let ingest = node.rtmp.clone().unwrap();
+    let mut p = publish(&format!("rtmp://{ingest}/app/cam"), dir.path(), "https", 0);
+    assert!(p.wait_exit(Duration::from_secs(20)).unwrap().success());
+
+    let count = |got: &[pushcast_testkit::receiver::Recorded], path: &str| {
+        got.iter().filter(|r| r.uri == path).count()
+    };
+    let got = rx
+        .wait_until(Duration::from_secs(20), "every kind of callback", |got| {
+            count(got, "/auth") == 1
+                && count(got, "/new") == 2
+                && count(got, "/old") == 2
+                && got
+                    .iter()
+                    .any(|r| r.uri == "/status" && r.json()["event"] == "started")
+        })
+        .await;
+    let first = |path: &str| got.iter().position(|r| r.uri == path);
+    assert!(first("/auth") < first("/new"), "the publish was authorized first");
+    let new: Vec<Value> = got
+        .iter()
+        .filter(|r| r.uri == "/new")
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(new[0]["NotifyType"], "PubStart");
+    assert_eq!(new[1]["NotifyType"], "PubEnd");
+    let old: Vec<_> = got
+        .iter()
+        .filter(|r| r.uri == "/old")
+        .map(|r| form(r.body_str()))
+        .collect();
+    assert_eq!(field(&old[0], "call"), "user_publish");
+    assert_eq!(field(&old[1], "call"), "user_publish_done");
+    for r in got.iter().filter(|r| r.uri == "/status") {
+        let sig = r.header("x-signature").expect("signed");
+        assert!(pushcast_webhooks::verify(&r.body, b"s3cret", sig));
+    }
+
+    // The stranger's certificate is refused by every attempt, and counted.
+    let scrape = format!("http://127.0.0.1:{metrics_port}/metrics");
+    pushcast_testkit::wait_for(
+        "publish and status attempts to the stranger counted as certificate_unknown_issuer",
+        Duration::from_secs(20),
+        || async {
+            let text = get_text(&scrape).await;
+            let key =
+                r#"pushcast_callback_attempt_failures_total{reason="certificate_unknown_issuer"}"#;
+            metric(&text, key).filter(|n| *n >= 2.0)
+        },
+    )
+    .await;
+    assert!(stranger.refused_handshakes() >= 2);
+    assert!(stranger.requests().is_empty(), "nothing reached the stranger");
 }

@@ -448,10 +448,7 @@ async fn poll_api(
     watch: Arc<Mutex<ApiWatch>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = pushcast_testkit::http::client(Duration::from_secs(5));
     let want: HashSet<&String> = expected.iter().collect();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let now = controllers.lock().unwrap().clone();

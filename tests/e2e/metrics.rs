@@ -14,22 +14,10 @@ use serde_json::json;
 const TOKEN: &str = "metrics";
 
 async fn scrape(addr: &str) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    pushcast_testkit::http::get_text(&format!("http://{addr}/metrics")).await
 }
 
-/// The value of the first sample of `name` (with any labels) in an exposition.
-fn value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use pushcast_testkit::http::metric as value;
 
 fn promtool_check(what: &str, text: &str) {
     use std::io::Write;

@@ -3,7 +3,6 @@
 //! clients with and without a client certificate), RTMPS ingest (ffmpeg publishes).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,73 +12,11 @@ use pushcast_testkit::api::Node;
 use pushcast_testkit::cluster::Publisher;
 use pushcast_testkit::etcd::EtcdProcess;
 use pushcast_testkit::nginx::Nginx;
+use pushcast_testkit::pki::make_pki;
 use pushcast_testkit::process::Proc;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const TOKEN: &str = "tls-token";
-
-/// A test CA and, signed by it, a server certificate (`localhost`, `127.0.0.1`) and a
-/// client certificate, as PEM files.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "pushcast tls test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut server =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    server.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-
-    let client_key = KeyPair::generate().unwrap();
-    let mut client = CertificateParams::new(vec!["controller".to_owned()]).unwrap();
-    client
-        .distinguished_name
-        .push(DnType::CommonName, "controller");
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client.signed_by(&client_key, &issuer).unwrap();
-
-    let pki = Pki {
-        ca: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server.key"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client.key"),
-    };
-    std::fs::write(&pki.ca, ca_cert.pem()).unwrap();
-    std::fs::write(&pki.server_cert, server_cert.pem()).unwrap();
-    std::fs::write(&pki.server_key, server_key.serialize_pem()).unwrap();
-    std::fs::write(&pki.client_cert, client_cert.pem()).unwrap();
-    std::fs::write(&pki.client_key, client_key.serialize_pem()).unwrap();
-    pki
-}
 
 /// `curl` with `args`; (exit code, stdout, stderr). Panics clearly when curl is missing.
 fn curl(args: &[&str]) -> (i32, String, String) {
@@ -98,7 +35,7 @@ fn curl(args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_gateway_over_https() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = make_pki(dir.path(), "tls");
     let data = dir.path().join("data");
     let args = vec![
         format!("--data-dir={}", data.display()),
@@ -106,8 +43,8 @@ async fn rest_gateway_over_https() {
         "--rest-addr=127.0.0.1:0".into(),
         "--grpc-addr=127.0.0.1:0".into(),
         "--rtmp-addr=127.0.0.1:0".into(),
-        format!("--rest-tls-cert={}", pki.server_cert.display()),
-        format!("--rest-tls-key={}", pki.server_key.display()),
+        format!("--rest-tls-cert={}", pki.server_cert_pem.display()),
+        format!("--rest-tls-key={}", pki.server_key_pem.display()),
     ];
     let mut proc = Proc::start("pushcast", "standalone", args, HashMap::new()).await;
     let addr = proc.wait_for_field("REST gateway listening", "addr").await;
@@ -117,7 +54,7 @@ async fn rest_gateway_over_https() {
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, TOKEN)
     );
     let https = format!("https://127.0.0.1:{port}/v1/vhosts/default/apps/app:pushes");
-    let ca = pki.ca.to_str().unwrap();
+    let ca = pki.ca_pem.to_str().unwrap();
 
     let ok = |(code, out, err): (i32, String, String)| {
         assert_eq!(code, 0, "curl over https failed: {err}");
@@ -207,24 +144,24 @@ async fn call_fails(addr: &str, tls: ClientTlsConfig) -> bool {
 async fn worker_service_mutual_tls() {
     let etcd = EtcdProcess::start();
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = make_pki(dir.path(), "tls");
     let data = dir.path().join("w0");
     std::fs::create_dir_all(&data).unwrap();
     let extra = [
         "--etcd-timeout-ms=1000".into(),
-        format!("--grpc-tls-cert={}", pki.server_cert.display()),
-        format!("--grpc-tls-key={}", pki.server_key.display()),
-        format!("--grpc-tls-ca={}", pki.ca.display()),
+        format!("--grpc-tls-cert={}", pki.server_cert_pem.display()),
+        format!("--grpc-tls-key={}", pki.server_key_pem.display()),
+        format!("--grpc-tls-ca={}", pki.ca_pem.display()),
         "--grpc-tls-client-auth".into(),
     ];
     let mut worker = Proc::worker(&etcd.endpoint(), "w0", &data, &extra).await;
     let grpc = worker
         .wait_for_field("WorkerService listening", "addr")
         .await;
-    let ca = Certificate::from_pem(std::fs::read(&pki.ca).unwrap());
+    let ca = Certificate::from_pem(std::fs::read(&pki.ca_pem).unwrap());
     let identity = Identity::from_pem(
-        std::fs::read(&pki.client_cert).unwrap(),
-        std::fs::read(&pki.client_key).unwrap(),
+        std::fs::read(&pki.client_cert_pem).unwrap(),
+        std::fs::read(&pki.client_key_pem).unwrap(),
     );
 
     // No client certificate: refused.
@@ -251,12 +188,12 @@ async fn worker_service_mutual_tls() {
     assert!(plain.await, "a plain-text client was served");
     // A client certificate from another CA: refused.
     let other_dir = tempfile::tempdir().unwrap();
-    let other = make_pki(other_dir.path());
+    let other = make_pki(other_dir.path(), "other");
     let stranger = ClientTlsConfig::new()
         .ca_certificate(ca.clone())
         .identity(Identity::from_pem(
-            std::fs::read(&other.client_cert).unwrap(),
-            std::fs::read(&other.client_key).unwrap(),
+            std::fs::read(&other.client_cert_pem).unwrap(),
+            std::fs::read(&other.client_key_pem).unwrap(),
         ));
     assert!(
         call_fails(&grpc, stranger).await,
@@ -283,7 +220,7 @@ async fn worker_service_mutual_tls() {
 /// seconds come from `GetTaskStatus` over the mTLS channel).
 async fn rtmps_ingest_and_live_counters_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = make_pki(dir.path(), "tls");
     let data = dir.path().join("data");
     let args = vec![
         format!("--data-dir={}", data.display()),
@@ -292,11 +229,11 @@ async fn rtmps_ingest_and_live_counters_over_mutual_tls() {
         "--grpc-addr=127.0.0.1:0".into(),
         "--rtmp-addr=127.0.0.1:0".into(),
         "--rtmps-addr=127.0.0.1:0".into(),
-        format!("--rtmps-cert={}", pki.server_cert.display()),
-        format!("--rtmps-key={}", pki.server_key.display()),
-        format!("--grpc-tls-cert={}", pki.server_cert.display()),
-        format!("--grpc-tls-key={}", pki.server_key.display()),
-        format!("--grpc-tls-ca={}", pki.ca.display()),
+        format!("--rtmps-cert={}", pki.server_cert_pem.display()),
+        format!("--rtmps-key={}", pki.server_key_pem.display()),
+        format!("--grpc-tls-cert={}", pki.server_cert_pem.display()),
+        format!("--grpc-tls-key={}", pki.server_key_pem.display()),
+        format!("--grpc-tls-ca={}", pki.ca_pem.display()),
         "--grpc-tls-client-auth".into(),
     ];
     let mut node = Node::start("pushcast", "standalone", args, TOKEN).await;

@@ -69,8 +69,8 @@ pub struct DispatcherConfig {
     pub publish_retry: RetryPolicy,
     pub status_retry: RetryPolicy,
     pub user_agent: String,
-    /// Extra trust anchors for https callback URLs (besides Mozilla's roots).
-    #[cfg(feature = "https")]
+    /// Extra trust anchors for https callback URLs (besides Mozilla's roots): a private
+    /// CA's receivers (`--webhook-ca-file`).
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
@@ -83,14 +83,10 @@ impl Default for DispatcherConfig {
             publish_retry: RetryPolicy::PUBLISH,
             status_retry: RetryPolicy::STATUS,
             user_agent: concat!("pushcast-webhooks/", env!("CARGO_PKG_VERSION")).to_string(),
-            #[cfg(feature = "https")]
             extra_roots: Vec::new(),
         }
     }
 }
-
-/// Whether this build can call https:// URLs (the `https` feature).
-pub const HTTPS_SUPPORTED: bool = cfg!(feature = "https");
 
 /// A URL for logs: scheme, host, port and path; no user info, query or fragment (they
 /// may hold tokens).
@@ -111,8 +107,6 @@ pub enum TargetError {
     InvalidUrl(String),
     #[error("callback URL scheme must be http or https, not {0:?}")]
     UnsupportedScheme(String),
-    #[error("https callback URLs need pushcast-webhooks' `https` feature")]
-    HttpsNotEnabled,
 }
 
 struct TargetInner {
@@ -172,9 +166,7 @@ impl fmt::Debug for Target {
 pub(crate) fn parse_target_url(url: &str) -> Result<Url, TargetError> {
     let url = Url::parse(url.trim()).map_err(|e| TargetError::InvalidUrl(e.to_string()))?;
     match url.scheme() {
-        "http" => {}
-        "https" if HTTPS_SUPPORTED => {}
-        "https" => return Err(TargetError::HttpsNotEnabled),
+        "http" | "https" => {}
         other => return Err(TargetError::UnsupportedScheme(other.to_string())),
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -407,6 +399,7 @@ struct State {
     held: usize,
     next_id: u64,
     last_drop_warning: Option<Instant>,
+    last_failure_warning: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -607,14 +600,9 @@ impl Inner {
     }
 
     fn warn_dropped(&self, st: &mut State, target: &Target, what: &str, which: &str) {
-        let now = Instant::now();
-        if st
-            .last_drop_warning
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
-        {
+        if !warning_due(&mut st.last_drop_warning) {
             return;
         }
-        st.last_drop_warning = Some(now);
         warn!(
             target_url = target.display(),
             what,
@@ -655,6 +643,9 @@ impl Inner {
                 }
                 Err(err) => err,
             };
+            let reason = err.reason();
+            metrics::counter!("pushcast_callback_attempt_failures_total", "reason" => reason)
+                .increment(1);
             let delay = backoff.next_delay();
             if attempt >= policy.max_attempts || job.queued_at.elapsed() + delay > policy.max_age {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -662,20 +653,36 @@ impl Inner {
                     target_url = job.target.display(),
                     what = job.payload.what,
                     attempts = attempt,
+                    reason,
                     error = %err,
                     "callback failed, giving up"
                 );
                 return false;
             }
             self.counters.retried.fetch_add(1, Ordering::Relaxed);
-            debug!(
-                target_url = job.target.display(),
-                what = job.payload.what,
-                attempt,
-                error = %err,
-                retry_in_ms = delay.as_millis() as u64,
-                "callback failed, will retry"
-            );
+            // A status event may be retried for a long time: the reason is said at warn
+            // level (at most every 5 s per dispatcher), not only when it is given up.
+            if warning_due(&mut self.lock().last_failure_warning) {
+                warn!(
+                    target_url = job.target.display(),
+                    what = job.payload.what,
+                    attempt,
+                    reason,
+                    error = %err,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "callback failed, will retry"
+                );
+            } else {
+                debug!(
+                    target_url = job.target.display(),
+                    what = job.payload.what,
+                    attempt,
+                    reason,
+                    error = %err,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "callback failed, will retry"
+                );
+            }
             tokio::time::sleep(delay).await;
         }
     }
@@ -738,10 +745,75 @@ async fn run_lane(inner: Arc<Inner>, key: LaneKey) {
     }
 }
 
+/// Whether a warning last given at `*last` may be given again now (5 s apart); if so,
+/// `*last` becomes now.
+fn warning_due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(5)) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
 #[derive(Debug)]
 enum AttemptError {
     Status(u16),
     Transport(reqwest::Error),
+}
+
+impl AttemptError {
+    /// Why the attempt failed, as a metric label: `http_4xx`, `http_5xx`, `http_3xx`
+    /// (redirects are not followed), `timeout`, `certificate_unknown_issuer`,
+    /// `certificate_expired`, `certificate_not_valid_yet`, `certificate_name_mismatch`,
+    /// `certificate_revoked`, `certificate_invalid`, `tls` (another handshake failure),
+    /// `connect` (refused, unreachable, DNS) or `other`.
+    fn reason(&self) -> &'static str {
+        match self {
+            AttemptError::Status(code) => match code {
+                300..=399 => "http_3xx",
+                400..=499 => "http_4xx",
+                _ => "http_5xx",
+            },
+            AttemptError::Transport(e) if e.is_timeout() => "timeout",
+            AttemptError::Transport(e) => match tls_error(e) {
+                Some(tls) => tls_reason(tls),
+                None if e.is_connect() => "connect",
+                None => "other",
+            },
+        }
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain. `io::Error` hides the error it wraps from
+/// `source()` (it returns the inner error's source), so it is unwrapped by hand.
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+fn tls_reason(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "certificate_unknown_issuer",
+            C::Expired | C::ExpiredContext { .. } => "certificate_expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "certificate_not_valid_yet",
+            C::NotValidForName | C::NotValidForNameContext { .. } => "certificate_name_mismatch",
+            C::Revoked => "certificate_revoked",
+            _ => "certificate_invalid",
+        },
+        _ => "tls",
+    }
 }
 
 impl fmt::Display for AttemptError {
@@ -770,21 +842,20 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The HTTP client: no redirects (a 3xx is a failure), per-request timeouts set by the
-/// callers, and for https the ring provider set on this client only.
+/// callers, and for https the ring provider set on this client only (nothing installed
+/// process-wide).
 pub(crate) fn build_client(config: &DispatcherConfig) -> Result<reqwest::Client, BuildError> {
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.timeout)
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(config.user_agent.clone());
-    #[cfg(feature = "https")]
-    let builder = builder.tls_backend_preconfigured(tls_config(&config.extra_roots)?);
     builder
+        .tls_backend_preconfigured(tls_config(&config.extra_roots)?)
         .build()
         .map_err(|e| BuildError::Client(error_chain(&e)))
 }
 
-#[cfg(feature = "https")]
 fn tls_config(
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<rustls::ClientConfig, BuildError> {
@@ -867,12 +938,7 @@ mod tests {
             Target::new("not a url?token=abc"),
             Err(TargetError::InvalidUrl(e)) if !e.contains("abc")
         ));
-        let https = Target::new("https://hooks.example.com/x");
-        if HTTPS_SUPPORTED {
-            assert!(https.is_ok());
-        } else {
-            assert_eq!(https.unwrap_err(), TargetError::HttpsNotEnabled);
-        }
+        assert!(Target::new("https://hooks.example.com/x").is_ok());
     }
 
     #[test]

@@ -19,13 +19,13 @@
 //! ```
 //!
 //! ## https
-//! Plain http works out of the box. https:// URLs need the `https` feature, which turns on
-//! reqwest's `rustls-no-provider` and gives this crate's clients a rustls config with the
-//! ring provider and Mozilla's roots (nothing is installed process-wide; no aws-lc).
-//! Caveat: once any crate of a build turns reqwest's rustls on, every other
-//! `reqwest::Client` built in that build without a TLS config panics at `build()` ("No
-//! rustls crypto provider is configured") unless the process installed one, e.g.
-//! `rustls::crypto::ring::default_provider().install_default()` at start.
+//! http and https receivers both work. https uses rustls with the ring provider (no aws-lc
+//! C build), set on this crate's clients only, Mozilla's roots and
+//! [`DispatcherConfig::extra_roots`]. Caveat: this turns reqwest's rustls on for the whole
+//! build, and then every *other* `reqwest::Client` built without a TLS config panics at
+//! `build()` ("No rustls crypto provider is configured") unless the process installed one
+//! first: `rustls::crypto::ring::default_provider().install_default()` (the pushcast
+//! binaries do it in `main`; the testkit's clients do it too).
 
 pub mod authorize;
 pub mod dispatch;
@@ -34,7 +34,7 @@ pub mod status;
 
 pub use authorize::{Denied, authorize};
 pub use dispatch::{
-    BuildError, Class, Dispatcher, DispatcherConfig, FORM, HTTPS_SUPPORTED, JSON, Payload,
+    BuildError, Class, Dispatcher, DispatcherConfig, FORM, JSON, Payload,
     RetryPolicy, SendOutcome, Stats, Target, TargetError, redact_url,
 };
 pub use publish::{

@@ -1,84 +1,16 @@
-//! https callback URLs (the `https` feature): ring provider on our own client, a test CA
+//! https callback URLs: ring provider on our own client, a test CA
 //! added through `extra_roots`, an unknown CA refused.
-//! Run with `cargo test -p pushcast-webhooks --features https`.
-#![cfg(feature = "https")]
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::Listener;
+use pushcast_testkit::pki::make_pki;
 use pushcast_testkit::receiver::{Plan, Receiver, always};
 use pushcast_webhooks::{
     Denied, Dispatcher, DispatcherConfig, Format, Payload, PublishEvent, RetryPolicy, Target,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            // A client that refuses our certificate fails the handshake: keep accepting.
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// A test CA and an https receiver with a certificate for 127.0.0.1 it signed.
-async fn https_receiver() -> (Receiver, CertificateDer<'static>) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "pushcast-webhooks test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
-    .unwrap();
-    let listener = TlsListener {
-        tcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        acceptor: TlsAcceptor::from(Arc::new(server)),
-    };
-    (
-        Receiver::serve(listener, always(Plan::OK)),
-        ca_cert.der().clone(),
-    )
-}
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 fn event() -> PublishEvent {
     PublishEvent {
@@ -106,8 +38,11 @@ fn one_try() -> RetryPolicy {
 
 #[tokio::test]
 async fn https_with_a_trusted_ca_delivers_and_an_unknown_ca_fails() {
-    let (rx, ca) = https_receiver().await;
-    let url = format!("https://{}/cb", rx.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "webhooks");
+    let rx = Receiver::start_https(&pki, always(Plan::OK)).await;
+    let ca = CertificateDer::from_pem_file(&pki.ca_pem).unwrap();
+    let url = rx.url("/cb");
 
     let trusting = Dispatcher::new(DispatcherConfig {
         extra_roots: vec![ca],
@@ -150,4 +85,5 @@ async fn https_with_a_trusted_ca_delivers_and_an_unknown_ca_fails() {
         2,
         "only the trusting client got through"
     );
+    assert_eq!(rx.refused_handshakes(), 2, "the strict clients refused the certificate");
 }

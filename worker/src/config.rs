@@ -26,6 +26,11 @@ pub struct WorkerArgs {
     #[arg(skip)]
     pub grpc_tls: pushcast_runtime::tls::GrpcTlsArgs,
 
+    /// Trust for https callback receivers (the shared `--webhook-ca-file`, copied here by
+    /// the binary).
+    #[arg(skip)]
+    pub webhook_tls: pushcast_runtime::tls::WebhookTlsArgs,
+
     /// Host name or IP other nodes reach this worker at (default: the bound IP, or the
     /// node id when bound to all interfaces).
     #[arg(long, env = "PUSHCAST_ADVERTISE_HOST")]

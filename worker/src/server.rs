@@ -133,8 +133,11 @@ pub async fn start(
         Ok(())
     });
     let publishers = crate::ingest::Publishers::default();
-    let webhooks = pushcast_webhooks::Dispatcher::new(Default::default())
-        .context("cannot start the webhook dispatcher")?;
+    let webhooks = pushcast_webhooks::Dispatcher::new(pushcast_webhooks::DispatcherConfig {
+        extra_roots: args.webhook_tls.roots()?,
+        ..Default::default()
+    })
+    .context("cannot start the webhook dispatcher")?;
     let ingest = Ingest {
         hub: hub.clone(),
         store: store.clone(),

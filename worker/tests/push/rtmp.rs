@@ -18,7 +18,8 @@ use pushcast_testkit::net::free_tcp_port;
 use pushcast_testkit::nginx::{Nginx, NginxOptions};
 use pushcast_testkit::rtmp_server::{Behaviour, TestRtmpServer};
 use pushcast_testkit::source::{repeat_frames, shifted};
-use pushcast_testkit::stunnel::{Stunnel, make_pki};
+use pushcast_testkit::pki::make_pki;
+use pushcast_testkit::stunnel::Stunnel;
 use pushcast_worker::push::{
     PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_attempt,
     tls_client_config,
