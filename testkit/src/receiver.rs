@@ -242,6 +242,15 @@ impl Receiver {
             .map_or(0, |n| n.load(Ordering::SeqCst))
     }
 
+    /// Waits until at least `n` handshakes were refused (the client may know before the
+    /// receiver's side has counted).
+    pub async fn wait_refused_handshakes(&self, n: usize, timeout: Duration) {
+        crate::wait_for("refused handshakes", timeout, || async {
+            (self.refused_handshakes() >= n).then_some(())
+        })
+        .await;
+    }
+
     /// On any listener.
     pub fn serve<L>(listener: L, policy: Policy) -> Receiver
     where
