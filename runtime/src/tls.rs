@@ -265,3 +265,32 @@ impl GrpcTlsArgs {
         Ok(Some(config))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn webhook_ca_file_that_is_missing_or_empty_fails_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = WebhookTlsArgs::default();
+        assert!(none.roots().unwrap().is_empty());
+        let missing = WebhookTlsArgs {
+            webhook_ca_file: Some(dir.path().join("nope.pem")),
+        };
+        let e = format!("{:#}", missing.roots().unwrap_err());
+        assert!(e.contains("--webhook-ca-file") && e.contains("nope.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = format!(
+            "{:#}",
+            WebhookTlsArgs {
+                webhook_ca_file: Some(empty)
+            }
+            .roots()
+            .unwrap_err()
+        );
+        assert!(e.contains("no certificate"), "{e}");
+    }
+}
