@@ -28,7 +28,11 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    pushcast_runtime::exit_code(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     // One rustls provider for the process (ring): the https callbacks and any library
     // that uses the default.
     pushcast_runtime::tls::install_provider();

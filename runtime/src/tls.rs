@@ -280,7 +280,10 @@ mod tests {
             webhook_ca_file: Some(dir.path().join("nope.pem")),
         };
         let e = format!("{:#}", missing.roots().unwrap_err());
-        assert!(e.contains("--webhook-ca-file") && e.contains("nope.pem"), "{e}");
+        assert!(
+            e.contains("--webhook-ca-file") && e.contains("nope.pem"),
+            "{e}"
+        );
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let e = format!(

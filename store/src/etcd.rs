@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, EventType,
-    GetOptions, KvClient, LeaseClient, PutOptions, TxnOp, WatchClient, WatchOptions, WatchResponse,
+    GetOptions, KvClient, LeaseClient, PutOptions, TlsOptions, TxnOp, WatchClient, WatchOptions,
+    WatchResponse,
 };
+use tonic::transport::{Certificate, Identity};
 
 use crate::{
     Compare, KeyValue, LeaseId, Listing, Op, Result, Store, StoreError, Txn, TxnResult, WatchEvent,
@@ -64,16 +66,93 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// How pushcast authenticates to etcd and checks etcd's certificate. `Debug` never shows
+/// the password or the key.
+#[derive(Clone, Default)]
+pub struct EtcdCredentials {
+    /// PEM of the CA(s) that signed etcd's server certificates. With https:// endpoints
+    /// and no CA, the public web roots (Mozilla's list) are trusted.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// User name and password, for etcd with auth enabled.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCredentials")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl EtcdCredentials {
+    /// Adds TLS and the user to `options`; endpoints must be all https:// when TLS is
+    /// configured or used (one scheme for the cluster, so no member is reached in clear).
+    fn apply(&self, endpoints: &[String], options: ConnectOptions) -> Result<ConnectOptions> {
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        let tls_files = self.ca_pem.is_some() || self.identity.is_some();
+        if https > 0 && https < endpoints.len() {
+            return Err(StoreError::Internal(
+                "etcd endpoints mix http:// and https://: use one scheme for every member".into(),
+            ));
+        }
+        if tls_files && https == 0 {
+            return Err(StoreError::Internal(
+                "etcd TLS settings (CA, client certificate) need https:// endpoints".into(),
+            ));
+        }
+        let mut options = options;
+        if https > 0 {
+            let mut tls = TlsOptions::new();
+            tls = match &self.ca_pem {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+                None => tls.with_webpki_roots(),
+            };
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((user, password)) = &self.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        Ok(options)
+    }
+}
+
 impl EtcdStore {
+    /// Connects to etcd without TLS or auth: see [`EtcdStore::connect_with`].
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        request_timeout: Duration,
+    ) -> Result<EtcdStore> {
+        Self::connect_with(
+            endpoints,
+            prefix,
+            request_timeout,
+            &EtcdCredentials::default(),
+        )
+        .await
+    }
+
     /// Connects to etcd and checks that it answers (the client itself connects lazily).
     ///
     /// `prefix` is prepended to every key (e.g. `/pushcast/`); `request_timeout` bounds
     /// every call of the store. Fails with [`StoreError::Unavailable`] if etcd does not
     /// answer a status request within `request_timeout`.
-    pub async fn connect(
+    pub async fn connect_with(
         endpoints: &[String],
         prefix: &str,
         request_timeout: Duration,
+        credentials: &EtcdCredentials,
     ) -> Result<EtcdStore> {
         if endpoints.is_empty() {
             return Err(StoreError::Internal("no etcd endpoints given".into()));
@@ -86,6 +165,7 @@ impl EtcdStore {
             // A member cut off from the quorum fails calls (and cancels watches) instead
             // of serving stale data.
             .with_require_leader(true);
+        let options = credentials.apply(endpoints, options)?;
         let client = match tokio::time::timeout(
             request_timeout,
             Client::connect(endpoints, Some(options.clone())),
@@ -122,8 +202,40 @@ impl EtcdStore {
             })
             .await
             .map_err(|e| match e {
+                StoreError::Unavailable(m) | StoreError::Internal(m) => {
+                    // etcd refuses a TLS 1.3 client without a certificate after the
+                    // handshake: the client only sees the connection closed.
+                    let hint = if credentials.identity.is_none()
+                        && endpoints.iter().all(|e| e.starts_with("https://"))
+                        && m.contains("connection closed")
+                    {
+                        " (does etcd require a client certificate? --etcd-cert-file, --etcd-key-file)"
+                    } else {
+                        ""
+                    };
+                    StoreError::Unavailable(format!(
+                        "etcd at {} is not ready: {m}{hint}",
+                        endpoints.join(",")
+                    ))
+                }
+                e => e,
+            })?;
+        // Status needs no permission: read one key of the prefix too, so a user without
+        // access (or none, with auth on) fails here, at start, and not at the first write.
+        let (kv, key) = (store.kv.clone(), prefix.to_string());
+        store
+            .call("read", || {
+                let (mut kv, key) = (kv.clone(), key.clone());
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1);
+                async move { kv.get(key, Some(options)).await }
+            })
+            .await
+            .map_err(|e| match e {
                 StoreError::Unavailable(m) | StoreError::Internal(m) => StoreError::Unavailable(
-                    format!("etcd at {} is not ready: {m}", endpoints.join(",")),
+                    format!("etcd refuses to let this process read {prefix}: {m}"),
                 ),
                 e => e,
             })?;
@@ -309,11 +421,12 @@ fn map_err(op: &str, e: etcd_client::Error) -> StoreError {
     match e {
         E::GRpcStatus(s) => {
             let mut msg = format!("etcd {op} failed: {:?}: {}", s.code(), s.message());
-            if let Some(source) = std::error::Error::source(&s) {
-                let source = source.to_string();
-                if !msg.contains(&source) {
-                    msg.push_str(&format!(" ({source})"));
-                }
+            let causes: Vec<String> = causes(std::error::Error::source(&s))
+                .into_iter()
+                .filter(|c| !msg.contains(c.as_str()))
+                .collect();
+            if !causes.is_empty() {
+                msg.push_str(&format!(" ({})", causes.join(": ")));
             }
             match s.code() {
                 Code::InvalidArgument
@@ -332,6 +445,27 @@ fn map_err(op: &str, e: etcd_client::Error) -> StoreError {
         }
         e => StoreError::Unavailable(format!("etcd {op} failed: {e}")),
     }
+}
+
+/// An error's causes on one line, the innermost included: a TLS alert sits in an
+/// `io::Error`, whose `source()` skips the error it wraps, so that is unwrapped by hand.
+fn causes(first: Option<&(dyn std::error::Error + 'static)>) -> Vec<String> {
+    let mut said: Vec<String> = Vec::new();
+    let mut next = first;
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !said.iter().any(|s| s.contains(&text)) {
+            said.push(text);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    said
 }
 
 /// What one etcd member said about itself.

@@ -9,8 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::pki::TestPki;
+
 /// How long etcd may take to become healthy (it usually takes 0.1–0.6 s).
 const HEALTH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// TLS files of a TLS etcd: its server pair, the CA, and a client pair for etcdctl.
+#[derive(Clone)]
+struct EtcdTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
 
 /// A running etcd process. Killed (SIGKILL) and its directory removed on drop.
 pub struct EtcdProcess {
@@ -18,6 +30,10 @@ pub struct EtcdProcess {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// `/health` and `/metrics` in plain HTTP, whatever the client port speaks.
+    metrics_port: u16,
+    /// Client TLS (`--cert-file`, `--client-cert-auth`, ...) when started with a PKI.
+    tls: Option<EtcdTls>,
     child: Option<Child>,
     /// `--name`, and `--initial-cluster` (every member's `name=peer URL`).
     name: String,
@@ -28,6 +44,23 @@ impl EtcdProcess {
     /// Starts etcd on free ports and waits until `/health` says it is healthy.
     /// Panics (fails the test) if the binary is missing or etcd does not come up.
     pub fn start() -> EtcdProcess {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS only (https://) with `pki`'s server
+    /// certificate, requiring a client certificate `pki`'s CA signed
+    /// (`--client-cert-auth --trusted-ca-file`).
+    pub fn start_tls(pki: &TestPki) -> EtcdProcess {
+        Self::start_with(Some(EtcdTls {
+            ca: pki.ca_pem.clone(),
+            cert: pki.server_cert_pem.clone(),
+            key: pki.server_key_pem.clone(),
+            client_cert: pki.client_cert_pem.clone(),
+            client_key: pki.client_key_pem.clone(),
+        }))
+    }
+
+    fn start_with(tls: Option<EtcdTls>) -> EtcdProcess {
         let bin = etcd_binary();
         let mut last_error = String::new();
         // Free ports are found by binding port 0 and releasing it; another process may
@@ -42,6 +75,8 @@ impl EtcdProcess {
                 dir,
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
+                tls: tls.clone(),
                 child: None,
                 name: "n0".into(),
                 initial_cluster: None,
@@ -70,6 +105,8 @@ impl EtcdProcess {
                         .expect("cannot create a temporary directory for etcd"),
                     client_port: free_port(),
                     peer_port: free_port(),
+                    metrics_port: free_port(),
+                    tls: None,
                     child: None,
                     name: format!("n{i}"),
                     initial_cluster: None,
@@ -117,9 +154,69 @@ impl EtcdProcess {
         }
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:41234`.
+    /// The client URL, e.g. `http://127.0.0.1:41234` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Runs `etcdctl` (API v3) against this member (with the client certificate when
+    /// TLS is on) and returns its output, or its error output.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new(etcdctl_binary());
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--dial-timeout=5s");
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.client_cert.display()))
+                .arg(format!("--key={}", tls.client_key.display()));
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run etcdctl: {e}"))?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(format!(
+                "etcdctl {args:?}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            ))
+        }
+    }
+
+    /// Turns etcd's auth on with a `root` user (password `root_password`) and a user
+    /// `user` (password `password`, or none: a certificate's CN) allowed to read and
+    /// write everything under `prefix`.
+    pub fn enable_auth(
+        &self,
+        root_password: &str,
+        user: &str,
+        password: Option<&str>,
+        prefix: &str,
+    ) {
+        let run = |args: &[&str]| {
+            self.etcdctl(args).unwrap_or_else(|e| panic!("{e}"));
+        };
+        run(&["user", "add", &format!("root:{root_password}")]);
+        match password {
+            Some(pw) => run(&["user", "add", &format!("{user}:{pw}")]),
+            None => run(&["user", "add", user, "--no-password"]),
+        }
+        run(&["role", "add", "pushcast-rw"]);
+        run(&[
+            "role",
+            "grant-permission",
+            "pushcast-rw",
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ]);
+        run(&["user", "grant-role", user, "pushcast-rw"]);
+        run(&["auth", "enable"]);
     }
 
     /// The etcd process id (for measurements); panics when it is stopped.
@@ -199,7 +296,7 @@ impl EtcdProcess {
 
     /// Reads a gauge or counter from etcd's `/metrics` (first sample of that name).
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let body = http_get(self.client_port, "/metrics").ok()?;
+        let body = http_get(self.metrics_port, "/metrics").ok()?;
         body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
             let (metric, value) = l.rsplit_once(' ')?;
             let metric = metric.split('{').next()?;
@@ -239,6 +336,18 @@ impl EtcdProcess {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster={initial}"))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    format!("--cert-file={}", t.cert.display()),
+                    format!("--key-file={}", t.key.display()),
+                    format!("--trusted-ca-file={}", t.ca.display()),
+                    "--client-cert-auth".to_string(),
+                ]
+            }))
             .arg("--logger=zap")
             // Short raft timers: etcd's minimum lease TTL is 1.5 election timeouts
             // rounded up to seconds, so this grants a 1 s TTL as 1 s (default: 2 s).
@@ -266,7 +375,7 @@ impl EtcdProcess {
                     self.log_tail()
                 ));
             }
-            if let Ok(body) = http_get(self.client_port, "/health")
+            if let Ok(body) = http_get(self.metrics_port, "/health")
                 && body.contains("\"health\":\"true\"")
             {
                 return Ok(());
@@ -317,6 +426,15 @@ fn etcd_binary() -> PathBuf {
         "etcd binary not found (looked at $ETCD_BIN, /usr/bin/etcd and PATH): the etcd tests \
          need a real etcd; install it (Debian: apt-get install etcd-server) or set ETCD_BIN"
     );
+}
+
+fn etcdctl_binary() -> PathBuf {
+    let bin = etcd_binary().with_file_name("etcdctl");
+    if bin.is_file() {
+        bin
+    } else {
+        PathBuf::from("etcdctl")
+    }
 }
 
 fn free_port() -> u16 {

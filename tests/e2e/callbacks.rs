@@ -406,7 +406,10 @@ async fn https_receivers_with_a_private_ca_get_every_callback_and_another_ca_is_
         })
         .await;
     let first = |path: &str| got.iter().position(|r| r.uri == path);
-    assert!(first("/auth") < first("/new"), "the publish was authorized first");
+    assert!(
+        first("/auth") < first("/new"),
+        "the publish was authorized first"
+    );
     let new: Vec<Value> = got
         .iter()
         .filter(|r| r.uri == "/new")
@@ -442,5 +445,8 @@ async fn https_receivers_with_a_private_ca_get_every_callback_and_another_ca_is_
     stranger
         .wait_refused_handshakes(2, Duration::from_secs(5))
         .await;
-    assert!(stranger.requests().is_empty(), "nothing reached the stranger");
+    assert!(
+        stranger.requests().is_empty(),
+        "nothing reached the stranger"
+    );
 }

@@ -385,7 +385,8 @@ async fn hostile_ingest_connections_do_not_hurt_a_live_push() {
         "RSS grew by {grew_mb:.1} MB during the attack"
     );
 
-    let metrics = pushcast_testkit::http::get_text(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+    let metrics =
+        pushcast_testkit::http::get_text(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
     let over_cap = refused(&metrics, "per-address limit");
     assert!(
         over_cap >= 1400.0,

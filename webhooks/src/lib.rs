@@ -34,8 +34,8 @@ pub mod status;
 
 pub use authorize::{Denied, authorize};
 pub use dispatch::{
-    BuildError, Class, Dispatcher, DispatcherConfig, FORM, JSON, Payload,
-    RetryPolicy, SendOutcome, Stats, Target, TargetError, redact_url,
+    BuildError, Class, Dispatcher, DispatcherConfig, FORM, JSON, Payload, RetryPolicy, SendOutcome,
+    Stats, Target, TargetError, redact_url,
 };
 pub use publish::{
     CloseMode, Format, PublishEnd, PublishEvent, host_from_tc_url, new_vdoid, parse_query,

@@ -16,9 +16,9 @@ use pushcast_testkit::http::StatusServer;
 use pushcast_testkit::media::test_media;
 use pushcast_testkit::net::free_tcp_port;
 use pushcast_testkit::nginx::{Nginx, NginxOptions};
+use pushcast_testkit::pki::make_pki;
 use pushcast_testkit::rtmp_server::{Behaviour, TestRtmpServer};
 use pushcast_testkit::source::{repeat_frames, shifted};
-use pushcast_testkit::pki::make_pki;
 use pushcast_testkit::stunnel::Stunnel;
 use pushcast_worker::push::{
     PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_attempt,
