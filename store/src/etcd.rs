@@ -204,10 +204,15 @@ impl EtcdStore {
             .map_err(|e| match e {
                 StoreError::Unavailable(m) | StoreError::Internal(m) => {
                     // etcd refuses a TLS 1.3 client without a certificate after the
-                    // handshake: the client only sees the connection closed.
+                    // handshake: the client sees an alert, the connection closed or a
+                    // broken pipe, depending on timing. A transport error past the TCP
+                    // connect and the server's certificate check gets the hint.
                     let hint = if credentials.identity.is_none()
                         && endpoints.iter().all(|e| e.starts_with("https://"))
-                        && m.contains("connection closed")
+                        && m.contains("transport error")
+                        && !["Connection refused", "invalid peer certificate", "dns error"]
+                            .iter()
+                            .any(|other| m.contains(other))
                     {
                         " (does etcd require a client certificate? --etcd-cert-file, --etcd-key-file)"
                     } else {
