@@ -130,6 +130,9 @@ template) so a bad combination fails `helm install` / `helm template` with a cle
 {{- if and .Values.etcd.external.tls.enabled (not .Values.etcd.external.tls.secretName) }}
 {{- fail "etcd.external.tls.enabled needs etcd.external.tls.secretName" }}
 {{- end }}
+{{- if and .Values.etcd.external.auth.username (not .Values.etcd.external.auth.existingSecret) }}
+{{- fail "etcd.external.auth.username needs etcd.external.auth.existingSecret (a Secret holding the password)" }}
+{{- end }}
 {{- end }}
 {{- if and (eq .Values.etcd.mode "bundled") (not (has (int .Values.etcd.bundled.replicas) (list 1 3))) }}
 {{- fail "etcd.bundled.replicas must be 1 or 3" }}
@@ -182,7 +185,6 @@ podAntiAffinity:
 - name: RUST_LOG
   value: {{ .Values.logging.level | quote }}
 {{- if and (eq .Values.etcd.mode "external") .Values.etcd.external.tls.enabled }}
-{{- /* Pending: the binaries take no etcd TLS settings yet; these are the names they will read. */}}
 - name: PUSHCAST_ETCD_CA_FILE
   value: /etc/pushcast/etcd-tls/{{ .Values.etcd.external.tls.caKey }}
 {{- if .Values.etcd.external.tls.certKey }}
@@ -191,6 +193,16 @@ podAntiAffinity:
 - name: PUSHCAST_ETCD_KEY_FILE
   value: /etc/pushcast/etcd-tls/{{ .Values.etcd.external.tls.keyKey }}
 {{- end }}
+{{- end }}
+{{- if and (eq .Values.etcd.mode "external") .Values.etcd.external.auth.username }}
+- name: PUSHCAST_ETCD_USERNAME
+  value: {{ .Values.etcd.external.auth.username | quote }}
+- name: PUSHCAST_ETCD_PASSWORD_FILE
+  value: /etc/pushcast/etcd-auth/{{ .Values.etcd.external.auth.passwordKey }}
+{{- end }}
+{{- if .Values.callbacks.ca.secretName }}
+- name: PUSHCAST_WEBHOOK_CA_FILE
+  value: /etc/pushcast/webhook-ca/{{ .Values.callbacks.ca.key }}
 {{- end }}
 {{- end }}
 
@@ -208,6 +220,21 @@ podAntiAffinity:
     secretName: {{ .Values.etcd.external.tls.secretName }}
     defaultMode: 0440
 {{- end }}
+{{- if and (eq .Values.etcd.mode "external") .Values.etcd.external.auth.username }}
+- name: etcd-auth
+  secret:
+    secretName: {{ .Values.etcd.external.auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.etcd.external.auth.passwordKey }}
+        path: {{ .Values.etcd.external.auth.passwordKey }}
+{{- end }}
+{{- if .Values.callbacks.ca.secretName }}
+- name: webhook-ca
+  secret:
+    secretName: {{ .Values.callbacks.ca.secretName }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 
 {{- define "pushcast.commonVolumeMounts" -}}
@@ -218,6 +245,16 @@ podAntiAffinity:
 {{- if and (eq .Values.etcd.mode "external") .Values.etcd.external.tls.enabled }}
 - name: etcd-tls
   mountPath: /etc/pushcast/etcd-tls
+  readOnly: true
+{{- end }}
+{{- if and (eq .Values.etcd.mode "external") .Values.etcd.external.auth.username }}
+- name: etcd-auth
+  mountPath: /etc/pushcast/etcd-auth
+  readOnly: true
+{{- end }}
+{{- if .Values.callbacks.ca.secretName }}
+- name: webhook-ca
+  mountPath: /etc/pushcast/webhook-ca
   readOnly: true
 {{- end }}
 {{- end }}
