@@ -13,6 +13,7 @@ use pushcast_store::{Compare, Op, Store, Txn};
 
 use crate::store_error::{api_error, decode, encode};
 use pushcast_proto::keys;
+use pushcast_proto::vhosts::{self, VhostConfig};
 
 /// Changes to an app; absent fields are left as they are.
 #[derive(Debug, Clone, Default)]
@@ -164,6 +165,108 @@ impl Apps {
             }
         }
         Ok(())
+    }
+}
+
+/// A configured vhost: its name, and its host names when the config lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostSeed {
+    pub name: String,
+    /// `Some`: written at start (the config file wins over API edits); `None`: the
+    /// stored host names are kept.
+    pub hosts: Option<Vec<String>>,
+}
+
+impl Apps {
+    /// The configured vhosts with their host names, sorted by name.
+    pub async fn vhosts(&self) -> Result<Vec<VhostConfig>, ApiError> {
+        let stored = self.stored_vhosts().await?.0;
+        Ok(self
+            .vhosts
+            .iter()
+            .map(|name| {
+                stored
+                    .iter()
+                    .find(|v| v.name == *name)
+                    .cloned()
+                    .unwrap_or_else(|| VhostConfig {
+                        name: name.clone(),
+                        hosts: Vec::new(),
+                    })
+            })
+            .collect())
+    }
+
+    /// One configured vhost (404 as the contract says otherwise).
+    pub async fn vhost(&self, name: &str) -> Result<VhostConfig, ApiError> {
+        self.check_vhost(name)?;
+        let all = self.vhosts().await?;
+        Ok(all.into_iter().find(|v| v.name == name).unwrap_or_default())
+    }
+
+    /// Replaces the host names of a vhost. 400 for a bad name, 409 when another vhost
+    /// answers to one of them already. Compare-and-swap over every vhost record, so two
+    /// concurrent calls cannot give one name to two vhosts.
+    pub async fn set_hosts(&self, name: &str, hosts: &[String]) -> Result<VhostConfig, ApiError> {
+        self.check_vhost(name)?;
+        let hosts = vhosts::normalize_hosts(hosts).map_err(ApiError::bad_request)?;
+        let wanted = VhostConfig {
+            name: name.to_string(),
+            hosts,
+        };
+        for _ in 0..5 {
+            let (stored, revisions) = self.stored_vhosts().await?;
+            if let Some((other, host)) = vhosts::conflict(&stored, &wanted) {
+                return Err(ApiError::conflict(format!(
+                    "The host name [{host}] belongs to the virtual host [{other}]"
+                )));
+            }
+            let key = keys::vhost(name);
+            let mut txn = Txn::new();
+            for (k, rev) in &revisions {
+                txn = txn.when(Compare::ModRevision(k.clone(), *rev));
+            }
+            if !revisions.iter().any(|(k, _)| *k == key) {
+                txn = txn.when(Compare::Absent(key.clone()));
+            }
+            let txn = txn.and_then(Op::put(key, encode(&wanted)?));
+            if self.store.txn(txn).await.map_err(api_error)?.succeeded {
+                return Ok(wanted);
+            }
+        }
+        Err(ApiError::conflict(format!(
+            "The virtual hosts changed concurrently, try again: [{name}]"
+        )))
+    }
+
+    /// Writes the configured host names, and removes the records of vhosts that are no
+    /// longer configured (the ingest would otherwise still pick them).
+    pub async fn seed_vhosts(&self, seeds: &[VhostSeed]) -> Result<(), ApiError> {
+        for seed in seeds {
+            if let Some(hosts) = &seed.hosts {
+                self.set_hosts(&seed.name, hosts).await?;
+            }
+        }
+        let (stored, _) = self.stored_vhosts().await?;
+        for v in stored.iter().filter(|v| !self.vhosts.contains(&v.name)) {
+            self.store
+                .delete(&keys::vhost(&v.name))
+                .await
+                .map_err(api_error)?;
+        }
+        Ok(())
+    }
+
+    /// The vhost records in the store, and each key's revision.
+    async fn stored_vhosts(&self) -> Result<(Vec<VhostConfig>, Vec<(String, i64)>), ApiError> {
+        let listing = self.store.list(keys::VHOSTS).await.map_err(api_error)?;
+        let mut all = Vec::with_capacity(listing.kvs.len());
+        let mut revisions = Vec::with_capacity(listing.kvs.len());
+        for kv in &listing.kvs {
+            all.push(decode::<VhostConfig>(&kv.key, &kv.value)?);
+            revisions.push((kv.key.clone(), kv.mod_revision));
+        }
+        Ok((all, revisions))
     }
 }
 

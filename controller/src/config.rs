@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use pushcast_proto::model::AppConfig;
+
+pub use crate::apps::VhostSeed;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +55,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "PUSHCAST_PUBLIC_INGEST_URL")]
     pub public_ingest_url: Option<String>,
 
+    /// Where encoders reach the RTMPS ingest, as stream-key answers show it (`rtmpsUrl`
+    /// is this + `/app`). Default: the host of --public-ingest-url with the RTMPS port a
+    /// worker registered; no `rtmpsUrl` when no worker serves RTMPS.
+    #[arg(long, env = "PUSHCAST_PUBLIC_INGEST_RTMPS_URL")]
+    pub public_ingest_rtmps_url: Option<String>,
+
     /// TTL of the leader's lease, in seconds: a dead leader is replaced within it.
     #[arg(long, env = "PUSHCAST_LEADER_TTL_SECS", default_value_t = 5)]
     pub leader_ttl_secs: u64,
@@ -63,22 +71,32 @@ pub struct ControllerArgs {
 pub struct VhostSection {
     #[serde(default)]
     pub apps: Vec<String>,
+    /// Host names (and `*.suffix` wildcards) whose publishes land in this vhost.
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
 }
 
 /// Vhosts and apps from the config file's `[vhosts]` table; without one, `default` with
 /// an `app` application, as OME ships.
 pub fn vhosts_or_default(
     section: Option<BTreeMap<String, VhostSection>>,
-) -> (Vec<String>, Vec<AppConfig>) {
+) -> (Vec<VhostSeed>, Vec<AppConfig>) {
     let section = section.unwrap_or_else(|| {
         BTreeMap::from([(
             "default".to_string(),
             VhostSection {
                 apps: vec!["app".to_string()],
+                hosts: None,
             },
         )])
     });
-    let vhosts = section.keys().cloned().collect();
+    let vhosts = section
+        .iter()
+        .map(|(name, s)| VhostSeed {
+            name: name.clone(),
+            hosts: s.hosts.clone(),
+        })
+        .collect();
     let apps = section
         .iter()
         .flat_map(|(vhost, s)| {
@@ -96,7 +114,7 @@ pub fn vhosts_or_default(
 /// Vhosts and apps of a loaded config file (or the default ones).
 pub fn vhosts_from(
     file: &pushcast_runtime::config_file::ConfigFile,
-) -> anyhow::Result<(Vec<String>, Vec<AppConfig>)> {
+) -> anyhow::Result<(Vec<VhostSeed>, Vec<AppConfig>)> {
     Ok(vhosts_or_default(
         file.section::<BTreeMap<String, VhostSection>>("vhosts")?,
     ))
@@ -106,7 +124,7 @@ pub fn vhosts_from(
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub args: ControllerArgs,
-    pub vhosts: Vec<String>,
+    pub vhosts: Vec<VhostSeed>,
     pub apps: Vec<AppConfig>,
     pub node_id: String,
 }

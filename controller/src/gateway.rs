@@ -35,6 +35,8 @@ pub struct Gateway {
 
 pub fn router(gw: Gateway) -> Router {
     Router::new()
+        .route("/v1/vhosts", any(vhosts_collection))
+        .route("/v1/vhosts/{vhost}", any(vhost_target))
         .route("/v1/vhosts/{vhost}/apps", any(apps_collection))
         .route("/v1/vhosts/{vhost}/apps/{target}", any(app_target))
         .fallback(|| async { error(controller_not_found()) })
@@ -179,6 +181,48 @@ async fn body_bytes(body: Body) -> Result<Bytes, ApiError> {
             format!("Request body is larger than {MAX_BODY} bytes"),
         )
     })
+}
+
+/// `GET /v1/vhosts`: the vhost names, as OME lists them.
+async fn vhosts_collection(State(gw): State<Gateway>, method: Method) -> Response {
+    let result = match method {
+        Method::GET => gw
+            .pushes
+            .apps()
+            .vhosts()
+            .await
+            .map(|all| json!(all.into_iter().map(|v| v.name).collect::<Vec<_>>())),
+        _ => Err(controller_not_found()),
+    };
+    respond(result)
+}
+
+/// `GET /v1/vhosts/{vhost}` (its name and host names) and `PATCH` with `{"hosts": [...]}`.
+async fn vhost_target(
+    State(gw): State<Gateway>,
+    Path(vhost): Path<String>,
+    method: Method,
+    body: Body,
+) -> Response {
+    let apps = gw.pushes.apps();
+    let result = match method {
+        Method::GET => apps.vhost(&vhost).await.map(|v| vhost_json(&v)),
+        Method::PATCH => {
+            async {
+                let obj = json_object(body).await?;
+                apps.check_vhost(&vhost)?;
+                let hosts = requests::vhost_hosts(&obj)?;
+                apps.set_hosts(&vhost, &hosts).await.map(|v| vhost_json(&v))
+            }
+            .await
+        }
+        _ => Err(controller_not_found()),
+    };
+    respond(result)
+}
+
+fn vhost_json(v: &pushcast_proto::vhosts::VhostConfig) -> Value {
+    json!({"name": v.name, "hosts": v.hosts})
 }
 
 async fn apps_collection(

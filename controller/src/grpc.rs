@@ -221,6 +221,27 @@ impl AppService for Api {
         Ok(Response::new(v1::ListAppsResponse { names }))
     }
 
+    async fn list_vhosts(
+        &self,
+        _req: Request<v1::ListVhostsRequest>,
+    ) -> Result<Response<v1::ListVhostsResponse>, Status> {
+        let vhosts = self.pushes.apps().vhosts().await?;
+        Ok(Response::new(v1::ListVhostsResponse {
+            vhosts: vhosts.into_iter().map(vhost_proto).collect(),
+        }))
+    }
+
+    async fn set_vhost_hosts(
+        &self,
+        req: Request<v1::SetVhostHostsRequest>,
+    ) -> Result<Response<v1::SetVhostHostsResponse>, Status> {
+        let r = req.into_inner();
+        let vhost = self.pushes.apps().set_hosts(&r.name, &r.hosts).await?;
+        Ok(Response::new(v1::SetVhostHostsResponse {
+            vhost: Some(vhost_proto(vhost)),
+        }))
+    }
+
     async fn get_app(
         &self,
         req: Request<v1::GetAppRequest>,
@@ -265,5 +286,12 @@ impl StreamKeyService for Api {
             .delete(&r.vhost, &r.app, Some(&r.stream), r.disconnect)
             .await?;
         Ok(Response::new(v1::DeleteStreamKeyResponse {}))
+    }
+}
+
+fn vhost_proto(v: pushcast_proto::vhosts::VhostConfig) -> v1::Vhost {
+    v1::Vhost {
+        name: v.name,
+        hosts: v.hosts,
     }
 }

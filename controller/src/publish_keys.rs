@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use pushcast_proto::ApiError;
 use pushcast_proto::keys;
-use pushcast_proto::model::LiveStream;
+use pushcast_proto::model::{LiveStream, WorkerInfo};
 use pushcast_proto::publish_keys::{PublishKeyRecord, derive, lookup_hash};
 use pushcast_proto::{time, v1};
 use pushcast_store::{Compare, Op, Store, Txn};
@@ -25,20 +25,31 @@ pub struct Issued {
     pub rtmp_url: String,
     pub stream_key: String,
     pub stream_url: String,
+    /// `rtmps://<ingest host>/<app>` and it + `/key`, where the workers serve RTMPS.
+    pub rtmps_url: Option<String>,
+    pub streams_url: Option<String>,
     pub live: bool,
     pub created_ms: i64,
 }
 
 impl Issued {
     pub fn to_ome_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "stream": self.stream,
             "rtmpUrl": self.rtmp_url,
             "streamKey": self.stream_key,
             "streamUrl": self.stream_url,
             "live": self.live,
             "createdTime": time::format_ms(Some(self.created_ms)),
-        })
+        });
+        // Additive: only where RTMPS is served, so the answer is unchanged elsewhere.
+        if let (Some(obj), Some(rtmps), Some(streams)) =
+            (v.as_object_mut(), &self.rtmps_url, &self.streams_url)
+        {
+            obj.insert("rtmpsUrl".into(), rtmps.clone().into());
+            obj.insert("streamsUrl".into(), streams.clone().into());
+        }
+        v
     }
 
     pub fn to_proto(&self) -> v1::GetStreamKeyResponse {
@@ -47,6 +58,8 @@ impl Issued {
             rtmp_url: self.rtmp_url.clone(),
             stream_key: self.stream_key.clone(),
             stream_url: self.stream_url.clone(),
+            rtmps_url: self.rtmps_url.clone().unwrap_or_default(),
+            streams_url: self.streams_url.clone().unwrap_or_default(),
             live: self.live,
             created_time: Some(time::to_timestamp(self.created_ms)),
         }
@@ -60,6 +73,8 @@ pub struct PublishKeys {
     clients: WorkerClients,
     /// e.g. `rtmp://live.example.com` (the app is appended).
     public_ingest_url: String,
+    /// e.g. `rtmps://live.example.com:443`; `None`: derived from the workers' RTMPS ports.
+    public_rtmps_url: Option<String>,
     secret: Arc<OnceCell<Vec<u8>>>,
 }
 
@@ -79,8 +94,49 @@ impl PublishKeys {
             apps,
             clients,
             public_ingest_url: public_ingest_url.trim_end_matches('/').to_string(),
+            public_rtmps_url: None,
             secret: Arc::default(),
         }
+    }
+
+    /// Where encoders reach the RTMPS ingest (`--public-ingest-rtmps-url`).
+    pub fn with_public_rtmps_url(mut self, url: Option<String>) -> Self {
+        self.public_rtmps_url = url.map(|u| u.trim_end_matches('/').to_string());
+        self
+    }
+
+    /// The ingest URLs (RTMP, and RTMPS where served) an encoder of `vhost` publishes
+    /// to: with the vhost's first plain host name in place of the public host, so the
+    /// publish lands in that vhost.
+    async fn ingest_urls(&self, vhost: &str) -> Result<(String, Option<String>), ApiError> {
+        let rtmps = match &self.public_rtmps_url {
+            Some(url) => Some(url.clone()),
+            None => {
+                let workers = self.store.list(keys::WORKERS).await.map_err(api_error)?;
+                workers
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| serde_json::from_slice::<WorkerInfo>(&kv.value).ok())
+                    .filter(|w| !w.draining)
+                    .find_map(|w| w.rtmps_addr)
+                    .and_then(|addr| {
+                        let port = addr.rsplit_once(':')?.1.parse::<u16>().ok()?;
+                        with_scheme_and_port(&self.public_ingest_url, "rtmps", port)
+                    })
+            }
+        };
+        let host = self
+            .apps
+            .vhost(vhost)
+            .await?
+            .hosts
+            .into_iter()
+            .find(|h| !h.starts_with("*."));
+        let place = |url: &str| match &host {
+            Some(h) => with_host(url, h).unwrap_or_else(|| url.to_string()),
+            None => url.to_string(),
+        };
+        Ok((place(&self.public_ingest_url), rtmps.as_deref().map(place)))
     }
 
     /// The cluster's key secret: created once (first writer wins), then read.
@@ -135,6 +191,7 @@ impl PublishKeys {
             .filter(|s| !s.is_empty())
             .ok_or_else(missing_stream)?;
         let secret = self.secret().await?.to_vec();
+        let urls = self.ingest_urls(vhost).await?;
         let record_key = keys::publish_key(vhost, app, stream);
         for _ in 0..5 {
             let live = self.live(vhost, app, stream).await?.is_some();
@@ -146,8 +203,8 @@ impl PublishKeys {
             if let Some(rec) = &old
                 && !regenerate
             {
-                return Ok(self.issued(
-                    vhost,
+                return Ok(issued(
+                    &urls,
                     app,
                     stream,
                     &derive(&secret, vhost, app, stream, &rec.nonce),
@@ -193,32 +250,12 @@ impl PublishKeys {
                     regenerated = old.is_some(),
                     "stream key issued"
                 );
-                return Ok(self.issued(vhost, app, stream, &key, live, rec.created_ms));
+                return Ok(issued(&urls, app, stream, &key, live, rec.created_ms));
             }
         }
         Err(ApiError::unavailable(
             "The stream key changed concurrently, try again",
         ))
-    }
-
-    fn issued(
-        &self,
-        _vhost: &str,
-        app: &str,
-        stream: &str,
-        key: &str,
-        live: bool,
-        created_ms: i64,
-    ) -> Issued {
-        let rtmp_url = format!("{}/{app}", self.public_ingest_url);
-        Issued {
-            stream: stream.to_string(),
-            stream_url: format!("{rtmp_url}/{key}"),
-            rtmp_url,
-            stream_key: key.to_string(),
-            live,
-            created_ms,
-        }
     }
 
     /// Revokes the stream's key; with `disconnect`, a live publish is closed too.
@@ -287,5 +324,73 @@ impl PublishKeys {
                 ))
             })?;
         Ok(())
+    }
+}
+
+/// The answer for `stream` of `app` at `urls` (RTMP base, RTMPS base).
+fn issued(
+    urls: &(String, Option<String>),
+    app: &str,
+    stream: &str,
+    key: &str,
+    live: bool,
+    created_ms: i64,
+) -> Issued {
+    let rtmp_url = format!("{}/{app}", urls.0);
+    let rtmps_url = urls.1.as_ref().map(|base| format!("{base}/{app}"));
+    Issued {
+        stream: stream.to_string(),
+        stream_url: format!("{rtmp_url}/{key}"),
+        rtmp_url,
+        streams_url: rtmps_url.as_ref().map(|u| format!("{u}/{key}")),
+        rtmps_url,
+        stream_key: key.to_string(),
+        live,
+        created_ms,
+    }
+}
+
+/// `url` with its host replaced (scheme, port and path kept); `None` if it does not parse.
+fn with_host(url: &str, host: &str) -> Option<String> {
+    let mut u = url::Url::parse(url).ok()?;
+    u.set_host(Some(host)).ok()?;
+    Some(u.as_str().trim_end_matches('/').to_string())
+}
+
+/// `url`'s host with another scheme and port (`rtmp://h:1935` → `rtmps://h:1936`).
+fn with_scheme_and_port(url: &str, scheme: &str, port: u16) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    let host = u.host_str()?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Some(format!("{scheme}://{host}:{port}"))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn ingest_urls_take_a_vhost_host_and_an_rtmps_port() {
+        assert_eq!(
+            with_host("rtmp://ingest.example.com:1935", "live.studio.com").as_deref(),
+            Some("rtmp://live.studio.com:1935")
+        );
+        assert_eq!(
+            with_host("rtmp://ingest.example.com", "127.0.0.1").as_deref(),
+            Some("rtmp://127.0.0.1")
+        );
+        assert_eq!(
+            with_scheme_and_port("rtmp://ingest.example.com:1935", "rtmps", 1936).as_deref(),
+            Some("rtmps://ingest.example.com:1936")
+        );
+        assert_eq!(
+            with_scheme_and_port("rtmp://[::1]:1935", "rtmps", 443).as_deref(),
+            Some("rtmps://[::1]:443")
+        );
+        assert_eq!(with_host("not a url", "x"), None);
     }
 }

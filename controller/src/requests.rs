@@ -34,6 +34,21 @@ pub fn object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// The body of `PATCH /v1/vhosts/{vhost}`: `{"hosts": ["live.example.com", ...]}`.
+pub fn vhost_hosts(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::bad_request("[hosts] must be an array of host names");
+    match obj.get("hosts") {
+        None => Err(ApiError::bad_request(
+            "There is no required parameter [ hosts]",
+        )),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|h| h.as_str().map(str::to_string).ok_or_else(bad))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
 /// The body of `PATCH /v1/vhosts/{vhost}/apps/{app}`.
 pub fn app_patch(obj: &Map<String, Value>) -> Result<AppPatch, ApiError> {
     let v = Value::Object(obj.clone());

@@ -69,7 +69,10 @@ pub async fn start(
         (Auth::new(std::slice::from_ref(&token)), Some(token))
     };
 
-    let apps = Apps::new(store.clone(), cfg.vhosts.clone());
+    let apps = Apps::new(store.clone(), cfg.vhosts.iter().map(|v| v.name.clone()));
+    apps.seed_vhosts(&cfg.vhosts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot set the configured vhosts' host names: {e}"))?;
     apps.seed(&cfg.apps)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the configured apps: {e}"))?;
@@ -101,7 +104,8 @@ pub async fn start(
             .public_ingest_url
             .clone()
             .unwrap_or_else(|| "rtmp://localhost:1935".to_string()),
-    );
+    )
+    .with_public_rtmps_url(cfg.args.public_ingest_rtmps_url.clone());
 
     // Every replica campaigns; the leader schedules.
     let (leading, campaign) = crate::leader::campaign(

@@ -15,6 +15,13 @@ pub fn unescape(segment: &str) -> String {
     segment.replace("%2F", "/").replace("%25", "%")
 }
 
+/// Virtual hosts' records (their host names): `vhosts/{name}`.
+pub const VHOSTS: &str = "vhosts/";
+
+pub fn vhost(name: &str) -> String {
+    format!("{VHOSTS}{}", escape(name))
+}
+
 pub fn app(vhost: &str, app: &str) -> String {
     format!("apps/{}/{}", escape(vhost), escape(app))
 }

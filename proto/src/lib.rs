@@ -13,6 +13,7 @@ pub mod model;
 pub mod publish_keys;
 pub mod secret;
 pub mod time;
+pub mod vhosts;
 
 pub use error::{ApiError, ErrorKind};
 

@@ -946,6 +946,9 @@ pub struct WorkerInfo {
     pub grpc_addr: String,
     /// `host:port` of its RTMP ingest.
     pub rtmp_addr: String,
+    /// `host:port` of its RTMPS ingest, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmps_addr: Option<String>,
     /// Most push sessions it runs at once (0 = no limit).
     #[serde(default)]
     pub max_sessions: u32,

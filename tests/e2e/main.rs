@@ -20,6 +20,7 @@ mod rest_api;
 mod stream_keys;
 mod tls;
 mod tracing;
+mod vhosts;
 
 /// A gRPC channel to `node`'s API (plain HTTP/2).
 async fn grpc_channel(node: &pushcast_testkit::api::Node) -> tonic::transport::Channel {

@@ -18,6 +18,7 @@ use pushcast_proto::model::{
 use pushcast_proto::publish_keys::lookup_hash;
 use pushcast_proto::secret::redact;
 use pushcast_proto::time;
+use pushcast_proto::vhosts::{self, VhostConfig};
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Compare, Op, Store, StoreError, Txn, WatchEvent};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -222,7 +223,7 @@ impl Ingest {
             let this = self.clone();
             let stop = shutdown.child_token();
             let conn = async move {
-                this.connection(sock, peer, stop).await;
+                this.connection(sock, peer, None, stop).await;
                 drop(slot);
             };
             tokio::spawn(conn.instrument(tracing::info_span!("ingest", %peer)));
@@ -260,7 +261,9 @@ impl Ingest {
                         }
                     },
                 };
-                this.connection(tls, peer, stop).await;
+                // The host name the encoder asked for (picks the vhost; IPs send none).
+                let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                this.connection(tls, peer, sni, stop).await;
                 drop(slot);
             };
             tokio::spawn(conn.instrument(tracing::info_span!("ingest", %peer, tls = true)));
@@ -288,6 +291,7 @@ impl Ingest {
         &self,
         mut sock: S,
         peer: SocketAddr,
+        sni: Option<String>,
         shutdown: CancellationToken,
     ) {
         let mut buf = vec![0u8; READ_BUF_BEFORE_ADMISSION];
@@ -306,6 +310,7 @@ impl Ingest {
                 &mut conn,
                 &mut buf,
                 peer,
+                sni.as_deref(),
                 &mut live,
                 &mut admitted,
                 &shutdown,
@@ -337,6 +342,7 @@ impl Ingest {
         conn: &mut ServerConnection,
         buf: &mut Vec<u8>,
         peer: SocketAddr,
+        sni: Option<&str>,
         live: &mut Option<Published>,
         admitted: &mut bool,
         shutdown: &CancellationToken,
@@ -346,7 +352,7 @@ impl Ingest {
         loop {
             for event in conn.handle_input(&input)? {
                 match event {
-                    ServerEvent::PublishRequested(req) => match self.admit(&req, peer).await {
+                    ServerEvent::PublishRequested(req) => match self.admit(&req, peer, sni).await {
                         Ok(p) => {
                             conn.accept_publish(req.stream_id)?;
                             // Admitted: frames may now be as large as configured.
@@ -454,6 +460,23 @@ impl Ingest {
 
     /// A forward from another worker: token checked, straight into the hub (the stream
     /// is registered in the cluster by its ingest worker, not here).
+    /// The vhost that answers to `host` (`default` when none does). Read from the store
+    /// at each publish: a few small keys, and a host name given to a vhost takes effect
+    /// at the next publish on every worker.
+    async fn vhost_of(&self, host: Option<&str>) -> Result<String, Refusal> {
+        let listing = self
+            .store
+            .list(keys::VHOSTS)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let vhosts: Vec<VhostConfig> = listing
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        Ok(vhosts::resolve(&vhosts, host).to_string())
+    }
+
     fn admit_forward(&self, req: &PublishRequest) -> Result<Published, Refusal> {
         let token_ok = req
             .query
@@ -479,12 +502,19 @@ impl Ingest {
         })
     }
 
-    /// Decides a publish: the app must exist, and the stream must not be live anywhere.
-    async fn admit(&self, req: &PublishRequest, peer: SocketAddr) -> Result<Published, Refusal> {
+    /// Decides a publish: the app must exist in the vhost of the host the encoder used
+    /// (`sni`, else the tcUrl's), and the stream must not be live anywhere.
+    async fn admit(
+        &self,
+        req: &PublishRequest,
+        peer: SocketAddr,
+        sni: Option<&str>,
+    ) -> Result<Published, Refusal> {
         if req.app == FORWARD_APP {
             return self.admit_forward(req);
         }
-        let vhost = "default".to_string();
+        let tc_host = req.tc_url.as_deref().and_then(host_from_tc_url);
+        let vhost = self.vhost_of(sni.or(tc_host.as_deref())).await?;
         let app_key = keys::app(&vhost, &req.app);
         let app: AppConfig = match self.store.get(&app_key).await {
             Ok(Some(kv)) => serde_json::from_slice(&kv.value)
@@ -502,11 +532,7 @@ impl Ingest {
         let event = PublishEvent {
             app: req.app.clone(),
             vhost: vhost.clone(),
-            domain: req
-                .tc_url
-                .as_deref()
-                .and_then(host_from_tc_url)
-                .unwrap_or_default(),
+            domain: tc_host.clone().unwrap_or_default(),
             stream: stream.clone(),
             client: peer,
             node: self.node_id.clone(),
@@ -934,7 +960,7 @@ mod tests {
     }
 
     async fn refusal(s: &Setup, req: PublishRequest) -> Refusal {
-        match s.ingest.admit(&req, peer()).await {
+        match s.ingest.admit(&req, peer(), None).await {
             Ok(_) => panic!("{req:?} was admitted"),
             Err(r) => r,
         }
@@ -975,7 +1001,7 @@ mod tests {
             .unwrap();
         let p = s
             .ingest
-            .admit(&request("app", "the-key", None), peer())
+            .admit(&request("app", "the-key", None), peer(), None)
             .await
             .unwrap();
         assert_eq!(*p.source.key(), StreamId::new("default", "app", "cam"));
@@ -991,7 +1017,7 @@ mod tests {
         let s = setup(true).await;
         let p = s
             .ingest
-            .admit(&request("app", "cam", None), peer())
+            .admit(&request("app", "cam", None), peer(), None)
             .await
             .unwrap();
         let kv = s
@@ -1056,7 +1082,7 @@ mod tests {
                 .unwrap();
             let p = s
                 .ingest
-                .admit(&request("app", "cam", None), peer())
+                .admit(&request("app", "cam", None), peer(), None)
                 .await
                 .unwrap_or_else(|r| panic!("{holder}: refused {r}"));
             assert_eq!(
@@ -1087,6 +1113,7 @@ mod tests {
             .admit(
                 &request(FORWARD_APP, &name, Some("x=1&token=cluster-secret")),
                 peer(),
+                None,
             )
             .await
             .unwrap();

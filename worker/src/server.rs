@@ -99,6 +99,7 @@ pub async fn start(
         node_id: node_id.clone(),
         grpc_addr: format!("{host}:{}", grpc_addr.port()),
         rtmp_addr: format!("{host}:{}", rtmp_addr.port()),
+        rtmps_addr: rtmps_addr.map(|a| format!("{host}:{}", a.port())),
         max_sessions: args.max_sessions,
         draining: false,
     };

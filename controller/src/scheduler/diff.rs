@@ -195,6 +195,7 @@ mod tests {
                     node_id: n.to_string(),
                     grpc_addr: format!("{n}:9100"),
                     rtmp_addr: format!("{n}:1935"),
+                    rtmps_addr: None,
                     max_sessions: 0,
                     draining: false,
                 };

@@ -436,6 +436,7 @@ mod tests {
             node_id: name.into(),
             grpc_addr: format!("{name}:9100"),
             rtmp_addr: format!("{name}:1935"),
+            rtmps_addr: None,
             max_sessions: 0,
             draining: false,
         };
