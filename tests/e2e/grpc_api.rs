@@ -395,6 +395,59 @@ async fn oversized_grpc_requests_are_refused() {
     assert_eq!(fine.task.unwrap().destinations.len(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn vhost_host_names_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    let mut apps = AppServiceClient::new(crate::grpc_channel(&node).await);
+    let list = apps
+        .list_vhosts(authed(v1::ListVhostsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.vhosts,
+        [v1::Vhost {
+            name: "default".into(),
+            hosts: vec![]
+        }]
+    );
+    let set = apps
+        .set_vhost_hosts(authed(v1::SetVhostHostsRequest {
+            name: "default".into(),
+            hosts: vec!["Live.Example.com".into(), "*.studio.example.com".into()],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        set.vhost.unwrap().hosts,
+        ["live.example.com", "*.studio.example.com"]
+    );
+    let bad = apps
+        .set_vhost_hosts(authed(v1::SetVhostHostsRequest {
+            name: "default".into(),
+            hosts: vec!["rtmp://x".into()],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    let none = apps
+        .set_vhost_hosts(authed(v1::SetVhostHostsRequest {
+            name: "nope".into(),
+            hosts: vec![],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::NotFound, "{none:?}");
+    // REST sees what gRPC set.
+    let r = node.call("GET", "/v1/vhosts/default", None).await;
+    assert_eq!(
+        r.json["response"]["hosts"],
+        json!(["live.example.com", "*.studio.example.com"])
+    );
+}
+
 /// grpcurl 1.8 speaks only the v1alpha reflection service (it said "server does not
 /// support the reflection API" when only v1 was served): it lists the API and describes
 /// a service. `scripts/deps.sh test` installs it; a missing binary fails the test.
