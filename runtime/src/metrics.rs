@@ -57,6 +57,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     ("pushcast_callback_queued", "Webhooks waiting or in flight."),
     (
+        "pushcast_callback_attempt_failures_total",
+        "Failed webhook delivery attempts, by reason (certificate_unknown_issuer, tls, connect, timeout, http_5xx, ...).",
+    ),
+    (
         "pushcast_scheduler_passes_total",
         "Scheduler passes run by the leader.",
     ),
