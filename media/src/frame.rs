@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::codec::{FLV_AUDIO_AAC, FLV_VIDEO_AVC};
+use crate::tag::{self, Tag};
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,7 +27,14 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Video codec id of an FLV video tag (7 = AVC/H.264), if this is a video frame.
+    /// The parsed tag header (legacy or Enhanced RTMP); `None` for data frames and for
+    /// tags too short to hold one.
+    pub fn tag(&self) -> Option<Tag> {
+        tag::parse(self.kind, &self.payload)
+    }
+
+    /// Video codec id of a legacy FLV video tag (7 = AVC/H.264), if this is a video frame.
+    /// Enhanced RTMP tags name their codec with a FourCC: see [`Frame::tag`].
     pub fn video_codec(&self) -> Option<u8> {
         match self.kind {
             FrameKind::Video => self.payload.first().map(|b| b & 0x0f),
@@ -35,7 +42,8 @@ impl Frame {
         }
     }
 
-    /// Audio format of an FLV audio tag (10 = AAC), if this is an audio frame.
+    /// Audio format of a legacy FLV audio tag (10 = AAC; 9 = Enhanced RTMP), if this is an
+    /// audio frame.
     pub fn audio_format(&self) -> Option<u8> {
         match self.kind {
             FrameKind::Audio => self.payload.first().map(|b| b >> 4),
@@ -43,36 +51,22 @@ impl Frame {
         }
     }
 
-    /// A video keyframe (FLV frame type 1).
+    /// A video keyframe (frame type 1), legacy or Enhanced RTMP.
     pub fn is_keyframe(&self) -> bool {
-        self.kind == FrameKind::Video && self.payload.first().is_some_and(|b| b >> 4 == 1)
+        self.kind == FrameKind::Video && self.tag().is_some_and(|t| t.is_keyframe())
     }
 
-    /// A codec configuration record: AVC sequence header (AVCPacketType 0) or AAC
-    /// AudioSpecificConfig (AACPacketType 0). Decoders need it before any other frame.
+    /// A codec configuration record (AVC/HEVC/AV1 sequence header, AAC
+    /// AudioSpecificConfig, OpusHead, an E-RTMP channel layout), of any track. Decoders
+    /// need it before any other frame.
     pub fn is_sequence_header(&self) -> bool {
-        match self.kind {
-            FrameKind::Video => {
-                self.video_codec() == Some(FLV_VIDEO_AVC) && self.payload.get(1) == Some(&0)
-            }
-            FrameKind::Audio => {
-                self.audio_format() == Some(FLV_AUDIO_AAC) && self.payload.get(1) == Some(&0)
-            }
-            FrameKind::Data => false,
-        }
+        self.tag().is_some_and(|t| t.is_config())
     }
 
-    /// AVC composition time offset (PTS - DTS) in milliseconds, signed 24-bit; 0 otherwise.
+    /// Composition time offset (PTS - DTS) in milliseconds, signed 24-bit: AVC and HEVC
+    /// coded frames; 0 otherwise.
     pub fn composition_offset_ms(&self) -> i32 {
-        if self.video_codec() != Some(FLV_VIDEO_AVC) {
-            return 0;
-        }
-        match self.payload.get(2..5) {
-            // A signed 24-bit big-endian number: placed in the top three bytes of an
-            // i32, the arithmetic shift sign-extends it.
-            Some(b) => i32::from_be_bytes([b[0], b[1], b[2], 0]) >> 8,
-            None => 0,
-        }
+        self.tag().map_or(0, |t| t.composition_ms)
     }
 }
 

@@ -9,8 +9,10 @@
 
 pub mod codec;
 pub mod frame;
+pub mod tag;
 pub mod timeline;
 
 pub use codec::{AudioCodec, VideoCodec};
 pub use frame::{Frame, FrameKind};
+pub use tag::{Codec, PacketType, Tag, normalize, normalized_codec};
 pub use timeline::Rebaser;

@@ -23,6 +23,7 @@ pub mod api;
 pub mod cluster;
 pub mod etcd;
 pub mod ffmpeg;
+pub mod ffmpeg9;
 pub mod ffprobe;
 pub mod flv;
 pub mod http;

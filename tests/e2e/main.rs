@@ -10,6 +10,7 @@ mod cluster;
 mod controller_cluster;
 mod data_plane;
 mod drain;
+mod enhanced_rtmp;
 mod etcd_security;
 mod grpc_api;
 mod ingest;

@@ -5,9 +5,12 @@
 //!   [`VIDEO_TRACK_NAME`] (id [`VIDEO_TRACK_ID`]) and [`AUDIO_TRACK_NAME`]
 //!   (id [`AUDIO_TRACK_ID`]). AMF data (`onMetaData`) has no track of its own: it travels
 //!   with whatever is selected.
-//! - rtmp with no selection: the first video and the first audio track (OME documents
-//!   this but never implemented it).
-//! - mpegts/srt with no selection: all tracks.
+//! - Enhanced RTMP multitrack tracks n ≥ 1 are `bypass_video_n` / `bypass_audio_n`, ids
+//!   101 / 102 + 10·n ([`track_id_and_name`]).
+//! - With no selection: the first video and the first audio track, for every protocol
+//!   (OME documents this for rtmp but never implemented it; for mpegts/srt the spec says
+//!   all tracks, which was the same for a legacy RTMP source, and our muxer writes one
+//!   video and one audio PID).
 //! - With a selection (`trackIds` and/or `variantNames`): a track is kept when its id or
 //!   its name is listed. Entries that match nothing are ignored as long as something
 //!   matches (a client may list the names of several deployments).
@@ -24,7 +27,9 @@ use std::fmt;
 use pushcast_proto::model::{Protocol, StreamSelector};
 
 use pushcast_media::codec::{FLV_AUDIO_AAC, FLV_VIDEO_AVC};
-use pushcast_media::{AudioCodec, Frame, FrameKind, VideoCodec};
+use pushcast_media::{
+    AudioCodec, Codec, Frame, FrameKind, PacketType, VideoCodec, normalize, normalized_codec,
+};
 
 /// Id of the video track of an RTMP ingest.
 pub const VIDEO_TRACK_ID: i64 = 101;
@@ -63,13 +68,16 @@ impl TrackCodec {
             // The legacy FLV codecs an RTMP destination can be handed as they came in.
             // Reserved/undefined ids (and the non-standard HEVC id 12) are refused: a
             // destination would drop or misparse them.
+            // Enhanced RTMP codecs we can name (HEVC, AV1, VP9, Opus, FLAC, AC-3, E-AC-3,
+            // MP3) go out in E-RTMP framing, as OBS sends them: a destination that
+            // refuses them says so (its answer becomes `lastError`).
             Protocol::Rtmp => match self {
                 TrackCodec::Video(VideoCodec::Flv(id)) => (2..=FLV_VIDEO_AVC).contains(&id),
                 TrackCodec::Audio(AudioCodec::Flv(format)) => {
                     matches!(format, 0..=8 | FLV_AUDIO_AAC | 11 | 14)
                 }
-                TrackCodec::Video(VideoCodec::FourCc(_))
-                | TrackCodec::Audio(AudioCodec::FourCc(_)) => false,
+                TrackCodec::Video(c @ VideoCodec::FourCc(_)) => c.name().is_some(),
+                TrackCodec::Audio(c @ AudioCodec::FourCc(_)) => c.name().is_some(),
             },
             // Our MPEG-TS muxer writes H.264 (Annex-B) and AAC (ADTS), nothing else.
             Protocol::Mpegts | Protocol::Srt => matches!(
@@ -95,6 +103,8 @@ impl fmt::Display for TrackCodec {
 pub struct SourceTrack {
     pub id: i64,
     pub name: String,
+    /// Its Enhanced RTMP track number (0: the legacy / first track).
+    pub track: u8,
     pub codec: TrackCodec,
 }
 
@@ -110,47 +120,135 @@ impl fmt::Display for SourceTrack {
     }
 }
 
-/// The tracks of an RTMP ingest given the codecs seen so far (video first, as OME lists
-/// them).
-pub fn rtmp_source_tracks(video_codec: Option<u8>, audio_format: Option<u8>) -> Vec<SourceTrack> {
-    let video = video_codec.map(|id| SourceTrack {
-        id: VIDEO_TRACK_ID,
-        name: VIDEO_TRACK_NAME.to_string(),
-        codec: TrackCodec::Video(VideoCodec::Flv(id)),
-    });
-    let audio = audio_format.map(|format| SourceTrack {
-        id: AUDIO_TRACK_ID,
-        name: AUDIO_TRACK_NAME.to_string(),
-        codec: TrackCodec::Audio(AudioCodec::Flv(format)),
-    });
-    video.into_iter().chain(audio).collect()
+/// A track as the hub saw it: its kind, its Enhanced RTMP track number (0 for legacy
+/// and plain E-RTMP tags) and the codec of its latest frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeenTrack {
+    pub kind: FrameKind,
+    pub track: u8,
+    pub codec: Codec,
 }
 
-/// Which kinds of frames a push sends: what [`select`] decided, all a push needs to
-/// filter its frames.
+/// The id and name of track `n` of a kind: track 0 is OME's `bypass_video` (101) /
+/// `bypass_audio` (102); Enhanced RTMP multitrack track n is `bypass_video_n` /
+/// `bypass_audio_n`, id 101 / 102 + 10·n.
+pub fn track_id_and_name(kind: TrackKind, n: u8) -> (i64, String) {
+    let (id, name) = match kind {
+        TrackKind::Video => (VIDEO_TRACK_ID, VIDEO_TRACK_NAME),
+        TrackKind::Audio => (AUDIO_TRACK_ID, AUDIO_TRACK_NAME),
+    };
+    if n == 0 {
+        (id, name.to_string())
+    } else {
+        (id + 10 * i64::from(n), format!("{name}_{n}"))
+    }
+}
+
+/// The tracks of a stream given what the hub saw, video first then audio (as OME lists
+/// them), each kind in order of arrival. Codecs are named as a push sends them (AAC and
+/// H.264 in Enhanced RTMP framing go out as legacy AAC and H.264).
+pub fn source_tracks(seen: &[SeenTrack]) -> Vec<SourceTrack> {
+    let of = |kind: FrameKind| {
+        seen.iter().filter(move |t| t.kind == kind).map(|t| {
+            let (codec, kind) = match normalized_codec(t.codec) {
+                Codec::Video(c) => (TrackCodec::Video(c), TrackKind::Video),
+                Codec::Audio(c) => (TrackCodec::Audio(c), TrackKind::Audio),
+            };
+            let (id, name) = track_id_and_name(kind, t.track);
+            SourceTrack {
+                id,
+                name,
+                track: t.track,
+                codec,
+            }
+        })
+    };
+    of(FrameKind::Video).chain(of(FrameKind::Audio)).collect()
+}
+
+/// The tracks of a legacy RTMP ingest given its codecs (tests and tools).
+pub fn rtmp_source_tracks(video_codec: Option<u8>, audio_format: Option<u8>) -> Vec<SourceTrack> {
+    let video = video_codec.map(|id| SeenTrack {
+        kind: FrameKind::Video,
+        track: 0,
+        codec: Codec::Video(VideoCodec::Flv(id)),
+    });
+    let audio = audio_format.map(|format| SeenTrack {
+        kind: FrameKind::Audio,
+        track: 0,
+        codec: Codec::Audio(AudioCodec::Flv(format)),
+    });
+    source_tracks(&video.into_iter().chain(audio).collect::<Vec<_>>())
+}
+
+/// Which track of a kind a push sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    None,
+    /// The track with this Enhanced RTMP track number (0: the legacy / first one).
+    Track(u8),
+    /// Every track, as it came (a forward carries the whole stream).
+    All,
+}
+
+impl Pick {
+    /// Whether any track of the kind is sent.
+    pub fn any(self) -> bool {
+        self != Pick::None
+    }
+}
+
+/// Which frames a push sends: what [`select`] decided, all a push needs to filter its
+/// frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackSelection {
-    pub video: bool,
-    pub audio: bool,
+    pub video: Pick,
+    pub audio: Pick,
     /// AMF data (`onMetaData`): sent whenever any track is; only RTMP carries it.
     pub data: bool,
 }
 
 impl TrackSelection {
-    /// Everything: video, audio and metadata (a forward carries the whole stream).
+    /// Everything: every track and metadata, untouched (a forward carries the whole
+    /// stream).
     pub const ALL: TrackSelection = TrackSelection {
-        video: true,
-        audio: true,
+        video: Pick::All,
+        audio: Pick::All,
         data: true,
     };
 
     /// Whether a frame of the source belongs in this push.
     pub fn keeps(&self, frame: &Frame) -> bool {
-        match frame.kind {
+        let pick = match frame.kind {
             FrameKind::Video => self.video,
             FrameKind::Audio => self.audio,
-            FrameKind::Data => self.data,
+            FrameKind::Data => return self.data,
+        };
+        match pick {
+            Pick::None => false,
+            Pick::All => true,
+            // A tag too short to parse belongs to the first track (as it always did).
+            Pick::Track(n) => frame.tag().map_or(n == 0, |t| {
+                t.track == n && t.packet != PacketType::ManyTracks
+            }),
         }
+    }
+
+    /// The frame as this push sends it: `None` when it is not selected; in its
+    /// single-track form ([`pushcast_media::normalize`]) whenever tracks were chosen (a
+    /// forward passes everything on as it came).
+    pub fn outgoing(&self, frame: &Frame) -> Option<Frame> {
+        if !self.keeps(frame) {
+            return None;
+        }
+        if *self == TrackSelection::ALL || frame.kind == FrameKind::Data {
+            return Some(frame.clone());
+        }
+        let payload = normalize(frame.kind, &frame.payload)?;
+        Some(Frame {
+            payload,
+            ..frame.clone()
+        })
     }
 }
 
@@ -186,9 +284,13 @@ pub enum TrackError {
         carries: &'static str,
     },
     #[error(
-        "rtmp carries one video and one audio track; the selection keeps {count} {kind} tracks"
+        "{protocol} carries one video and one audio track; the selection keeps {count} {kind} tracks"
     )]
-    TooManyTracks { kind: &'static str, count: usize },
+    TooManyTracks {
+        protocol: &'static str,
+        kind: &'static str,
+        count: usize,
+    },
 }
 
 /// Chooses the tracks of `source_tracks` that a push over `protocol` sends, following
@@ -207,16 +309,12 @@ pub fn select(
             })
             .collect()
     } else {
-        match protocol {
-            Protocol::Rtmp => {
-                let first = |kind| source_tracks.iter().find(|t| t.kind() == kind);
-                first(TrackKind::Video)
-                    .into_iter()
-                    .chain(first(TrackKind::Audio))
-                    .collect()
-            }
-            Protocol::Mpegts | Protocol::Srt => source_tracks.iter().collect(),
-        }
+        // Every protocol carries one video and one audio track: the first of each.
+        let first = |kind| source_tracks.iter().find(|t| t.kind() == kind);
+        first(TrackKind::Video)
+            .into_iter()
+            .chain(first(TrackKind::Audio))
+            .collect()
     };
 
     if kept.is_empty() {
@@ -239,7 +337,9 @@ pub fn select(
                 track: track.name.clone(),
                 track_id: track.id,
                 carries: match protocol {
-                    Protocol::Rtmp => "H.264, AAC and the legacy FLV codecs",
+                    Protocol::Rtmp => {
+                        "H.264, AAC, the legacy FLV codecs and the Enhanced RTMP ones (HEVC, AV1, VP9, Opus, FLAC, AC-3, E-AC-3, MP3)"
+                    }
                     Protocol::Mpegts | Protocol::Srt => "H.264 video and AAC audio only",
                 },
             });
@@ -248,26 +348,32 @@ pub fn select(
 
     let count = |kind| kept.iter().filter(|t| t.kind() == kind).count();
     let (videos, audios) = (count(TrackKind::Video), count(TrackKind::Audio));
-    if protocol == Protocol::Rtmp {
-        // One FLV stream has one video and one audio channel.
-        if videos > 1 {
-            return Err(TrackError::TooManyTracks {
-                kind: "video",
-                count: videos,
-            });
-        }
-        if audios > 1 {
-            return Err(TrackError::TooManyTracks {
-                kind: "audio",
-                count: audios,
-            });
-        }
+    // One FLV stream has one video and one audio channel; our MPEG-TS muxer writes one
+    // video and one audio PID.
+    if videos > 1 {
+        return Err(TrackError::TooManyTracks {
+            protocol: protocol.as_str(),
+            kind: "video",
+            count: videos,
+        });
     }
+    if audios > 1 {
+        return Err(TrackError::TooManyTracks {
+            protocol: protocol.as_str(),
+            kind: "audio",
+            count: audios,
+        });
+    }
+    let pick = |kind| {
+        kept.iter()
+            .find(|t| t.kind() == kind)
+            .map_or(Pick::None, |t| Pick::Track(t.track))
+    };
 
     Ok(Selection {
         kinds: TrackSelection {
-            video: videos > 0,
-            audio: audios > 0,
+            video: pick(TrackKind::Video),
+            audio: pick(TrackKind::Audio),
             data: true,
         },
         tracks: kept.into_iter().cloned().collect(),
@@ -307,6 +413,7 @@ mod tests {
         SourceTrack {
             id,
             name: name.into(),
+            track: 0,
             codec,
         }
     }
@@ -336,27 +443,44 @@ mod tests {
             TrackCodec::Audio(AudioCodec::Flv(10)),
         ));
         let s = select(Protocol::Rtmp, &sel(&[], &[]), &tracks).unwrap();
-        assert!(s.kinds.video && s.kinds.audio && s.kinds.data);
+        assert!(s.kinds.video.any() && s.kinds.audio.any() && s.kinds.data);
         let ids: Vec<_> = s.tracks.iter().map(|t| t.id).collect();
         assert_eq!(ids, [101, 102]);
         // Audio-only source: just the audio.
         let audio_only = rtmp_source_tracks(None, Some(10));
         let s = select(Protocol::Rtmp, &sel(&[], &[]), &audio_only).unwrap();
-        assert!(!s.kinds.video && s.kinds.audio && s.kinds.data);
+        assert!(!s.kinds.video.any() && s.kinds.audio.any() && s.kinds.data);
     }
 
     #[test]
-    fn mpegts_and_srt_without_selection_take_all_tracks() {
+    fn without_selection_every_protocol_takes_the_first_video_and_audio() {
         let mut tracks = h264_aac();
-        tracks.push(track(
-            202,
-            "second_audio",
-            TrackCodec::Audio(AudioCodec::Flv(10)),
-        ));
-        for protocol in [Protocol::Mpegts, Protocol::Srt] {
+        let (id, name) = track_id_and_name(TrackKind::Audio, 1);
+        assert_eq!((id, name.as_str()), (112, "bypass_audio_1"));
+        tracks.push(SourceTrack {
+            id,
+            name,
+            track: 1,
+            codec: TrackCodec::Audio(AudioCodec::Flv(10)),
+        });
+        for protocol in [Protocol::Rtmp, Protocol::Mpegts, Protocol::Srt] {
             let s = select(protocol, &sel(&[], &[]), &tracks).unwrap();
-            assert_eq!(s.tracks.len(), 3);
-            assert!(s.kinds.video && s.kinds.audio && s.kinds.data);
+            assert_eq!(s.tracks.len(), 2);
+            assert_eq!(
+                (s.kinds.video, s.kinds.audio),
+                (Pick::Track(0), Pick::Track(0))
+            );
+            // The second audio track by id or by name.
+            for chosen in [
+                sel(&[101, 112], &[]),
+                sel(&[], &["bypass_video", "bypass_audio_1"]),
+            ] {
+                let s = select(protocol, &chosen, &tracks).unwrap();
+                assert_eq!(
+                    (s.kinds.video, s.kinds.audio),
+                    (Pick::Track(0), Pick::Track(1))
+                );
+            }
         }
     }
 
@@ -364,14 +488,14 @@ mod tests {
     fn selection_keeps_a_track_by_id_or_by_name() {
         let tracks = h264_aac();
         let by_id = select(Protocol::Rtmp, &sel(&[101], &[]), &tracks).unwrap();
-        assert!(by_id.kinds.video && !by_id.kinds.audio && by_id.kinds.data);
+        assert!(by_id.kinds.video.any() && !by_id.kinds.audio.any() && by_id.kinds.data);
         let by_name = select(Protocol::Mpegts, &sel(&[], &["bypass_audio"]), &tracks).unwrap();
-        assert!(!by_name.kinds.video && by_name.kinds.audio);
+        assert!(!by_name.kinds.video.any() && by_name.kinds.audio.any());
         let either = select(Protocol::Rtmp, &sel(&[101], &["bypass_audio"]), &tracks).unwrap();
-        assert!(either.kinds.video && either.kinds.audio);
+        assert!(either.kinds.video.any() && either.kinds.audio.any());
         // Entries that match nothing are ignored while something matches.
         let partial = select(Protocol::Rtmp, &sel(&[7, 102], &["hd"]), &tracks).unwrap();
-        assert!(!partial.kinds.video && partial.kinds.audio);
+        assert!(!partial.kinds.video.any() && partial.kinds.audio.any());
     }
 
     #[test]
@@ -417,7 +541,7 @@ mod tests {
         );
         // Selecting around the unsupported track makes it work.
         let s = select(Protocol::Srt, &sel(&[101], &[]), &mp3).unwrap();
-        assert!(s.kinds.video && !s.kinds.audio);
+        assert!(s.kinds.video.any() && !s.kinds.audio.any());
     }
 
     #[test]
@@ -448,12 +572,13 @@ mod tests {
         assert_eq!(
             err,
             TrackError::TooManyTracks {
+                protocol: "rtmp",
                 kind: "video",
                 count: 2
             }
         );
-        // MPEG-TS can.
-        assert!(select(Protocol::Mpegts, &sel(&[101, 201], &[]), &tracks).is_ok());
+        // Nor can our MPEG-TS muxer (one PID per kind).
+        assert!(select(Protocol::Mpegts, &sel(&[101, 201], &[]), &tracks).is_err());
     }
 
     #[test]

@@ -5,8 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use pushcast_media::codec::FLV_VIDEO_AVC;
-use pushcast_media::{Frame, FrameKind};
+use pushcast_media::{Frame, FrameKind, PacketType};
 
 /// Bounds of a stream's GOP cache.
 ///
@@ -37,12 +36,33 @@ impl Default for GopLimits {
     }
 }
 
-/// A video frame a decoder can start from: a keyframe that is not a codec configuration
-/// record (an AVC sequence header also has FLV frame type 1) nor an AVC end-of-sequence.
+/// A video frame a decoder can start from: a keyframe that carries coded frames (a
+/// sequence header also has frame type 1, and so may an end of sequence), legacy or
+/// Enhanced RTMP, of the stream's first video track.
 pub(crate) fn is_video_keyframe(frame: &Frame) -> bool {
-    frame.is_keyframe()
-        && !frame.is_sequence_header()
-        && !(frame.video_codec() == Some(FLV_VIDEO_AVC) && frame.payload.get(1) == Some(&2))
+    frame.kind == FrameKind::Video
+        && frame
+            .tag()
+            .is_some_and(|t| t.is_keyframe() && t.packet == PacketType::CodedFrames && t.track == 0)
+}
+
+/// Which configuration a config frame is: one slot per kind, track and packet type, so
+/// each track's sequence header (and an audio track's channel layout) is kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConfigSlot {
+    kind: FrameKind,
+    track: u8,
+    packet: PacketType,
+}
+
+/// The slot of a configuration frame (`None` for anything else).
+pub(crate) fn config_slot(frame: &Frame) -> Option<ConfigSlot> {
+    let tag = frame.tag()?;
+    tag.is_config().then_some(ConfigSlot {
+        kind: tag.kind,
+        track: tag.track,
+        packet: tag.packet,
+    })
 }
 
 /// Whether a data frame is the stream's `onMetaData` (AMF0 string `onMetaData` first, or
@@ -74,8 +94,26 @@ pub(crate) fn retimed(frame: &Frame, timestamp_ms: u32) -> Frame {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Headers {
     pub metadata: Option<Frame>,
-    pub video: Option<Frame>,
-    pub audio: Option<Frame>,
+    /// The latest configuration frame of each slot, in order of first arrival (video
+    /// before audio as the encoder sent them). A handful at most.
+    pub configs: Vec<(ConfigSlot, Frame)>,
+}
+
+impl Headers {
+    /// Keeps `frame` as its slot's configuration; whether it differs from the one held.
+    fn set(&mut self, slot: ConfigSlot, frame: &Frame) -> bool {
+        match self.configs.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, held)) => {
+                let changed = held.payload != frame.payload;
+                *held = frame.clone();
+                changed
+            }
+            None => {
+                self.configs.push((slot, frame.clone()));
+                true
+            }
+        }
+    }
 }
 
 /// Per live stream; mutated only under the source's lock.
@@ -155,8 +193,8 @@ impl GopCache {
                     self.clear();
                     self.valid = false;
                 }
-                if frame.is_sequence_header() {
-                    self.latest.video = Some(frame.clone());
+                if let Some(slot) = config_slot(frame) {
+                    self.latest.set(slot, frame);
                     self.append(frame);
                 } else if is_video_keyframe(frame) {
                     self.clear();
@@ -168,9 +206,8 @@ impl GopCache {
                 }
             }
             FrameKind::Audio => {
-                if frame.is_sequence_header() {
-                    let changed = !same(&self.latest.audio, frame);
-                    self.latest.audio = Some(frame.clone());
+                if let Some(slot) = config_slot(frame) {
+                    let changed = self.latest.set(slot, frame);
                     if self.has_video {
                         self.append(frame);
                     } else if changed {
@@ -249,27 +286,17 @@ impl GopCache {
             &self.latest
         };
         let ts = first.timestamp_ms;
-        let mut out = Vec::with_capacity(self.frames.len() + 3);
-        out.extend(
-            [&self.latest.metadata, &headers.video, &headers.audio]
-                .into_iter()
-                .flatten()
-                .map(|f| retimed(f, ts)),
-        );
+        let mut out = Vec::with_capacity(self.frames.len() + 1 + headers.configs.len());
+        out.extend(self.latest.metadata.iter().map(|f| retimed(f, ts)));
+        out.extend(headers.configs.iter().map(|(_, f)| retimed(f, ts)));
         out.extend(self.frames.iter().cloned());
         let bytes = out.iter().map(|f| f.payload.len()).sum();
         Some((out, bytes))
     }
 }
 
-/// Whether `slot` holds a frame with the same payload as `frame` (content equality: an
-/// encoder that repeats an unchanged header is not a change).
-pub(crate) fn same(slot: &Option<Frame>, frame: &Frame) -> bool {
-    slot.as_ref().is_some_and(|f| f.payload == frame.payload)
-}
-
 /// Whether `sent` (what a subscriber last got) differs from `current`.
-pub(crate) fn differs(sent: &Option<Bytes>, current: &Option<Frame>) -> bool {
+pub(crate) fn differs(sent: Option<&Bytes>, current: Option<&Frame>) -> bool {
     match (sent, current) {
         (_, None) => false,
         (None, Some(_)) => true,

@@ -65,8 +65,12 @@ use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::tracks::{self, SourceTrack};
-use pushcast_media::{Frame, FrameKind};
+use crate::tracks::{self, SeenTrack, SourceTrack};
+use pushcast_media::{Frame, PacketType};
+
+/// Most tracks one stream may name (E-RTMP track ids are 8-bit): a hostile source cannot
+/// grow the list further.
+const MAX_TRACKS: usize = 16;
 
 pub use gop::GopLimits;
 pub use subscriber::{QueueLimits, Subscription, SubscriptionStats, TryRecvError};
@@ -129,10 +133,9 @@ pub struct StreamInfo {
     pub key: StreamId,
     /// When the publish began.
     pub since: SystemTime,
-    /// FLV video codec id of the latest video frame (7 = H.264); `None` before any video.
-    pub video_codec: Option<u8>,
-    /// FLV sound format of the latest audio frame (10 = AAC); `None` before any audio.
-    pub audio_format: Option<u8>,
+    /// The audio and video tracks seen so far, in order of their first frame, each with
+    /// the codec of its latest frame.
+    pub tracks_seen: Vec<SeenTrack>,
     pub has_metadata: bool,
     pub frames_in: u64,
     pub bytes_in: u64,
@@ -145,9 +148,10 @@ pub struct StreamInfo {
 
 impl StreamInfo {
     /// The stream's tracks as the spec names them (`bypass_video` 101, `bypass_audio`
-    /// 102), for [`tracks::select`]. Only tracks whose frames have arrived are listed.
+    /// 102, then the Enhanced RTMP multitrack ones), for [`tracks::select`]. Only tracks
+    /// whose frames have arrived are listed.
     pub fn tracks(&self) -> Vec<SourceTrack> {
-        tracks::rtmp_source_tracks(self.video_codec, self.audio_format)
+        tracks::source_tracks(&self.tracks_seen)
     }
 }
 
@@ -210,8 +214,7 @@ impl Hub {
                 subscribers: Vec::new(),
                 frames_in: 0,
                 bytes_in: 0,
-                video_codec: None,
-                audio_format: None,
+                tracks_seen: Vec::new(),
             }),
         });
         streams.insert(key.clone(), Arc::clone(&shared));
@@ -325,10 +328,23 @@ impl Source {
         }
         state.frames_in += 1;
         state.bytes_in += frame.payload.len() as u64;
-        match frame.kind {
-            FrameKind::Video => state.video_codec = frame.video_codec().or(state.video_codec),
-            FrameKind::Audio => state.audio_format = frame.audio_format().or(state.audio_format),
-            FrameKind::Data => {}
+        if let Some(tag) = frame.tag()
+            && tag.packet != PacketType::ManyTracks
+        {
+            let seen = SeenTrack {
+                kind: tag.kind,
+                track: tag.track,
+                codec: tag.codec,
+            };
+            let tracks = &mut state.tracks_seen;
+            match tracks
+                .iter()
+                .position(|t| t.kind == seen.kind && t.track == seen.track)
+            {
+                Some(i) => tracks[i].codec = seen.codec,
+                None if tracks.len() < MAX_TRACKS => tracks.push(seen),
+                None => {}
+            }
         }
         state.gop.push(&frame);
         let sync_point = state.gop.is_sync_point(&frame);
@@ -391,8 +407,7 @@ struct SourceState {
     subscribers: Vec<Subscriber>,
     frames_in: u64,
     bytes_in: u64,
-    video_codec: Option<u8>,
-    audio_format: Option<u8>,
+    tracks_seen: Vec<SeenTrack>,
 }
 
 impl SourceShared {
@@ -407,8 +422,7 @@ impl SourceShared {
         StreamInfo {
             key: self.key.clone(),
             since: self.since,
-            video_codec: state.video_codec,
-            audio_format: state.audio_format,
+            tracks_seen: state.tracks_seen.clone(),
             has_metadata: state.gop.latest().metadata.is_some(),
             frames_in: state.frames_in,
             bytes_in: state.bytes_in,

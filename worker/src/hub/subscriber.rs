@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
-use super::gop::{self, GopCache};
+use super::gop::{self, ConfigSlot, GopCache};
 use super::queue::{self, Receiver, Sender, TryRecv};
 use super::{SourceShared, StreamId, StreamInfo};
-use pushcast_media::{Frame, FrameKind};
+use pushcast_media::Frame;
 
 /// Bounds of one subscription's queue. Both apply; a frame (or a resume bundle) that would
 /// pass either is not queued. One exception keeps a subscriber from starving forever: a
@@ -87,8 +87,7 @@ pub(crate) struct Subscriber {
     /// Metadata and headers this subscriber last got, to re-send them on resume only when
     /// they changed while it was skipping.
     sent_metadata: Option<Bytes>,
-    sent_video: Option<Bytes>,
-    sent_audio: Option<Bytes>,
+    sent_configs: Vec<(ConfigSlot, Bytes)>,
 }
 
 /// What [`Subscriber::offer`] did.
@@ -114,8 +113,7 @@ impl Subscriber {
             limits,
             mode: Mode::Skipping { counted: false },
             sent_metadata: None,
-            sent_video: None,
-            sent_audio: None,
+            sent_configs: Vec::new(),
         };
         match gop.snapshot() {
             Some((frames, bytes)) if sub.fits(frames.len(), bytes, false) => {
@@ -196,15 +194,19 @@ impl Subscriber {
     /// with the keyframe's timestamp), then the keyframe.
     fn resume_bundle(&self, frame: &Frame, gop: &GopCache) -> Vec<Frame> {
         let latest = gop.latest();
-        let mut bundle = Vec::with_capacity(4);
-        for (sent, current) in [
-            (&self.sent_metadata, &latest.metadata),
-            (&self.sent_video, &latest.video),
-            (&self.sent_audio, &latest.audio),
-        ] {
-            if let Some(f) = current
-                && gop::differs(sent, current)
-            {
+        let mut bundle = Vec::with_capacity(2 + latest.configs.len());
+        if let Some(f) = &latest.metadata
+            && gop::differs(self.sent_metadata.as_ref(), Some(f))
+        {
+            bundle.push(gop::retimed(f, frame.timestamp_ms));
+        }
+        for (slot, f) in &latest.configs {
+            let sent = self
+                .sent_configs
+                .iter()
+                .find(|(s, _)| s == slot)
+                .map(|(_, b)| b);
+            if gop::differs(sent, Some(f)) {
                 bundle.push(gop::retimed(f, frame.timestamp_ms));
             }
         }
@@ -223,17 +225,13 @@ impl Subscriber {
     }
 
     fn enqueue(&mut self, frame: Frame) -> Offer {
-        match frame.kind {
-            FrameKind::Video if frame.is_sequence_header() => {
-                self.sent_video = Some(frame.payload.clone());
+        if let Some(slot) = gop::config_slot(&frame) {
+            match self.sent_configs.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, sent)) => *sent = frame.payload.clone(),
+                None => self.sent_configs.push((slot, frame.payload.clone())),
             }
-            FrameKind::Audio if frame.is_sequence_header() => {
-                self.sent_audio = Some(frame.payload.clone());
-            }
-            FrameKind::Data if gop::is_metadata(&frame) => {
-                self.sent_metadata = Some(frame.payload.clone());
-            }
-            _ => {}
+        } else if gop::is_metadata(&frame) {
+            self.sent_metadata = Some(frame.payload.clone());
         }
         let len = frame.payload.len();
         // Count before sending, so the receiver's decrement never runs first.

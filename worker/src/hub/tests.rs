@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use pushcast_media::{Frame, FrameKind};
+use pushcast_media::{AudioCodec, Codec, Frame, FrameKind, VideoCodec};
 
 fn key(stream: &str) -> StreamId {
     StreamId::new("default", "app", stream)
@@ -504,8 +504,18 @@ async fn stream_info_reports_tracks_and_counters() {
     let source = hub.publish(key("s")).unwrap();
     start(&source);
     let info = hub.info(&key("s")).unwrap();
-    assert_eq!(info.video_codec, Some(7));
-    assert_eq!(info.audio_format, Some(10));
+    let codecs: Vec<_> = info
+        .tracks_seen
+        .iter()
+        .map(|t| (t.kind, t.track, t.codec))
+        .collect();
+    assert_eq!(
+        codecs,
+        [
+            (FrameKind::Video, 0, Codec::Video(VideoCodec::Flv(7))),
+            (FrameKind::Audio, 0, Codec::Audio(AudioCodec::Flv(10)))
+        ]
+    );
     assert!(info.has_metadata);
     assert_eq!(info.frames_in, 6);
     let start_bytes: usize = start_frames().iter().map(|f| f.payload.len()).sum();
@@ -702,4 +712,69 @@ async fn ready_waits_for_a_decodable_start_so_tracks_are_known() {
     assert_eq!(sub.stats().received_frames, 6);
     drop(source);
     assert!(sub.ready().await.is_none());
+}
+
+/// Enhanced RTMP: an HEVC stream with a second AAC track (ffmpeg 9's tag layouts). The
+/// keyframe is found (the first byte is 0x9X, not 0x1X), every track's sequence header
+/// is cached, a late subscriber gets them all before the keyframe, and the tracks are
+/// listed with their ids.
+#[tokio::test]
+async fn enhanced_rtmp_keyframes_and_every_tracks_headers_are_cached() {
+    let hub = Hub::default();
+    let source = hub.publish(key("e")).unwrap();
+    let hevc_seq = frame(FrameKind::Video, 0, b"\x90hvc1\x01\x01\x60".to_vec());
+    let aac0_seq = ash(0, 1);
+    let aac1_seq = frame(FrameKind::Audio, 0, b"\x95\x00mp4a\x01\x11\x88".to_vec());
+    let aac1_layout = frame(FrameKind::Audio, 0, b"\x95\x04mp4a\x01\x01\x01".to_vec());
+    let hevc_key = frame(
+        FrameKind::Video,
+        0,
+        b"\x91hvc1\x00\x00\x43\x00\x01".to_vec(),
+    );
+    let hevc_inter = frame(FrameKind::Video, 33, b"\xa3hvc1\x00\x02".to_vec());
+    let aac1 = frame(FrameKind::Audio, 21, b"\x95\x01mp4a\x01\xdc".to_vec());
+    for f in [
+        metadata(0, 1),
+        hevc_seq.clone(),
+        aac0_seq.clone(),
+        aac1_seq.clone(),
+        aac1_layout.clone(),
+        hevc_key.clone(),
+        aac(10, 0),
+        aac1.clone(),
+        hevc_inter.clone(),
+    ] {
+        source.publish(f);
+    }
+    let mut late = hub.subscribe(&key("e"), QueueLimits::default()).unwrap();
+    let got = drain(&mut late);
+    assert_eq!(
+        got,
+        [
+            metadata(0, 1),
+            hevc_seq,
+            aac0_seq,
+            aac1_seq,
+            aac1_layout,
+            hevc_key,
+            aac(10, 0),
+            aac1,
+            hevc_inter
+        ]
+    );
+    let tracks: Vec<_> = hub
+        .info(&key("e"))
+        .unwrap()
+        .tracks()
+        .into_iter()
+        .map(|t| (t.id, t.name, t.codec.to_string()))
+        .collect();
+    assert_eq!(
+        tracks,
+        [
+            (101, "bypass_video".to_string(), "HEVC".to_string()),
+            (102, "bypass_audio".to_string(), "AAC".to_string()),
+            (112, "bypass_audio_1".to_string(), "AAC".to_string()),
+        ]
+    );
 }

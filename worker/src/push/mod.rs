@@ -59,7 +59,7 @@ use tracing::Instrument;
 
 use pushcast_media::Frame;
 
-pub use crate::tracks::TrackSelection;
+pub use crate::tracks::{Pick, TrackSelection};
 pub use error::{PushError, PushErrorKind};
 pub use tls::{
     TlsSetupError, client_config as tls_client_config,
@@ -229,7 +229,7 @@ pub async fn run_attempt(
     };
     let span = tracing::info_span!("push", dest = %dest);
     async move {
-        if !tracks.video && !tracks.audio {
+        if !tracks.video.any() && !tracks.audio.any() {
             return Err(PushError::Unsupported(
                 "the track selection keeps neither video nor audio: nothing to push".into(),
             ));

@@ -406,13 +406,13 @@ fn queue(
     frame: &Frame,
     batch: &mut Batch,
 ) -> Result<(), PushError> {
-    if !ctx.tracks.keeps(frame) {
+    let Some(frame) = ctx.tracks.outgoing(frame) else {
         return Ok(());
-    }
+    };
     let jumps = rebaser.discontinuities();
     let stamped = Frame {
-        timestamp_ms: rebaser.map_wire(frame),
-        ..frame.clone()
+        timestamp_ms: rebaser.map_wire(&frame),
+        ..frame
     };
     if rebaser.discontinuities() != jumps {
         tracing::info!(
@@ -482,11 +482,7 @@ mod tests {
         let mut source = NoFrames;
         let mut events = |_: SessionEvent| {};
         let mut ctx = Ctx {
-            tracks: TrackSelection {
-                video: true,
-                audio: true,
-                data: true,
-            },
+            tracks: TrackSelection::ALL,
             source: &mut source,
             counters: &counters,
             cfg: &cfg,

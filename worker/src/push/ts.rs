@@ -37,8 +37,8 @@ impl TsStage {
     fn new(tracks: TrackSelection) -> TsStage {
         TsStage {
             mux: TsMuxer::new(TsTracks {
-                video: tracks.video,
-                audio: tracks.audio,
+                video: tracks.video.any(),
+                audio: tracks.audio.any(),
             }),
             tracks,
         }
@@ -52,12 +52,15 @@ impl TsStage {
         ctx: &Ctx<'_>,
     ) -> Result<usize, PushError> {
         // Metadata has no place in the TS; unselected tracks are not even rebased.
-        if frame.kind == pushcast_media::FrameKind::Data || !self.tracks.keeps(frame) {
+        if frame.kind == pushcast_media::FrameKind::Data {
             return Ok(0);
         }
+        let Some(frame) = self.tracks.outgoing(frame) else {
+            return Ok(0);
+        };
         let before = out.len();
         let jumps = self.mux.stats().timestamp_discontinuities;
-        let result = self.mux.push(frame, out);
+        let result = self.mux.push(&frame, out);
         let bridged = self.mux.stats().timestamp_discontinuities;
         if bridged != jumps {
             tracing::info!(count = bridged, "source timestamp jump bridged");

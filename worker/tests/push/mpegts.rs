@@ -16,7 +16,8 @@ use pushcast_testkit::media::{Clip, test_media};
 use pushcast_testkit::net::{free_tcp_port, free_udp_port, wait_listening, wait_udp_bound};
 use pushcast_testkit::source::repeat_frames;
 use pushcast_worker::push::{
-    PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection, run_attempt,
+    Pick, PushConfig, PushError, SessionCounters, SessionEnd, SessionEvent, TrackSelection,
+    run_attempt,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -405,8 +406,8 @@ async fn unsupported_codec_and_empty_selection_are_reported() {
     assert!(err.to_string().contains("MP3"), "{err}");
 
     let none = TrackSelection {
-        video: false,
-        audio: false,
+        video: Pick::None,
+        audio: Pick::None,
         data: true,
     };
     let (result, _, connected) = push(
