@@ -173,12 +173,18 @@ async fn each_destination_gets_the_audio_track_it_chose() {
     assert_eq!(decode(&clip).codecs, ["h264", "aac", "aac"]);
     let mut live = Receiver::start(&dir.path().join("live.flv"));
     let mut vod = Receiver::start(&dir.path().join("vod.flv"));
+    // A destination that knows legacy FLV only (nginx-rtmp records what it gets, and
+    // Debian's ffprobe 5.1 reads no Enhanced RTMP): the second track must arrive as a
+    // plain AAC track.
+    let legacy = pushcast_testkit::nginx::Nginx::start();
     let r = node
         .action(
             "startPush",
             json!({"id": "mt", "stream": {"name": "mt"}, "destinations": [
                 {"protocol": "rtmp", "url": live.rtmp_url(), "streamKey": "rec"},
                 {"protocol": "rtmp", "url": vod.rtmp_url(), "streamKey": "rec",
+                 "variantNames": ["bypass_video", "bypass_audio_1"]},
+                {"protocol": "rtmp", "url": legacy.rtmp_url(), "streamKey": "legacy",
                  "variantNames": ["bypass_video", "bypass_audio_1"]}]}),
         )
         .await;
@@ -208,6 +214,16 @@ async fn each_destination_gets_the_audio_track_it_chose() {
             got.frames
         );
     }
+    let recording = legacy.finished_recording("legacy", Duration::from_secs(20));
+    let streams = pushcast_testkit::ffprobe::probe(&recording);
+    let audio = pushcast_testkit::ffprobe::stream(&streams, "aac");
+    assert_eq!(
+        audio.sample_rate,
+        Some(44_100),
+        "the second track, as legacy AAC"
+    );
+    assert!(audio.frames > 50, "{audio:?}");
+    assert_eq!(pushcast_testkit::ffprobe::decode_errors(&recording), "");
 }
 
 /// HEVC to an MPEG-TS destination: not a silent push but `error` with a `lastError`
