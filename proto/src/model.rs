@@ -270,6 +270,10 @@ pub struct TaskStatus {
     pub finish_ms: Option<i64>,
     pub last_error: Option<String>,
     pub worker: Option<String>,
+    /// The codecs the current (or last) session pushes, one per track it sends
+    /// (`HEVC`, `AAC`, ...): what a destination receives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codecs: Vec<String>,
     /// Multi-destination tasks: the status of each destination (its `worker` and
     /// `destinations` unused); the fields above then sum them up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -298,6 +302,9 @@ impl TaskStatus {
 #[derive(Debug, Serialize)]
 pub struct OmeTask<'a> {
     app: &'a str,
+    /// Ours (additive): the codecs being pushed.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    codecs: &'a [String],
     #[serde(rename = "createdTime")]
     created_time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -341,6 +348,8 @@ struct OmeStream<'a> {
 /// One destination of a multi-destination task in the OME task object.
 #[derive(Debug, Serialize)]
 struct OmeDestination<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    codecs: Vec<String>,
     #[serde(rename = "finishTime")]
     finish_time: String,
     #[serde(rename = "lastError", skip_serializing_if = "Option::is_none")]
@@ -394,6 +403,7 @@ impl Task {
                     let none = TaskStatus::default();
                     let ds = st.of_destination(&d.address()).unwrap_or(&none);
                     OmeDestination {
+                        codecs: ds.codecs.clone(),
                         finish_time: time::format_ms(ds.finish_ms),
                         last_error: ds.last_error.clone(),
                         protocol: d.protocol().as_str(),
@@ -413,6 +423,7 @@ impl Task {
         });
         OmeTask {
             app: &spec.app,
+            codecs: &st.codecs,
             created_time: time::format_ms(Some(spec.created_ms)),
             destinations,
             finish_time: time::format_ms(st.finish_ms),
@@ -463,6 +474,7 @@ impl Task {
             finish_time: st.finish_ms.map(time::to_timestamp),
             last_error: st.last_error.clone().unwrap_or_default(),
             worker: st.worker.clone().unwrap_or_default(),
+            codecs: st.codecs.clone(),
             destinations: if spec.is_multi_destination() {
                 spec.destinations()
                     .iter()
@@ -483,6 +495,7 @@ impl Task {
                             start_time: ds.start_ms.map(time::to_timestamp),
                             finish_time: ds.finish_ms.map(time::to_timestamp),
                             last_error: ds.last_error.clone().unwrap_or_default(),
+                            codecs: ds.codecs.clone(),
                         }
                     })
                     .collect()
@@ -731,6 +744,7 @@ mod tests {
                 finish_ms: Some(1_700_000_001_000),
                 last_error: Some("refused \"quoted\"".into()),
                 worker: Some("w1".into()),
+                codecs: vec!["HEVC".into(), "AAC".into()],
                 destinations: vec![],
             },
         };
@@ -833,6 +847,7 @@ impl TaskStatus {
             finish_time_ms: self.finish_ms.unwrap_or(0),
             last_error: self.last_error.clone().unwrap_or_default(),
             worker: self.worker.clone().unwrap_or_default(),
+            codecs: self.codecs.clone(),
             destinations: self
                 .destinations
                 .iter()
@@ -866,6 +881,7 @@ impl TaskStatus {
             finish_ms: opt(p.finish_time_ms),
             last_error: text(&p.last_error),
             worker: text(&p.worker),
+            codecs: p.codecs.clone(),
             destinations: p
                 .destinations
                 .iter()

@@ -40,6 +40,17 @@ async fn hevc_av1_and_opus_are_pushed_unchanged_and_decode() {
     let ingest = node.rtmp.clone().unwrap();
     let video = "testsrc2=size=320x240:rate=30";
     let tone = "sine=frequency=440:sample_rate=48000";
+    let shown = |codecs: [&str; 2]| -> Vec<&'static str> {
+        codecs
+            .iter()
+            .map(|c| match *c {
+                "hevc" => "HEVC",
+                "av1" => "AV1",
+                "opus" => "Opus",
+                _ => "AAC",
+            })
+            .collect()
+    };
     let cases: [(&str, &[&str], [&str; 2]); 3] = [
         (
             "hevc_aac",
@@ -111,6 +122,8 @@ async fn hevc_av1_and_opus_are_pushed_unchanged_and_decode() {
         })
         .await;
         println!("{name}: {task}");
+        // The task says what it pushes.
+        assert_eq!(task["codecs"], json!(shown(codecs)), "{name}: {task}");
         assert!(
             p.wait_exit(Duration::from_secs(30)).unwrap().success(),
             "{name}: publish"
@@ -195,6 +208,10 @@ async fn each_destination_gets_the_audio_track_it_chose() {
         &dir.path().join("mt.log"),
     );
     assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let task = node.task("mt").await;
+    for d in task["destinations"].as_array().unwrap() {
+        assert_eq!(d["codecs"], json!(["H.264", "AAC"]), "{task}");
+    }
     for (what, rx, rate) in [("live", &mut live, 48_000), ("vod", &mut vod, 44_100)] {
         let got = decode(&rx.finish(Duration::from_secs(20)));
         assert_eq!(
@@ -272,5 +289,10 @@ async fn a_codec_mpegts_cannot_carry_is_said() {
     let why = task["lastError"].as_str().unwrap_or_default().to_string();
     println!("lastError: {why}");
     assert!(why.contains("mpegts cannot carry VP9"), "{task}");
+    assert_eq!(
+        task["codecs"],
+        json!(["VP9", "Opus"]),
+        "what the source has"
+    );
     p.terminate(Duration::from_secs(5));
 }

@@ -217,6 +217,11 @@ impl TaskLive {
         });
     }
 
+    /// The codecs the session of `dest` pushes (one per track it sends).
+    pub fn codecs(&self, dest: &str, codecs: Vec<String>) {
+        self.change_dest(dest, |d| d.status.codecs = codecs);
+    }
+
     /// A connection of `dest` failed; its session goes on (retrying).
     pub fn failed(&self, dest: &str, error: &str) {
         self.change_dest(dest, |d| {
@@ -260,6 +265,11 @@ fn aggregate<'a>(dests: impl Iterator<Item = &'a TaskStatus>) -> TaskStatus {
             (a, b) => a.or(b),
         };
         sum.finish_ms = sum.finish_ms.max(d.finish_ms);
+        for codec in &d.codecs {
+            if !sum.codecs.contains(codec) {
+                sum.codecs.push(codec.clone());
+            }
+        }
         if sum.last_error.is_none() {
             sum.last_error.clone_from(&d.last_error);
         }

@@ -63,6 +63,12 @@ impl Report {
         }
     }
 
+    fn codecs(&self, codecs: Vec<String>) {
+        if let Report::Task { live, address } = self {
+            live.codecs(address, codecs);
+        }
+    }
+
     fn failed(&self, error: &str) {
         if let Report::Task { live, address } = self {
             live.failed(address, error);
@@ -111,7 +117,17 @@ impl Loop {
             let selection = match &this.tracks {
                 Tracks::All => Ok(TrackSelection::ALL),
                 Tracks::Select(selector) => {
-                    tracks::select(this.dest.protocol(), selector, &info.tracks()).map(|s| s.kinds)
+                    let tracks = info.tracks();
+                    // What the destination gets, said before it is tried: the chosen
+                    // tracks' codecs, or (on an error) every track the source has.
+                    let chosen = tracks::select(this.dest.protocol(), selector, &tracks);
+                    let shown = match &chosen {
+                        Ok(s) => &s.tracks,
+                        Err(_) => &tracks,
+                    };
+                    this.report
+                        .codecs(shown.iter().map(|t| t.codec.to_string()).collect());
+                    chosen.map(|s| s.kinds)
                 }
             };
             drop(info);
