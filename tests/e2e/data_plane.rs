@@ -12,7 +12,7 @@ use pushcast_testkit::ffmpeg::{
 };
 use pushcast_testkit::ffprobe;
 use pushcast_testkit::flv::count_media;
-use pushcast_testkit::media::test_media;
+use pushcast_testkit::media::{Clip, test_media};
 use pushcast_testkit::net::free_udp_port;
 use pushcast_testkit::nginx::Nginx;
 use pushcast_testkit::proc::Guard;
@@ -243,6 +243,57 @@ async fn mpegts_over_udp_reaches_an_ffmpeg_receiver() {
         "decode errors: {errors}\n{}",
         rx.log_text()
     );
+}
+
+/// A TS push that joins a live stream starts on its cached GOP, so its pacer (which
+/// sends in real time) runs behind the source by up to a GOP; when the source ends, what
+/// it still holds is sent, not dropped: the recording ends with the source's last frame
+/// (a whole number of GOPs arrives, from a keyframe to the end).
+#[tokio::test(flavor = "multi_thread")]
+async fn mpegts_joining_a_live_stream_still_gets_its_last_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
+    // A first task shows how far the stream is (UDP needs no receiver).
+    let idle_port = free_udp_port();
+    start_push(
+        &node,
+        json!({"id": "clock", "stream": {"name": "cam"}, "protocol": "mpegts",
+               "url": format!("udp://127.0.0.1:{idle_port}")}),
+    )
+    .await;
+    let mut publisher = publish(&node, "cam", 0, dir.path());
+    wait_task(&node, "clock", "1.2 s into the stream", 20, |t| {
+        t["state"] == "started" && t["sentTime"].as_u64().unwrap_or(0) >= 1200
+    })
+    .await;
+    let port = free_udp_port();
+    let out = dir.path().join("late.ts");
+    let url =
+        format!("udp://127.0.0.1:{port}?timeout=5000000&fifo_size=1000000&overrun_nonfatal=1");
+    let mut rx = Receiver::start(&url, &[], &out);
+    start_push(
+        &node,
+        json!({"id": "late", "stream": {"name": "cam"}, "protocol": "mpegts",
+               "url": format!("udp://127.0.0.1:{port}")}),
+    )
+    .await;
+    assert!(publisher.wait_exit(Duration::from_secs(20)).is_some());
+    rx.finish(Duration::from_secs(10));
+    let streams = ffprobe::probe(&out);
+    let v = ffprobe::stream(&streams, "h264");
+    let gop = Clip::TEST.gop as usize;
+    println!(
+        "MEASURED TS joining a live stream: {} video frames (GOP {gop}, clip {})",
+        v.frames,
+        test_media().video_frames()
+    );
+    assert!(
+        v.frames >= gop && v.frames % gop == 0,
+        "whole GOPs to the end of the stream: {} frames",
+        v.frames
+    );
+    assert!(ffprobe::decode_errors(&out).trim().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -184,13 +184,13 @@ impl Loop {
     /// Runs an attempt to its end. When the loop is cancelled meanwhile, the attempt is
     /// cancelled at once, unless the stream has ended: a task is unassigned when its
     /// stream ends, which can come before its sessions have sent the last frames they
-    /// hold (up to one write interval: the end of the stream, lost at every destination).
-    /// Then the attempt gets [`FINISH_GRACE`] to send them and say goodbye by itself.
+    /// hold (an RTMP session up to one write interval; an MPEG-TS datagram session what
+    /// its pacer still holds, which sends in real time: up to about a GOP when the
+    /// session started on a cached one). Then the attempt gets [`finish_grace`] to send
+    /// them and say goodbye by itself — unless the fence goes up meanwhile.
     ///
-    /// Fencing stays safe: a fenced worker cannot delete the ended stream's key from the
-    /// store, which its lease holds until it expires, at least a third of the TTL (one
-    /// second or more) after the fence; until then no other worker can take the stream,
-    /// let alone push it.
+    /// Fencing stays absolute: the grace ends the moment the fence is up, so a fenced
+    /// worker sends nothing more.
     async fn finish_or_cancel<F>(&self, run: F, attempt: &CancellationToken) -> F::Output
     where
         F: std::future::Future,
@@ -200,18 +200,30 @@ impl Loop {
             r = &mut run => return r,
             _ = self.cancel.cancelled() => {}
         }
-        if !self.settings.hub.is_live(&self.stream)
-            && let Ok(r) = tokio::time::timeout(FINISH_GRACE, &mut run).await
-        {
-            return r;
+        if !self.settings.hub.is_live(&self.stream) && !self.settings.fence.is_up() {
+            let mut fence = self.settings.fence.clone();
+            tokio::select! {
+                r = &mut run => return r,
+                _ = tokio::time::sleep(finish_grace(self.dest.protocol())) => {}
+                _ = fence.raised() => {}
+            }
         }
         attempt.cancel();
         run.await
     }
 }
 
-/// How long a cancelled attempt may take to send what it holds of a stream that ended.
-pub const FINISH_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a cancelled attempt may take to send what it holds of a stream that ended:
+/// an RTMP session holds at most a write interval; an MPEG-TS/SRT session's pacer sends
+/// in real time and may hold more (see [`Loop::finish_or_cancel`]). An attempt that is
+/// done sooner returns at once.
+pub fn finish_grace(protocol: pushcast_proto::model::Protocol) -> std::time::Duration {
+    use pushcast_proto::model::Protocol;
+    match protocol {
+        Protocol::Rtmp => std::time::Duration::from_millis(250),
+        Protocol::Mpegts | Protocol::Srt => std::time::Duration::from_secs(3),
+    }
+}
 
 /// Waits until the stream behind `sub` ends (or `cancel` fires), discarding frames.
 async fn wait_end(mut sub: Subscription, cancel: &CancellationToken) -> SessionEnd {
