@@ -168,6 +168,44 @@ pub fn ts_muxer(data: &[u8]) {
     }
 }
 
+/// The tag header parser (legacy FLV and Enhanced RTMP) and the single-track
+/// normalization, fed one tag: the first byte says video or audio, the rest is the tag.
+/// Invariants: the codec data offset lies inside the tag; a normalized tag parses again,
+/// is on track 0, not multitrack, and normalizing it again changes nothing.
+pub fn media_tags(data: &[u8]) {
+    use pushcast_media::{PacketType, normalize, tag};
+    let Some((first, body)) = data.split_first() else {
+        return;
+    };
+    let kind = if first & 1 == 0 {
+        FrameKind::Video
+    } else {
+        FrameKind::Audio
+    };
+    let payload = Bytes::copy_from_slice(body);
+    if let Some(t) = tag::parse(kind, &payload) {
+        assert!(
+            t.packet == PacketType::ManyTracks || t.data_offset <= payload.len(),
+            "data offset {} past a {}-byte tag",
+            t.data_offset,
+            payload.len()
+        );
+    }
+    if let Some(single) = normalize(kind, &payload) {
+        if let Some(t) = tag::parse(kind, &single) {
+            assert_eq!(t.track, 0, "normalized to track 0");
+            assert!(!t.multitrack, "normalized out of multitrack");
+        }
+        assert_eq!(normalize(kind, &single), Some(single.clone()), "idempotent");
+    }
+    let frame = Frame {
+        kind,
+        timestamp_ms: 0,
+        payload,
+    };
+    let _ = (frame.is_keyframe(), frame.is_sequence_header(), frame.composition_offset_ms());
+}
+
 /// The REST gateway's request bodies, as the gateway reads them (`pushcast_controller::
 /// requests`) and then checks them (the startPush/updatePush rules, app callbacks). The
 /// first byte picks the endpoint, the rest is the body. What is accepted must be a task

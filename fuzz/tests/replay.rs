@@ -47,3 +47,8 @@ fn ts_muxer() {
 fn rest_json() {
     replay("rest_json", pushcast_fuzz::rest_json);
 }
+
+#[test]
+fn media_tags() {
+    replay("media_tags", pushcast_fuzz::media_tags);
+}
