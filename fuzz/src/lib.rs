@@ -203,7 +203,11 @@ pub fn media_tags(data: &[u8]) {
         timestamp_ms: 0,
         payload,
     };
-    let _ = (frame.is_keyframe(), frame.is_sequence_header(), frame.composition_offset_ms());
+    let _ = (
+        frame.is_keyframe(),
+        frame.is_sequence_header(),
+        frame.composition_offset_ms(),
+    );
 }
 
 /// The REST gateway's request bodies, as the gateway reads them (`pushcast_controller::

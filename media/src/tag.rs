@@ -137,6 +137,10 @@ fn parse_video(p: &[u8]) -> Option<Tag> {
             ));
         }
         packet_type = mt & 0x0f;
+        if packet_type == VIDEO_MULTITRACK {
+            // Multitrack inside multitrack: malformed.
+            return None;
+        }
         (true, 2)
     } else {
         (false, 1)
@@ -213,6 +217,9 @@ fn parse_audio(p: &[u8]) -> Option<Tag> {
             return Some(many_tracks(FrameKind::Audio, Codec::Audio(codec), 0));
         }
         packet_type = mt & 0x0f;
+        if packet_type == AUDIO_MULTITRACK {
+            return None;
+        }
         (true, 2)
     } else {
         (false, 1)
@@ -282,7 +289,7 @@ fn si24(b: &[u8]) -> i32 {
 pub fn normalize(kind: FrameKind, payload: &Bytes) -> Option<Bytes> {
     let first = *payload.first()?;
     let Some(tag) = parse(kind, payload) else {
-        // Too short for an E-RTMP header: not ours to judge.
+        // Too short for an E-RTMP header, or malformed: not ours to judge.
         return Some(payload.clone());
     };
     if !tag.enhanced {

@@ -1,9 +1,12 @@
-//! H.264 from FLV framing (AVCDecoderConfigurationRecord + length-prefixed NAL units) to
-//! the Annex-B byte stream MPEG-TS carries (ISO/IEC 14496-15 §5.3.3, H.222.0 §2.14).
+//! H.264 and HEVC from FLV framing (a decoder configuration record + length-prefixed NAL
+//! units) to the Annex-B byte stream MPEG-TS carries (ISO/IEC 14496-15 §5.3.3 and §8.3.3,
+//! H.222.0 §2.14 and §2.17).
 //!
-//! In FLV the SPS/PPS travel once, out of band, in the sequence header; a TS receiver may
-//! join at any keyframe, so every IDR access unit gets them in band. Every access unit
-//! starts with an access unit delimiter, as H.222.0 requires for H.264 in TS.
+//! In FLV the parameter sets (H.264 SPS/PPS, HEVC VPS/SPS/PPS) travel once, out of band,
+//! in the sequence header; a TS receiver may join at any keyframe, so every random access
+//! unit gets them in band. Every access unit starts with an access unit delimiter, as
+//! H.222.0 requires in TS. The two codecs differ only in their NAL unit header
+//! ([`NalSyntax`]); the HEVC record is read by [`crate::hevc`].
 
 use bytes::Bytes;
 
@@ -15,16 +18,74 @@ const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 const NAL_AUD: u8 = 9;
 
+/// HEVC NAL unit types (H.265 Table 7-1): IRAP pictures, parameter sets, AUD.
+const HEVC_IRAP: std::ops::RangeInclusive<u8> = 16..=23;
+pub(crate) const HEVC_VPS: u8 = 32;
+pub(crate) const HEVC_SPS: u8 = 33;
+pub(crate) const HEVC_PPS: u8 = 34;
+const HEVC_AUD: u8 = 35;
+
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 /// AUD with primary_pic_type 7 ("any slice type"): correct for every access unit, so we
 /// need not parse slice headers to pick a tighter value.
 const AUD: [u8; 6] = [0, 0, 0, 1, NAL_AUD, 0xF0];
+/// HEVC AUD (type 35, layer 0, temporal id 1) with pic_type 2 (I, P and B slices).
+const HEVC_AUD_BYTES: [u8; 7] = [0, 0, 0, 1, HEVC_AUD << 1, 0x01, 0x50];
 
-/// The parts of an AVCDecoderConfigurationRecord the muxer needs.
+/// Which NAL unit header the stream uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NalSyntax {
+    H264,
+    Hevc,
+}
+
+impl NalSyntax {
+    /// The NAL unit type from its first header byte.
+    fn nal_type(self, header: u8) -> u8 {
+        match self {
+            NalSyntax::H264 => header & 0x1F,
+            NalSyntax::Hevc => (header >> 1) & 0x3F,
+        }
+    }
+
+    fn is_random_access(self, t: u8) -> bool {
+        match self {
+            NalSyntax::H264 => t == NAL_IDR,
+            NalSyntax::Hevc => HEVC_IRAP.contains(&t),
+        }
+    }
+
+    fn is_aud(self, t: u8) -> bool {
+        match self {
+            NalSyntax::H264 => t == NAL_AUD,
+            NalSyntax::Hevc => t == HEVC_AUD,
+        }
+    }
+
+    /// The parameter set types a random access unit needs, as a bit set.
+    fn required_parameter_sets(self) -> u64 {
+        match self {
+            NalSyntax::H264 => (1 << NAL_SPS) | (1 << NAL_PPS),
+            NalSyntax::Hevc => (1 << HEVC_VPS) | (1 << HEVC_SPS) | (1 << HEVC_PPS),
+        }
+    }
+
+    fn aud(self) -> &'static [u8] {
+        match self {
+            NalSyntax::H264 => &AUD,
+            NalSyntax::Hevc => &HEVC_AUD_BYTES,
+        }
+    }
+}
+
+/// The parts of a decoder configuration record (H.264 `avcC`, HEVC `hvcC`) the muxer
+/// needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AvcConfig {
+    pub syntax: NalSyntax,
     /// Size in bytes of each NAL unit's length prefix in the frames (1..=4).
     pub nal_length_size: u8,
+    /// H.264: the SPS; HEVC: the VPS and SPS.
     pub sps: Vec<Bytes>,
     pub pps: Vec<Bytes>,
 }
@@ -61,6 +122,7 @@ pub(crate) fn parse_avc_config(record: &Bytes) -> Result<AvcConfig, MuxError> {
     // Anything after the PPS (High profile chroma/bit depth extension) is not needed:
     // the SPS carries the same information for the decoder.
     Ok(AvcConfig {
+        syntax: NalSyntax::H264,
         nal_length_size,
         sps,
         pps,
@@ -151,16 +213,20 @@ pub(crate) fn to_annexb(
 ) -> Result<AccessUnit, MuxError> {
     // First pass: validate every length before writing anything, and learn what the
     // unit contains (an IDR, in-band parameter sets).
-    let (mut idr, mut has_sps, mut has_pps, mut count) = (false, false, false, 0usize);
+    let syntax = config.syntax;
+    let (mut idr, mut in_band, mut count) = (false, 0u64, 0usize);
     for nal in NalUnits::new(sample, config.nal_length_size) {
         let nal = nal?;
-        match nal.first().map(|h| h & 0x1F) {
-            Some(NAL_IDR) => idr = true,
-            Some(NAL_SPS) => has_sps = true,
-            Some(NAL_PPS) => has_pps = true,
-            Some(NAL_AUD) | None => continue,
-            Some(_) => {}
+        let Some(t) = nal.first().map(|h| syntax.nal_type(*h)) else {
+            continue;
+        };
+        if syntax.is_aud(t) {
+            continue;
         }
+        if syntax.is_random_access(t) {
+            idr = true;
+        }
+        in_band |= 1u64.checked_shl(u32::from(t)).unwrap_or(0);
         count += 1;
     }
     if count == 0 {
@@ -169,8 +235,9 @@ pub(crate) fn to_annexb(
             nal_units: 0,
         });
     }
-    out.extend_from_slice(&AUD);
-    if (keyframe || idr) && !(has_sps && has_pps) {
+    out.extend_from_slice(syntax.aud());
+    let required = syntax.required_parameter_sets();
+    if (keyframe || idr) && in_band & required != required {
         for ps in config.sps.iter().chain(config.pps.iter()) {
             out.extend_from_slice(&START_CODE);
             out.extend_from_slice(ps);
@@ -178,7 +245,10 @@ pub(crate) fn to_annexb(
     }
     for nal in NalUnits::new(sample, config.nal_length_size) {
         let nal = nal?;
-        if nal.first().is_none_or(|h| h & 0x1F == NAL_AUD) {
+        if nal
+            .first()
+            .is_none_or(|h| syntax.is_aud(syntax.nal_type(*h)))
+        {
             continue;
         }
         out.extend_from_slice(&START_CODE);

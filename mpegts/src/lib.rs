@@ -58,6 +58,7 @@
 mod aac;
 mod avc;
 mod error;
+mod hevc;
 mod pacer;
 mod packet;
 
@@ -67,7 +68,7 @@ pub use packet::TS_PACKET_SIZE;
 pub use pushcast_media::{AudioCodec, VideoCodec};
 
 use pushcast_media::codec::{FLV_AUDIO_AAC, FLV_VIDEO_AVC};
-use pushcast_media::{Frame, FrameKind, Rebaser};
+use pushcast_media::{Frame, FrameKind, PacketType, Rebaser};
 
 use aac::AacConfig;
 use avc::AvcConfig;
@@ -243,6 +244,7 @@ impl TsMuxer {
         let p = &frame.payload;
         match VideoCodec::of_tag(p) {
             Some(VideoCodec::Flv(FLV_VIDEO_AVC)) => {}
+            Some(VideoCodec::FourCc(cc)) if &cc == b"hvc1" => return self.push_hevc(frame, out),
             Some(codec) => return Err(MuxError::UnsupportedVideoCodec(codec)),
             None => {
                 self.stats.dropped_empty += 1;
@@ -267,12 +269,46 @@ impl TsMuxer {
             }
             _ => return Err(MuxError::MalformedVideoFrame("unknown AVCPacketType")),
         }
+        self.write_nal_frame(frame, 5, out)
+    }
+
+    /// HEVC in Enhanced RTMP framing (`hvc1`): the `hvcC` record from the sequence start,
+    /// coded frames to Annex-B (stream type 0x24).
+    fn push_hevc(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
+        let tag = frame.tag().ok_or(MuxError::MalformedVideoFrame(
+            "HEVC tag shorter than its header",
+        ))?;
+        match tag.packet {
+            PacketType::SequenceStart => {
+                let record = frame
+                    .payload
+                    .slice(tag.data_offset.min(frame.payload.len())..);
+                self.avc = Some(hevc::parse_hevc_config(&record)?);
+                Ok(())
+            }
+            PacketType::CodedFrames => self.write_nal_frame(frame, tag.data_offset, out),
+            // End of sequence, colour metadata, several tracks: nothing for the TS.
+            _ => {
+                self.stats.dropped_empty += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// An H.264 or HEVC access unit whose length-prefixed NAL units start at `offset`.
+    fn write_nal_frame(
+        &mut self,
+        frame: &Frame,
+        offset: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MuxError> {
         let Some(config) = &self.avc else {
             self.stats.dropped_before_config += 1;
             return Ok(());
         };
+        let sample = frame.payload.get(offset..).unwrap_or_default();
         self.es.clear();
-        let au = avc::to_annexb(config, &p[5..], frame.is_keyframe(), &mut self.es)?;
+        let au = avc::to_annexb(config, sample, frame.is_keyframe(), &mut self.es)?;
         if au.nal_units == 0 {
             self.stats.dropped_empty += 1;
             return Ok(());
@@ -371,6 +407,10 @@ impl TsMuxer {
         let program = Program {
             video: self.config.tracks.video,
             audio: self.config.tracks.audio,
+            hevc: self
+                .avc
+                .as_ref()
+                .is_some_and(|c| c.syntax == avc::NalSyntax::Hevc),
         };
         let psi_interval = u64::from(self.config.psi_interval_ms) * 90;
         if video_key || since(st.last_psi).is_none_or(|d| d >= psi_interval) {

@@ -137,6 +137,8 @@ fn write_packet(out: &mut Vec<u8>, packet: &TsPacket) -> Result<(), MuxError> {
 pub(crate) struct Program {
     pub video: bool,
     pub audio: bool,
+    /// The video is HEVC (stream type 0x24), else H.264 (0x1B).
+    pub hevc: bool,
 }
 
 impl Program {
@@ -172,7 +174,11 @@ pub(crate) fn write_psi(
     let mut es_info = Vec::with_capacity(2);
     if program.video {
         es_info.push(EsInfo {
-            stream_type: StreamType::H264,
+            stream_type: if program.hevc {
+                StreamType::H265
+            } else {
+                StreamType::H264
+            },
             elementary_pid: Pid::new(VIDEO_PID).map_err(mpeg2ts_err)?,
             descriptors: Vec::new(),
         });
@@ -452,7 +458,11 @@ mod tests {
         ] {
             let mut out = Vec::new();
             let mut cc = Counters::default();
-            let program = Program { video, audio };
+            let program = Program {
+                video,
+                audio,
+                hevc: false,
+            };
             write_psi(&mut out, &mut cc, program).unwrap();
             assert_eq!(out.len(), 376);
             let packet = &out[188..];

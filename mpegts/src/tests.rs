@@ -547,12 +547,16 @@ fn unsupported_codecs_are_typed_errors() {
     let vp6 = frame(FrameKind::Video, 0, vec![0x14, 0, 0]);
     let err = mux.push(&vp6, &mut out).unwrap_err();
     assert_eq!(err, MuxError::UnsupportedVideoCodec(VideoCodec::Flv(4)));
-    let hevc = frame(FrameKind::Video, 0, b"\x90hvc1\x00".to_vec());
-    let err = mux.push(&hevc, &mut out).unwrap_err();
+    let av1 = frame(FrameKind::Video, 0, b"\x90av01\x00".to_vec());
+    let err = mux.push(&av1, &mut out).unwrap_err();
     assert_eq!(
         err,
-        MuxError::UnsupportedVideoCodec(VideoCodec::FourCc(*b"hvc1"))
+        MuxError::UnsupportedVideoCodec(VideoCodec::FourCc(*b"av01"))
     );
+    // HEVC is carried: a truncated configuration record is a bad frame, not a refusal.
+    let hevc = frame(FrameKind::Video, 0, b"\x90hvc1\x00".to_vec());
+    let err = mux.push(&hevc, &mut out).unwrap_err();
+    assert!(!err.is_unsupported(), "{err}");
     let mp3 = frame(FrameKind::Audio, 0, vec![0x2F, 0xFF, 0xFB]);
     let err = mux.push(&mp3, &mut out).unwrap_err();
     assert_eq!(err, MuxError::UnsupportedAudioCodec(AudioCodec::Flv(2)));

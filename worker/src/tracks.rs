@@ -79,12 +79,13 @@ impl TrackCodec {
                 TrackCodec::Video(c @ VideoCodec::FourCc(_)) => c.name().is_some(),
                 TrackCodec::Audio(c @ AudioCodec::FourCc(_)) => c.name().is_some(),
             },
-            // Our MPEG-TS muxer writes H.264 (Annex-B) and AAC (ADTS), nothing else.
-            Protocol::Mpegts | Protocol::Srt => matches!(
-                self,
+            // Our MPEG-TS muxer writes H.264 and HEVC (Annex-B) and AAC (ADTS).
+            Protocol::Mpegts | Protocol::Srt => match self {
                 TrackCodec::Video(VideoCodec::Flv(FLV_VIDEO_AVC))
-                    | TrackCodec::Audio(AudioCodec::Flv(FLV_AUDIO_AAC))
-            ),
+                | TrackCodec::Audio(AudioCodec::Flv(FLV_AUDIO_AAC)) => true,
+                TrackCodec::Video(VideoCodec::FourCc(cc)) => &cc == b"hvc1",
+                _ => false,
+            },
         }
     }
 }
@@ -340,7 +341,7 @@ pub fn select(
                     Protocol::Rtmp => {
                         "H.264, AAC, the legacy FLV codecs and the Enhanced RTMP ones (HEVC, AV1, VP9, Opus, FLAC, AC-3, E-AC-3, MP3)"
                     }
-                    Protocol::Mpegts | Protocol::Srt => "H.264 video and AAC audio only",
+                    Protocol::Mpegts | Protocol::Srt => "H.264 or HEVC video and AAC audio only",
                 },
             });
         }
