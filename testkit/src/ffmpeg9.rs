@@ -192,7 +192,7 @@ pub fn decode(path: &Path) -> Decoded {
         let Some(at) = kind_at else { continue };
         let desc = &rest[at + 9..];
         let codec = desc
-            .split(|c: char| c == ' ' || c == ',')
+            .split([' ', ','])
             .next()
             .unwrap_or("")
             .to_string();

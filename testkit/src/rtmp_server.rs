@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_media::Frame;
+use pushcast_rtmp::amf0::Amf0Value;
 use pushcast_rtmp::{RejectCode, ServerConfig, ServerConnection, ServerEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -30,6 +31,9 @@ pub enum Behaviour {
     HugeAckWindow,
     /// Accept, writing every answer one byte at a time.
     ByteByByte,
+    /// Accept, listing these Enhanced RTMP codecs as `fourCcList` in the `connect`
+    /// answer (a destination that says what it takes).
+    AcceptOnly(&'static [&'static str]),
 }
 
 /// What the server saw on its (last) connection.
@@ -44,6 +48,8 @@ pub struct Received {
     pub publish_ended: bool,
     /// The connection closed (EOF or error).
     pub closed: bool,
+    /// The `fourCcList` the client announced in `connect`.
+    pub four_cc_list: Vec<String>,
 }
 
 /// `n` pseudo-random bytes (xorshift from a nonzero `seed`): garbage that is the same on
@@ -120,7 +126,15 @@ impl TestRtmpServer {
                     parked.push(sock);
                     continue;
                 }
-                let mut conn = ServerConnection::new(ServerConfig::default());
+                let mut conn = ServerConnection::new(ServerConfig {
+                    four_cc_list: match behaviour {
+                        Behaviour::AcceptOnly(list) => {
+                            Some(list.iter().map(|s| s.to_string()).collect())
+                        }
+                        _ => None,
+                    },
+                    ..ServerConfig::default()
+                });
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut answered_handshake = false;
                 'conn: loop {
@@ -136,6 +150,14 @@ impl TestRtmpServer {
                         let mut s = st.lock().unwrap();
                         match ev {
                             ServerEvent::Connected(info) => {
+                                if let Some((_, Amf0Value::StrictArray(list))) =
+                                    info.properties.iter().find(|(k, _)| k == "fourCcList")
+                                {
+                                    s.four_cc_list = list
+                                        .iter()
+                                        .filter_map(|v| v.as_str().map(str::to_owned))
+                                        .collect();
+                                }
                                 s.app = Some(info.app);
                                 s.tc_url = info.tc_url;
                             }

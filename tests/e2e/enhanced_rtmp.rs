@@ -364,3 +364,117 @@ async fn hevc_goes_out_as_mpegts_over_udp() {
     assert!(audio.frames > 100, "{audio:?}");
     assert_eq!(pushcast_testkit::ffprobe::decode_errors(&out), "");
 }
+
+/// Destinations that say what they take: one listing only `avc1` is not sent HEVC (the
+/// push fails with a `lastError` naming it), one listing `hvc1` is; pushcast announces
+/// the stream's E-RTMP codecs in its `connect` (`fourCcList`), and nothing for a legacy
+/// stream. nginx-rtmp, which says nothing, gets the HEVC stream as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn destinations_that_list_their_codecs_are_not_sent_others() {
+    use pushcast_testkit::rtmp_server::{Behaviour, TestRtmpServer};
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let ingest = node.rtmp.clone().unwrap();
+    let clip = ffmpeg9::make_clip(
+        dir.path(),
+        "hevc_caps",
+        3,
+        &[
+            "testsrc2=size=320x240:rate=30",
+            "sine=frequency=440:sample_rate=48000",
+        ],
+        &[
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-x265-params",
+            "log-level=error",
+            "-c:a",
+            "aac",
+        ],
+    );
+    let avc_only = TestRtmpServer::start(Behaviour::AcceptOnly(&["avc1"])).await;
+    let hevc_too = TestRtmpServer::start(Behaviour::AcceptOnly(&["avc1", "hvc1"])).await;
+    let nginx = pushcast_testkit::nginx::Nginx::start();
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "caps", "stream": {"name": "caps"}, "destinations": [
+                {"protocol": "rtmp", "url": avc_only.url(), "streamKey": "a"},
+                {"protocol": "rtmp", "url": hevc_too.url(), "streamKey": "b"},
+                {"protocol": "rtmp", "url": nginx.rtmp_url(), "streamKey": "c"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut p = ffmpeg9::publish(
+        &clip,
+        &format!("rtmp://{ingest}/app/caps"),
+        &dir.path().join("caps.log"),
+    );
+    let task = wait_task(&node, "caps", "each destination settled", |t| {
+        let d = &t["destinations"];
+        d[0]["state"] == "error" && d[1]["state"] == "started" && d[2]["state"] == "started"
+    })
+    .await;
+    let why = task["destinations"][0]["lastError"]
+        .as_str()
+        .unwrap_or_default();
+    println!("lastError: {why}");
+    assert!(
+        why.contains("does not take HEVC ('hvc1')") && why.contains("lists only avc1"),
+        "{task}"
+    );
+    assert_eq!(
+        hevc_too.received().four_cc_list,
+        ["hvc1"],
+        "announced in connect"
+    );
+    assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let got = hevc_too.received();
+    assert!(
+        got.frames.iter().any(|f| f.is_keyframe()),
+        "HEVC keyframes arrived"
+    );
+    assert!(
+        avc_only.received().frames.is_empty(),
+        "nothing sent where it is not taken"
+    );
+    // nginx-rtmp (no list) got the bytes.
+    let task = node.task("caps").await;
+    assert!(
+        task["destinations"][2]["totalsentBytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 10_000,
+        "{task}"
+    );
+
+    // A legacy H.264 stream announces nothing and is sent to the avc1-only destination.
+    let legacy = TestRtmpServer::start(Behaviour::AcceptOnly(&["avc1"])).await;
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "legacy", "stream": {"name": "legacy"}, "protocol": "rtmp",
+                   "url": legacy.url(), "streamKey": "l"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut p = pushcast_testkit::ffmpeg::publish(
+        &format!("rtmp://{ingest}/app/legacy"),
+        dir.path(),
+        "legacy",
+        0,
+    );
+    wait_task(&node, "legacy", "the legacy push started", |t| {
+        t["state"] == "started"
+    })
+    .await;
+    assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
+    assert!(
+        legacy.received().four_cc_list.is_empty(),
+        "a legacy connect is unchanged"
+    );
+}

@@ -207,6 +207,10 @@ pub struct TrackSelection {
     pub audio: Pick,
     /// AMF data (`onMetaData`): sent whenever any track is; only RTMP carries it.
     pub data: bool,
+    /// The Enhanced RTMP FourCCs of the chosen video and audio tracks (legacy codecs:
+    /// none): announced to an RTMP destination in `connect`, and checked against the
+    /// codecs it says it takes.
+    pub four_ccs: [Option<[u8; 4]>; 2],
 }
 
 impl TrackSelection {
@@ -216,6 +220,7 @@ impl TrackSelection {
         video: Pick::All,
         audio: Pick::All,
         data: true,
+        four_ccs: [None, None],
     };
 
     /// Whether a frame of the source belongs in this push.
@@ -233,6 +238,15 @@ impl TrackSelection {
                 t.track == n && t.packet != PacketType::ManyTracks
             }),
         }
+    }
+
+    /// The chosen tracks' E-RTMP FourCCs as strings (`hvc1`, `Opus`).
+    pub fn four_cc_names(&self) -> Vec<String> {
+        self.four_ccs
+            .iter()
+            .flatten()
+            .map(|cc| String::from_utf8_lossy(cc).into_owned())
+            .collect()
     }
 
     /// The frame as this push sends it: `None` when it is not selected; in its
@@ -370,12 +384,22 @@ pub fn select(
             .find(|t| t.kind() == kind)
             .map_or(Pick::None, |t| Pick::Track(t.track))
     };
+    let four_cc = |kind| {
+        kept.iter()
+            .find(|t| t.kind() == kind)
+            .and_then(|t| match t.codec {
+                TrackCodec::Video(VideoCodec::FourCc(cc))
+                | TrackCodec::Audio(AudioCodec::FourCc(cc)) => Some(cc),
+                _ => None,
+            })
+    };
 
     Ok(Selection {
         kinds: TrackSelection {
             video: pick(TrackKind::Video),
             audio: pick(TrackKind::Audio),
             data: true,
+            four_ccs: [four_cc(TrackKind::Video), four_cc(TrackKind::Audio)],
         },
         tracks: kept.into_iter().cloned().collect(),
     })

@@ -40,6 +40,10 @@ pub struct ClientConfig {
     pub window_ack_size: u32,
     /// Limits on what the server may make us buffer.
     pub decoder: DecoderConfig,
+    /// Enhanced RTMP FourCCs the stream uses (`hvc1`, `Opus`, ...), announced as
+    /// `fourCcList` in `connect` the way E-RTMP clients do. Empty for a legacy stream:
+    /// its `connect` stays what it always was.
+    pub four_cc_list: Vec<String>,
 }
 
 impl ClientConfig {
@@ -59,6 +63,7 @@ impl ClientConfig {
             // A server sends commands and control messages only: a destination that
             // declares a 16 MB message is refused at its header, not buffered.
             decoder: DecoderConfig::commands_only(),
+            four_cc_list: Vec::new(),
         }
     }
 }
@@ -66,6 +71,11 @@ impl ClientConfig {
 /// What happened on a publish connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
+    /// The destination said which Enhanced RTMP codecs it takes (`fourCcList`, or the
+    /// keys of `videoFourCcInfoMap`/`audioFourCcInfoMap`, in its `connect` answer; `*`
+    /// means any). Comes before [`ClientEvent::Connected`]; a destination that says
+    /// nothing sends none.
+    DestinationCodecs(Vec<String>),
     /// `connect` succeeded; the stream is being created.
     Connected,
     /// `NetStream.Publish.Start`: frames may be sent now.
@@ -235,6 +245,18 @@ impl ClientConnection {
             "tcUrl".to_owned(),
             Amf0Value::string(self.config.tc_url.clone()),
         ));
+        if !self.config.four_cc_list.is_empty() {
+            props.push((
+                "fourCcList".to_owned(),
+                Amf0Value::StrictArray(
+                    self.config
+                        .four_cc_list
+                        .iter()
+                        .map(|cc| Amf0Value::string(cc.clone()))
+                        .collect(),
+                ),
+            ));
+        }
         let connect = Command::new("connect", txn::CONNECT, Amf0Value::Object(props), vec![]);
         self.conn.send(
             csid::COMMAND,
@@ -282,6 +304,9 @@ impl ClientConnection {
                     description,
                     "NetConnection.Connect.Rejected",
                 ));
+            }
+            if let Some(codecs) = destination_codecs(cmd) {
+                events.push(ClientEvent::DestinationCodecs(codecs));
             }
             events.push(ClientEvent::Connected);
             let name = Amf0Value::string(self.config.stream_name.clone());
@@ -354,6 +379,35 @@ impl ClientConnection {
 }
 
 /// `(level, code, description)` of the info object of a status command, "" if absent.
+/// The Enhanced RTMP codecs a `connect` answer lists, from its properties or its info
+/// object: `fourCcList` (E-RTMP v1) and the keys of `videoFourCcInfoMap` /
+/// `audioFourCcInfoMap` (v2). `None` when it lists none (a legacy server, or one that
+/// does not say).
+fn destination_codecs(cmd: &Command) -> Option<Vec<String>> {
+    let mut found: Option<Vec<String>> = None;
+    for object in std::iter::once(&cmd.command_object).chain(cmd.info()) {
+        if let Some(Amf0Value::StrictArray(items)) = object.get("fourCcList") {
+            found
+                .get_or_insert_with(Vec::new)
+                .extend(items.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        }
+        for map in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
+            if let Some(props) = object.get(map).and_then(Amf0Value::properties) {
+                found
+                    .get_or_insert_with(Vec::new)
+                    .extend(props.iter().map(|(k, _)| k.clone()));
+            }
+        }
+    }
+    found.map(|mut list| {
+        list.sort();
+        list.dedup();
+        // A hostile server cannot make the list (and the error quoting it) big.
+        list.truncate(64);
+        list
+    })
+}
+
 fn status_fields(cmd: &Command) -> (&str, &str, &str) {
     let info = cmd.info();
     let field = |k: &str| info.and_then(|i| i.get_str(k)).unwrap_or_default();
@@ -364,5 +418,59 @@ fn rejected(code: &str, description: &str, default_code: &str) -> RtmpError {
     RtmpError::Rejected {
         code: if code.is_empty() { default_code } else { code }.to_owned(),
         description: description.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod codec_list_tests {
+    use super::*;
+
+    fn answer(object: Amf0Value, info: Amf0Value) -> Command {
+        Command::new("_result", txn::CONNECT, object, vec![info])
+    }
+
+    #[test]
+    fn a_destination_lists_its_codecs_in_either_object_and_either_form() {
+        let list = |items: &[&str]| {
+            Amf0Value::StrictArray(items.iter().map(|s| Amf0Value::string(*s)).collect())
+        };
+        let v1 = answer(
+            Amf0Value::object([("fourCcList", list(&["hvc1", "avc1"]))]),
+            Amf0Value::Null,
+        );
+        assert_eq!(
+            destination_codecs(&v1),
+            Some(vec!["avc1".into(), "hvc1".into()])
+        );
+        let v2 = answer(
+            Amf0Value::Null,
+            Amf0Value::object([
+                (
+                    "videoFourCcInfoMap",
+                    Amf0Value::object([("av01", Amf0Value::Number(1.0))]),
+                ),
+                (
+                    "audioFourCcInfoMap",
+                    Amf0Value::object([("*", Amf0Value::Number(1.0))]),
+                ),
+            ]),
+        );
+        assert_eq!(
+            destination_codecs(&v2),
+            Some(vec!["*".into(), "av01".into()])
+        );
+        let legacy = answer(
+            Amf0Value::object([("fmsVer", Amf0Value::string("FMS/3,0,1,123"))]),
+            Amf0Value::object([("code", Amf0Value::string("NetConnection.Connect.Success"))]),
+        );
+        assert_eq!(destination_codecs(&legacy), None);
+        // Bounded, whatever the server sends.
+        let many: Vec<String> = (0..1000).map(|i| format!("c{i:03}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let big = answer(
+            Amf0Value::object([("fourCcList", list(&refs))]),
+            Amf0Value::Null,
+        );
+        assert_eq!(destination_codecs(&big).map(|l| l.len()), Some(64));
     }
 }

@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub peer_bandwidth: u32,
     /// Limits on what the encoder may make us buffer.
     pub decoder: DecoderConfig,
+    /// Enhanced RTMP codecs to list as `fourCcList` in the `connect` answer (`None`: say
+    /// nothing, as a legacy server does).
+    pub four_cc_list: Option<Vec<String>>,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +41,7 @@ impl Default for ServerConfig {
             window_ack_size: 2_500_000,
             peer_bandwidth: 2_500_000,
             decoder: DecoderConfig::default(),
+            four_cc_list: None,
         }
     }
 }
@@ -368,10 +372,20 @@ impl ServerConnection {
             .send_window_ack_size(self.config.window_ack_size)?;
         self.conn.send_peer_bandwidth(self.config.peer_bandwidth)?;
         self.conn.set_chunk_size(self.config.chunk_size)?;
-        let props = Amf0Value::object([
+        let mut props = Amf0Value::object([
             ("fmsVer", Amf0Value::string("FMS/3,0,1,123")),
             ("capabilities", Amf0Value::Number(31.0)),
         ]);
+        if let (Some(list), Amf0Value::Object(p)) = (&self.config.four_cc_list, &mut props) {
+            p.push((
+                "fourCcList".into(),
+                Amf0Value::StrictArray(
+                    list.iter()
+                        .map(|cc| Amf0Value::string(cc.clone()))
+                        .collect(),
+                ),
+            ));
+        }
         let mut status = status_object(
             "status",
             "NetConnection.Connect.Success",

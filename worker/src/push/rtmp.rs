@@ -171,6 +171,34 @@ impl QuickAck for tokio::io::DuplexStream {
     fn quick_ack(&self) {}
 }
 
+/// `lastError` for a destination that does not take the stream's codecs: names them
+/// (`HEVC ('hvc1')`) and what the destination listed.
+fn codecs_refused(missing: &[String], takes: &[String]) -> String {
+    let named: Vec<String> = missing
+        .iter()
+        .map(|cc| {
+            let mut b = [b'?'; 4];
+            for (i, c) in cc.bytes().take(4).enumerate() {
+                b[i] = c;
+            }
+            let name = pushcast_media::VideoCodec::FourCc(b)
+                .name()
+                .or_else(|| pushcast_media::AudioCodec::FourCc(b).name())
+                .unwrap_or("unknown codec");
+            format!("{name} ('{}')", pushcast_media::codec::printable(b))
+        })
+        .collect();
+    let listed: Vec<String> = takes
+        .iter()
+        .map(|t| t.chars().filter(|c| c.is_ascii_graphic()).take(8).collect())
+        .collect();
+    format!(
+        "the destination does not take {}: its connect answer lists only {}",
+        named.join(" and "),
+        listed.join(", ")
+    )
+}
+
 async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
     peer: Option<SocketAddr>,
@@ -182,6 +210,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
 ) -> Result<SessionEnd, PushError> {
     let mut config = ClientConfig::new(&target.app, &target.tc_url, &target.stream_name);
     config.chunk_size = ctx.cfg.rtmp_chunk_size;
+    config.four_cc_list = ctx.tracks.four_cc_names();
     let mut conn = ClientConnection::new(config);
     let mut rbuf = vec![0u8; READ_BUF];
     let cancel = ctx.cancel.clone();
@@ -242,6 +271,20 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
             .map_err(|e| scrub_error(e.into(), &target.stream_name))?;
         for event in events {
             match event {
+                ClientEvent::DestinationCodecs(takes) => {
+                    // A destination that says what it takes and lacks a codec of the
+                    // stream would fail to decode it: said, not sent.
+                    let missing: Vec<String> = ctx
+                        .tracks
+                        .four_cc_names()
+                        .into_iter()
+                        .filter(|cc| !takes.iter().any(|t| t == cc || t == "*"))
+                        .collect();
+                    if !missing.is_empty() {
+                        close(&mut stream, &mut conn, send_timeout).await;
+                        return Err(PushError::Unsupported(codecs_refused(&missing, &takes)));
+                    }
+                }
                 ClientEvent::Connected => connect_answered = true,
                 ClientEvent::Published { .. } => published = true,
                 ClientEvent::Status {

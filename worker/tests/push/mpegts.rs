@@ -409,6 +409,7 @@ async fn unsupported_codec_and_empty_selection_are_reported() {
         video: Pick::None,
         audio: Pick::None,
         data: true,
+        four_ccs: [None, None],
     };
     let (result, _, connected) = push(
         Protocol::Mpegts,
