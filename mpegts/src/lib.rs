@@ -57,11 +57,13 @@
 
 mod aac;
 mod avc;
+pub mod demux;
 mod error;
 mod hevc;
 mod pacer;
 mod packet;
 
+pub use demux::{DemuxStats, TsDemuxer};
 pub use error::MuxError;
 pub use pacer::{Pace, PacerConfig, TsPacer};
 pub use packet::TS_PACKET_SIZE;

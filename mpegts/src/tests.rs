@@ -70,7 +70,7 @@ fn expected_video_es(key: bool, nal: &[u8]) -> Vec<u8> {
     es
 }
 
-struct Expect {
+pub(crate) struct Expect {
     video: Vec<(u64, u64, bool, Vec<u8>)>, // dts, pts, key, es
     audio: Vec<(u64, Vec<u8>)>,            // pts, es
 }
@@ -78,7 +78,13 @@ struct Expect {
 /// A synthetic live stream: 30 fps video with a keyframe every `gop` frames and a CTS
 /// pattern like B-frames produce, AAC at 44.1 kHz, interleaved by timestamp as an RTMP
 /// ingest delivers them, starting at `start` (ms, may wrap).
-fn stream(secs: u32, video: bool, audio: bool, gop: u32, start: u32) -> (Vec<Frame>, Expect) {
+pub(crate) fn stream(
+    secs: u32,
+    video: bool,
+    audio: bool,
+    gop: u32,
+    start: u32,
+) -> (Vec<Frame>, Expect) {
     let mut timed: Vec<(u64, u8, Frame)> = Vec::new();
     let mut exp = Expect {
         video: Vec::new(),

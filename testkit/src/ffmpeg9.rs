@@ -191,11 +191,7 @@ pub fn decode(path: &Path) -> Decoded {
         let kind_at = rest.find(": Video: ").or_else(|| rest.find(": Audio: "));
         let Some(at) = kind_at else { continue };
         let desc = &rest[at + 9..];
-        let codec = desc
-            .split([' ', ','])
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let codec = desc.split([' ', ',']).next().unwrap_or("").to_string();
         if rest[at..].starts_with(": Audio: ")
             && let Some(hz) = desc
                 .split(", ")

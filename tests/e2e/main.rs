@@ -18,6 +18,7 @@ mod metrics;
 mod multi_destination;
 mod openapi;
 mod rest_api;
+mod srt_ingest;
 mod stream_keys;
 mod tls;
 mod tracing;

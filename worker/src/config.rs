@@ -21,6 +21,24 @@ pub struct WorkerArgs {
     #[arg(long, env = "PUSHCAST_RTMPS_KEY", value_name = "FILE")]
     pub rtmps_key: Option<std::path::PathBuf>,
 
+    /// SRT ingest (MPEG-TS over SRT, H.264 + AAC): encoders publish
+    /// srt://HOST:PORT?streamid=#!::r=APP/STREAM_OR_KEY,m=publish. Off unless set.
+    #[arg(long, env = "PUSHCAST_SRT_ADDR", value_name = "ADDR")]
+    pub srt_addr: Option<SocketAddr>,
+
+    /// Passphrase every SRT publisher must use (AES-128; 10 to 79 characters).
+    #[arg(
+        long,
+        env = "PUSHCAST_SRT_PASSPHRASE",
+        value_name = "PASSPHRASE",
+        hide_env_values = true
+    )]
+    pub srt_passphrase: Option<pushcast_runtime::cli::Secret>,
+
+    /// SRT receive latency: the time SRT has to recover lost packets.
+    #[arg(long, env = "PUSHCAST_SRT_LATENCY_MS", default_value_t = 120)]
+    pub srt_latency_ms: u64,
+
     /// gRPC TLS of WorkerService (the shared `--grpc-tls-*` flags, copied here by the
     /// binary).
     #[arg(skip)]

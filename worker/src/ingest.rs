@@ -87,6 +87,8 @@ impl IngestError {
     }
 }
 
+pub mod srt;
+
 /// What every ingest connection shares.
 #[derive(Clone)]
 pub struct Ingest {
@@ -458,8 +460,6 @@ impl Ingest {
         self.published.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A forward from another worker: token checked, straight into the hub (the stream
-    /// is registered in the cluster by its ingest worker, not here).
     /// The vhost that answers to `host` (`default` when none does). Read from the store
     /// at each publish: a few small keys, and a host name given to a vhost takes effect
     /// at the next publish on every worker.
@@ -477,6 +477,8 @@ impl Ingest {
         Ok(vhosts::resolve(&vhosts, host).to_string())
     }
 
+    /// A forward from another worker: token checked, straight into the hub (the stream
+    /// is registered in the cluster by its ingest worker, not here).
     fn admit_forward(&self, req: &PublishRequest) -> Result<Published, Refusal> {
         let token_ok = req
             .query

@@ -34,6 +34,8 @@ pub struct Worker {
     pub grpc_addr: SocketAddr,
     /// RTMPS ingest, when configured.
     pub rtmps_addr: Option<SocketAddr>,
+    /// SRT ingest, when configured.
+    pub srt_addr: Option<SocketAddr>,
     pub hub: Hub,
     pub live: LiveTasks,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -165,6 +167,26 @@ pub async fn start(
         });
         tracing::info!(%addr, node = %node_id, "RTMPS ingest listening");
     }
+    let srt_addr = match args.srt_addr {
+        Some(addr) => {
+            let config = crate::ingest::srt::SrtIngestConfig {
+                passphrase: args.srt_passphrase.clone().map(|p| p.0),
+                latency: Duration::from_millis(args.srt_latency_ms),
+            };
+            let (bound, serve) = ingest
+                .clone()
+                .bind_srt(addr, config, drain.clone(), shutdown.clone())
+                .await
+                .with_context(|| format!("cannot start the SRT ingest on {addr}"))?;
+            tasks.spawn(async move {
+                serve.await;
+                Ok(())
+            });
+            tracing::info!(addr = %bound, node = %node_id, "SRT ingest listening");
+            Some(bound)
+        }
+        None => None,
+    };
     let (accept_until, stop) = (drain.clone(), shutdown.clone());
     tasks.spawn(async move {
         ingest.serve(rtmp, accept_until, stop).await;
@@ -297,6 +319,7 @@ pub async fn start(
         rtmp_addr,
         grpc_addr,
         rtmps_addr,
+        srt_addr,
         hub,
         live,
         tasks,

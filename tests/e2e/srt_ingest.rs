@@ -1,0 +1,198 @@
+//! SRT ingest end to end: Debian's ffmpeg (libsrt) publishes MPEG-TS over SRT with a
+//! stream key in the access-control stream id; the publish goes through the same checks
+//! as RTMP (a wrong key or passphrase is refused) and is pushed to nginx-rtmp, where
+//! ffprobe counts every frame of the clip.
+
+use std::time::Duration;
+
+use pushcast_testkit::api::Node;
+use pushcast_testkit::ffprobe;
+use pushcast_testkit::media::test_media;
+use pushcast_testkit::net::free_udp_port;
+use pushcast_testkit::nginx::Nginx;
+use pushcast_testkit::proc::Guard;
+use serde_json::json;
+
+const TOKEN: &str = "srt";
+const PASSPHRASE: &str = "correct horse battery";
+
+/// ffmpeg publishing the test clip once over SRT with `stream_id`.
+fn srt_publish(
+    port: u16,
+    stream_id: &str,
+    passphrase: Option<&str>,
+    log: &std::path::Path,
+) -> Guard {
+    let media = test_media();
+    let mut args = vec![
+        "-nostdin",
+        "-v",
+        "error",
+        "-re",
+        "-i",
+        media.flv.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "mpegts",
+        "-srt_streamid",
+        stream_id,
+        "-pkt_size",
+        "1316",
+        // Live mode closes at once by default, dropping what is not sent yet (the last
+        // audio PES: ffmpeg's own SRT listener then gets 166 of 174 audio frames too).
+        "-linger",
+        "3",
+    ];
+    if let Some(p) = passphrase {
+        args.extend(["-passphrase", p]);
+    }
+    let url = format!("srt://127.0.0.1:{port}");
+    args.push(&url);
+    Guard::spawn("ffmpeg", &args, log)
+}
+
+async fn standalone(dir: &std::path::Path, srt_port: u16, passphrase: Option<&str>) -> Node {
+    let mut extra = vec![format!("--srt-addr=127.0.0.1:{srt_port}")];
+    if let Some(p) = passphrase {
+        extra.push(format!("--srt-passphrase={p}"));
+    }
+    let node = Node::standalone_with(dir, TOKEN, &extra).await;
+    node.proc
+        .wait_logged(&["SRT ingest listening"], Duration::from_secs(10))
+        .await;
+    node
+}
+
+async fn stream_key(node: &Node, stream: &str) -> String {
+    let r = node
+        .post(
+            "/v1/vhosts/default/apps/app:streamKey",
+            &json!({"stream": stream}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["response"]["streamKey"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn srt_publishers_with_a_key_are_pushed_and_others_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = standalone(dir.path(), port, None).await;
+    let key = stream_key(&node, "cam").await;
+
+    // A wrong key: refused at the SRT handshake, nothing goes live.
+    let mut wrong = srt_publish(
+        port,
+        "#!::r=app/not-the-key,m=publish",
+        None,
+        &dir.path().join("wrong.log"),
+    );
+    let st = wrong
+        .wait_exit(Duration::from_secs(20))
+        .expect("refused publisher exits");
+    assert!(!st.success(), "a wrong key is refused");
+    node.proc
+        .wait_logged(
+            &["SRT publish refused", "AuthencationFailed"],
+            Duration::from_secs(5),
+        )
+        .await;
+
+    let nginx = Nginx::start();
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "out", "stream": {"name": "cam"}, "protocol": "rtmp",
+                   "url": nginx.rtmp_url(), "streamKey": "fromsrt"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut p = srt_publish(
+        port,
+        &format!("#!::r=app/{key},m=publish"),
+        None,
+        &dir.path().join("srt.log"),
+    );
+    pushcast_testkit::wait_for("the push started", Duration::from_secs(20), || async {
+        let t = node.task("out").await;
+        (t["state"] == "started").then_some(())
+    })
+    .await;
+    let task = node.task("out").await;
+    assert_eq!(task["codecs"], json!(["H.264", "AAC"]), "{task}");
+    let st = p
+        .wait_exit(Duration::from_secs(30))
+        .expect("the publish ends");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("srt.log")).unwrap_or_default()
+    );
+    node.proc
+        .wait_logged(&["SRT publish ended"], Duration::from_secs(20))
+        .await;
+    for line in node
+        .proc
+        .output()
+        .iter()
+        .filter(|l| l.contains("SRT publish ended"))
+    {
+        println!("{line}");
+    }
+    let recording = nginx.finished_recording("fromsrt", Duration::from_secs(20));
+    let streams = ffprobe::probe(&recording);
+    let media = test_media();
+    let (v, a) = (
+        ffprobe::stream(&streams, "h264"),
+        ffprobe::stream(&streams, "aac"),
+    );
+    println!(
+        "MEASURED SRT ingest to nginx-rtmp: {} of {} video frames, {} of {} audio frames",
+        v.frames,
+        media.video_frames(),
+        a.frames,
+        media.audio_frames()
+    );
+    assert_eq!(v.frames, media.video_frames(), "every video frame");
+    assert_eq!(a.frames, media.audio_frames(), "every audio frame");
+    assert_eq!(ffprobe::decode_errors(&recording), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_srt_passphrase_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = standalone(dir.path(), port, Some(PASSPHRASE)).await;
+    node.open_publish("app").await;
+    let mut without = srt_publish(port, "app/cam", None, &dir.path().join("without.log"));
+    let st = without.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!st.success(), "no passphrase: refused");
+    let mut wrong = srt_publish(
+        port,
+        "app/cam",
+        Some("not the passphrase"),
+        &dir.path().join("wrong.log"),
+    );
+    let st = wrong.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!st.success(), "a wrong passphrase: refused");
+    let mut right = srt_publish(
+        port,
+        "app/cam",
+        Some(PASSPHRASE),
+        &dir.path().join("right.log"),
+    );
+    node.proc
+        .wait_logged(&["SRT publish started", "cam"], Duration::from_secs(20))
+        .await;
+    let st = right.wait_exit(Duration::from_secs(30)).expect("ends");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("right.log")).unwrap_or_default()
+    );
+}
