@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 
-targets=${FUZZ_TARGETS:-"chunk_decoder amf0 server_session client_session ts_muxer rest_json media_tags"}
+targets=${FUZZ_TARGETS:-"chunk_decoder amf0 server_session client_session ts_muxer rest_json media_tags ts_demuxer"}
 if [[ -n "${FUZZ_SECONDS:-}" ]]; then
   bound=(-max_total_time="$FUZZ_SECONDS")
 else

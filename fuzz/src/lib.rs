@@ -210,6 +210,21 @@ pub fn media_tags(data: &[u8]) {
     );
 }
 
+/// The MPEG-TS demuxer of the SRT ingest fed arbitrary bytes (in datagram-sized
+/// pieces), then finished. Every frame it makes parses as a tag of its kind.
+pub fn ts_demuxer(data: &[u8]) {
+    let mut demux = pushcast_mpegts::TsDemuxer::new();
+    let mut out = Vec::new();
+    for piece in data.chunks(1316) {
+        demux.push(piece, &mut out);
+    }
+    demux.finish(&mut out);
+    for f in &out {
+        assert!(f.kind != FrameKind::Data, "only media frames");
+        assert!(f.tag().is_some(), "a frame whose tag does not parse: {f:?}");
+    }
+}
+
 /// The REST gateway's request bodies, as the gateway reads them (`pushcast_controller::
 /// requests`) and then checks them (the startPush/updatePush rules, app callbacks). The
 /// first byte picks the endpoint, the rest is the body. What is accepted must be a task

@@ -52,3 +52,8 @@ fn rest_json() {
 fn media_tags() {
     replay("media_tags", pushcast_fuzz::media_tags);
 }
+
+#[test]
+fn ts_demuxer() {
+    replay("ts_demuxer", pushcast_fuzz::ts_demuxer);
+}
