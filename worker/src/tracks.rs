@@ -549,14 +549,27 @@ mod tests {
     }
 
     #[test]
-    fn mpegts_carries_h264_and_aac_only() {
+    fn mpegts_carries_h264_hevc_and_aac_only() {
         let vp6 = rtmp_source_tracks(Some(4), Some(FLV_AUDIO_AAC));
         let err = select(Protocol::Mpegts, &sel(&[], &[]), &vp6).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "mpegts cannot carry On2 VP6 (track bypass_video, id 101); it carries H.264 video \
-             and AAC audio only"
+            "mpegts cannot carry On2 VP6 (track bypass_video, id 101); it carries H.264 or \
+             HEVC video and AAC audio only"
         );
+        let hevc = vec![track(
+            101,
+            "bypass_video",
+            TrackCodec::Video(VideoCodec::FourCc(*b"hvc1")),
+        )];
+        let s = select(Protocol::Srt, &sel(&[], &[]), &hevc).unwrap();
+        assert_eq!(s.kinds.four_ccs, [Some(*b"hvc1"), None]);
+        let av1 = vec![track(
+            101,
+            "bypass_video",
+            TrackCodec::Video(VideoCodec::FourCc(*b"av01")),
+        )];
+        assert!(select(Protocol::Mpegts, &sel(&[], &[]), &av1).is_err());
         let mp3 = rtmp_source_tracks(Some(7), Some(2));
         let err = select(Protocol::Srt, &sel(&[], &[]), &mp3).unwrap_err();
         assert!(
