@@ -9,6 +9,9 @@
 //!   (AUDs and in-band SPS/PPS dropped); a sequence header (`avcC` built from the SPS and
 //!   PPS) goes out before the first frame and whenever they change. Keyframes are the
 //!   access units with an IDR slice.
+//! - HEVC (0x24): the same, into Enhanced RTMP `hvc1` frames; the sequence start carries
+//!   an `hvcC` built from the VPS/SPS/PPS (profile, tier and level from the SPS). Keyframes
+//!   are the access units with an IRAP picture.
 //! - AAC in ADTS (0x0F): each ADTS frame becomes a raw AAC frame; an AudioSpecificConfig
 //!   from the ADTS header goes out first and whenever it changes.
 //! - Timestamps: milliseconds from the first DTS (any PID), the 33-bit wrap unfolded;
@@ -35,6 +38,7 @@ pub const MAX_PES: usize = 8 * 1024 * 1024;
 pub const START_HOLD_MS: u32 = 1000;
 
 const STREAM_TYPE_H264: u8 = 0x1B;
+const STREAM_TYPE_HEVC: u8 = 0x24;
 const STREAM_TYPE_ADTS_AAC: u8 = 0x0F;
 /// 2^33: the PTS/DTS modulus.
 const WRAP: i64 = 1 << 33;
@@ -73,6 +77,9 @@ pub struct TsDemuxer {
     clock: Option<(i64, i64)>,
     avc_config: Option<(Bytes, Bytes)>,
     sent_avc: Option<Bytes>,
+    /// HEVC: the latest VPS, SPS and PPS, and the `hvcC` last sent.
+    hevc_config: [Option<Bytes>; 3],
+    sent_hvcc: Option<Bytes>,
     sent_asc: Option<[u8; 2]>,
     /// Frames of the start, until every stream is configured (see the module docs).
     held: Vec<Frame>,
@@ -123,6 +130,7 @@ impl TsDemuxer {
         !self.streams.is_empty()
             && self.streams.iter().all(|(_, s)| match s.stream_type {
                 STREAM_TYPE_H264 => self.sent_avc.is_some(),
+                STREAM_TYPE_HEVC => self.sent_hvcc.is_some(),
                 STREAM_TYPE_ADTS_AAC => self.sent_asc.is_some(),
                 _ => true,
             })
@@ -283,6 +291,7 @@ impl TsDemuxer {
         let cts_ms = i32::try_from(((pts - dts).rem_euclid(WRAP)) / 90).unwrap_or(0);
         match stream_type {
             STREAM_TYPE_H264 => self.h264(&body, dts_ms, cts_ms, out),
+            STREAM_TYPE_HEVC => self.hevc(&body, dts_ms, cts_ms, out),
             STREAM_TYPE_ADTS_AAC => self.adts(&body, dts_ms, out),
             _ => self.stats.unsupported += 1,
         }
@@ -350,6 +359,60 @@ impl TsDemuxer {
         for nal in &nals {
             // AUDs and parameter sets: the FLV stream carries them out of band.
             if matches!(nal.first().map(|h| h & 0x1F), Some(7..=9) | None) {
+                continue;
+            }
+            frame.put_u32(u32::try_from(nal.len()).unwrap_or(u32::MAX));
+            frame.put_slice(nal);
+            units += 1;
+        }
+        if units == 0 {
+            return;
+        }
+        out.push(Frame {
+            kind: FrameKind::Video,
+            timestamp_ms: dts_ms,
+            payload: frame.freeze(),
+        });
+        self.stats.video_frames += 1;
+    }
+
+    fn hevc(&mut self, au: &Bytes, dts_ms: u32, cts_ms: i32, out: &mut Vec<Frame>) {
+        let nals = annexb_nal_units(au);
+        let nal_type = |nal: &Bytes| nal.first().map(|h| (h >> 1) & 0x3F);
+        let mut irap = false;
+        for nal in &nals {
+            match nal_type(nal) {
+                Some(t @ 32..=34) => self.hevc_config[usize::from(t - 32)] = Some(nal.clone()),
+                Some(16..=23) => irap = true,
+                _ => {}
+            }
+        }
+        let [Some(vps), Some(sps), Some(pps)] = &self.hevc_config else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let record = hvcc_record(vps, sps, pps);
+        if self.sent_hvcc.as_ref() != Some(&record) {
+            let mut header = BytesMut::with_capacity(5 + record.len());
+            header.put_u8(0x90); // E-RTMP, keyframe, SequenceStart
+            header.put_slice(b"hvc1");
+            header.put_slice(&record);
+            out.push(Frame {
+                kind: FrameKind::Video,
+                timestamp_ms: dts_ms,
+                payload: header.freeze(),
+            });
+            self.sent_hvcc = Some(record);
+        }
+        let mut frame = BytesMut::with_capacity(au.len() + 16);
+        // E-RTMP, key or inter frame, CodedFrames (with a composition time).
+        frame.put_u8(if irap { 0x91 } else { 0xA1 });
+        frame.put_slice(b"hvc1");
+        frame.put_slice(&cts_ms.to_be_bytes()[1..]);
+        let mut units = 0;
+        for nal in &nals {
+            // Parameter sets and AUDs: out of band in FLV.
+            if matches!(nal_type(nal), Some(32..=35) | None) {
                 continue;
             }
             frame.put_u32(u32::try_from(nal.len()).unwrap_or(u32::MAX));
@@ -487,6 +550,45 @@ fn annexb_nal_units(data: &Bytes) -> Vec<Bytes> {
         }
     }
     out
+}
+
+/// An HEVCDecoderConfigurationRecord (`hvcC`, ISO/IEC 14496-15 §8.3.3.1) for one VPS, SPS
+/// and PPS, 4-byte NAL lengths. The general profile, tier, compatibility and constraint
+/// flags and level come from the SPS's profile_tier_level (its first bytes, emulation
+/// prevention removed); chroma format and bit depths are given as 4:2:0 8-bit, which
+/// decoders take from the SPS itself anyway.
+fn hvcc_record(vps: &Bytes, sps: &Bytes, pps: &Bytes) -> Bytes {
+    // RBSP of the SPS after its 2-byte NAL header: byte 0 holds vps id, sub-layers and
+    // nesting; the 12 bytes after it are the general profile_tier_level.
+    let mut rbsp = Vec::with_capacity(16);
+    let mut zeros = 0;
+    for &b in sps.iter().skip(2).take(24) {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        rbsp.push(b);
+    }
+    let mut ptl = [0u8; 12];
+    for (i, b) in rbsp.iter().skip(1).take(12).enumerate() {
+        ptl[i] = *b;
+    }
+    let sub_layers = rbsp.first().map_or(1, |b| ((b >> 1) & 0x07) + 1);
+    let nesting = rbsp.first().map_or(1, |b| b & 0x01);
+    let mut r = BytesMut::with_capacity(23 + 15 + vps.len() + sps.len() + pps.len());
+    r.put_u8(1);
+    r.put_slice(&ptl);
+    r.put_slice(&[0xF0, 0x00, 0xFC, 0xFD, 0xF8, 0xF8, 0x00, 0x00]);
+    r.put_u8((sub_layers << 3) | (nesting << 2) | 0x03);
+    r.put_u8(3);
+    for (t, nal) in [(32u8, vps), (33, sps), (34, pps)] {
+        r.put_u8(0x80 | t);
+        r.put_u16(1);
+        r.put_u16(u16::try_from(nal.len()).unwrap_or(u16::MAX));
+        r.put_slice(&nal[..nal.len().min(usize::from(u16::MAX))]);
+    }
+    r.freeze()
 }
 
 /// An AVCDecoderConfigurationRecord for one SPS and one PPS (4-byte NAL lengths).

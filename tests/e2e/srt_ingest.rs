@@ -196,3 +196,117 @@ async fn an_srt_passphrase_is_required() {
         std::fs::read_to_string(dir.path().join("right.log")).unwrap_or_default()
     );
 }
+
+/// HEVC over SRT (a hardware encoder's usual output): demuxed into Enhanced RTMP `hvc1`
+/// frames, pushed as MPEG-TS over UDP (Debian's ffprobe decodes every frame) and over
+/// Enhanced RTMP to an ffmpeg 9 listener.
+#[tokio::test(flavor = "multi_thread")]
+async fn hevc_over_srt_is_pushed_to_udp_ts_and_enhanced_rtmp() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = standalone(dir.path(), port, None).await;
+    node.open_publish("app").await;
+    let clip = dir.path().join("hevc.ts");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "3",
+        ])
+        .args([
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-x265-params",
+            "log-level=error",
+        ])
+        .args(["-c:a", "aac", "-f", "mpegts"])
+        .arg(&clip)
+        .status()
+        .unwrap();
+    assert!(made.success(), "Debian's ffmpeg makes an HEVC TS");
+    let udp = free_udp_port();
+    let out = dir.path().join("out.ts");
+    let mut rx = pushcast_testkit::ffmpeg::Receiver::start(
+        &format!("udp://127.0.0.1:{udp}?timeout=5000000&fifo_size=1000000&overrun_nonfatal=1"),
+        &[],
+        &out,
+    );
+    let mut erpmt = pushcast_testkit::ffmpeg9::Receiver::start(&dir.path().join("out.flv"));
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "hevc", "stream": {"name": "cam"}, "destinations": [
+                {"protocol": "mpegts", "url": format!("udp://127.0.0.1:{udp}")},
+                {"protocol": "rtmp", "url": erpmt.rtmp_url(), "streamKey": "rec"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let log = dir.path().join("hevc-pub.log");
+    let mut p = Guard::spawn(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-re",
+            "-i",
+            clip.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            "-srt_streamid",
+            "#!::r=app/cam,m=publish",
+            "-pkt_size",
+            "1316",
+            "-linger",
+            "3",
+            &format!("srt://127.0.0.1:{port}"),
+        ],
+        &log,
+    );
+    let st = p
+        .wait_exit(Duration::from_secs(30))
+        .expect("the publish ends");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let task = node.task("hevc").await;
+    assert_eq!(task["codecs"], json!(["HEVC", "AAC"]), "{task}");
+    assert!(rx.finish(Duration::from_secs(10)));
+    let streams = ffprobe::probe(&out);
+    let v = ffprobe::stream(&streams, "hevc");
+    println!(
+        "MEASURED HEVC over SRT to TS/UDP: {} of 90 video frames",
+        v.frames
+    );
+    assert_eq!(v.frames, 90, "every HEVC frame");
+    assert_eq!(ffprobe::decode_errors(&out), "");
+    let got = pushcast_testkit::ffmpeg9::decode(&erpmt.finish(Duration::from_secs(20)));
+    println!(
+        "MEASURED HEVC over SRT to E-RTMP: {:?} frames {:?}",
+        got.codecs, got.frames
+    );
+    assert_eq!(got.codecs, ["hevc", "aac"]);
+    assert_eq!(got.frames.get(&0), Some(&90), "every HEVC frame");
+    assert!(got.errors.trim().is_empty(), "{}", got.errors);
+}
