@@ -21,6 +21,8 @@ pub struct AppPatch {
     pub open_publish: Option<bool>,
     /// Replaces the callbacks as a whole.
     pub callbacks: Option<pushcast_proto::model::Callbacks>,
+    /// Sets (`Some(Some)`) or clears (`Some(None)`) the app's SRT passphrase.
+    pub srt_passphrase: Option<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -127,6 +129,9 @@ impl Apps {
             }
             if let Some(c) = &patch.callbacks {
                 app.callbacks = c.clone();
+            }
+            if let Some(p) = &patch.srt_passphrase {
+                app.srt_passphrase = p.clone();
             }
             let txn = Txn::new()
                 .when(Compare::ModRevision(key.clone(), kv.mod_revision))

@@ -105,6 +105,7 @@ pub fn vhosts_or_default(
                 name: name.clone(),
                 open_publish: false,
                 callbacks: Default::default(),
+                srt_passphrase: None,
             })
         })
         .collect();

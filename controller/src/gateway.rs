@@ -428,6 +428,7 @@ mod tests {
             name: "app".into(),
             open_publish: false,
             callbacks: Callbacks::default(),
+            srt_passphrase: None,
         };
         apps.seed(&[app]).await.unwrap();
         let clients = WorkerClients::with_tls(None);

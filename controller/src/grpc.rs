@@ -206,6 +206,7 @@ impl AppService for Api {
                 name: app.name,
                 open_publish: app.open_publish,
                 callbacks: Default::default(),
+                srt_passphrase: None,
             })
             .await?;
         Ok(Response::new(v1::CreateAppResponse {

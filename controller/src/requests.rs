@@ -55,6 +55,11 @@ pub fn app_patch(obj: &Map<String, Value>) -> Result<AppPatch, ApiError> {
     Ok(AppPatch {
         open_publish: obj.get("openPublish").and_then(Value::as_bool),
         callbacks: callbacks(&v)?,
+        srt_passphrase: match obj.get("srtPassphrase") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(p) => Some(Some(srt_passphrase(p)?)),
+        },
     })
 }
 
@@ -69,7 +74,21 @@ pub fn app(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         callbacks: callbacks(v)?.unwrap_or_default(),
+        srt_passphrase: match v.get("srtPassphrase") {
+            None | Some(Value::Null) => None,
+            Some(p) => Some(srt_passphrase(p)?),
+        },
     })
+}
+
+/// An app's `srtPassphrase`: a string of 10 to 79 characters (what SRT accepts).
+fn srt_passphrase(v: &Value) -> Result<String, ApiError> {
+    match v.as_str() {
+        Some(p) if (10..=79).contains(&p.chars().count()) && p.is_ascii() => Ok(p.to_string()),
+        _ => Err(ApiError::bad_request(
+            "[srtPassphrase] must be a string of 10 to 79 ASCII characters",
+        )),
+    }
 }
 
 /// The `callbacks` object of an app body (or of a PATCH), when present.

@@ -516,6 +516,10 @@ pub struct AppConfig {
     pub open_publish: bool,
     #[serde(default)]
     pub callbacks: Callbacks,
+    /// The passphrase SRT publishers of this app must use, in place of the ingest's
+    /// `--srt-passphrase` (write-only: answers show `***`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srt_passphrase: Option<String>,
 }
 
 /// Where an app's events are sent (`spec/ingest-keys-callbacks.md`).
@@ -624,11 +628,16 @@ impl AppConfig {
     }
 
     pub fn to_ome_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "name": self.name,
             "openPublish": self.open_publish,
             "callbacks": self.callbacks.to_ome_json(),
-        })
+        });
+        // Added, and only when set: other apps' answers are unchanged.
+        if let (Some(obj), Some(_)) = (v.as_object_mut(), &self.srt_passphrase) {
+            obj.insert("srtPassphrase".into(), "***".into());
+        }
+        v
     }
 }
 

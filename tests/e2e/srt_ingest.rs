@@ -195,6 +195,50 @@ async fn an_srt_passphrase_is_required() {
         "{}",
         std::fs::read_to_string(dir.path().join("right.log")).unwrap_or_default()
     );
+
+    // An app with its own passphrase: the ingest's is not enough there.
+    let r = node
+        .post(
+            "/v1/vhosts/default/apps",
+            r#"{"name": "studio", "openPublish": true, "srtPassphrase": "studio passphrase"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["response"]["srtPassphrase"], "***", "write-only");
+    let short = node
+        .call(
+            "PATCH",
+            "/v1/vhosts/default/apps/studio",
+            Some(r#"{"srtPassphrase": "short"}"#),
+        )
+        .await;
+    assert_eq!(short.status, 400, "{}", short.text);
+    let mut global = srt_publish(
+        port,
+        "studio/cam",
+        Some(PASSPHRASE),
+        &dir.path().join("global.log"),
+    );
+    let st = global.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!st.success(), "the ingest's passphrase is not the app's");
+    let mut own = srt_publish(
+        port,
+        "studio/cam",
+        Some("studio passphrase"),
+        &dir.path().join("own.log"),
+    );
+    node.proc
+        .wait_logged(
+            &["SRT publish started", "studio/cam"],
+            Duration::from_secs(20),
+        )
+        .await;
+    let st = own.wait_exit(Duration::from_secs(30)).expect("ends");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("own.log")).unwrap_or_default()
+    );
 }
 
 /// HEVC over SRT (a hardware encoder's usual output): demuxed into Enhanced RTMP `hvc1`

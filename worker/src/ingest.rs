@@ -907,6 +907,7 @@ mod tests {
             name: "app".into(),
             open_publish,
             callbacks: Callbacks::default(),
+            srt_passphrase: None,
         };
         store
             .put(

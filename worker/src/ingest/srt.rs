@@ -24,7 +24,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{FORWARD_APP, IDLE_TIMEOUT, Ingest, Refusal, redact};
+use super::{AppConfig, FORWARD_APP, IDLE_TIMEOUT, Ingest, Refusal, keys, redact};
 
 /// Where an SRT publisher wants to publish, from its stream id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +202,20 @@ impl Ingest {
         Ok((local, serve))
     }
 
+    /// The SRT passphrase of the app a publisher names (`None` when it has none, or
+    /// when the app cannot be read: the admission says why then).
+    async fn srt_passphrase_of(&self, target: &SrtTarget) -> Option<String> {
+        let vhost = self.vhost_of(target.host.as_deref()).await.ok()?;
+        let kv = self
+            .store
+            .get(&keys::app(&vhost, &target.app))
+            .await
+            .ok()??;
+        serde_json::from_slice::<AppConfig>(&kv.value)
+            .ok()?
+            .srt_passphrase
+    }
+
     async fn srt_connection(
         &self,
         request: ConnectionRequest,
@@ -209,38 +223,6 @@ impl Ingest {
         shutdown: CancellationToken,
     ) {
         let peer = request.remote();
-        // The key size the caller's handshake names (`Unspecified` also when it set none:
-        // then AES-128). Ours must be the same (see `bind_srt`).
-        let offered = request.key_size();
-        let key_settings = match &passphrase {
-            Some(pass) => match Passphrase::try_from(pass.clone()) {
-                Ok(passphrase) => Some(KeySettings {
-                    key_size: offered,
-                    passphrase,
-                }),
-                Err(_) => {
-                    let _ = request
-                        .reject(RejectReason::Server(
-                            ServerRejectReason::InternalServerError,
-                        ))
-                        .await;
-                    return;
-                }
-            },
-            // An explicit key size from a caller of a plain ingest: refused here. (One
-            // with the default size cannot be told apart before the listener sees its
-            // keying material; see `bind_srt`.)
-            None if offered != KeySize::Unspecified => {
-                metrics::counter!("pushcast_ingest_refused_total", "reason" => "SRT encryption mismatch")
-                    .increment(1);
-                tracing::info!(%peer, "SRT publish refused: encryption offered, this ingest has no passphrase");
-                let _ = request
-                    .reject(RejectReason::Server(ServerRejectReason::Unauthorized))
-                    .await;
-                return;
-            }
-            None => None,
-        };
         let Some(slot) = self.slot(peer) else {
             let _ = request
                 .reject(RejectReason::Server(ServerRejectReason::Overload))
@@ -270,6 +252,40 @@ impl Ingest {
                 .await;
             return;
         }
+        // The key size the caller's handshake names (`Unspecified` also when it set none:
+        // then AES-128). Ours must be the same (see `bind_srt`).
+        let offered = request.key_size();
+        // The app's own passphrase, else the ingest's.
+        let passphrase = self.srt_passphrase_of(&target).await.or(passphrase);
+        let key_settings = match &passphrase {
+            Some(pass) => match Passphrase::try_from(pass.clone()) {
+                Ok(passphrase) => Some(KeySettings {
+                    key_size: offered,
+                    passphrase,
+                }),
+                Err(_) => {
+                    let _ = request
+                        .reject(RejectReason::Server(
+                            ServerRejectReason::InternalServerError,
+                        ))
+                        .await;
+                    return;
+                }
+            },
+            // An explicit key size from a caller of a plain ingest: refused here. (One
+            // with the default size cannot be told apart before the listener sees its
+            // keying material; see `bind_srt`.)
+            None if offered != KeySize::Unspecified => {
+                metrics::counter!("pushcast_ingest_refused_total", "reason" => "SRT encryption mismatch")
+                    .increment(1);
+                tracing::info!(%peer, "SRT publish refused: encryption offered, this ingest has no passphrase");
+                let _ = request
+                    .reject(RejectReason::Server(ServerRejectReason::Unauthorized))
+                    .await;
+                return;
+            }
+            None => None,
+        };
         let tc_url = target
             .host
             .as_ref()
