@@ -45,7 +45,11 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "pushcast_ingest_refused_total",
-        "Refused RTMP publishes, by reason.",
+        "Refused RTMP, RTMPS and SRT publishes, by reason.",
+    ),
+    (
+        "pushcast_ingest_srt_listener_restarts_total",
+        "Times the SRT listener's task stopped unexpectedly and was started again.",
     ),
     (
         "pushcast_callback_deliveries_total",

@@ -45,9 +45,10 @@ pub fn parse_stream_id(id: &str) -> Result<SrtTarget, String> {
         Some(pairs) => {
             let (mut r, mut h) = (None, None);
             for pair in pairs.split(',') {
+                // The text is not quoted: it may be a publish key.
                 let (k, v) = pair
                     .split_once('=')
-                    .ok_or_else(|| format!("stream id: {pair:?} is not key=value"))?;
+                    .ok_or("stream id: an entry is not key=value")?;
                 match k.trim() {
                     "r" => r = Some(v.trim()),
                     "h" => h = Some(v.trim().to_string()),
