@@ -156,6 +156,8 @@ pub struct TsMuxer {
     config: TsMuxerConfig,
     avc: Option<AvcConfig>,
     aac: Option<AacConfig>,
+    /// Opus: the channel count from its `OpusHead` (1 or 2).
+    opus_channels: Option<u8>,
     /// Output time: zero at the first media frame, monotonic per track.
     timeline: Rebaser,
     state: OutputState,
@@ -188,6 +190,7 @@ impl TsMuxer {
             config,
             avc: None,
             aac: None,
+            opus_channels: None,
             timeline: Rebaser::default(),
             state: OutputState::default(),
             seen_keyframe: false,
@@ -343,6 +346,7 @@ impl TsMuxer {
         let p = &frame.payload;
         match AudioCodec::of_tag(p) {
             Some(AudioCodec::Flv(FLV_AUDIO_AAC)) => {}
+            Some(AudioCodec::FourCc(cc)) if &cc == b"Opus" => return self.push_opus(frame, out),
             Some(codec) => return Err(MuxError::UnsupportedAudioCodec(codec)),
             None => {
                 self.stats.dropped_empty += 1;
@@ -388,6 +392,67 @@ impl TsMuxer {
         Ok(())
     }
 
+    /// Opus in Enhanced RTMP framing, as the Opus encapsulation for MPEG-TS describes
+    /// (opus-codec.org, "Opus in MPEG-TS", ETSI TS 102 366 style): private stream 1,
+    /// stream type 0x06 with a registration descriptor `Opus` and an extension
+    /// descriptor giving the channel configuration; each packet prefixed by its control
+    /// header (0x7FE0 and its size in 0xFF-chained bytes). Mono and stereo.
+    fn push_opus(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
+        let tag = frame.tag().ok_or(MuxError::MalformedAudioFrame(
+            "Opus tag shorter than its header",
+        ))?;
+        let data = frame.payload.get(tag.data_offset..).unwrap_or_default();
+        match tag.packet {
+            PacketType::SequenceStart => {
+                // OpusHead: magic, version, channel count, ...
+                if !data.starts_with(b"OpusHead") || data.len() < 10 {
+                    return Err(MuxError::MalformedAudioFrame(
+                        "Opus sequence start without OpusHead",
+                    ));
+                }
+                let channels = data[9];
+                if !(1..=2).contains(&channels) {
+                    return Err(MuxError::UnsupportedAudioCodec(AudioCodec::FourCc(
+                        *b"Opus",
+                    )));
+                }
+                self.opus_channels = Some(channels);
+                return Ok(());
+            }
+            PacketType::CodedFrames => {}
+            _ => {
+                self.stats.dropped_empty += 1;
+                return Ok(());
+            }
+        }
+        if self.opus_channels.is_none() {
+            self.stats.dropped_before_config += 1;
+            return Ok(());
+        }
+        if data.is_empty() {
+            self.stats.dropped_empty += 1;
+            return Ok(());
+        }
+        self.es.clear();
+        self.es.extend_from_slice(&[0x7F, 0xE0]);
+        let mut size = data.len();
+        while size >= 255 {
+            self.es.push(0xFF);
+            size -= 255;
+        }
+        self.es.push(u8::try_from(size).unwrap_or(0));
+        self.es.extend_from_slice(data);
+        let t = self.timeline.map(frame);
+        let Some(pts) = ms_to_ticks(t.saturating_add(i64::from(self.config.pcr_delay_ms))) else {
+            self.stats.dropped_late += 1;
+            return Ok(());
+        };
+        let random_access = !self.config.tracks.video;
+        self.write_frame(Track::Audio, pts, pts, random_access, out)?;
+        self.stats.audio_frames += 1;
+        Ok(())
+    }
+
     /// Writes PSI and PCR as due, then the PES of `self.es`.
     fn write_frame(
         &mut self,
@@ -413,6 +478,7 @@ impl TsMuxer {
                 .avc
                 .as_ref()
                 .is_some_and(|c| c.syntax == avc::NalSyntax::Hevc),
+            opus_channels: self.opus_channels,
         };
         let psi_interval = u64::from(self.config.psi_interval_ms) * 90;
         if video_key || since(st.last_psi).is_none_or(|d| d >= psi_interval) {
@@ -422,6 +488,8 @@ impl TsMuxer {
 
         let (pid, stream_id) = match track {
             Track::Video => (VIDEO_PID, VIDEO_STREAM_ID),
+            // Opus travels as private stream 1.
+            Track::Audio if program.opus_channels.is_some() => (AUDIO_PID, 0xBD),
             Track::Audio => (AUDIO_PID, AUDIO_STREAM_ID),
         };
         let pcr_interval = u64::from(self.config.pcr_interval_ms) * 90;

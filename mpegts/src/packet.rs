@@ -10,7 +10,7 @@ use mpeg2ts::pes::PesHeader;
 use mpeg2ts::time::{ClockReference, Timestamp};
 use mpeg2ts::ts::payload::{Bytes as TsBytes, Pat, Pes, Pmt};
 use mpeg2ts::ts::{
-    AdaptationField, ContinuityCounter, EsInfo, Pid, ProgramAssociation,
+    AdaptationField, ContinuityCounter, Descriptor, EsInfo, Pid, ProgramAssociation,
     TransportScramblingControl, TsHeader, TsPacket, TsPacketWriter, TsPayload, VersionNumber,
     WriteTsPacket,
 };
@@ -139,6 +139,9 @@ pub(crate) struct Program {
     pub audio: bool,
     /// The video is HEVC (stream type 0x24), else H.264 (0x1B).
     pub hevc: bool,
+    /// The audio is Opus with this many channels (stream type 0x06 with its
+    /// descriptors), else AAC in ADTS (0x0F).
+    pub opus_channels: Option<u8>,
 }
 
 impl Program {
@@ -184,10 +187,28 @@ pub(crate) fn write_psi(
         });
     }
     if program.audio {
-        es_info.push(EsInfo {
-            stream_type: StreamType::AdtsAac,
-            elementary_pid: Pid::new(AUDIO_PID).map_err(mpeg2ts_err)?,
-            descriptors: Vec::new(),
+        es_info.push(match program.opus_channels {
+            Some(channels) => EsInfo {
+                stream_type: StreamType::Mpeg2PacketizedData,
+                elementary_pid: Pid::new(AUDIO_PID).map_err(mpeg2ts_err)?,
+                descriptors: vec![
+                    // registration_descriptor: format_identifier 'Opus'.
+                    Descriptor {
+                        tag: 0x05,
+                        data: b"Opus".to_vec(),
+                    },
+                    // DVB extension descriptor, Opus audio: channel_config_code.
+                    Descriptor {
+                        tag: 0x7F,
+                        data: vec![0x80, channels],
+                    },
+                ],
+            },
+            None => EsInfo {
+                stream_type: StreamType::AdtsAac,
+                elementary_pid: Pid::new(AUDIO_PID).map_err(mpeg2ts_err)?,
+                descriptors: Vec::new(),
+            },
         });
     }
     let pmt = Pmt {
@@ -462,6 +483,7 @@ mod tests {
                 video,
                 audio,
                 hevc: false,
+                opus_channels: None,
             };
             write_psi(&mut out, &mut cc, program).unwrap();
             assert_eq!(out.len(), 376);

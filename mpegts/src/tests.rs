@@ -567,8 +567,16 @@ fn unsupported_codecs_are_typed_errors() {
     let err = mux.push(&mp3, &mut out).unwrap_err();
     assert_eq!(err, MuxError::UnsupportedAudioCodec(AudioCodec::Flv(2)));
     assert!(err.to_string().contains("MP3"));
-    let opus = frame(FrameKind::Audio, 0, b"\x90Opus".to_vec());
-    assert!(mux.push(&opus, &mut out).unwrap_err().is_unsupported());
+    let flac = frame(FrameKind::Audio, 0, b"\x90fLaC".to_vec());
+    assert!(mux.push(&flac, &mut out).unwrap_err().is_unsupported());
+    // Opus is carried (mono and stereo); six channels are not.
+    let mut head = b"\x90OpusOpusHead\x01".to_vec();
+    head.push(6);
+    assert!(
+        mux.push(&frame(FrameKind::Audio, 0, head), &mut out)
+            .unwrap_err()
+            .is_unsupported()
+    );
     assert_eq!(out, vec![0xAA], "output untouched");
 }
 

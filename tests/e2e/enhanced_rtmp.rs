@@ -298,71 +298,77 @@ async fn a_codec_mpegts_cannot_carry_is_said() {
 }
 
 /// HEVC over MPEG-TS (stream type 0x24, Annex-B with VPS/SPS/PPS before each IRAP
-/// picture): Debian's ffmpeg receives it over UDP and ffprobe decodes every frame.
+/// picture), with AAC and with Opus (private stream, `Opus` registration descriptor):
+/// Debian's ffmpeg receives it over UDP and ffprobe decodes every video frame.
 #[tokio::test(flavor = "multi_thread")]
 async fn hevc_goes_out_as_mpegts_over_udp() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path()).await;
     let ingest = node.rtmp.clone().unwrap();
-    let clip = ffmpeg9::make_clip(
-        dir.path(),
-        "hevc_ts",
-        3,
-        &[
-            "testsrc2=size=320x240:rate=30",
-            "sine=frequency=440:sample_rate=48000",
-        ],
-        &[
-            "-c:v",
-            "libx265",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
-            "-x265-params",
-            "log-level=error",
-            "-c:a",
-            "aac",
-        ],
-    );
-    let source = decode(&clip);
-    let port = free_udp_port();
-    let out = dir.path().join("hevc.ts");
-    let mut rx = pushcast_testkit::ffmpeg::Receiver::start(
-        &format!("udp://127.0.0.1:{port}?timeout=5000000&fifo_size=1000000&overrun_nonfatal=1"),
-        &[],
-        &out,
-    );
-    let r = node
-        .action(
-            "startPush",
-            json!({"id": "hevc_ts", "stream": {"name": "hevc_ts"}, "protocol": "mpegts",
-                   "url": format!("udp://127.0.0.1:{port}")}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let mut p = ffmpeg9::publish(
-        &clip,
-        &format!("rtmp://{ingest}/app/hevc_ts"),
-        &dir.path().join("hevc_ts.log"),
-    );
-    let task = wait_task(&node, "hevc_ts", "the push started", |t| {
-        t["state"] == "started"
-    })
-    .await;
-    assert_eq!(task["codecs"], json!(["HEVC", "AAC"]));
-    assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
-    assert!(rx.finish(Duration::from_secs(10)), "the receiver ends");
-    let streams = pushcast_testkit::ffprobe::probe(&out);
-    let video = pushcast_testkit::ffprobe::stream(&streams, "hevc");
-    let audio = pushcast_testkit::ffprobe::stream(&streams, "aac");
-    println!(
-        "MEASURED HEVC over TS: {} of {} video frames, {} audio frames",
-        video.frames, source.frames[&0], audio.frames
-    );
-    assert_eq!(video.frames, source.frames[&0], "every HEVC frame");
-    assert!(audio.frames > 100, "{audio:?}");
-    assert_eq!(pushcast_testkit::ffprobe::decode_errors(&out), "");
+    for (name, audio, shown, probed) in [
+        ("hevc_ts", "aac", "AAC", "aac"),
+        ("hevc_opus_ts", "libopus", "Opus", "opus"),
+    ] {
+        let clip = ffmpeg9::make_clip(
+            dir.path(),
+            name,
+            3,
+            &[
+                "testsrc2=size=320x240:rate=30",
+                "sine=frequency=440:sample_rate=48000",
+            ],
+            &[
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "30",
+                "-x265-params",
+                "log-level=error",
+                "-c:a",
+                audio,
+            ],
+        );
+        let source = decode(&clip);
+        let port = free_udp_port();
+        let out = dir.path().join(format!("{name}.ts"));
+        let mut rx = pushcast_testkit::ffmpeg::Receiver::start(
+            &format!("udp://127.0.0.1:{port}?timeout=5000000&fifo_size=1000000&overrun_nonfatal=1"),
+            &[],
+            &out,
+        );
+        let r = node
+            .action(
+                "startPush",
+                json!({"id": name, "stream": {"name": name}, "protocol": "mpegts",
+                       "url": format!("udp://127.0.0.1:{port}")}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let mut p = ffmpeg9::publish(
+            &clip,
+            &format!("rtmp://{ingest}/app/{name}"),
+            &dir.path().join(format!("{name}.log")),
+        );
+        let task = wait_task(&node, name, "the push started", |t| t["state"] == "started").await;
+        assert_eq!(task["codecs"], json!(["HEVC", shown]));
+        assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
+        assert!(rx.finish(Duration::from_secs(10)), "the receiver ends");
+        let streams = pushcast_testkit::ffprobe::probe(&out);
+        let video = pushcast_testkit::ffprobe::stream(&streams, "hevc");
+        let audio = pushcast_testkit::ffprobe::stream(&streams, probed);
+        println!(
+            "MEASURED HEVC + {shown} over TS: {} of {} video frames, {} audio frames (source {})",
+            video.frames, source.frames[&0], audio.frames, source.frames[&1]
+        );
+        assert_eq!(video.frames, source.frames[&0], "{name}: every HEVC frame");
+        assert!(
+            audio.frames * 10 >= source.frames[&1] * 9,
+            "{name}: {audio:?}"
+        );
+        assert_eq!(pushcast_testkit::ffprobe::decode_errors(&out), "", "{name}");
+    }
 }
 
 /// Destinations that say what they take: one listing only `avc1` is not sent HEVC (the

@@ -79,11 +79,12 @@ impl TrackCodec {
                 TrackCodec::Video(c @ VideoCodec::FourCc(_)) => c.name().is_some(),
                 TrackCodec::Audio(c @ AudioCodec::FourCc(_)) => c.name().is_some(),
             },
-            // Our MPEG-TS muxer writes H.264 and HEVC (Annex-B) and AAC (ADTS).
+            // Our MPEG-TS muxer writes H.264 and HEVC (Annex-B), AAC (ADTS) and Opus.
             Protocol::Mpegts | Protocol::Srt => match self {
                 TrackCodec::Video(VideoCodec::Flv(FLV_VIDEO_AVC))
                 | TrackCodec::Audio(AudioCodec::Flv(FLV_AUDIO_AAC)) => true,
                 TrackCodec::Video(VideoCodec::FourCc(cc)) => &cc == b"hvc1",
+                TrackCodec::Audio(AudioCodec::FourCc(cc)) => &cc == b"Opus",
                 _ => false,
             },
         }
@@ -355,7 +356,9 @@ pub fn select(
                     Protocol::Rtmp => {
                         "H.264, AAC, the legacy FLV codecs and the Enhanced RTMP ones (HEVC, AV1, VP9, Opus, FLAC, AC-3, E-AC-3, MP3)"
                     }
-                    Protocol::Mpegts | Protocol::Srt => "H.264 or HEVC video and AAC audio only",
+                    Protocol::Mpegts | Protocol::Srt => {
+                        "H.264 or HEVC video and AAC or Opus audio only"
+                    }
                 },
             });
         }
@@ -555,7 +558,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "mpegts cannot carry On2 VP6 (track bypass_video, id 101); it carries H.264 or \
-             HEVC video and AAC audio only"
+             HEVC video and AAC or Opus audio only"
         );
         let hevc = vec![track(
             101,
