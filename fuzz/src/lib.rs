@@ -198,6 +198,16 @@ pub fn media_tags(data: &[u8]) {
         }
         assert_eq!(normalize(kind, &single), Some(single.clone()), "idempotent");
     }
+    // Several tracks in one packet split into one-track packets of the same kind.
+    if tag::parse(kind, &payload).is_some_and(|t| t.packet == PacketType::ManyTracks) {
+        for part in pushcast_media::split_tracks(kind, &payload) {
+            // A part too short for its codec's header does not parse; one that does is a
+            // one-track packet.
+            if let Some(t) = tag::parse(kind, &part) {
+                assert!(t.multitrack && t.packet != PacketType::ManyTracks, "{t:?}");
+            }
+        }
+    }
     let frame = Frame {
         kind,
         timestamp_ms: 0,

@@ -14,5 +14,5 @@ pub mod timeline;
 
 pub use codec::{AudioCodec, VideoCodec};
 pub use frame::{Frame, FrameKind};
-pub use tag::{Codec, PacketType, Tag, normalize, normalized_codec};
+pub use tag::{Codec, PacketType, Tag, normalize, normalized_codec, split_tracks};
 pub use timeline::Rebaser;

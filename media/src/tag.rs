@@ -343,6 +343,75 @@ pub fn normalize(kind: FrameKind, payload: &Bytes) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+/// An Enhanced RTMP packet carrying several tracks (`ManyTracks`, or
+/// `ManyTracksManyCodecs`) split into one one-track multitrack packet per track, so that
+/// every track travels, is cached and is chosen on its own. Any other tag is returned as
+/// it is (one element). A malformed packet gives what could be read of it.
+pub fn split_tracks(kind: FrameKind, payload: &Bytes) -> Vec<Bytes> {
+    let Some(tag) = parse(kind, payload) else {
+        return vec![payload.clone()];
+    };
+    if tag.packet != PacketType::ManyTracks {
+        return vec![payload.clone()];
+    }
+    let (Some(&first), Some(&mt)) = (payload.first(), payload.get(1)) else {
+        return Vec::new();
+    };
+    let inner = mt & 0x0f;
+    let nested = match kind {
+        FrameKind::Video => VIDEO_MULTITRACK,
+        _ => AUDIO_MULTITRACK,
+    };
+    if inner == nested {
+        // Multitrack inside multitrack: malformed.
+        return Vec::new();
+    }
+    let many_codecs = mt >> 4 == 2;
+    let mut pos = 2;
+    let mut shared = [0u8; 4];
+    if !many_codecs {
+        let Some(cc) = fourcc(payload, pos) else {
+            return Vec::new();
+        };
+        shared = cc;
+        pos += 4;
+    }
+    let mut out = Vec::new();
+    // At most 256 tracks (8-bit ids); each one's bytes are sliced, not copied twice.
+    while pos < payload.len() && out.len() < 256 {
+        let cc = if many_codecs {
+            let Some(cc) = fourcc(payload, pos) else {
+                break;
+            };
+            pos += 4;
+            cc
+        } else {
+            shared
+        };
+        let (Some(&track), Some(size)) = (
+            payload.get(pos),
+            payload
+                .get(pos + 1..pos + 4)
+                .map(|b| (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2])),
+        ) else {
+            break;
+        };
+        pos += 4;
+        let Some(data) = payload.get(pos..pos + size) else {
+            break;
+        };
+        pos += size;
+        let mut one = BytesMut::with_capacity(7 + size);
+        one.put_u8(first);
+        one.put_u8(inner); // OneTrack << 4 | the packet type
+        one.put_slice(&cc);
+        one.put_u8(track);
+        one.put_slice(data);
+        out.push(one.freeze());
+    }
+    out
+}
+
 /// The codec a tag has once [`normalize`]d: AAC and H.264 in Enhanced RTMP framing are
 /// legacy AAC and H.264.
 pub fn normalized_codec(codec: Codec) -> Codec {
@@ -417,6 +486,40 @@ mod tests {
         // Several tracks in one packet: named, not split.
         let many = parse(FrameKind::Audio, &hex("95104f707573")).unwrap();
         assert_eq!(many.packet, PacketType::ManyTracks);
+    }
+
+    #[test]
+    fn packets_of_several_tracks_are_split_one_per_track() {
+        let b = |s: &str| Bytes::from(hex(s));
+        // Audio ManyTracks, Opus: track 1 (2 bytes), track 2 (1 byte).
+        let packet = b("95114f70757301000002aabb02000001cc");
+        assert_eq!(
+            split_tracks(FrameKind::Audio, &packet),
+            [b("95014f70757301aabb"), b("95014f70757302cc")]
+        );
+        // Video ManyTracksManyCodecs: an hvc1 track and an av01 track.
+        let packet = b("a621687663310100000500000000116176303102000001ee");
+        let parts = split_tracks(FrameKind::Video, &packet);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        let tag = parse(FrameKind::Video, &parts[0]).unwrap();
+        assert_eq!(
+            (tag.track, tag.packet, tag.composition_ms),
+            (1, PacketType::CodedFrames, 0)
+        );
+        let tag = parse(FrameKind::Video, &parts[1]).unwrap();
+        assert_eq!(
+            (tag.track, tag.codec),
+            (2, Codec::Video(VideoCodec::FourCc(*b"av01")))
+        );
+        // A size past the end: what was whole is kept.
+        let cut = b("95114f70757301000002aabb02000009cc");
+        assert_eq!(
+            split_tracks(FrameKind::Audio, &cut),
+            [b("95014f70757301aabb")]
+        );
+        // Anything else: as it is.
+        let one = b("95014f70757301aabb");
+        assert_eq!(split_tracks(FrameKind::Audio, &one), [one.clone()]);
     }
 
     #[test]

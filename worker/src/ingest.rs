@@ -43,6 +43,7 @@ use crate::hub::{Hub, Source, StreamId};
 use crate::ingest_limits::{IngestLimits, Slot};
 use crate::lease::Lease;
 use crate::stale;
+use pushcast_media::{Frame, FrameKind, PacketType};
 use pushcast_rtmp::{
     PublishRequest, RejectCode, RtmpError, ServerConfig, ServerConnection, ServerEvent,
 };
@@ -379,7 +380,7 @@ impl Ingest {
                     },
                     ServerEvent::Media(frame) => {
                         if let Some(p) = live.as_ref() {
-                            p.source.publish(frame);
+                            publish_split(&p.source, frame);
                         }
                     }
                     ServerEvent::PublishEnded { .. } => {
@@ -837,6 +838,25 @@ struct Published {
     value: Vec<u8>,
     /// The publish for PubStart / PubEnd, and where to send them.
     notify: Option<(PublishEvent, Vec<PublishCallback>)>,
+}
+
+/// Publishes a frame into the hub, an Enhanced RTMP packet of several tracks as one frame
+/// per track (each track is cached, chosen and sent on its own).
+fn publish_split(source: &Source, frame: Frame) {
+    if frame.kind == FrameKind::Data
+        || frame
+            .tag()
+            .is_none_or(|t| t.packet != PacketType::ManyTracks)
+    {
+        source.publish(frame);
+        return;
+    }
+    for payload in pushcast_media::split_tracks(frame.kind, &frame.payload) {
+        source.publish(Frame {
+            payload,
+            ..frame.clone()
+        });
+    }
 }
 
 async fn flush<S: Conn>(sock: &mut S, conn: &mut ServerConnection) -> Result<(), IngestError> {
