@@ -1158,3 +1158,39 @@ mod tests {
         assert!(stored.is_none());
     }
 }
+
+#[cfg(test)]
+mod split_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An E-RTMP audio packet carrying two Opus tracks reaches the hub as two tracks.
+    #[tokio::test]
+    async fn packets_of_several_tracks_reach_the_hub_one_per_track() {
+        let hub = Hub::default();
+        let key = StreamId::new("default", "app", "mt");
+        let source = hub.publish(key.clone()).unwrap();
+        let payload: Vec<u8> = [
+            &[0x95, 0x11][..],
+            b"Opus",
+            &[1, 0, 0, 2, 0xaa, 0xbb, 2, 0, 0, 1, 0xcc],
+        ]
+        .concat();
+        publish_split(
+            &source,
+            Frame {
+                kind: FrameKind::Audio,
+                timestamp_ms: 0,
+                payload: bytes::Bytes::from(payload),
+            },
+        );
+        let names: Vec<String> = hub
+            .info(&key)
+            .unwrap()
+            .tracks()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["bypass_audio_1", "bypass_audio_2"]);
+    }
+}
