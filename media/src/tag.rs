@@ -519,7 +519,10 @@ mod tests {
         );
         // Anything else: as it is.
         let one = b("95014f70757301aabb");
-        assert_eq!(split_tracks(FrameKind::Audio, &one), std::slice::from_ref(&one));
+        assert_eq!(
+            split_tracks(FrameKind::Audio, &one),
+            std::slice::from_ref(&one)
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   are the access units with an IRAP picture.
 //! - AAC in ADTS (0x0F): each ADTS frame becomes a raw AAC frame; an AudioSpecificConfig
 //!   from the ADTS header goes out first and whenever it changes.
+//! - Opus (private data with an `Opus` registration descriptor): each packet (behind its
+//!   control header) becomes an E-RTMP `Opus` frame, after an `OpusHead`.
 //! - Timestamps: milliseconds from the first DTS (any PID), the 33-bit wrap unfolded;
 //!   composition time = PTS − DTS.
 //! - The start is held back until every stream the PMT lists has its configuration (at
@@ -39,6 +41,9 @@ pub const START_HOLD_MS: u32 = 1000;
 
 const STREAM_TYPE_H264: u8 = 0x1B;
 const STREAM_TYPE_HEVC: u8 = 0x24;
+/// Not a TS stream type: private data (0x06) with an `Opus` registration descriptor,
+/// told apart in the PMT.
+const STREAM_TYPE_OPUS: u8 = 0xF6;
 const STREAM_TYPE_ADTS_AAC: u8 = 0x0F;
 /// 2^33: the PTS/DTS modulus.
 const WRAP: i64 = 1 << 33;
@@ -81,6 +86,9 @@ pub struct TsDemuxer {
     hevc_config: [Option<Bytes>; 3],
     sent_hvcc: Option<Bytes>,
     sent_asc: Option<[u8; 2]>,
+    /// Opus: the `OpusHead` was sent, and the channel count the PMT gives (1 or 2).
+    sent_opus_head: bool,
+    opus_channels: u8,
     /// Frames of the start, until every stream is configured (see the module docs).
     held: Vec<Frame>,
     started: bool,
@@ -132,6 +140,7 @@ impl TsDemuxer {
                 STREAM_TYPE_H264 => self.sent_avc.is_some(),
                 STREAM_TYPE_HEVC => self.sent_hvcc.is_some(),
                 STREAM_TYPE_ADTS_AAC => self.sent_asc.is_some(),
+                STREAM_TYPE_OPUS => self.sent_opus_head,
                 _ => true,
             })
     }
@@ -255,7 +264,17 @@ impl TsDemuxer {
                 section[pos + 3] & 0x0F,
                 section[pos + 4],
             ]));
+            let descriptors = section
+                .get(pos + 5..(pos + 5 + es_len).min(end))
+                .unwrap_or_default();
             pos += 5 + es_len;
+            // Opus: private data (0x06) registered as 'Opus'; our own stream type for it.
+            let stream_type = if stream_type == 0x06 && registered_as(descriptors, b"Opus") {
+                self.opus_channels = opus_channels(descriptors);
+                STREAM_TYPE_OPUS
+            } else {
+                stream_type
+            };
             if !self.streams.iter().any(|(p, _)| *p == pid) && self.streams.len() < 16 {
                 self.streams.push((
                     pid,
@@ -293,6 +312,7 @@ impl TsDemuxer {
             STREAM_TYPE_H264 => self.h264(&body, dts_ms, cts_ms, out),
             STREAM_TYPE_HEVC => self.hevc(&body, dts_ms, cts_ms, out),
             STREAM_TYPE_ADTS_AAC => self.adts(&body, dts_ms, out),
+            STREAM_TYPE_OPUS => self.opus(&body, dts_ms, out),
             _ => self.stats.unsupported += 1,
         }
     }
@@ -430,6 +450,75 @@ impl TsDemuxer {
         self.stats.video_frames += 1;
     }
 
+    /// Opus in TS: each packet behind a control header (0x7FE0 + flags, optional trim
+    /// fields, its size in 0xFF-chained bytes); 20 ms per packet assumed for the times of
+    /// the packets after the PES's first.
+    fn opus(&mut self, mut data: &[u8], pts_ms: u32, out: &mut Vec<Frame>) {
+        if !self.sent_opus_head {
+            // OpusHead: version 1, the channels, pre-skip 0, 48 kHz, gain 0, family 0.
+            let mut head = BytesMut::with_capacity(24);
+            head.put_u8(0x90); // E-RTMP audio, SequenceStart
+            head.put_slice(b"Opus");
+            head.put_slice(b"OpusHead");
+            head.put_slice(&[1, self.opus_channels.clamp(1, 2), 0, 0]);
+            head.put_u32_le(48_000);
+            head.put_slice(&[0, 0, 0]);
+            out.push(Frame {
+                kind: FrameKind::Audio,
+                timestamp_ms: pts_ms,
+                payload: head.freeze(),
+            });
+            self.sent_opus_head = true;
+        }
+        let mut index: u32 = 0;
+        while data.len() >= 3 {
+            if data[0] != 0x7F || data[1] & 0xE0 != 0xE0 {
+                self.stats.dropped += 1;
+                return;
+            }
+            let flags = data[1];
+            let mut pos = 2;
+            let mut size = 0usize;
+            loop {
+                let Some(&b) = data.get(pos) else {
+                    self.stats.dropped += 1;
+                    return;
+                };
+                pos += 1;
+                size += usize::from(b);
+                if b != 0xFF {
+                    break;
+                }
+            }
+            // start_trim / end_trim (2 bytes each), control extension (length-prefixed).
+            if flags & 0x10 != 0 {
+                pos += 2;
+            }
+            if flags & 0x08 != 0 {
+                pos += 2;
+            }
+            if flags & 0x04 != 0 {
+                pos += 1 + usize::from(data.get(pos).copied().unwrap_or(0));
+            }
+            let Some(packet) = data.get(pos..pos + size) else {
+                self.stats.dropped += 1;
+                return;
+            };
+            let mut frame = BytesMut::with_capacity(5 + size);
+            frame.put_u8(0x91); // E-RTMP audio, CodedFrames
+            frame.put_slice(b"Opus");
+            frame.put_slice(packet);
+            out.push(Frame {
+                kind: FrameKind::Audio,
+                timestamp_ms: pts_ms.wrapping_add(index * 20),
+                payload: frame.freeze(),
+            });
+            self.stats.audio_frames += 1;
+            index += 1;
+            data = &data[pos + size..];
+        }
+    }
+
     fn adts(&mut self, mut data: &[u8], pts_ms: u32, out: &mut Vec<Frame>) {
         let mut index: u64 = 0;
         while data.len() >= 7 {
@@ -487,6 +576,41 @@ const SAMPLE_RATES: [u32; 13] = [
     96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025, 8_000,
     7_350,
 ];
+
+/// Whether an elementary stream's descriptors hold a registration descriptor (tag 5) for
+/// `format`.
+fn registered_as(mut descriptors: &[u8], format: &[u8; 4]) -> bool {
+    while let [tag, len, rest @ ..] = descriptors {
+        let len = usize::from(*len);
+        let Some(body) = rest.get(..len) else {
+            return false;
+        };
+        if *tag == 0x05 && body.get(..4) == Some(&format[..]) {
+            return true;
+        }
+        descriptors = &rest[len..];
+    }
+    false
+}
+
+/// The channel count of an Opus stream from its DVB extension descriptor (tag 0x7F,
+/// extension 0x80, channel_config_code 1 or 2); stereo when absent.
+fn opus_channels(mut descriptors: &[u8]) -> u8 {
+    while let [tag, len, rest @ ..] = descriptors {
+        let len = usize::from(*len);
+        let Some(body) = rest.get(..len) else {
+            break;
+        };
+        if *tag == 0x7F && body.first() == Some(&0x80) {
+            return match body.get(1) {
+                Some(1) => 1,
+                _ => 2,
+            };
+        }
+        descriptors = &rest[len..];
+    }
+    2
+}
 
 /// The section after a PSI payload's pointer field, up to its section_length.
 fn section(payload: &[u8]) -> Option<&[u8]> {
@@ -659,6 +783,45 @@ mod tests {
             v.iter().map(|t| t - v[0]).collect()
         };
         assert_eq!(times(&got), times(&frames));
+    }
+
+    /// Opus from our own muxer (private stream, 'Opus' registration) comes back as
+    /// E-RTMP Opus frames after an OpusHead with the channel count.
+    #[test]
+    fn opus_demuxes_to_enhanced_rtmp_opus() {
+        let mut mux = TsMuxer::new(TsTracks {
+            video: false,
+            audio: true,
+        });
+        let mut ts = Vec::new();
+        let mut head = b"\x90OpusOpusHead\x01".to_vec();
+        head.extend_from_slice(&[1, 0, 0, 0x80, 0xbb, 0, 0, 0, 0, 0]);
+        let frame = |ts: u32, payload: Vec<u8>| Frame {
+            kind: FrameKind::Audio,
+            timestamp_ms: ts,
+            payload: Bytes::from(payload),
+        };
+        mux.push(&frame(0, head), &mut ts).unwrap();
+        for i in 0..10u32 {
+            let mut p = b"\x91Opus".to_vec();
+            p.extend(std::iter::repeat_n(i as u8, 300));
+            mux.push(&frame(i * 20, p), &mut ts).unwrap();
+        }
+        let mut demux = TsDemuxer::new();
+        let mut got = Vec::new();
+        demux.push(&ts, &mut got);
+        demux.finish(&mut got);
+        assert!(
+            got[0].payload.starts_with(b"\x90OpusOpusHead\x01\x01"),
+            "mono: {:?}",
+            got[0]
+        );
+        assert_eq!(got.len(), 11);
+        for (i, f) in got[1..].iter().enumerate() {
+            assert_eq!(&f.payload[..5], b"\x91Opus");
+            assert_eq!(f.payload.len(), 5 + 300, "{i}");
+            assert_eq!(f.payload[5], i as u8);
+        }
     }
 
     #[test]

@@ -354,3 +354,107 @@ async fn hevc_over_srt_is_pushed_to_udp_ts_and_enhanced_rtmp() {
     assert_eq!(got.frames.get(&0), Some(&90), "every HEVC frame");
     assert!(got.errors.trim().is_empty(), "{}", got.errors);
 }
+
+/// Opus over SRT (in TS: private data registered as 'Opus'): demuxed into Enhanced RTMP
+/// Opus frames and pushed to an ffmpeg 9 listener, which decodes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn opus_over_srt_reaches_an_enhanced_rtmp_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = standalone(dir.path(), port, None).await;
+    node.open_publish("app").await;
+    let clip = dir.path().join("opus.ts");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "3",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-c:a",
+            "libopus",
+            "-f",
+            "mpegts",
+        ])
+        .arg(&clip)
+        .status()
+        .unwrap();
+    assert!(made.success(), "Debian's ffmpeg makes an H.264 + Opus TS");
+    let mut rx = pushcast_testkit::ffmpeg9::Receiver::start(&dir.path().join("out.flv"));
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "opus", "stream": {"name": "cam"}, "protocol": "rtmp",
+                   "url": rx.rtmp_url(), "streamKey": "rec"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let log = dir.path().join("opus-pub.log");
+    let mut p = Guard::spawn(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-re",
+            "-i",
+            clip.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            "-srt_streamid",
+            "app/cam",
+            "-pkt_size",
+            "1316",
+            "-linger",
+            "3",
+            &format!("srt://127.0.0.1:{port}"),
+        ],
+        &log,
+    );
+    assert!(
+        p.wait_exit(Duration::from_secs(30))
+            .expect("ends")
+            .success()
+    );
+    let task = node.task("opus").await;
+    assert_eq!(task["codecs"], json!(["H.264", "Opus"]), "{task}");
+    let source = pushcast_testkit::ffmpeg9::decode(&clip);
+    let got = pushcast_testkit::ffmpeg9::decode(&rx.finish(Duration::from_secs(20)));
+    println!(
+        "MEASURED Opus over SRT to E-RTMP: {:?} {:?} (source {:?})",
+        got.codecs, got.frames, source.frames
+    );
+    assert_eq!(got.codecs, ["h264", "opus"]);
+    assert_eq!(
+        got.frames.get(&0),
+        source.frames.get(&0),
+        "every video frame"
+    );
+    assert_eq!(
+        got.frames.get(&1),
+        source.frames.get(&1),
+        "every Opus packet"
+    );
+    assert!(got.errors.trim().is_empty(), "{}", got.errors);
+}
