@@ -38,6 +38,8 @@ pub const MAX_PES: usize = 8 * 1024 * 1024;
 
 /// How much media the start may be held back waiting for every stream's configuration.
 pub const START_HOLD_MS: u32 = 1000;
+/// ... and at most this many frames (and [`MAX_PES`] bytes), whatever the timestamps.
+pub const START_HOLD_FRAMES: usize = 300;
 
 const STREAM_TYPE_H264: u8 = 0x1B;
 const STREAM_TYPE_HEVC: u8 = 0x24;
@@ -118,7 +120,13 @@ impl TsDemuxer {
             self.packet(packet, &mut held);
         }
         self.held = held;
-        if self.configured() || self.held_ms() >= START_HOLD_MS {
+        // Bounded by media time, and by count and size whatever the timestamps say.
+        let bytes: usize = self.held.iter().map(|f| f.payload.len()).sum();
+        if self.configured()
+            || self.held_ms() >= START_HOLD_MS
+            || self.held.len() >= START_HOLD_FRAMES
+            || bytes >= MAX_PES
+        {
             self.release(out);
         }
     }
@@ -822,6 +830,33 @@ mod tests {
             assert_eq!(f.payload.len(), 5 + 300, "{i}");
             assert_eq!(f.payload[5], i as u8);
         }
+    }
+
+    /// A stream whose audio never gets configured and whose clock stands still is held
+    /// back for a bounded number of frames only.
+    #[test]
+    fn the_held_start_is_bounded_whatever_the_timestamps() {
+        let (frames, _) = crate::tests::stream(2, true, true, 30, 0);
+        let mut mux = TsMuxer::new(TsTracks {
+            video: true,
+            audio: true,
+        });
+        let mut ts = Vec::new();
+        // Video only, every frame at the same time; the PMT lists audio too.
+        for f in frames.iter().filter(|f| f.kind == FrameKind::Video) {
+            let still = Frame {
+                timestamp_ms: 0,
+                ..f.clone()
+            };
+            let _ = mux.push(&still, &mut ts);
+        }
+        let mut demux = TsDemuxer::new();
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            demux.push(&ts, &mut out);
+        }
+        assert!(demux.held.len() < START_HOLD_FRAMES, "held {}", demux.held.len());
+        assert!(!out.is_empty(), "released once the bound was reached");
     }
 
     #[test]
