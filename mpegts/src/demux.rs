@@ -80,6 +80,8 @@ pub struct TsDemuxer {
     pmt_pid: Option<u16>,
     /// Elementary PIDs and their PES being collected.
     streams: Vec<(u16, PesBuffer)>,
+    /// PIDs of streams we do not turn into frames: their PES starts are counted.
+    ignored: Vec<u16>,
     /// (first DTS, last unfolded DTS): the time base.
     clock: Option<(i64, i64)>,
     avc_config: Option<(Bytes, Bytes)>,
@@ -204,6 +206,10 @@ impl TsDemuxer {
             if pusi {
                 self.pmt(payload);
             }
+        } else if self.ignored.contains(&pid) {
+            if pusi {
+                self.stats.unsupported += 1;
+            }
         } else if let Some(i) = self.streams.iter().position(|(s, _)| *s == pid) {
             if pusi {
                 self.complete(i, out);
@@ -283,7 +289,19 @@ impl TsDemuxer {
             } else {
                 stream_type
             };
-            if !self.streams.iter().any(|(p, _)| *p == pid) && self.streams.len() < 16 {
+            let supported = matches!(
+                stream_type,
+                STREAM_TYPE_H264 | STREAM_TYPE_HEVC | STREAM_TYPE_ADTS_AAC | STREAM_TYPE_OPUS
+            );
+            if !supported {
+                if !self.ignored.contains(&pid) && self.ignored.len() < 16 {
+                    self.ignored.push(pid);
+                }
+                continue;
+            }
+            // At most four streams are collected (a video, audio tracks): what one
+            // publisher can make us hold is bounded (4 × MAX_PES).
+            if !self.streams.iter().any(|(p, _)| *p == pid) && self.streams.len() < 4 {
                 self.streams.push((
                     pid,
                     PesBuffer {
@@ -855,7 +873,11 @@ mod tests {
         for _ in 0..10 {
             demux.push(&ts, &mut out);
         }
-        assert!(demux.held.len() < START_HOLD_FRAMES, "held {}", demux.held.len());
+        assert!(
+            demux.held.len() < START_HOLD_FRAMES,
+            "held {}",
+            demux.held.len()
+        );
         assert!(!out.is_empty(), "released once the bound was reached");
     }
 
