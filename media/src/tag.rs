@@ -125,34 +125,18 @@ fn parse_video(p: &[u8]) -> Option<Tag> {
         return Some(tag);
     }
     let frame_type = (first >> 4) & 0x07;
-    let mut packet_type = first & 0x0f;
-    let (multitrack, fourcc_at) = if packet_type == VIDEO_MULTITRACK {
-        let mt = *p.get(1)?;
-        if mt >> 4 != ONE_TRACK {
-            let codec = fourcc(p, 2).map_or(VideoCodec::FourCc(*b"????"), VideoCodec::FourCc);
-            return Some(many_tracks(
-                FrameKind::Video,
-                Codec::Video(codec),
-                frame_type,
-            ));
+    let (packet_type, cc, track, multitrack, mut offset) = match ex_header(p, VIDEO_MULTITRACK)? {
+        ExHeader::ManyTracks(cc) => {
+            let codec = Codec::Video(VideoCodec::FourCc(cc));
+            return Some(many_tracks(FrameKind::Video, codec, frame_type));
         }
-        packet_type = mt & 0x0f;
-        if packet_type == VIDEO_MULTITRACK {
-            // Multitrack inside multitrack: malformed.
-            return None;
-        }
-        (true, 2)
-    } else {
-        (false, 1)
-    };
-    let cc = fourcc(p, fourcc_at)?;
-    let mut offset = fourcc_at + 4;
-    let track = if multitrack {
-        let t = *p.get(offset)?;
-        offset += 1;
-        t
-    } else {
-        0
+        ExHeader::One {
+            packet_type,
+            cc,
+            track,
+            multitrack,
+            offset,
+        } => (packet_type, cc, track, multitrack, offset),
     };
     let mut composition_ms = 0;
     let packet = match packet_type {
@@ -209,29 +193,18 @@ fn parse_audio(p: &[u8]) -> Option<Tag> {
         }
         return Some(tag);
     }
-    let mut packet_type = first & 0x0f;
-    let (multitrack, fourcc_at) = if packet_type == AUDIO_MULTITRACK {
-        let mt = *p.get(1)?;
-        if mt >> 4 != ONE_TRACK {
-            let codec = fourcc(p, 2).map_or(AudioCodec::FourCc(*b"????"), AudioCodec::FourCc);
-            return Some(many_tracks(FrameKind::Audio, Codec::Audio(codec), 0));
+    let (packet_type, cc, track, multitrack, offset) = match ex_header(p, AUDIO_MULTITRACK)? {
+        ExHeader::ManyTracks(cc) => {
+            let codec = Codec::Audio(AudioCodec::FourCc(cc));
+            return Some(many_tracks(FrameKind::Audio, codec, 0));
         }
-        packet_type = mt & 0x0f;
-        if packet_type == AUDIO_MULTITRACK {
-            return None;
-        }
-        (true, 2)
-    } else {
-        (false, 1)
-    };
-    let cc = fourcc(p, fourcc_at)?;
-    let mut offset = fourcc_at + 4;
-    let track = if multitrack {
-        let t = *p.get(offset)?;
-        offset += 1;
-        t
-    } else {
-        0
+        ExHeader::One {
+            packet_type,
+            cc,
+            track,
+            multitrack,
+            offset,
+        } => (packet_type, cc, track, multitrack, offset),
     };
     let packet = match packet_type {
         0 => PacketType::SequenceStart,
@@ -250,6 +223,51 @@ fn parse_audio(p: &[u8]) -> Option<Tag> {
         enhanced: true,
         multitrack,
         data_offset: offset,
+    })
+}
+
+/// What follows an Enhanced RTMP tag's first byte, the same for audio and video: the
+/// multitrack byte when the packet type is `multitrack_type`, the FourCC, the track id.
+enum ExHeader {
+    /// Several tracks in the packet (the FourCC, or `????` when each track has its own).
+    ManyTracks([u8; 4]),
+    One {
+        /// The real packet type (inside the multitrack byte for a multitrack packet).
+        packet_type: u8,
+        cc: [u8; 4],
+        track: u8,
+        multitrack: bool,
+        /// Where what follows the header starts.
+        offset: usize,
+    },
+}
+
+fn ex_header(p: &[u8], multitrack_type: u8) -> Option<ExHeader> {
+    let packet_type = *p.first()? & 0x0f;
+    if packet_type != multitrack_type {
+        return Some(ExHeader::One {
+            packet_type,
+            cc: fourcc(p, 1)?,
+            track: 0,
+            multitrack: false,
+            offset: 5,
+        });
+    }
+    let mt = *p.get(1)?;
+    if mt >> 4 != ONE_TRACK {
+        return Some(ExHeader::ManyTracks(fourcc(p, 2).unwrap_or(*b"????")));
+    }
+    let packet_type = mt & 0x0f;
+    if packet_type == multitrack_type {
+        // Multitrack inside multitrack: malformed.
+        return None;
+    }
+    Some(ExHeader::One {
+        packet_type,
+        cc: fourcc(p, 2)?,
+        track: *p.get(6)?,
+        multitrack: true,
+        offset: 7,
     })
 }
 

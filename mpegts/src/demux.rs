@@ -369,9 +369,10 @@ impl TsDemuxer {
 
     fn h264(&mut self, au: &Bytes, dts_ms: u32, cts_ms: i32, out: &mut Vec<Frame>) {
         let nals: Vec<Bytes> = annexb_nal_units(au);
+        let nal_type = |nal: &Bytes| nal.first().map(|h| h & 0x1F);
         let (mut sps, mut pps, mut idr) = (None, None, false);
         for nal in &nals {
-            match nal.first().map(|h| h & 0x1F) {
+            match nal_type(nal) {
                 Some(5) => idr = true,
                 Some(7) => sps = Some(nal.clone()),
                 Some(8) => pps = Some(nal.clone()),
@@ -386,40 +387,12 @@ impl TsDemuxer {
             return;
         };
         let record = avc_record(sps, pps);
-        if self.sent_avc.as_ref() != Some(&record) {
-            let mut header = BytesMut::with_capacity(5 + record.len());
-            header.put_slice(&[0x17, 0, 0, 0, 0]);
-            header.put_slice(&record);
-            out.push(Frame {
-                kind: FrameKind::Video,
-                timestamp_ms: dts_ms,
-                payload: header.freeze(),
-            });
-            self.sent_avc = Some(record);
-        }
-        let mut frame = BytesMut::with_capacity(au.len() + 16);
-        frame.put_u8(if idr { 0x17 } else { 0x27 });
-        frame.put_u8(1);
-        frame.put_slice(&cts_ms.to_be_bytes()[1..]);
-        let mut units = 0;
-        for nal in &nals {
-            // AUDs and parameter sets: the FLV stream carries them out of band.
-            if matches!(nal.first().map(|h| h & 0x1F), Some(7..=9) | None) {
-                continue;
-            }
-            frame.put_u32(u32::try_from(nal.len()).unwrap_or(u32::MAX));
-            frame.put_slice(nal);
-            units += 1;
-        }
-        if units == 0 {
-            return;
-        }
-        out.push(Frame {
-            kind: FrameKind::Video,
-            timestamp_ms: dts_ms,
-            payload: frame.freeze(),
-        });
-        self.stats.video_frames += 1;
+        send_config(&mut self.sent_avc, &[0x17, 0, 0, 0, 0], record, dts_ms, out);
+        let cts = cts_ms.to_be_bytes();
+        let header = [if idr { 0x17 } else { 0x27 }, 1, cts[1], cts[2], cts[3]];
+        // AUDs and parameter sets: the FLV stream carries them out of band.
+        let keep = |nal: &Bytes| !matches!(nal_type(nal), Some(7..=9) | None);
+        self.push_video(nal_frame(&header, &nals, keep), dts_ms, out);
     }
 
     fn hevc(&mut self, au: &Bytes, dts_ms: u32, cts_ms: i32, out: &mut Vec<Frame>) {
@@ -438,42 +411,35 @@ impl TsDemuxer {
             return;
         };
         let record = hvcc_record(vps, sps, pps);
-        if self.sent_hvcc.as_ref() != Some(&record) {
-            let mut header = BytesMut::with_capacity(5 + record.len());
-            header.put_u8(0x90); // E-RTMP, keyframe, SequenceStart
-            header.put_slice(b"hvc1");
-            header.put_slice(&record);
+        // E-RTMP, keyframe, SequenceStart.
+        send_config(&mut self.sent_hvcc, b"\x90hvc1", record, dts_ms, out);
+        // E-RTMP, key or inter frame, CodedFrames (with a composition time).
+        let cts = cts_ms.to_be_bytes();
+        let header = [
+            if irap { 0x91 } else { 0xA1 },
+            b'h',
+            b'v',
+            b'c',
+            b'1',
+            cts[1],
+            cts[2],
+            cts[3],
+        ];
+        // Parameter sets and AUDs: out of band in FLV.
+        let keep = |nal: &Bytes| !matches!(nal_type(nal), Some(32..=35) | None);
+        self.push_video(nal_frame(&header, &nals, keep), dts_ms, out);
+    }
+
+    /// A video frame made by [`nal_frame`] (none: nothing to decode in the unit).
+    fn push_video(&mut self, payload: Option<Bytes>, dts_ms: u32, out: &mut Vec<Frame>) {
+        if let Some(payload) = payload {
             out.push(Frame {
                 kind: FrameKind::Video,
                 timestamp_ms: dts_ms,
-                payload: header.freeze(),
+                payload,
             });
-            self.sent_hvcc = Some(record);
+            self.stats.video_frames += 1;
         }
-        let mut frame = BytesMut::with_capacity(au.len() + 16);
-        // E-RTMP, key or inter frame, CodedFrames (with a composition time).
-        frame.put_u8(if irap { 0x91 } else { 0xA1 });
-        frame.put_slice(b"hvc1");
-        frame.put_slice(&cts_ms.to_be_bytes()[1..]);
-        let mut units = 0;
-        for nal in &nals {
-            // Parameter sets and AUDs: out of band in FLV.
-            if matches!(nal_type(nal), Some(32..=35) | None) {
-                continue;
-            }
-            frame.put_u32(u32::try_from(nal.len()).unwrap_or(u32::MAX));
-            frame.put_slice(nal);
-            units += 1;
-        }
-        if units == 0 {
-            return;
-        }
-        out.push(Frame {
-            kind: FrameKind::Video,
-            timestamp_ms: dts_ms,
-            payload: frame.freeze(),
-        });
-        self.stats.video_frames += 1;
     }
 
     /// Opus in TS: each packet behind a control header (0x7FE0 + flags, optional trim
@@ -602,6 +568,44 @@ const SAMPLE_RATES: [u32; 13] = [
     96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025, 8_000,
     7_350,
 ];
+
+/// Sends a decoder configuration record behind its tag `header` when it differs from the
+/// one last sent (`sent`).
+fn send_config(
+    sent: &mut Option<Bytes>,
+    header: &[u8],
+    record: Bytes,
+    dts_ms: u32,
+    out: &mut Vec<Frame>,
+) {
+    if sent.as_ref() == Some(&record) {
+        return;
+    }
+    let mut payload = BytesMut::with_capacity(header.len() + record.len());
+    payload.put_slice(header);
+    payload.put_slice(&record);
+    out.push(Frame {
+        kind: FrameKind::Video,
+        timestamp_ms: dts_ms,
+        payload: payload.freeze(),
+    });
+    *sent = Some(record);
+}
+
+/// A video tag: `header`, then the NAL units `keep` accepts with 4-byte lengths; `None`
+/// when it accepts none.
+fn nal_frame(header: &[u8], nals: &[Bytes], keep: impl Fn(&Bytes) -> bool) -> Option<Bytes> {
+    let size: usize = nals.iter().map(|n| n.len() + 4).sum();
+    let mut frame = BytesMut::with_capacity(header.len() + size);
+    frame.put_slice(header);
+    let mut units = 0;
+    for nal in nals.iter().filter(|n| keep(n)) {
+        frame.put_u32(u32::try_from(nal.len()).unwrap_or(u32::MAX));
+        frame.put_slice(nal);
+        units += 1;
+    }
+    (units > 0).then(|| frame.freeze())
+}
 
 /// Whether an elementary stream's descriptors hold a registration descriptor (tag 5) for
 /// `format`.

@@ -379,13 +379,18 @@ impl TsMuxer {
         self.es.clear();
         self.es.extend_from_slice(&header);
         self.es.extend_from_slice(raw);
+        self.write_audio(frame, out)
+    }
+
+    /// Writes the audio PES in `self.es` at `frame`'s time.
+    fn write_audio(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
         let t = self.timeline.map(frame);
         let Some(pts) = ms_to_ticks(t.saturating_add(i64::from(self.config.pcr_delay_ms))) else {
             self.stats.dropped_late += 1;
             return Ok(());
         };
-        // Every AAC frame is a random access point; flag it when audio is all there is,
-        // so receivers joining an audio-only stream find an entry point.
+        // Every AAC and Opus frame is a random access point; flag it when audio is all
+        // there is, so receivers joining an audio-only stream find an entry point.
         let random_access = !self.config.tracks.video;
         self.write_frame(Track::Audio, pts, pts, random_access, out)?;
         self.stats.audio_frames += 1;
@@ -393,7 +398,7 @@ impl TsMuxer {
     }
 
     /// Opus in Enhanced RTMP framing, as the Opus encapsulation for MPEG-TS describes
-    /// (opus-codec.org, "Opus in MPEG-TS", ETSI TS 102 366 style): private stream 1,
+    /// (opus-codec.org, "Opus in MPEG-TS"): private stream 1,
     /// stream type 0x06 with a registration descriptor `Opus` and an extension
     /// descriptor giving the channel configuration; each packet prefixed by its control
     /// header (0x7FE0 and its size in 0xFF-chained bytes). Mono and stereo.
@@ -442,15 +447,7 @@ impl TsMuxer {
         }
         self.es.push(u8::try_from(size).unwrap_or(0));
         self.es.extend_from_slice(data);
-        let t = self.timeline.map(frame);
-        let Some(pts) = ms_to_ticks(t.saturating_add(i64::from(self.config.pcr_delay_ms))) else {
-            self.stats.dropped_late += 1;
-            return Ok(());
-        };
-        let random_access = !self.config.tracks.video;
-        self.write_frame(Track::Audio, pts, pts, random_access, out)?;
-        self.stats.audio_frames += 1;
-        Ok(())
+        self.write_audio(frame, out)
     }
 
     /// Writes PSI and PCR as due, then the PES of `self.es`.

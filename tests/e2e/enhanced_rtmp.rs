@@ -13,6 +13,31 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "erpmt";
 
+/// A 3 s clip (320x240 at 30 fps, a 440 Hz tone) made by ffmpeg 9: HEVC and `audio`.
+fn hevc_clip(dir: &std::path::Path, name: &str, audio: &str) -> std::path::PathBuf {
+    ffmpeg9::make_clip(
+        dir,
+        name,
+        3,
+        &[
+            "testsrc2=size=320x240:rate=30",
+            "sine=frequency=440:sample_rate=48000",
+        ],
+        &[
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-x265-params",
+            "log-level=error",
+            "-c:a",
+            audio,
+        ],
+    )
+}
+
 async fn node(dir: &std::path::Path) -> Node {
     let node = Node::standalone(dir, TOKEN).await;
     node.open_publish("app").await;
@@ -309,27 +334,7 @@ async fn hevc_goes_out_as_mpegts_over_udp() {
         ("hevc_ts", "aac", "AAC", "aac"),
         ("hevc_opus_ts", "libopus", "Opus", "opus"),
     ] {
-        let clip = ffmpeg9::make_clip(
-            dir.path(),
-            name,
-            3,
-            &[
-                "testsrc2=size=320x240:rate=30",
-                "sine=frequency=440:sample_rate=48000",
-            ],
-            &[
-                "-c:v",
-                "libx265",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "30",
-                "-x265-params",
-                "log-level=error",
-                "-c:a",
-                audio,
-            ],
-        );
+        let clip = hevc_clip(dir.path(), name, audio);
         let source = decode(&clip);
         let port = free_udp_port();
         let out = dir.path().join(format!("{name}.ts"));
@@ -381,27 +386,7 @@ async fn destinations_that_list_their_codecs_are_not_sent_others() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path()).await;
     let ingest = node.rtmp.clone().unwrap();
-    let clip = ffmpeg9::make_clip(
-        dir.path(),
-        "hevc_caps",
-        3,
-        &[
-            "testsrc2=size=320x240:rate=30",
-            "sine=frequency=440:sample_rate=48000",
-        ],
-        &[
-            "-c:v",
-            "libx265",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
-            "-x265-params",
-            "log-level=error",
-            "-c:a",
-            "aac",
-        ],
-    );
+    let clip = hevc_clip(dir.path(), "hevc_caps", "aac");
     let avc_only = TestRtmpServer::start(Behaviour::AcceptOnly(&["avc1"])).await;
     let hevc_too = TestRtmpServer::start(Behaviour::AcceptOnly(&["avc1", "hvc1"])).await;
     let nginx = pushcast_testkit::nginx::Nginx::start();

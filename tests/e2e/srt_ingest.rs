@@ -23,14 +23,24 @@ fn srt_publish(
     passphrase: Option<&str>,
     log: &std::path::Path,
 ) -> Guard {
-    let media = test_media();
+    srt_publish_file(&test_media().flv, port, stream_id, passphrase, log)
+}
+
+/// ffmpeg publishing `input` once, in real time, as MPEG-TS over SRT with `stream_id`.
+fn srt_publish_file(
+    input: &std::path::Path,
+    port: u16,
+    stream_id: &str,
+    passphrase: Option<&str>,
+    log: &std::path::Path,
+) -> Guard {
     let mut args = vec![
         "-nostdin",
         "-v",
         "error",
         "-re",
         "-i",
-        media.flv.to_str().unwrap(),
+        input.to_str().unwrap(),
         "-c",
         "copy",
         "-f",
@@ -50,6 +60,29 @@ fn srt_publish(
     let url = format!("srt://127.0.0.1:{port}");
     args.push(&url);
     Guard::spawn("ffmpeg", &args, log)
+}
+
+/// A 3 s MPEG-TS clip made by Debian's ffmpeg with `codecs` (its codec options).
+fn make_ts(dir: &std::path::Path, name: &str, codecs: &[&str]) -> std::path::PathBuf {
+    let clip = dir.join(format!("{name}.ts"));
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "3",
+        ])
+        .args(codecs)
+        .args(["-f", "mpegts"])
+        .arg(&clip)
+        .status()
+        .unwrap();
+    assert!(made.success(), "Debian's ffmpeg makes {name}");
+    clip
 }
 
 async fn standalone(dir: &std::path::Path, srt_port: u16, passphrase: Option<&str>) -> Node {
@@ -250,27 +283,10 @@ async fn hevc_over_srt_is_pushed_to_udp_ts_and_enhanced_rtmp() {
     let port = free_udp_port();
     let node = standalone(dir.path(), port, None).await;
     node.open_publish("app").await;
-    let clip = dir.path().join("hevc.ts");
-    let made = std::process::Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-        ])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "3",
-        ])
-        .args([
+    let clip = make_ts(
+        dir.path(),
+        "hevc",
+        &[
             "-c:v",
             "libx265",
             "-preset",
@@ -279,12 +295,10 @@ async fn hevc_over_srt_is_pushed_to_udp_ts_and_enhanced_rtmp() {
             "30",
             "-x265-params",
             "log-level=error",
-        ])
-        .args(["-c:a", "aac", "-f", "mpegts"])
-        .arg(&clip)
-        .status()
-        .unwrap();
-    assert!(made.success(), "Debian's ffmpeg makes an HEVC TS");
+            "-c:a",
+            "aac",
+        ],
+    );
     let udp = free_udp_port();
     let out = dir.path().join("out.ts");
     let mut rx = pushcast_testkit::ffmpeg::Receiver::start(
@@ -303,29 +317,7 @@ async fn hevc_over_srt_is_pushed_to_udp_ts_and_enhanced_rtmp() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let log = dir.path().join("hevc-pub.log");
-    let mut p = Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-i",
-            clip.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "mpegts",
-            "-srt_streamid",
-            "#!::r=app/cam,m=publish",
-            "-pkt_size",
-            "1316",
-            "-linger",
-            "3",
-            &format!("srt://127.0.0.1:{port}"),
-        ],
-        &log,
-    );
+    let mut p = srt_publish_file(&clip, port, "#!::r=app/cam,m=publish", None, &log);
     let st = p
         .wait_exit(Duration::from_secs(30))
         .expect("the publish ends");
@@ -363,27 +355,10 @@ async fn opus_over_srt_reaches_an_enhanced_rtmp_destination() {
     let port = free_udp_port();
     let node = standalone(dir.path(), port, None).await;
     node.open_publish("app").await;
-    let clip = dir.path().join("opus.ts");
-    let made = std::process::Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-        ])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "3",
-        ])
-        .args([
+    let clip = make_ts(
+        dir.path(),
+        "opus",
+        &[
             "-c:v",
             "libx264",
             "-preset",
@@ -392,13 +367,8 @@ async fn opus_over_srt_reaches_an_enhanced_rtmp_destination() {
             "30",
             "-c:a",
             "libopus",
-            "-f",
-            "mpegts",
-        ])
-        .arg(&clip)
-        .status()
-        .unwrap();
-    assert!(made.success(), "Debian's ffmpeg makes an H.264 + Opus TS");
+        ],
+    );
     let mut rx = pushcast_testkit::ffmpeg9::Receiver::start(&dir.path().join("out.flv"));
     let r = node
         .action(
@@ -409,29 +379,7 @@ async fn opus_over_srt_reaches_an_enhanced_rtmp_destination() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let log = dir.path().join("opus-pub.log");
-    let mut p = Guard::spawn(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-re",
-            "-i",
-            clip.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            "mpegts",
-            "-srt_streamid",
-            "app/cam",
-            "-pkt_size",
-            "1316",
-            "-linger",
-            "3",
-            &format!("srt://127.0.0.1:{port}"),
-        ],
-        &log,
-    );
+    let mut p = srt_publish_file(&clip, port, "app/cam", None, &log);
     assert!(
         p.wait_exit(Duration::from_secs(30))
             .expect("ends")
