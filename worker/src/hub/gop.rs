@@ -264,6 +264,17 @@ impl GopCache {
         self.bytes = 0;
     }
 
+    /// Starts over for a spliced input (`splice`): no cached frames until its first
+    /// keyframe; its headers replace the current ones when it brings them (a standby's
+    /// warm cache), else the stream's are kept until the input sends its own.
+    pub fn restart(&mut self, headers: Option<Headers>) {
+        self.clear();
+        self.valid = false;
+        if let Some(h) = headers {
+            self.latest = h;
+        }
+    }
+
     /// Drops everything (the stream ended; subscriptions may outlive it briefly).
     pub fn release(&mut self) {
         self.clear();

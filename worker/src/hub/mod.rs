@@ -54,6 +54,7 @@
 
 mod gop;
 mod queue;
+mod splice;
 mod subscriber;
 #[cfg(test)]
 mod tests;
@@ -61,7 +62,9 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use tokio::sync::{broadcast, watch};
 
@@ -73,9 +76,11 @@ use pushcast_media::{Frame, PacketType};
 const MAX_TRACKS: usize = 16;
 
 pub use gop::GopLimits;
+pub use splice::{AttachError, Continuity, Role, SpliceStatus};
 pub use subscriber::{QueueLimits, Subscription, SubscriptionStats, TryRecvError};
 
 use gop::GopCache;
+use splice::{Detached, Inputs, Route};
 use subscriber::{Offer, Subscriber};
 
 /// A live stream's name: (vhost, app, stream).
@@ -112,6 +117,9 @@ pub enum HubError {
     /// answers `NetStream.Publish.BadName` with it.
     #[error("ExistStreamName: stream {0} is already being published")]
     ExistStreamName(StreamId),
+    /// A backup publisher that the stream cannot take (no primary, a backup already).
+    #[error("{1}: {0}")]
+    Input(StreamId, AttachError),
 }
 
 /// Configuration of a [`Hub`].
@@ -144,6 +152,8 @@ pub struct StreamInfo {
     pub gop_bytes: usize,
     /// Times the GOP cache outgrew its limits (keyframes too rare for the limits).
     pub gop_overflows: u64,
+    /// Its inputs: which is active, interruptions, switches (`splice`).
+    pub splice: SpliceStatus,
 }
 
 impl StreamInfo {
@@ -191,23 +201,89 @@ impl Hub {
         }
     }
 
-    /// Starts a live stream. Refused with [`HubError::ExistStreamName`] when the key is
-    /// already live; the live one is untouched.
+    /// Starts a live stream, or resumes an interrupted one (its primary came back within
+    /// the reconnect window). Refused with [`HubError::ExistStreamName`] when the stream
+    /// has a primary already; the live one is untouched.
     pub fn publish(&self, key: StreamId) -> Result<Source, HubError> {
+        self.publish_input(key, Role::Primary, None)
+    }
+
+    /// Attaches a publisher to a stream as its `role` input (`splice`): a primary starts
+    /// the stream, resumes it or waits as the standby beside an active backup; a backup
+    /// joins a stream whose primary is live. `continuity` (a primary's app settings)
+    /// replaces the stream's; `None` keeps them (a forward from another worker).
+    pub fn publish_input(
+        &self,
+        key: StreamId,
+        role: Role,
+        continuity: Option<Continuity>,
+    ) -> Result<Source, HubError> {
+        let now = Instant::now();
         let mut streams = self.inner.lock_streams();
-        if let Some(existing) = streams.get(&key) {
+        if let Some(existing) = streams.get(&key).cloned() {
+            let mut state = existing.lock();
             // A source whose end is in progress (not yet unregistered) does not block
             // the encoder's reconnect.
-            if !existing.lock().ended {
-                tracing::info!(stream = %key, "second publisher refused: ExistStreamName");
-                return Err(HubError::ExistStreamName(key));
+            if !state.ended {
+                if let (Some(c), Role::Primary) = (continuity, role) {
+                    state.inputs.continuity = c;
+                }
+                let resumed = state.inputs.active.is_none();
+                let warm = GopCache::new(self.inner.config.gop);
+                return match state.inputs.attach(role, warm, now) {
+                    Ok(input) => {
+                        let inputs = state.inputs.list.len();
+                        let active = state.inputs.active_role();
+                        drop(state);
+                        existing.splice.send_modify(|st| {
+                            st.inputs = inputs;
+                            st.active = active;
+                            if resumed {
+                                st.resumes += 1;
+                                st.interrupted_at = None;
+                                st.changed_at = Some(SystemTime::now());
+                            }
+                        });
+                        if resumed {
+                            metrics::counter!("pushcast_stream_resumes_total").increment(1);
+                        }
+                        tracing::info!(stream = %key, role = role.as_str(), resumed, "input attached");
+                        Ok(Source {
+                            shared: existing,
+                            hub: Arc::downgrade(&self.inner),
+                            input,
+                        })
+                    }
+                    Err(AttachError::PrimaryTaken) => {
+                        tracing::info!(stream = %key, "second publisher refused: ExistStreamName");
+                        Err(HubError::ExistStreamName(key))
+                    }
+                    Err(e) => {
+                        tracing::info!(stream = %key, error = %e, "input refused");
+                        Err(HubError::Input(key, e))
+                    }
+                };
             }
+            drop(state);
             streams.remove(&key);
             self.inner.changed(StreamEvent::Ended(key.clone()));
         }
+        if role == Role::Backup {
+            return Err(HubError::Input(key, AttachError::NoPrimary));
+        }
+        let mut inputs = Inputs::new(continuity.unwrap_or_default());
+        let input = inputs
+            .attach(Role::Primary, GopCache::new(self.inner.config.gop), now)
+            .map_err(|_| HubError::ExistStreamName(key.clone()))?;
+        let (splice, _) = watch::channel(SpliceStatus {
+            active: Some(Role::Primary),
+            inputs: 1,
+            ..SpliceStatus::default()
+        });
         let shared = Arc::new(SourceShared {
             key: key.clone(),
             since: SystemTime::now(),
+            splice,
             state: Mutex::new(SourceState {
                 ended: false,
                 gop: GopCache::new(self.inner.config.gop),
@@ -215,6 +291,7 @@ impl Hub {
                 frames_in: 0,
                 bytes_in: 0,
                 tracks_seen: Vec::new(),
+                inputs,
             }),
         });
         streams.insert(key.clone(), Arc::clone(&shared));
@@ -224,6 +301,7 @@ impl Hub {
         Ok(Source {
             shared,
             hub: Arc::downgrade(&self.inner),
+            input,
         })
     }
 
@@ -311,6 +389,8 @@ impl HubInner {
 pub struct Source {
     shared: Arc<SourceShared>,
     hub: Weak<HubInner>,
+    /// Which input of the stream this publisher is (`splice`).
+    input: u64,
 }
 
 impl Source {
@@ -320,12 +400,69 @@ impl Source {
 
     /// Fans a frame out to every subscriber and records it in the GOP cache. Never waits:
     /// O(subscribers) queue pushes (each a refcount bump); a full queue drops by policy.
-    pub fn publish(&self, frame: Frame) {
+    /// A standby input's frame only warms its own cache (`splice`).
+    pub fn publish(&self, mut frame: Frame) {
+        let now = Instant::now();
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         if state.ended {
             return;
         }
+        let active = state.inputs.active == Some(self.input);
+        let Some(me) = state.inputs.input_mut(self.input) else {
+            return;
+        };
+        me.last_frame = now;
+        if !active {
+            me.warm.push(&frame);
+            let sync_point = me.warm.is_sync_point(&frame);
+            if state.inputs.route(self.input, sync_point, now) != Route::TakeOver {
+                return;
+            }
+            let from = state.inputs.active_role();
+            state.inputs.active = Some(self.input);
+            if let Some(me) = state.inputs.input_mut(self.input) {
+                me.offset = None;
+            }
+            let to = state.inputs.active_role();
+            tracing::info!(stream = %self.shared.key, from = from.map(Role::as_str), to = to.map(Role::as_str),
+                "input switched at a keyframe");
+            metrics::counter!("pushcast_stream_input_switches_total").increment(1);
+            self.shared.splice.send_modify(|st| {
+                st.active = to;
+                st.switches += 1;
+                st.changed_at = Some(SystemTime::now());
+            });
+        }
+        let Some(me) = state.inputs.input_mut(self.input) else {
+            return;
+        };
+        let offset = match me.offset {
+            Some(offset) => offset,
+            None => {
+                let offset = state.inputs.timeline.offset_for(frame.timestamp_ms, now);
+                if let Some(me) = state.inputs.input_mut(self.input) {
+                    me.offset = Some(offset);
+                    let headers = me.warm.latest().clone();
+                    let warmed = headers.metadata.is_some() || !headers.configs.is_empty();
+                    me.warm.release();
+                    if state.inputs.timeline.started() {
+                        // Spliced onto a stream that already went out: its subscribers
+                        // wait for this input's first keyframe.
+                        state.inputs.splicing = true;
+                        state.gop.restart(warmed.then_some(headers));
+                        for sub in &mut state.subscribers {
+                            sub.splice();
+                        }
+                    }
+                }
+                offset
+            }
+        };
+        if offset != 0 {
+            frame.timestamp_ms = frame.timestamp_ms.wrapping_add(offset);
+        }
+        state.inputs.timeline.sent(frame.timestamp_ms, now);
         state.frames_in += 1;
         state.bytes_in += frame.payload.len() as u64;
         if let Some(tag) = frame.tag()
@@ -341,6 +478,17 @@ impl Source {
                 .iter()
                 .position(|t| t.kind == seen.kind && t.track == seen.track)
             {
+                Some(i) if state.inputs.splicing && tracks[i].codec != seen.codec => {
+                    // Not a continuation: the pushes start over on the new codec.
+                    tracing::warn!(stream = %self.shared.key, from = ?tracks[i].codec, to = ?seen.codec,
+                        "the stream's codec changed across the splice: its pushes republish");
+                    metrics::counter!("pushcast_stream_republishes_total").increment(1);
+                    tracks.clear();
+                    tracks.push(seen);
+                    state.subscribers.clear();
+                    state.gop.release();
+                    state.inputs.splicing = false;
+                }
                 Some(i) => tracks[i].codec = seen.codec,
                 None if tracks.len() < MAX_TRACKS => tracks.push(seen),
                 None => {}
@@ -348,6 +496,9 @@ impl Source {
         }
         state.gop.push(&frame);
         let sync_point = state.gop.is_sync_point(&frame);
+        if sync_point {
+            state.inputs.splicing = false;
+        }
         let gop = &state.gop;
         state
             .subscribers
@@ -371,25 +522,99 @@ impl Drop for Source {
             if state.ended {
                 return;
             }
+            let outcome = state.inputs.detach(self.input);
+            let inputs = state.inputs.list.len();
+            let active = state.inputs.active_role();
+            let window = state.inputs.continuity.reconnect_window;
+            match outcome {
+                Detached::Standby => {
+                    drop(state);
+                    self.shared.splice.send_modify(|st| st.inputs = inputs);
+                    tracing::info!(stream = %self.shared.key, "standby input ended");
+                    return;
+                }
+                Detached::Switched(role) => {
+                    drop(state);
+                    tracing::info!(stream = %self.shared.key, to = role.as_str(),
+                        "input ended: the standby takes over at its next keyframe");
+                    metrics::counter!("pushcast_stream_input_switches_total").increment(1);
+                    self.shared.splice.send_modify(|st| {
+                        st.inputs = inputs;
+                        st.active = active;
+                        st.switches += 1;
+                        st.changed_at = Some(SystemTime::now());
+                    });
+                    return;
+                }
+                Detached::Interrupted(n) => {
+                    drop(state);
+                    tracing::info!(stream = %self.shared.key, window_ms = window.as_millis() as u64,
+                        "publisher gone: the stream waits for it within its reconnect window");
+                    metrics::counter!("pushcast_stream_interruptions_total").increment(1);
+                    self.shared.splice.send_modify(|st| {
+                        st.inputs = 0;
+                        st.active = None;
+                        st.interruptions += 1;
+                        st.interrupted_at = Some(SystemTime::now());
+                    });
+                    expire_after(Arc::clone(&self.shared), self.hub.clone(), window, n);
+                    return;
+                }
+                Detached::Ended => {}
+            }
             state.ended = true;
             state.gop.release();
             std::mem::take(&mut state.subscribers)
         };
-        let count = subscribers.len();
-        // Dropping the senders closes every queue: receivers drain, then see `None`.
-        drop(subscribers);
-        if let Some(hub) = self.hub.upgrade() {
-            let mut streams = hub.lock_streams();
-            let ours = streams
-                .get(&self.shared.key)
-                .is_some_and(|s| Arc::ptr_eq(s, &self.shared));
-            if ours {
-                streams.remove(&self.shared.key);
-                hub.changed(StreamEvent::Ended(self.shared.key.clone()));
-            }
-        }
-        tracing::info!(stream = %self.shared.key, subscribers = count, "stream ended");
+        end_stream(&self.shared, &self.hub, subscribers);
     }
+}
+
+/// Ends an interrupted stream when its reconnect window passes, unless it resumed (or
+/// was interrupted again: that interruption has its own timer).
+fn expire_after(shared: Arc<SourceShared>, hub: Weak<HubInner>, window: Duration, n: u64) {
+    let expire = move || {
+        let subscribers = {
+            let mut state = shared.lock();
+            if state.ended || state.inputs.active.is_some() || state.inputs.interruption != n {
+                return;
+            }
+            state.ended = true;
+            state.gop.release();
+            std::mem::take(&mut state.subscribers)
+        };
+        tracing::info!(stream = %shared.key, "reconnect window passed: the stream ends");
+        metrics::counter!("pushcast_stream_windows_expired_total").increment(1);
+        end_stream(&shared, &hub, subscribers);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                tokio::time::sleep(window).await;
+                expire();
+            });
+        }
+        // No runtime to wait in (a synchronous caller): no window.
+        Err(_) => expire(),
+    }
+}
+
+/// The stream is over: its subscribers drain and see the end, the registry forgets it.
+fn end_stream(shared: &Arc<SourceShared>, hub: &Weak<HubInner>, subscribers: Vec<Subscriber>) {
+    let count = subscribers.len();
+    // Dropping the senders closes every queue: receivers drain, then see `None`.
+    drop(subscribers);
+    if let Some(hub) = hub.upgrade() {
+        let mut streams = hub.lock_streams();
+        let ours = streams
+            .get(&shared.key)
+            .is_some_and(|s| Arc::ptr_eq(s, shared));
+        if ours {
+            streams.remove(&shared.key);
+            hub.changed(StreamEvent::Ended(shared.key.clone()));
+        }
+    }
+    tracing::info!(stream = %shared.key, subscribers = count, "stream ended");
 }
 
 /// A live stream's state, shared by its [`Source`], the registry and its subscriptions.
@@ -397,6 +622,8 @@ impl Drop for Source {
 pub(crate) struct SourceShared {
     key: StreamId,
     since: SystemTime,
+    /// What subscribers see of the stream's inputs (`splice`).
+    splice: watch::Sender<SpliceStatus>,
     state: Mutex<SourceState>,
 }
 
@@ -408,6 +635,7 @@ struct SourceState {
     frames_in: u64,
     bytes_in: u64,
     tracks_seen: Vec<SeenTrack>,
+    inputs: Inputs,
 }
 
 impl SourceShared {
@@ -430,6 +658,7 @@ impl SourceShared {
             gop_frames: state.gop.frames(),
             gop_bytes: state.gop.bytes(),
             gop_overflows: state.gop.overflows(),
+            splice: self.splice.borrow().clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::gop::{self, ConfigSlot, GopCache};
 use super::queue::{self, Receiver, Sender, TryRecv};
-use super::{SourceShared, StreamId, StreamInfo};
+use super::{SourceShared, SpliceStatus, StreamId, StreamInfo};
 use pushcast_media::Frame;
 
 /// Bounds of one subscription's queue. Both apply; a frame (or a resume bundle) that would
@@ -187,6 +187,15 @@ impl Subscriber {
                 }
                 Offer::Kept
             }
+        }
+    }
+
+    /// Another input is spliced in: wait for its first sync point, then resume with the
+    /// headers that differ from the ones this subscriber had (nothing is lost: the
+    /// frames it skips never came).
+    pub fn splice(&mut self) {
+        if self.mode == Mode::Live {
+            self.set_mode(Mode::Skipping { counted: false });
         }
     }
 
@@ -380,6 +389,11 @@ impl Subscription {
     /// The stream's current info (tracks for [`crate::tracks::select`], counters).
     pub fn stream_info(&self) -> StreamInfo {
         self.source.info()
+    }
+
+    /// The stream's inputs as they change (interrupted, resumed, switched).
+    pub fn splice_status(&self) -> tokio::sync::watch::Receiver<SpliceStatus> {
+        self.source.splice.subscribe()
     }
 
     fn taken(&self, frame: &Frame) {

@@ -778,3 +778,181 @@ async fn enhanced_rtmp_keyframes_and_every_tracks_headers_are_cached() {
         ]
     );
 }
+
+// ---- splicing: reconnect window, backup inputs (`splice`) ------------------------------
+
+fn continuity(window_ms: u64, stall_ms: u64) -> Continuity {
+    Continuity {
+        reconnect_window: Duration::from_millis(window_ms),
+        stall: Duration::from_millis(stall_ms),
+        switch_back: true,
+    }
+}
+
+fn primary(hub: &Hub, name: &str, c: Continuity) -> Source {
+    hub.publish_input(key(name), Role::Primary, Some(c)).unwrap()
+}
+
+/// Frames of a second encoder run: the same headers, its own timestamps from 0.
+fn restart_frames(n: u8) -> Vec<Frame> {
+    vec![
+        metadata(0, 1),
+        vsh(0, 1),
+        ash(0, 1),
+        keyframe(0, n),
+        aac(10, n),
+        inter(33, n + 1),
+    ]
+}
+
+fn media_timestamps(frames: &[Frame]) -> Vec<u32> {
+    frames
+        .iter()
+        .filter(|f| f.kind != FrameKind::Data && !f.is_sequence_header())
+        .map(|f| f.timestamp_ms)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_back_within_the_window_continues_the_stream_after_the_gap() {
+    let hub = Hub::default();
+    let first = primary(&hub, "cam", continuity(10_000, 2_000));
+    start(&first);
+    let mut sub = hub.subscribe(&key("cam"), QueueLimits::default()).unwrap();
+    let before = drain(&mut sub);
+    let status = sub.splice_status();
+    drop(first);
+    assert!(hub.is_live(&key("cam")), "the stream waits for its publisher");
+    assert_eq!(status.borrow().active, None);
+    assert_eq!(status.borrow().interruptions, 1);
+    assert!(matches!(sub.try_recv(), Err(TryRecvError::Empty)), "no end");
+
+    tokio::time::advance(Duration::from_millis(2_000)).await;
+    let again = primary(&hub, "cam", continuity(10_000, 2_000));
+    assert_eq!(status.borrow().resumes, 1);
+    assert_eq!(status.borrow().active, Some(Role::Primary));
+    for f in restart_frames(7) {
+        again.publish(f);
+    }
+    let after = drain(&mut sub);
+    // Only the keyframe and what follows: the same headers are not sent again.
+    assert!(
+        after.iter().all(|f| !f.is_sequence_header() && f.kind != FrameKind::Data),
+        "unchanged headers were re-sent: {after:?}"
+    );
+    assert_eq!(after[0].payload, keyframe(0, 7).payload, "starts at the keyframe");
+    let last_before = *media_timestamps(&before).iter().max().unwrap();
+    let ts = media_timestamps(&after);
+    assert_eq!(ts[0], last_before + 2_000, "after the last frame, by the gap");
+    assert!(ts.windows(2).all(|w| w[0] <= w[1] + 50), "{ts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn changed_headers_are_sent_and_a_new_codec_republishes() {
+    let hub = Hub::default();
+    let first = primary(&hub, "cam", continuity(10_000, 2_000));
+    start(&first);
+    let mut sub = hub.subscribe(&key("cam"), QueueLimits::default()).unwrap();
+    drain(&mut sub);
+    drop(first);
+    let again = primary(&hub, "cam", continuity(10_000, 2_000));
+    again.publish(vsh(0, 9)); // new SPS/PPS, same codec
+    again.publish(ash(0, 1));
+    again.publish(keyframe(0, 1));
+    let after = drain(&mut sub);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0].payload, vsh(0, 9).payload, "the changed header only");
+    drop(again);
+
+    // HEVC after H.264: no splice; the subscription ends, a new one starts on HEVC.
+    let third = primary(&hub, "cam", continuity(10_000, 2_000));
+    let hevc = frame(FrameKind::Video, 0, b"\x90hvc1\x01\x02".to_vec());
+    third.publish(hevc);
+    assert!(matches!(sub.try_recv(), Err(TryRecvError::Ended)));
+    assert!(hub.subscribe(&key("cam"), QueueLimits::default()).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_passes_and_the_stream_ends() {
+    let hub = Hub::default();
+    let first = primary(&hub, "cam", continuity(1_000, 2_000));
+    start(&first);
+    let mut sub = hub.subscribe(&key("cam"), QueueLimits::default()).unwrap();
+    drain(&mut sub);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(hub.is_live(&key("cam")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!hub.is_live(&key("cam")), "gone after the window");
+    assert_eq!(sub.recv().await, None);
+    // Without a window the stream ends with its publisher (as before).
+    let plain = hub.publish(key("cam")).unwrap();
+    drop(plain);
+    assert!(!hub.is_live(&key("cam")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backup_is_warm_and_takes_over_at_its_keyframe_when_the_primary_ends() {
+    let hub = Hub::default();
+    let main = primary(&hub, "cam", continuity(0, 2_000));
+    assert!(matches!(
+        hub.publish_input(key("other"), Role::Backup, None),
+        Err(HubError::Input(_, AttachError::NoPrimary))
+    ));
+    start(&main);
+    let backup = hub.publish_input(key("cam"), Role::Backup, None).unwrap();
+    assert!(matches!(
+        hub.publish_input(key("cam"), Role::Backup, None),
+        Err(HubError::Input(_, AttachError::BackupTaken))
+    ));
+    let mut sub = hub.subscribe(&key("cam"), QueueLimits::default()).unwrap();
+    let before = drain(&mut sub);
+    for f in restart_frames(40) {
+        backup.publish(Frame {
+            timestamp_ms: f.timestamp_ms + 90_000,
+            ..f
+        });
+    }
+    assert!(drain(&mut sub).is_empty(), "a standby pushes nothing");
+    let status = sub.splice_status();
+    drop(main);
+    assert_eq!(status.borrow().active, Some(Role::Backup));
+    assert_eq!(status.borrow().switches, 1);
+    backup.publish(inter(90_066, 42));
+    assert!(drain(&mut sub).is_empty(), "waits for the backup's keyframe");
+    tokio::time::advance(Duration::from_millis(40)).await;
+    backup.publish(keyframe(90_100, 43));
+    let after = drain(&mut sub);
+    assert_eq!(after.len(), 1, "same headers: the keyframe alone, {after:?}");
+    // Its first frame after the switch came at once: 1 ms after the primary's last; its
+    // own spacing (34 ms to the keyframe) is kept.
+    let last_before = *media_timestamps(&before).iter().max().unwrap();
+    assert_eq!(after[0].timestamp_ms, last_before + 1 + 34);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_primary_is_switched_away_from_and_back_when_it_returns() {
+    let hub = Hub::default();
+    let main = primary(&hub, "cam", continuity(0, 2_000));
+    start(&main);
+    let backup = hub.publish_input(key("cam"), Role::Backup, None).unwrap();
+    backup.publish(vsh(0, 1));
+    let mut sub = hub.subscribe(&key("cam"), QueueLimits::default()).unwrap();
+    drain(&mut sub);
+    backup.publish(keyframe(0, 50));
+    assert!(drain(&mut sub).is_empty(), "the primary is live");
+    tokio::time::advance(Duration::from_millis(2_100)).await;
+    backup.publish(keyframe(2_100, 51));
+    let got = drain(&mut sub);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].payload, keyframe(0, 51).payload, "switched at the backup's keyframe");
+    // The primary sends again: back to it at its keyframe (switch_back).
+    main.publish(inter(2_200, 2));
+    backup.publish(inter(2_133, 52));
+    assert_eq!(drain(&mut sub).len(), 1, "the backup's frame; the primary's waits");
+    main.publish(keyframe(2_233, 3));
+    let got = drain(&mut sub);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, keyframe(0, 3).payload);
+    assert_eq!(sub.splice_status().borrow().switches, 2);
+}
