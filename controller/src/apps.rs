@@ -23,6 +23,16 @@ pub struct AppPatch {
     pub callbacks: Option<pushcast_proto::model::Callbacks>,
     /// Sets (`Some(Some)`) or clears (`Some(None)`) the app's SRT passphrase.
     pub srt_passphrase: Option<Option<String>>,
+    /// Source-continuity settings given.
+    pub continuity: Continuity,
+}
+
+/// An app's source-continuity settings as a request gives them (absent: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct Continuity {
+    pub reconnect_window_ms: Option<u64>,
+    pub input_stall_ms: Option<u64>,
+    pub switch_back_to_primary: Option<bool>,
 }
 
 #[derive(Clone)]
@@ -129,6 +139,16 @@ impl Apps {
             }
             if let Some(c) = &patch.callbacks {
                 app.callbacks = c.clone();
+            }
+            let c = &patch.continuity;
+            if let Some(ms) = c.reconnect_window_ms {
+                app.reconnect_window_ms = ms;
+            }
+            if c.input_stall_ms.is_some() {
+                app.input_stall_ms = c.input_stall_ms;
+            }
+            if c.switch_back_to_primary.is_some() {
+                app.switch_back_to_primary = c.switch_back_to_primary;
             }
             if let Some(p) = &patch.srt_passphrase {
                 app.srt_passphrase = p.clone();

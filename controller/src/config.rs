@@ -106,6 +106,9 @@ pub fn vhosts_or_default(
                 open_publish: false,
                 callbacks: Default::default(),
                 srt_passphrase: None,
+                reconnect_window_ms: 0,
+                input_stall_ms: None,
+                switch_back_to_primary: None,
             })
         })
         .collect();

@@ -429,6 +429,9 @@ mod tests {
             open_publish: false,
             callbacks: Callbacks::default(),
             srt_passphrase: None,
+            reconnect_window_ms: 0,
+            input_stall_ms: None,
+            switch_back_to_primary: None,
         };
         apps.seed(&[app]).await.unwrap();
         let clients = WorkerClients::with_tls(None);

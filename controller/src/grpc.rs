@@ -207,6 +207,9 @@ impl AppService for Api {
                 open_publish: app.open_publish,
                 callbacks: Default::default(),
                 srt_passphrase: None,
+                reconnect_window_ms: 0,
+                input_stall_ms: None,
+                switch_back_to_primary: None,
             })
             .await?;
         Ok(Response::new(v1::CreateAppResponse {

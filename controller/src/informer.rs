@@ -444,6 +444,8 @@ mod tests {
             worker: "w1".into(),
             tracks: vec![],
             since_ms: 0,
+            interrupted_ms: None,
+            resumed_from: None,
         };
         p.apply(
             &keys::stream("v", "a", "cam"),

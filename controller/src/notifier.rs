@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use pushcast_proto::keys;
-use pushcast_proto::model::{AppConfig, OutboxKind, TaskSpec, TaskState, TaskStatus};
+use pushcast_proto::model::{
+    AppConfig, OutboxKind, SourceEventKind, TaskSpec, TaskState, TaskStatus,
+};
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Listing, Op, Store, StoreError, Txn, WatchEvent, decoded};
 use pushcast_webhooks::{Dispatcher, TaskCounters, TaskEventKind, TaskStatusEvent};
@@ -88,6 +90,13 @@ pub async fn run(
 struct Seen {
     /// The last status state seen (`None`: no status yet).
     state: Option<TaskState>,
+    /// The count of the last source event seen (`TaskStatus::source_event`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    source_events: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A change to what is seen.
@@ -391,6 +400,10 @@ fn difference(st: &mut State, present: &[String], counted: bool) -> (Vec<Event>,
         let status = st.statuses.get(&keys::status(&v, &a, &id)).cloned();
         let now = Seen {
             state: status.as_ref().map(|s| s.state),
+            source_events: status
+                .as_ref()
+                .and_then(|s| s.source_event.as_ref())
+                .map_or(0, |e| e.count),
         };
         let before = st.seen.get(task).copied();
         if before == Some(now) {
@@ -400,7 +413,17 @@ fn difference(st: &mut State, present: &[String], counted: bool) -> (Vec<Event>,
             if before.is_none() {
                 made.push(created(&v, &a, &id));
             }
-            if let (Some(kind), Some(status)) = (now.state.and_then(kind_of), status) {
+            let source_changed = before.is_some_and(|b| b.source_events != now.source_events);
+            if let Some(status) = &status
+                && source_changed
+                && let Some(e) = &status.source_event
+            {
+                made.push(event(&v, &a, &id, source_kind(e.kind), status.clone()));
+            }
+            let state_changed = before.is_none_or(|b| b.state != now.state);
+            if let (Some(kind), Some(status), true) =
+                (now.state.and_then(kind_of), status, state_changed)
+            {
                 made.push(event(&v, &a, &id, kind, status));
             }
         }
@@ -440,6 +463,15 @@ fn event(v: &str, a: &str, id: &str, kind: TaskEventKind, status: TaskStatus) ->
         id: id.to_string(),
         kind,
         status,
+    }
+}
+
+/// The event of a source event.
+fn source_kind(kind: SourceEventKind) -> TaskEventKind {
+    match kind {
+        SourceEventKind::SourceInterrupted => TaskEventKind::SourceInterrupted,
+        SourceEventKind::SourceResumed => TaskEventKind::SourceResumed,
+        SourceEventKind::InputSwitched => TaskEventKind::InputSwitched,
     }
 }
 
@@ -518,6 +550,12 @@ fn entries_of(st: &State, ev: &Event, revision: i64, n: usize) -> Vec<Entry> {
     {
         body = body.with_reason(reason.clone());
     }
+    if let (TaskEventKind::SourceInterrupted
+    | TaskEventKind::SourceResumed
+    | TaskEventKind::InputSwitched, Some(e)) = (ev.kind, &ev.status.source_event)
+    {
+        body = body.with_source(e.input.clone(), e.time_ms.max(0) as u64);
+    }
     let json = String::from_utf8(body.to_json()).unwrap_or_default();
     let task = keys::task(&ev.vhost, &ev.app, &ev.id);
     app.callbacks
@@ -594,12 +632,23 @@ fn on_event(st: &mut State, ev: WatchEvent) -> (Vec<Event>, Vec<SeenChange>) {
         let Some(seen) = st.seen.get_mut(&task) else {
             return (made, changes);
         };
-        if seen.state == Some(new.state) {
+        let source_events = new.source_event.as_ref().map_or(0, |e| e.count);
+        let state_changed = seen.state != Some(new.state);
+        let source_changed = seen.source_events != source_events;
+        if !state_changed && !source_changed {
             return (made, changes);
         }
         seen.state = Some(new.state);
+        seen.source_events = source_events;
         changes.push(SeenChange::Put(task, *seen));
-        if let Some(kind) = kind_of(new.state) {
+        // A new count means a new source event (a count that went back is a task
+        // restarted elsewhere with an older status: nothing new happened).
+        if source_changed
+            && let Some(e) = &new.source_event
+        {
+            made.push(event(&v, &a, &id, source_kind(e.kind), new.clone()));
+        }
+        if let (Some(kind), true) = (kind_of(new.state), state_changed) {
             made.push(event(&v, &a, &id, kind, new));
         }
     }
@@ -687,6 +736,39 @@ mod tests {
     }
 
     #[test]
+    fn source_events_make_their_own_events_without_repeating_the_state() {
+        use pushcast_proto::model::{SourceEvent, SourceEventKind};
+        let mut st = State::default();
+        let task = keys::task("v", "a", "t");
+        let stat = keys::status("v", "a", "t");
+        on_event(&mut st, put(&task, &spec()));
+        assert_eq!(
+            kinds(on_event(&mut st, put(&stat, &status(TaskState::Started)))),
+            [TaskEventKind::Started]
+        );
+        let with = |kind, count| TaskStatus {
+            source_event: Some(SourceEvent {
+                kind,
+                time_ms: 5,
+                count,
+                input: None,
+            }),
+            ..status(TaskState::Started)
+        };
+        let interrupted = with(SourceEventKind::SourceInterrupted, 1);
+        assert_eq!(
+            kinds(on_event(&mut st, put(&stat, &interrupted))),
+            [TaskEventKind::SourceInterrupted],
+            "started throughout: no second started event"
+        );
+        assert!(kinds(on_event(&mut st, put(&stat, &interrupted))).is_empty());
+        assert_eq!(
+            kinds(on_event(&mut st, put(&stat, &with(SourceEventKind::SourceResumed, 2)))),
+            [TaskEventKind::SourceResumed]
+        );
+    }
+
+    #[test]
     fn statuses_of_unknown_tasks_and_broken_values_make_nothing() {
         let mut st = State::default();
         let stat = keys::status("v", "a", "nobody");
@@ -705,7 +787,10 @@ mod tests {
     #[test]
     fn a_batch_names_each_task_once_with_its_last_change() {
         let t = keys::task("v", "a", "t");
-        let seen = |state| Seen { state: Some(state) };
+        let seen = |state| Seen {
+            state: Some(state),
+            source_events: 0,
+        };
         let mut b = Batch::at(1);
         b.add(
             2,

@@ -12,7 +12,7 @@ use pushcast_proto::ApiError;
 use pushcast_proto::model::{AppConfig, Callbacks};
 use serde_json::{Map, Value};
 
-use crate::apps::AppPatch;
+use crate::apps::{AppPatch, Continuity};
 use crate::pushes::{DestinationRef, DestinationRequest, StartPush, UpdatePush};
 
 /// A body as JSON of any shape (app creation takes an object or an array); empty or
@@ -60,12 +60,46 @@ pub fn app_patch(obj: &Map<String, Value>) -> Result<AppPatch, ApiError> {
             Some(Value::Null) => Some(None),
             Some(p) => Some(Some(srt_passphrase(p)?)),
         },
+        continuity: continuity(&v)?,
+    })
+}
+
+/// The source-continuity fields of an app body, each when present:
+/// `reconnectWindowMs` (0 to 600000), `inputStallMs` (100 to 60000),
+/// `switchBackToPrimary`.
+pub fn continuity(v: &Value) -> Result<Continuity, ApiError> {
+    let ms = |name: &str, range: std::ops::RangeInclusive<u64>| -> Result<Option<u64>, ApiError> {
+        match v.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(n) => match n.as_u64() {
+                Some(ms) if range.contains(&ms) => Ok(Some(ms)),
+                _ => Err(ApiError::bad_request(format!(
+                    "[{name}] must be a number of milliseconds from {} to {}",
+                    range.start(),
+                    range.end()
+                ))),
+            },
+        }
+    };
+    Ok(Continuity {
+        reconnect_window_ms: ms("reconnectWindowMs", 0..=600_000)?,
+        input_stall_ms: ms("inputStallMs", 100..=60_000)?,
+        switch_back_to_primary: match v.get("switchBackToPrimary") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "[switchBackToPrimary] must be true or false",
+                ));
+            }
+        },
     })
 }
 
 pub fn app(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
     let name = str_field(v, "name")
         .ok_or_else(|| ApiError::bad_request("There is no required parameter [ name]"))?;
+    let continuity = continuity(v)?;
     Ok(AppConfig {
         vhost: vhost.to_string(),
         name,
@@ -78,6 +112,9 @@ pub fn app(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
             None | Some(Value::Null) => None,
             Some(p) => Some(srt_passphrase(p)?),
         },
+        reconnect_window_ms: continuity.reconnect_window_ms.unwrap_or(0),
+        input_stall_ms: continuity.input_stall_ms,
+        switch_back_to_primary: continuity.switch_back_to_primary,
     })
 }
 

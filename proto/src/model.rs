@@ -274,10 +274,99 @@ pub struct TaskStatus {
     /// (`HEVC`, `AAC`, ...): what a destination receives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub codecs: Vec<String>,
+    /// The last thing that happened to the task's source while it pushed (source
+    /// continuity); task-wide, unset on destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_event: Option<SourceEvent>,
     /// Multi-destination tasks: the status of each destination (its `worker` and
     /// `destinations` unused); the fields above then sum them up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationStatus>,
+}
+
+/// What happened to a task's source while its pushes kept their connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SourceEventKind {
+    /// The publisher went away; the pushes wait within the reconnect window.
+    SourceInterrupted,
+    /// A publisher continued the stream within the window.
+    SourceResumed,
+    /// The stream changed inputs (primary ↔ backup).
+    InputSwitched,
+}
+
+impl SourceEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceEventKind::SourceInterrupted => "sourceInterrupted",
+            SourceEventKind::SourceResumed => "sourceResumed",
+            SourceEventKind::InputSwitched => "inputSwitched",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SourceEventKind> {
+        [
+            SourceEventKind::SourceInterrupted,
+            SourceEventKind::SourceResumed,
+            SourceEventKind::InputSwitched,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A task's last source event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceEvent {
+    pub kind: SourceEventKind,
+    pub time_ms: i64,
+    /// Source events of the task so far (on this worker's watch): tells two events of
+    /// one kind apart.
+    pub count: u64,
+    /// `primary` / `backup` after the event; `None` while interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+}
+
+impl SourceEvent {
+    pub fn to_proto(&self) -> v1::SourceEvent {
+        v1::SourceEvent {
+            kind: self.kind.as_str().to_string(),
+            time: Some(time::to_timestamp(self.time_ms)),
+            count: self.count,
+            input: self.input.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn from_proto(p: &v1::SourceEvent) -> Option<SourceEvent> {
+        Some(SourceEvent {
+            kind: SourceEventKind::parse(&p.kind)?,
+            time_ms: p.time.as_ref().map(time::from_timestamp).unwrap_or(0),
+            count: p.count,
+            input: (!p.input.is_empty()).then(|| p.input.clone()),
+        })
+    }
+
+    /// As the REST task object shows it: `{"count":1,"input":"backup","time":"…","type":"inputSwitched"}`.
+    fn to_ome(&self) -> OmeSourceEvent<'_> {
+        OmeSourceEvent {
+            count: self.count,
+            input: self.input.as_deref(),
+            time: time::format_ms(Some(self.time_ms)),
+            kind: self.kind.as_str(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct OmeSourceEvent<'a> {
+    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a str>,
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
 }
 
 /// The status of one destination of a multi-destination task.
@@ -320,6 +409,9 @@ pub struct OmeTask<'a> {
     #[serde(rename = "sentTime")]
     sent_time: u64,
     sequence: u64,
+    /// Ours (additive): the last event of the task's source.
+    #[serde(rename = "sourceEvent", skip_serializing_if = "Option::is_none")]
+    source_event: Option<OmeSourceEvent<'a>>,
     #[serde(rename = "startTime")]
     start_time: String,
     state: &'a str,
@@ -433,6 +525,7 @@ impl Task {
             sent_bytes: st.sent_bytes,
             sent_time: st.sent_time_ms,
             sequence: st.sequence,
+            source_event: st.source_event.as_ref().map(SourceEvent::to_ome),
             start_time: time::format_ms(st.start_ms),
             state: st.state.as_str(),
             stream: OmeStream {
@@ -475,6 +568,7 @@ impl Task {
             last_error: st.last_error.clone().unwrap_or_default(),
             worker: st.worker.clone().unwrap_or_default(),
             codecs: st.codecs.clone(),
+            source_event: st.source_event.as_ref().map(SourceEvent::to_proto),
             destinations: if spec.is_multi_destination() {
                 spec.destinations()
                     .iter()
@@ -520,6 +614,22 @@ pub struct AppConfig {
     /// `--srt-passphrase` (write-only: answers show `***`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srt_passphrase: Option<String>,
+    /// Source continuity: a stream outlives its publisher for this long, and a publish
+    /// within it continues the pushes on their open connections (0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reconnect_window_ms: u64,
+    /// A backup publisher takes over when the active one sends nothing for this long
+    /// (default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_stall_ms: Option<u64>,
+    /// A returning primary takes over from the backup at its keyframe (default true);
+    /// false: the backup stays until it ends or stalls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_back_to_primary: Option<bool>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Where an app's events are sent (`spec/ingest-keys-callbacks.md`).
@@ -634,8 +744,19 @@ impl AppConfig {
             "callbacks": self.callbacks.to_ome_json(),
         });
         // Added, and only when set: other apps' answers are unchanged.
-        if let (Some(obj), Some(_)) = (v.as_object_mut(), &self.srt_passphrase) {
-            obj.insert("srtPassphrase".into(), "***".into());
+        if let Some(obj) = v.as_object_mut() {
+            if self.srt_passphrase.is_some() {
+                obj.insert("srtPassphrase".into(), "***".into());
+            }
+            if self.reconnect_window_ms > 0 {
+                obj.insert("reconnectWindowMs".into(), self.reconnect_window_ms.into());
+            }
+            if let Some(ms) = self.input_stall_ms {
+                obj.insert("inputStallMs".into(), ms.into());
+            }
+            if let Some(b) = self.switch_back_to_primary {
+                obj.insert("switchBackToPrimary".into(), b.into());
+            }
         }
         v
     }
@@ -857,6 +978,7 @@ impl TaskStatus {
             last_error: self.last_error.clone().unwrap_or_default(),
             worker: self.worker.clone().unwrap_or_default(),
             codecs: self.codecs.clone(),
+            source_event: self.source_event.as_ref().map(SourceEvent::to_proto),
             destinations: self
                 .destinations
                 .iter()
@@ -891,6 +1013,7 @@ impl TaskStatus {
             last_error: text(&p.last_error),
             worker: text(&p.worker),
             codecs: p.codecs.clone(),
+            source_event: p.source_event.as_ref().and_then(SourceEvent::from_proto),
             destinations: p
                 .destinations
                 .iter()
@@ -961,6 +1084,15 @@ pub struct LiveStream {
     #[serde(default)]
     pub tracks: Vec<String>,
     pub since_ms: i64,
+    /// Set while its publisher is gone and the stream waits within its app's reconnect
+    /// window: a publish of it, on any worker, continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_ms: Option<i64>,
+    /// The worker whose interrupted stream this publish continued (on another worker):
+    /// that worker's pushes stay there, fed over a forward, so destinations see no
+    /// republish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
 }
 
 /// A worker, as it registers itself in the store under its lease.

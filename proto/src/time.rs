@@ -30,6 +30,13 @@ pub fn to_timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
+/// The inverse of [`to_timestamp`] (to the millisecond).
+pub fn from_timestamp(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

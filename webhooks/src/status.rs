@@ -25,6 +25,16 @@ pub enum TaskEventKind {
     Error,
     Stopped,
     Removed,
+    /// The task's source lost its publisher; its pushes wait, connected, within the
+    /// reconnect window (with `input` unset).
+    #[serde(rename = "sourceInterrupted")]
+    SourceInterrupted,
+    /// A publisher continued the source within the window (`input`: which).
+    #[serde(rename = "sourceResumed")]
+    SourceResumed,
+    /// The source changed inputs (`input`: the one feeding it now).
+    #[serde(rename = "inputSwitched")]
+    InputSwitched,
 }
 
 impl TaskEventKind {
@@ -35,6 +45,9 @@ impl TaskEventKind {
             TaskEventKind::Error => "error",
             TaskEventKind::Stopped => "stopped",
             TaskEventKind::Removed => "removed",
+            TaskEventKind::SourceInterrupted => "sourceInterrupted",
+            TaskEventKind::SourceResumed => "sourceResumed",
+            TaskEventKind::InputSwitched => "inputSwitched",
         }
     }
 }
@@ -84,6 +97,13 @@ pub struct TaskStatusEvent {
     /// header): receivers deduplicate by it.
     #[serde(rename = "eventId", default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// Source events: the input feeding the source after it (`primary`, `backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Source events: when it happened at the worker (Unix ms; `time` is when the
+    /// event was derived).
+    #[serde(rename = "sourceTime", default, skip_serializing_if = "Option::is_none")]
+    pub source_time: Option<u64>,
 }
 
 impl TaskStatusEvent {
@@ -108,6 +128,8 @@ impl TaskStatusEvent {
             counters: TaskCounters::default(),
             time: unix_ms(),
             event_id: None,
+            input: None,
+            source_time: None,
         }
     }
 
@@ -123,6 +145,13 @@ impl TaskStatusEvent {
 
     pub fn with_destination(mut self, destination: impl Into<String>) -> Self {
         self.destination = Some(destination.into());
+        self
+    }
+
+    /// A source event's input and time.
+    pub fn with_source(mut self, input: Option<String>, time_ms: u64) -> Self {
+        self.input = input;
+        self.source_time = Some(time_ms);
         self
     }
 
@@ -224,6 +253,8 @@ mod tests {
             },
             time: 1_700_000_000_000,
             event_id: None,
+            input: None,
+            source_time: None,
         };
         assert_eq!(
             String::from_utf8(ev.to_json()).unwrap(),

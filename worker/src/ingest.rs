@@ -39,7 +39,7 @@ use pushcast_webhooks::{
     new_vdoid, parse_query,
 };
 
-use crate::hub::{Hub, Source, StreamId};
+use crate::hub::{AttachError, Continuity, Hub, HubError, Role, Source, StreamId};
 use crate::ingest_limits::{IngestLimits, Slot};
 use crate::lease::Lease;
 use crate::stale;
@@ -115,11 +115,21 @@ pub struct Ingest {
 /// The live publishes of this worker, by stream: each connection's token, cancelled to
 /// disconnect it (a revoked key with `disconnect: true`).
 #[derive(Clone, Default)]
-pub struct Publishers(Arc<Mutex<HashMap<StreamId, CancellationToken>>>);
+pub struct Publishers(Arc<Mutex<HashMap<(StreamId, Role), CancellationToken>>>);
 
 impl Publishers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(StreamId, Role), CancellationToken>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A publish of `source` is live on the connection `token` closes.
+    pub(crate) fn insert(&self, source: &Source, token: CancellationToken) {
+        self.lock()
+            .insert((source.key().clone(), source.role()), token);
+    }
+
+    fn remove(&self, source: &Source) {
+        self.lock().remove(&(source.key().clone(), source.role()));
     }
 
     /// How many publishes are live.
@@ -131,15 +141,18 @@ impl Publishers {
         self.len() == 0
     }
 
-    /// Closes the publish of `key`; false when it is not live here.
+    /// Closes the publishes of `key` (its primary and backup); false when none is live
+    /// here.
     pub fn disconnect(&self, key: &StreamId) -> bool {
-        match self.lock().get(key) {
-            Some(t) => {
+        let publishers = self.lock();
+        let mut found = false;
+        for role in [Role::Primary, Role::Backup] {
+            if let Some(t) = publishers.get(&(key.clone(), role)) {
                 t.cancel();
-                true
+                found = true;
             }
-            None => false,
         }
+        found
     }
 }
 
@@ -176,6 +189,18 @@ pub enum Refusal {
         worker: String,
         waited: Duration,
     },
+    /// A backup publish (`?backup=1`) of a stream whose primary is not live here.
+    #[error("NoPrimary: a backup of {stream} is admitted only while its primary is live{}", match elsewhere {
+        Some(w) => format!(" on this worker; it is live on worker {w}: publish the backup there"),
+        None => String::new(),
+    })]
+    NoPrimary {
+        stream: String,
+        elsewhere: Option<String>,
+    },
+    /// A second backup publish of a stream.
+    #[error("ExistStreamName: {0} has a backup publisher already")]
+    BackupTaken(String),
     /// The store could not be asked.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -188,7 +213,10 @@ impl Refusal {
     /// The `onStatus` code the encoder sees.
     pub fn code(&self) -> RejectCode {
         match self {
-            Refusal::StreamInUse(_) | Refusal::StreamHeld { .. } => RejectCode::BadName,
+            Refusal::StreamInUse(_)
+            | Refusal::StreamHeld { .. }
+            | Refusal::BackupTaken(_)
+            | Refusal::NoPrimary { .. } => RejectCode::BadName,
             _ => RejectCode::Denied,
         }
     }
@@ -202,7 +230,10 @@ impl Refusal {
                 "AuthencationFailed"
             }
             Refusal::BadForwardName => "bad relay stream name",
-            Refusal::StreamInUse(_) | Refusal::StreamHeld { .. } => "ExistStreamName",
+            Refusal::StreamInUse(_) | Refusal::StreamHeld { .. } | Refusal::BackupTaken(_) => {
+                "ExistStreamName"
+            }
+            Refusal::NoPrimary { .. } => "NoPrimary",
             Refusal::Unavailable(_) => "service unavailable",
             Refusal::Internal(_) => "internal error",
         }
@@ -364,9 +395,7 @@ impl Ingest {
                                 conn.set_decoder_limits(self.limits.admitted());
                                 buf.resize(READ_BUF_ADMITTED, 0);
                             }
-                            self.publishers
-                                .lock()
-                                .insert(p.source.key().clone(), shutdown.clone());
+                            self.publishers.insert(&p.source, shutdown.clone());
                             *live = Some(p);
                         }
                         Err(r) => {
@@ -500,7 +529,6 @@ impl Ingest {
         Ok(Published {
             source,
             store_key: None,
-            value: vec![],
             notify: None,
         })
     }
@@ -553,6 +581,10 @@ impl Ingest {
             }
         }
         let key = StreamId::new(vhost.clone(), req.app.clone(), stream.clone());
+        let store_key = keys::stream(&vhost, &req.app, &stream);
+        if is_backup(req.query.as_deref()) {
+            return self.admit_backup(key, &store_key).await;
+        }
         let record = LiveStream {
             vhost: vhost.clone(),
             app: req.app.clone(),
@@ -560,9 +592,11 @@ impl Ingest {
             worker: self.node_id.clone(),
             tracks: vec![],
             since_ms: time::now_ms(),
+            interrupted_ms: None,
+            resumed_from: None,
         };
-        let value = serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
-        let store_key = keys::stream(&vhost, &req.app, &stream);
+        let mut value =
+            serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
         let exist = || Refusal::StreamInUse(stream.clone());
         // PubStart goes to the outbox with the registration: recorded if and only if the
         // stream is live (not leased: it outlives this worker).
@@ -583,6 +617,12 @@ impl Ingest {
             match self.store.txn(txn).await {
                 Ok(r) if r.succeeded => break,
                 Ok(_) if !settled => {
+                    // An interrupted stream (its publisher gone, its window open) is
+                    // continued by this publish, here or from another worker.
+                    if let Some(v) = self.continue_interrupted(&store_key, &record, &starts).await? {
+                        value = v;
+                        break;
+                    }
                     self.settle_holder(&store_key, &stream).await?;
                     settled = true;
                 }
@@ -590,7 +630,10 @@ impl Ingest {
                 Err(e) => return Err(Refusal::Unavailable(e.to_string())),
             }
         }
-        match self.hub.publish(key) {
+        match self
+            .hub
+            .publish_input(key, Role::Primary, Some(continuity_of(&app)))
+        {
             Ok(source) => {
                 tracing::info!(%peer, app = %req.app, %stream, "publish started");
                 metrics::counter!("pushcast_ingest_publishes_total").increment(1);
@@ -600,7 +643,6 @@ impl Ingest {
                 Ok(Published {
                     source,
                     store_key: Some(store_key),
-                    value,
                     notify: Some((event, app.callbacks.publish.clone())),
                 })
             }
@@ -612,6 +654,90 @@ impl Ingest {
                 let _ = self.store.txn(undo).await;
                 Err(exist())
             }
+        }
+    }
+
+    /// A backup publisher (`?backup=1`, keys and callbacks checked as for any publish):
+    /// it joins the stream's primary in this worker's hub, warm until it takes over
+    /// (`hub::splice`). The stream stays registered by its primary.
+    async fn admit_backup(&self, key: StreamId, store_key: &str) -> Result<Published, Refusal> {
+        match self.hub.publish_input(key.clone(), Role::Backup, None) {
+            Ok(source) => {
+                tracing::info!(stream = %key, "backup publish started (standby)");
+                metrics::counter!("pushcast_ingest_publishes_total").increment(1);
+                Ok(Published {
+                    source,
+                    store_key: Some(store_key.to_string()),
+                    notify: None,
+                })
+            }
+            Err(HubError::Input(_, AttachError::NoPrimary)) => {
+                let holder = match self.store.get(store_key).await {
+                    Ok(Some(kv)) => serde_json::from_slice::<LiveStream>(&kv.value)
+                        .ok()
+                        .filter(|h| h.worker != self.node_id && h.interrupted_ms.is_none())
+                        .map(|h| h.worker),
+                    _ => None,
+                };
+                Err(Refusal::NoPrimary {
+                    stream: key.stream,
+                    elsewhere: holder,
+                })
+            }
+            Err(HubError::Input(_, AttachError::BackupTaken)) => {
+                Err(Refusal::BackupTaken(key.stream))
+            }
+            Err(_) => Err(Refusal::StreamInUse(key.stream)),
+        }
+    }
+
+    /// When the stream's record says it is interrupted (its publisher gone within the
+    /// reconnect window), takes it over for this publish: under this worker's lease,
+    /// with the worker it continues from when that is another one. The new value, or
+    /// `None` when the stream is not interrupted.
+    async fn continue_interrupted(
+        &self,
+        store_key: &str,
+        fresh: &LiveStream,
+        starts: &[(String, Vec<u8>)],
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let unavailable = |e: StoreError| Refusal::Unavailable(e.to_string());
+        let Some(kv) = self.store.get(store_key).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let Ok(held) = serde_json::from_slice::<LiveStream>(&kv.value) else {
+            return Ok(None);
+        };
+        if held.interrupted_ms.is_none() {
+            return Ok(None);
+        }
+        let resumed_from = if held.worker == self.node_id {
+            held.resumed_from.clone()
+        } else {
+            Some(held.worker.clone())
+        };
+        let record = LiveStream {
+            resumed_from: resumed_from.clone(),
+            since_ms: held.since_ms,
+            ..fresh.clone()
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
+        let txn = starts.iter().fold(
+            Txn::new()
+                .when(Compare::Value(store_key.to_string(), kv.value))
+                .and_then(Op::put_with_lease(
+                    store_key.to_string(),
+                    value.clone(),
+                    self.lease.id(),
+                )),
+            |t, (k, v)| t.and_then(Op::put(k.clone(), v.clone())),
+        );
+        match self.store.txn(txn).await.map_err(unavailable)? {
+            r if r.succeeded => {
+                tracing::info!(stream = %fresh.stream, from = %held.worker, "the publish continues an interrupted stream");
+                Ok(Some(value))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -765,28 +891,114 @@ impl Ingest {
             let entries = publish_entries(event, callbacks, Some(&end));
             (end, entries)
         });
-        tracing::info!(stream = %p.source.key(), "publish ended");
-        self.publishers.lock().remove(p.source.key());
+        tracing::info!(stream = %p.source.key(), role = p.source.role().as_str(), "publish ended");
+        self.publishers.remove(&p.source);
+        let key = p.source.key().clone();
+        let primary = p.source.role() == Role::Primary;
         p.source.end();
         let Some(store_key) = p.store_key else { return };
-        metrics::gauge!("pushcast_ingest_streams").decrement(1.0);
-        self.lock_published().remove(&store_key);
-        let mut txn = Txn::new()
-            .when(Compare::Value(store_key.clone(), p.value))
-            .and_then(Op::delete(store_key));
+        if primary {
+            metrics::gauge!("pushcast_ingest_streams").decrement(1.0);
+        }
+        // What the stream is now (`hub::splice`): fed by another input (the record
+        // stays), interrupted (the record says so, for the window), or over (removed).
+        let now = self.hub.info(&key).map(|i| i.splice);
+        let current = self.lock_published().get(&store_key).cloned();
+        let mut txn = Txn::new();
+        let mut interrupted = None;
+        match (&now, current) {
+            (Some(st), _) if st.active.is_some() => {}
+            (Some(_), Some(value)) => {
+                let marked = serde_json::from_slice::<LiveStream>(&value)
+                    .ok()
+                    .map(|r| LiveStream {
+                        interrupted_ms: Some(time::now_ms()),
+                        ..r
+                    })
+                    .and_then(|r| serde_json::to_vec(&r).ok());
+                if let Some(marked) = marked {
+                    txn = txn
+                        .when(Compare::Value(store_key.clone(), value))
+                        .and_then(Op::put_with_lease(
+                            store_key.clone(),
+                            marked.clone(),
+                            self.lease.id(),
+                        ));
+                    self.lock_published().insert(store_key.clone(), marked.clone());
+                    interrupted = Some(marked);
+                }
+            }
+            (_, Some(value)) => {
+                self.lock_published().remove(&store_key);
+                txn = txn
+                    .when(Compare::Value(store_key.clone(), value))
+                    .and_then(Op::delete(store_key.clone()));
+            }
+            (_, None) => {}
+        }
         for (k, v) in end.iter().flat_map(|(_, entries)| entries) {
             txn = txn
                 .and_then(Op::put(k.clone(), v.clone()))
                 .or_else(Op::put(k.clone(), v.clone()));
         }
         if let Err(e) = self.store.txn(txn).await {
-            tracing::warn!(error = %e, "cannot remove the ended stream from the store (its lease will); PubEnd sent from memory");
+            tracing::warn!(error = %e, "cannot update the ended stream in the store (its lease will remove it); PubEnd sent from memory");
             if let (Some((event, callbacks)), Some((end, _))) = (&p.notify, &end) {
                 for cb in callbacks {
                     self.notify(cb, Payload::publish_end(event, end, format_of(cb)));
                 }
             }
         }
+        if let Some(marked) = interrupted {
+            tokio::spawn(self.clone().unregister_when_ended(key, store_key, marked));
+        }
+    }
+
+    /// Removes an interrupted stream's record once the hub has ended it (its window
+    /// passed), unless a publish continued it (which rewrote the record: the removal
+    /// compares the value).
+    async fn unregister_when_ended(self, key: StreamId, store_key: String, marked: Vec<u8>) {
+        loop {
+            match self.hub.info(&key) {
+                Some(info) if info.splice.active.is_none() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(_) => return,
+                None => break,
+            }
+        }
+        let still = self.lock_published().get(&store_key) == Some(&marked);
+        if still {
+            self.lock_published().remove(&store_key);
+        }
+        let txn = Txn::new()
+            .when(Compare::Value(store_key.clone(), marked))
+            .and_then(Op::delete(store_key));
+        if let Err(e) = self.store.txn(txn).await {
+            tracing::warn!(error = %e, stream = %key, "cannot remove the ended stream from the store (its lease will)");
+        }
+    }
+}
+
+/// Whether a publish's query asks for the backup input (`backup=1` or `backup=true`).
+fn is_backup(query: Option<&str>) -> bool {
+    query
+        .map(parse_query)
+        .unwrap_or_default()
+        .iter()
+        .any(|(k, v)| k == "backup" && (v == "1" || v == "true"))
+}
+
+/// The hub's continuity settings of an app.
+fn continuity_of(app: &AppConfig) -> Continuity {
+    let default = Continuity::default();
+    Continuity {
+        reconnect_window: Duration::from_millis(app.reconnect_window_ms),
+        stall: app
+            .input_stall_ms
+            .map(Duration::from_millis)
+            .unwrap_or(default.stall),
+        switch_back: app.switch_back_to_primary.unwrap_or(default.switch_back),
     }
 }
 
@@ -833,9 +1045,9 @@ fn publish_entries(
 /// An accepted publish.
 struct Published {
     source: Source,
-    /// `None` for forwards, which are not registered in the store.
+    /// `None` for forwards, which are not registered in the store. (Its current value
+    /// is in [`Ingest::published`].)
     store_key: Option<String>,
-    value: Vec<u8>,
     /// The publish for PubStart / PubEnd, and where to send them.
     notify: Option<(PublishEvent, Vec<PublishCallback>)>,
 }
@@ -928,6 +1140,9 @@ mod tests {
             open_publish,
             callbacks: Callbacks::default(),
             srt_passphrase: None,
+            reconnect_window_ms: 0,
+            input_stall_ms: None,
+            switch_back_to_primary: None,
         };
         store
             .put(
@@ -1097,6 +1312,8 @@ mod tests {
                 worker: holder.into(),
                 tracks: vec![],
                 since_ms: 0,
+                interrupted_ms: None,
+                resumed_from: None,
             };
             s.ingest
                 .store

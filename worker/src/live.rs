@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use pushcast_proto::model::{DestinationStatus, TaskSpec, TaskState, TaskStatus};
+use pushcast_proto::model::{
+    DestinationStatus, SourceEvent, SourceEventKind, TaskSpec, TaskState, TaskStatus,
+};
 use pushcast_proto::time;
 
 use crate::push::SessionCounters;
@@ -35,6 +37,8 @@ struct Inner {
     multi: bool,
     /// The last stored status: where a destination added later starts its totals.
     previous: TaskStatus,
+    /// The last event of the task's source (task-wide).
+    source_event: Option<SourceEvent>,
 }
 
 #[derive(Debug)]
@@ -106,6 +110,7 @@ impl TaskLive {
             key,
             inner: Mutex::new(Inner {
                 worker: worker.to_string(),
+                source_event: previous.as_ref().and_then(|p| p.source_event.clone()),
                 previous: previous.unwrap_or_default(),
                 ..Inner::default()
             }),
@@ -169,6 +174,7 @@ impl TaskLive {
             dests.into_iter().next().map(|(_, s)| s).unwrap_or_default()
         };
         st.worker = Some(inner.worker.clone());
+        st.source_event = inner.source_event.clone();
         st
     }
 
@@ -228,6 +234,23 @@ impl TaskLive {
             d.status.state = TaskState::Error;
             d.status.last_error = Some(error.to_string());
         });
+    }
+
+    /// Something happened to the task's source while its sessions kept their
+    /// connections (`hub::splice`): recorded with its time, written (a status callback).
+    pub fn source_event(&self, kind: SourceEventKind, input: Option<&str>) {
+        {
+            let mut inner = self.lock();
+            let count = inner.source_event.as_ref().map_or(0, |e| e.count) + 1;
+            inner.source_event = Some(SourceEvent {
+                kind,
+                time_ms: time::now_ms(),
+                count,
+                input: input.map(str::to_string),
+            });
+        }
+        tracing::info!(event = kind.as_str(), input, "source event");
+        self.status.write(self);
     }
 
     /// Sets the state of every destination.

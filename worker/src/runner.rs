@@ -20,14 +20,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use pushcast_proto::destination::Destination;
 use pushcast_proto::keys;
-use pushcast_proto::model::{Assignment, SourceRef, TaskSpec, TaskState};
+use pushcast_proto::model::{Assignment, SourceEventKind, SourceRef, TaskSpec, TaskState};
 use pushcast_proto::v1::ApplyAssignmentsRequest;
 use pushcast_runtime::CancellationToken;
 use pushcast_store::{Store, WatchEvent, decoded};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crate::hub::{StreamId, Subscription, TryRecvError};
+use crate::hub::{Role, SpliceStatus, StreamId, Subscription, TryRecvError};
 use crate::lease::Fence;
 use crate::live::{LiveTasks, TaskKey, TaskLive};
 use crate::push::{FrameSource, SessionEnd};
@@ -89,7 +89,10 @@ impl<'a> Assigned<'a> {
             if same || cur.generation > a.generation {
                 return false;
             }
-            if cur.source == a.source && same_source(&cur.spec.borrow(), &a.spec) {
+            // A new source of the same stream (continued on another worker and
+            // forwarded here) is the same task too: it reads the stream from this
+            // worker's hub either way, and its connections stay.
+            if same_source(&cur.spec.borrow(), &a.spec) {
                 tracing::info!(id = %a.spec.id, generation = a.generation, "task updated in place");
                 cur.generation = a.generation;
                 cur.spec.send_replace(a.spec);
@@ -343,6 +346,11 @@ impl Runner {
         first: Subscription,
         cancel: &CancellationToken,
     ) -> SessionEnd {
+        // The stream's inputs (`hub::splice`): interruptions, resumes and switches are
+        // the task's source events.
+        let mut splice = first.splice_status();
+        let mut splice_seen = splice.borrow_and_update().clone();
+        let mut splice_open = true;
         let mut first = Some(first);
         // address → (its destination and tracks, its cancel token)
         let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
@@ -401,6 +409,16 @@ impl Runner {
                         *spec_open = false;
                     }
                 }
+                r = splice.changed(), if splice_open => {
+                    match r {
+                        Ok(()) => {
+                            let now = splice.borrow_and_update().clone();
+                            report_source_events(live, &splice_seen, &now);
+                            splice_seen = now;
+                        }
+                        Err(_) => splice_open = false,
+                    }
+                }
                 Some(r) = loops.join_next() => {
                     if let Ok(SessionEnd::SourceEnded) = r {
                         break SessionEnd::SourceEnded;
@@ -413,6 +431,20 @@ impl Runner {
         }
         while loops.join_next().await.is_some() {}
         end
+    }
+}
+
+/// Reports what changed in a stream's inputs as the task's source events.
+fn report_source_events(live: &TaskLive, before: &SpliceStatus, now: &SpliceStatus) {
+    let input = now.active.map(Role::as_str);
+    if now.interruptions > before.interruptions {
+        live.source_event(SourceEventKind::SourceInterrupted, None);
+    }
+    if now.resumes > before.resumes {
+        live.source_event(SourceEventKind::SourceResumed, input);
+    }
+    if now.switches > before.switches {
+        live.source_event(SourceEventKind::InputSwitched, input);
     }
 }
 
@@ -540,7 +572,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_source_or_stream_restarts_and_removal_or_a_full_set_stops() {
+    async fn a_new_stream_restarts_a_new_source_does_not_and_removal_or_a_full_set_stops() {
         let s = setup();
         let mut a = Assigned::new(&s.runner, &s.shutdown);
         assert!(a.put(KEY.into(), assignment("k", "cam", SourceRef::Local, 1)));
@@ -549,7 +581,10 @@ mod tests {
             from_worker: "w2".into(),
         };
         assert!(a.put(KEY.into(), assignment("k", "cam", forwarded, 2)));
-        assert!(first.is_cancelled(), "a new source restarts the task");
+        assert!(
+            !first.is_cancelled(),
+            "a new source of the same stream keeps the task (and its connections)"
+        );
         let second = a.running[KEY].cancel.clone();
         assert!(a.put(KEY.into(), assignment("k", "other", SourceRef::Local, 3)));
         assert!(second.is_cancelled(), "a new stream restarts the task");

@@ -217,10 +217,11 @@ pub fn view_of(picture: &Picture) -> (View, Current) {
         view.workers.insert(w.node_id.clone(), w.clone());
     }
     for s in picture.streams.values() {
-        view.streams.insert(
-            (s.vhost.clone(), s.app.clone(), s.stream.clone()),
-            s.worker.clone(),
-        );
+        let key = (s.vhost.clone(), s.app.clone(), s.stream.clone());
+        if let Some(from) = &s.resumed_from {
+            view.resumed_from.insert(key.clone(), from.clone());
+        }
+        view.streams.insert(key, s.worker.clone());
     }
     let mut current = Current::default();
     for (key, a) in &picture.assignments {
@@ -451,6 +452,8 @@ mod tests {
             worker: name.into(),
             tracks: vec![],
             since_ms: 0,
+            interrupted_ms: None,
+            resumed_from: None,
         };
         put(store, &keys::stream("v", "a", "cam"), &live).await;
     }

@@ -8,7 +8,10 @@
 //!   with room, which gets the stream forwarded by the ingest worker over RTMP;
 //! - nobody has room: the ingest worker takes it anyway (overloaded beats not pushing);
 //! - a placement that is still valid is kept (no churn: moving a push means a reconnect
-//!   at the destination).
+//!   at the destination);
+//! - a stream continued on another worker within its reconnect window (its record's
+//!   `resumed_from`) leaves its pushes where their destination connections are: they
+//!   stay on the worker it resumed from, fed over a forward from the new one.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +37,9 @@ pub struct View {
     pub streams: BTreeMap<Key, String>,
     /// Current placements by task.
     pub current: BTreeMap<Key, Placement>,
+    /// Streams continued on another worker within their reconnect window: stream → the
+    /// worker they were continued from.
+    pub resumed_from: BTreeMap<Key, String>,
 }
 
 fn task_key(t: &TaskSpec) -> Key {
@@ -77,6 +83,20 @@ pub fn place(view: &View) -> BTreeMap<Key, Placement> {
             pending.push(*t);
             continue;
         };
+        let resumed_from_here = view.resumed_from.get(&stream_id(t)) == Some(&cur.worker)
+            && cur.worker != *ingest
+            && view.workers.contains_key(&cur.worker);
+        if resumed_from_here && has_room(&load, &cur.worker, ingest) {
+            *load.entry(cur.worker.as_str()).or_default() += 1;
+            let kept = Placement {
+                worker: cur.worker.clone(),
+                source: SourceRef::Forwarded {
+                    from_worker: ingest.clone(),
+                },
+            };
+            plan.insert(task_key(t), kept);
+            continue;
+        }
         let valid = view.workers.contains_key(&cur.worker)
             && match &cur.source {
                 SourceRef::Local => cur.worker == *ingest,
@@ -196,6 +216,7 @@ mod tests {
             workers: [worker("w1", 0), worker("w2", 0)].into(),
             streams: [(k("s1"), "w1".to_string()), (k("s2"), "w2".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         let plan = place(&view);
         assert_eq!(plan.get(&k("a")), Some(&local("w1")));
@@ -211,6 +232,7 @@ mod tests {
             workers: [worker("w1", 2), worker("w2", 2), worker("w3", 0)].into(),
             streams: [(k("s1"), "w1".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         let plan = place(&view);
         let on = |w: &str| plan.values().filter(|p| p.worker == w).count();
@@ -232,6 +254,7 @@ mod tests {
             workers: [worker("w1", 0), worker("w2", 0), worker("w3", 0)].into(),
             streams: [(k("s1"), "w2".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         let stale = Placement {
             worker: "w3".into(),
@@ -257,6 +280,7 @@ mod tests {
             workers: [worker("w1", 0), worker("w2", 0)].into(),
             streams: [(k("s1"), "w2".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         view.current.insert(k("a"), local("w1"));
         assert_eq!(place(&view).get(&k("a")), Some(&local("w2")));
@@ -270,6 +294,7 @@ mod tests {
             workers: [worker("w1", 1), worker("w2", 0)].into(),
             streams: [(k("s1"), "w1".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         view.current.insert(k("a"), local("w1"));
         let plan = place(&view);
@@ -287,12 +312,43 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_continued_on_another_worker_keeps_its_pushes_where_they_are() {
+        let mut v = View {
+            tasks: vec![task("t1", "cam")],
+            workers: [worker("w1", 0), worker("w2", 0)].into_iter().collect(),
+            ..View::default()
+        };
+        v.streams.insert(k("cam"), "w2".into());
+        v.current.insert(k("t1"), local("w1"));
+        // Without the record saying so, the push follows its stream.
+        assert_eq!(place(&v)[&k("t1")], local("w2"));
+        v.resumed_from.insert(k("cam"), "w1".into());
+        let forwarded = Placement {
+            worker: "w1".into(),
+            source: SourceRef::Forwarded {
+                from_worker: "w2".into(),
+            },
+        };
+        assert_eq!(place(&v)[&k("t1")], forwarded);
+        assert_eq!(
+            forwards(&v, &place(&v)),
+            [("w2".to_string(), "w1".to_string(), k("cam"))]
+                .into_iter()
+                .collect()
+        );
+        // The worker it was on is gone: the push goes to the stream.
+        v.workers.remove("w1");
+        assert_eq!(place(&v)[&k("t1")], local("w2"));
+    }
+
+    #[test]
     fn nobody_has_room_the_ingest_worker_takes_it() {
         let view = View {
             tasks: vec![task("a", "s1"), task("b", "s1")],
             workers: [worker("w1", 1)].into(),
             streams: [(k("s1"), "w1".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         let plan = place(&view);
         assert_eq!(plan.len(), 2);
@@ -306,6 +362,7 @@ mod tests {
             workers: [worker("w1", 1), worker("w2", 0), worker("w3", 0)].into(),
             streams: [(k("s1"), "w1".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         // b sits on w3 via a forward; the least-loaded rule alone would pick w2.
         view.current.insert(k("a"), local("w1"));
@@ -335,6 +392,7 @@ mod tests {
             workers: [w1, w2, worker("w3", 0)].into(),
             streams: [(k("s1"), "w1".to_string()), (k("s2"), "w2".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         let plan = place(&view);
         assert_eq!(plan.get(&k("a")), Some(&local("w1")));
@@ -354,6 +412,7 @@ mod tests {
             workers: [worker("w2", 0)].into(),
             streams: [(k("s1"), "gone".to_string())].into(),
             current: BTreeMap::new(),
+            resumed_from: BTreeMap::new(),
         };
         assert!(place(&view).is_empty());
     }

@@ -252,6 +252,7 @@ impl Hub {
                             shared: existing,
                             hub: Arc::downgrade(&self.inner),
                             input,
+                            role,
                         })
                     }
                     Err(AttachError::PrimaryTaken) => {
@@ -302,6 +303,7 @@ impl Hub {
             shared,
             hub: Arc::downgrade(&self.inner),
             input,
+            role: Role::Primary,
         })
     }
 
@@ -391,11 +393,17 @@ pub struct Source {
     hub: Weak<HubInner>,
     /// Which input of the stream this publisher is (`splice`).
     input: u64,
+    role: Role,
 }
 
 impl Source {
     pub fn key(&self) -> &StreamId {
         &self.shared.key
+    }
+
+    /// Which publisher of the stream this is.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// Fans a frame out to every subscriber and records it in the GOP cache. Never waits:

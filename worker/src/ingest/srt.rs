@@ -96,7 +96,10 @@ fn reject_reason(r: &Refusal) -> RejectReason {
         Refusal::UnknownKey(_) | Refusal::Unauthorized(_) | Refusal::ForwardToken => {
             ServerRejectReason::Forbidden
         }
-        Refusal::StreamInUse(_) | Refusal::StreamHeld { .. } => ServerRejectReason::Conflict,
+        Refusal::StreamInUse(_)
+        | Refusal::StreamHeld { .. }
+        | Refusal::BackupTaken(_)
+        | Refusal::NoPrimary { .. } => ServerRejectReason::Conflict,
         Refusal::Unavailable(_) => ServerRejectReason::Down,
         Refusal::Internal(_) => ServerRejectReason::InternalServerError,
     })
@@ -325,9 +328,7 @@ impl Ingest {
             }
         };
         tracing::info!(stream = %published.source.key(), "SRT publish started");
-        self.publishers
-            .lock()
-            .insert(published.source.key().clone(), shutdown.clone());
+        self.publishers.insert(&published.source, shutdown.clone());
         let mut demux = TsDemuxer::new();
         let mut frames = Vec::new();
         let (normal, why) = loop {
