@@ -39,6 +39,8 @@ pub fn router(gw: Gateway) -> Router {
         .route("/v1/vhosts/{vhost}", any(vhost_target))
         .route("/v1/vhosts/{vhost}/apps", any(apps_collection))
         .route("/v1/vhosts/{vhost}/apps/{target}", any(app_target))
+        .route("/v1/vhosts/{vhost}/apps/{app}/streams", any(streams_collection))
+        .route("/v1/vhosts/{vhost}/apps/{app}/streams/{stream}", any(stream_target))
         .fallback(|| async { error(controller_not_found()) })
         .layer(middleware::from_fn_with_state(
             gw.clone(),
@@ -303,6 +305,43 @@ async fn app_target(
         _ => Err(controller_not_found()),
     };
     respond(result)
+}
+
+/// `GET /v1/vhosts/{vhost}/apps/{app}/streams`: the app's live streams, each with its
+/// worker, tracks, the input feeding it and whether it is interrupted (source
+/// continuity).
+async fn streams_collection(
+    State(gw): State<Gateway>,
+    Path((vhost, app)): Path<(String, String)>,
+    method: Method,
+) -> Response {
+    if method != Method::GET {
+        return error(controller_not_found());
+    }
+    respond(
+        gw.pushes
+            .streams(&vhost, &app)
+            .await
+            .map(|list| Value::Array(list.iter().map(|s| s.to_json()).collect())),
+    )
+}
+
+/// `GET /v1/vhosts/{vhost}/apps/{app}/streams/{stream}`: one live stream.
+async fn stream_target(
+    State(gw): State<Gateway>,
+    Path((vhost, app, stream)): Path<(String, String, String)>,
+    method: Method,
+) -> Response {
+    if method != Method::GET {
+        return error(controller_not_found());
+    }
+    let found = gw.pushes.streams(&vhost, &app).await.and_then(|list| {
+        list.iter()
+            .find(|s| s.stream == stream)
+            .map(|s| s.to_json())
+            .ok_or_else(|| ApiError::not_found(format!("Could not find the stream: {stream}")))
+    });
+    respond(found)
 }
 
 async fn patch_app(gw: &Gateway, vhost: &str, app: &str, body: Body) -> Result<Value, ApiError> {

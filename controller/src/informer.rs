@@ -446,6 +446,8 @@ mod tests {
             since_ms: 0,
             interrupted_ms: None,
             resumed_from: None,
+            input: None,
+            inputs: 0,
         };
         p.apply(
             &keys::stream("v", "a", "cam"),

@@ -342,6 +342,25 @@ impl Pushes {
         Ok(tasks)
     }
 
+    /// The live streams of an app (interrupted ones included: they are still the
+    /// app's, within their reconnect window), by name.
+    pub async fn streams(
+        &self,
+        vhost: &str,
+        app: &str,
+    ) -> Result<Vec<pushcast_proto::model::LiveStream>, ApiError> {
+        self.apps().require(vhost, app).await?;
+        let picture = self.informer.consistent().await.map_err(api_error)?;
+        let mut list: Vec<_> = picture
+            .streams
+            .values()
+            .filter(|s| s.vhost == vhost && s.app == app)
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| a.stream.cmp(&b.stream));
+        Ok(list)
+    }
+
     /// One page of [`Pushes::list`]: at most `size` tasks after the one `token` names (the
     /// first page for an empty token), and the token of the next page (empty on the last).
     /// A token names the last task of its page, so tasks created or removed between pages

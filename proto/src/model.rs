@@ -875,6 +875,12 @@ mod tests {
                 last_error: Some("refused \"quoted\"".into()),
                 worker: Some("w1".into()),
                 codecs: vec!["HEVC".into(), "AAC".into()],
+                source_event: Some(SourceEvent {
+                    kind: SourceEventKind::InputSwitched,
+                    time_ms: 1_700_000_000_500,
+                    count: 2,
+                    input: Some("backup".into()),
+                }),
                 destinations: vec![],
             },
         };
@@ -1093,6 +1099,32 @@ pub struct LiveStream {
     /// republish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from: Option<String>,
+    /// The input feeding it: `primary` or `backup` (`?backup=1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Inputs connected: 2 with a standby.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub inputs: u32,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+impl LiveStream {
+    /// As `GET /v1/vhosts/{vhost}/apps/{app}/streams` shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.stream,
+            "worker": self.worker,
+            "since": time::format_ms(Some(self.since_ms)),
+            "tracks": self.tracks,
+            "input": self.input,
+            "inputs": self.inputs,
+            "interrupted": self.interrupted_ms.map(|ms| time::format_ms(Some(ms))),
+            "resumedFrom": self.resumed_from,
+        })
+    }
 }
 
 /// A worker, as it registers itself in the store under its lease.

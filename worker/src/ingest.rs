@@ -39,7 +39,10 @@ use pushcast_webhooks::{
     new_vdoid, parse_query,
 };
 
-use crate::hub::{AttachError, Continuity, Hub, HubError, Role, Source, StreamId};
+use crate::hub::{
+    AttachError, Continuity, Hub, HubError, Role, Source, SpliceStatus, StreamId,
+};
+use tokio::sync::watch;
 use crate::ingest_limits::{IngestLimits, Slot};
 use crate::lease::Lease;
 use crate::stale;
@@ -594,6 +597,8 @@ impl Ingest {
             since_ms: time::now_ms(),
             interrupted_ms: None,
             resumed_from: None,
+            input: Some(Role::Primary.as_str().to_string()),
+            inputs: 1,
         };
         let mut value =
             serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
@@ -617,6 +622,12 @@ impl Ingest {
             match self.store.txn(txn).await {
                 Ok(r) if r.succeeded => break,
                 Ok(_) if !settled => {
+                    // The primary coming back to its stream while its backup feeds it
+                    // (registered here): it joins as the primary again.
+                    if let Some(v) = self.primary_back(&key, &store_key, &starts).await? {
+                        value = v;
+                        break;
+                    }
                     // An interrupted stream (its publisher gone, its window open) is
                     // continued by this publish, here or from another worker.
                     if let Some(v) = self.continue_interrupted(&store_key, &record, &starts).await? {
@@ -640,6 +651,15 @@ impl Ingest {
                 metrics::gauge!("pushcast_ingest_streams").increment(1.0);
                 self.lock_published()
                     .insert(store_key.clone(), value.clone());
+                let splice = source.splice_status();
+                let fresh = {
+                    let st = splice.borrow();
+                    st.resumes == 0 && st.switches == 0 && st.inputs == 1
+                };
+                if fresh {
+                    // One per stream in the hub (a resumed one has its follower).
+                    tokio::spawn(self.clone().follow_inputs(store_key.clone(), splice));
+                }
                 Ok(Published {
                     source,
                     store_key: Some(store_key),
@@ -688,6 +708,36 @@ impl Ingest {
                 Err(Refusal::BackupTaken(key.stream))
             }
             Err(_) => Err(Refusal::StreamInUse(key.stream)),
+        }
+    }
+
+    /// When this worker's hub feeds the stream from its backup alone (the primary
+    /// ended), a new primary publish may join it: the record is this worker's already
+    /// (its current value is returned; PubStart is recorded).
+    async fn primary_back(
+        &self,
+        key: &StreamId,
+        store_key: &str,
+        starts: &[(String, Vec<u8>)],
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let backup_alone = self
+            .hub
+            .info(key)
+            .is_some_and(|i| i.splice.active == Some(Role::Backup) && i.splice.inputs == 1);
+        let Some(value) = self.lock_published().get(store_key).cloned() else {
+            return Ok(None);
+        };
+        if !backup_alone {
+            return Ok(None);
+        }
+        let txn = starts.iter().fold(
+            Txn::new().when(Compare::Value(store_key.to_string(), value.clone())),
+            |t, (k, v)| t.and_then(Op::put(k.clone(), v.clone())),
+        );
+        match self.store.txn(txn).await {
+            Ok(r) if r.succeeded => Ok(Some(value)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
         }
     }
 
@@ -954,6 +1004,57 @@ impl Ingest {
         }
     }
 
+    /// Keeps the stream's record saying which input feeds it (`input`, `inputs`), as
+    /// backups come and go and the hub switches (one write per change), until the
+    /// stream leaves the hub.
+    async fn follow_inputs(self, store_key: String, mut splice: watch::Receiver<SpliceStatus>) {
+        while splice.changed().await.is_ok() {
+            let st = splice.borrow_and_update().clone();
+            let Some(active) = st.active else { continue };
+            // Twice: a write of the admission or unpublish may come in between.
+            for _ in 0..2 {
+                let Some(current) = self.lock_published().get(&store_key).cloned() else {
+                    break;
+                };
+                let Ok(record) = serde_json::from_slice::<LiveStream>(&current) else {
+                    break;
+                };
+                let input = Some(active.as_str().to_string());
+                let inputs = st.inputs as u32;
+                // Interrupted: the publish that continues it rewrites the record.
+                if record.interrupted_ms.is_some()
+                    || (record.input == input && record.inputs == inputs)
+                {
+                    break;
+                }
+                let updated = LiveStream {
+                    input,
+                    inputs,
+                    ..record
+                };
+                let Ok(value) = serde_json::to_vec(&updated) else { break };
+                let txn = Txn::new()
+                    .when(Compare::Value(store_key.clone(), current))
+                    .and_then(Op::put_with_lease(
+                        store_key.clone(),
+                        value.clone(),
+                        self.lease.id(),
+                    ));
+                match self.store.txn(txn).await {
+                    Ok(r) if r.succeeded => {
+                        self.lock_published().insert(store_key.clone(), value);
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record the stream's input");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes an interrupted stream's record once the hub has ended it (its window
     /// passed), unless a publish continued it (which rewrote the record: the removal
     /// compares the value).
@@ -963,7 +1064,16 @@ impl Ingest {
                 Some(info) if info.splice.active.is_none() => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Some(_) => return,
+                Some(_) => {
+                    // Continued. Not by a publish here (which rewrote the record):
+                    // by a forward from the worker that took the stream over, whose
+                    // record it is now.
+                    let mut published = self.lock_published();
+                    if published.get(&store_key) == Some(&marked) {
+                        published.remove(&store_key);
+                    }
+                    return;
+                }
                 None => break,
             }
         }
@@ -1314,6 +1424,8 @@ mod tests {
                 since_ms: 0,
                 interrupted_ms: None,
                 resumed_from: None,
+                input: None,
+                inputs: 0,
             };
             s.ingest
                 .store

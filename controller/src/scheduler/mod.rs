@@ -454,6 +454,8 @@ mod tests {
             since_ms: 0,
             interrupted_ms: None,
             resumed_from: None,
+            input: None,
+            inputs: 0,
         };
         put(store, &keys::stream("v", "a", "cam"), &live).await;
     }

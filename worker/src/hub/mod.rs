@@ -406,6 +406,11 @@ impl Source {
         self.role
     }
 
+    /// The stream's inputs as they change.
+    pub fn splice_status(&self) -> watch::Receiver<SpliceStatus> {
+        self.shared.splice.subscribe()
+    }
+
     /// Fans a frame out to every subscriber and records it in the GOP cache. Never waits:
     /// O(subscribers) queue pushes (each a refcount bump); a full queue drops by policy.
     /// A standby input's frame only warms its own cache (`splice`).
@@ -470,10 +475,17 @@ impl Source {
         if offset != 0 {
             frame.timestamp_ms = frame.timestamp_ms.wrapping_add(offset);
         }
-        state.inputs.timeline.sent(frame.timestamp_ms, now);
+        let tag = frame.tag();
+        // The timeline follows presentation times: a spliced input's first frame (and
+        // so its B-frames' pictures) comes after every picture shown so far.
+        let composition = tag.as_ref().map_or(0, |t| t.composition_ms.max(0) as u32);
+        state
+            .inputs
+            .timeline
+            .sent(frame.timestamp_ms.wrapping_add(composition), now);
         state.frames_in += 1;
         state.bytes_in += frame.payload.len() as u64;
-        if let Some(tag) = frame.tag()
+        if let Some(tag) = tag
             && tag.packet != PacketType::ManyTracks
         {
             let seen = SeenTrack {

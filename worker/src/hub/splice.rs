@@ -119,7 +119,8 @@ pub(crate) struct Input {
     pub offset: Option<u32>,
 }
 
-/// Where the stream's output stands: the largest timestamp sent and when.
+/// Where the stream's output stands: the largest presentation time sent (decode time
+/// plus composition offset) and when.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Timeline {
     last: Option<(u32, Instant)>,
@@ -131,7 +132,7 @@ impl Timeline {
         self.last.is_some()
     }
 
-    /// Records a frame that went out.
+    /// Records a frame that went out, by its presentation time.
     pub fn sent(&mut self, ts: u32, now: Instant) {
         let later = match self.last {
             None => true,

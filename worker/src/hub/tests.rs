@@ -956,3 +956,19 @@ async fn a_stalled_primary_is_switched_away_from_and_back_when_it_returns() {
     assert_eq!(got[0].payload, keyframe(0, 3).payload);
     assert_eq!(sub.splice_status().borrow().switches, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_spliced_input_starts_after_every_picture_shown_so_far() {
+    let hub = Hub::default();
+    let first = primary(&hub, "cam", continuity(10_000, 2_000));
+    start(&first);
+    // A P-frame at 66 shown at 132 (composition offset 66, B-frames pending).
+    first.publish(frame(FrameKind::Video, 66, vec![0x27, 1, 0, 0, 66, 2]));
+    let mut sub = hub.subscribe(&key("cam"), QueueLimits::default()).unwrap();
+    drain(&mut sub);
+    drop(first);
+    let again = primary(&hub, "cam", continuity(10_000, 2_000));
+    again.publish(keyframe(0, 9));
+    let after = drain(&mut sub);
+    assert_eq!(after[0].timestamp_ms, 133, "after the last picture (132), not the last decode time");
+}
