@@ -314,3 +314,73 @@ async fn a_backup_takes_over_when_the_primary_dies_and_hands_back_when_it_return
     assert!(dts.len() > 60, "{} video frames", dts.len());
     assert!(switched_within < Duration::from_secs(20));
 }
+
+/// The encoder comes back on another worker of a cluster: the pushes stay on the worker
+/// that holds their destination connections, fed over a forward from the new one; the
+/// destination sees one publish session.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encoder_back_on_another_worker_continues_the_same_destination_session() {
+    use pushcast_testkit::cluster::{Cluster, WorkerOpts};
+    use pushcast_testkit::etcd::EtcdProcess;
+    let _serial = crate::cluster::SERIAL.lock().await;
+    let mut c = Cluster::start(EtcdProcess::start()).await;
+    c.add_controller().await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.wait_for_leader(Duration::from_secs(15)).await;
+    let node = c.api();
+    set_app(node, json!({"openPublish": true, "reconnectWindowMs": 6000})).await;
+    // A destination of its own: the sandbox's drops publishers idle for 2 s.
+    let nginx = Nginx::start();
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "yt", "stream": {"name": "cam"}, "protocol": "rtmp",
+                   "url": nginx.rtmp_url(), "streamKey": "one"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let media = &test_media().flv;
+    let log = |n: &str| c.path().join(format!("{n}.log"));
+    let mut first = publish_file(media, &c.workers[0].ingest_url("cam"), -1, &log("first"));
+    let t = wait_task(node, "yt", "pushing from w0", |t| {
+        t["state"] == "started" && sent(t) > 100_000
+    })
+    .await;
+    assert_eq!(t["worker"], "w0");
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5));
+    wait_task(node, "yt", "source interrupted", |t| {
+        source_event(t).0 == "sourceInterrupted"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut second = publish_file(media, &c.workers[1].ingest_url("cam"), -1, &log("second"));
+    let t = wait_task(node, "yt", "resumed through w1", |t| {
+        source_event(t).0 == "sourceResumed" && sent(t) > 250_000
+    })
+    .await;
+    assert_eq!(
+        (t["worker"].as_str(), t["sequence"].as_u64(), t["state"].as_str()),
+        (Some("w0"), Some(0), Some("started")),
+        "{t}"
+    );
+    let streams = node.call("GET", "/v1/vhosts/default/apps/app/streams", None).await;
+    let cam = &streams.json["response"][0];
+    assert_eq!((cam["name"].as_str(), cam["worker"].as_str()), (Some("cam"), Some("w1")), "{cam}");
+    assert_eq!(cam["resumedFrom"], "w0", "{cam}");
+    assert!(
+        !c.log_lines("w1", "the publish continues an interrupted stream").is_empty(),
+        "w1 took the stream over"
+    );
+    second.signal("KILL");
+    second.wait_exit(Duration::from_secs(5));
+    wait_task(node, "yt", "the session ended after the windows", |t| {
+        t["sequence"] == 1
+    })
+    .await;
+    let rec = nginx.finished_recording("one", Duration::from_secs(15));
+    assert_eq!(publish_sessions(&nginx, "one"), 1, "{}", nginx.error_log());
+    assert_one_clean_stream(&rec, 1, 1500);
+    c.assert_no_double_publish();
+}
