@@ -66,6 +66,7 @@ impl PushService for Api {
                 .into_iter()
                 .map(destination_request)
                 .collect(),
+            reconnect_window_ms: r.reconnect_window_ms,
         };
         let task = self.pushes.start(&r.vhost, &r.app, input).await?;
         Ok(Response::new(v1::StartPushResponse {

@@ -36,6 +36,8 @@ pub struct StartPush {
     /// Multi-destination task: several destinations in place of
     /// `protocol`/`url`/`stream_key` (used when not empty).
     pub destinations: Vec<DestinationRequest>,
+    /// The task's own reconnect window (ms, at most 600000).
+    pub reconnect_window_ms: Option<u64>,
 }
 
 /// One destination of a startPush or updatePush request, as it arrived.
@@ -667,10 +669,20 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
         track_ids: req.track_ids,
         variant_names: req.variant_names,
     };
+    if req.reconnect_window_ms.is_some_and(|ms| ms > MAX_RECONNECT_WINDOW_MS) {
+        return Err(ApiError::bad_request(format!(
+            "[reconnectWindowMs] must be a number of milliseconds from 0 to {MAX_RECONNECT_WINDOW_MS}"
+        )));
+    }
     let (vhost, app) = (vhost.to_string(), app.to_string());
-    TaskSpec::new(id, vhost, app, stream, time::now_ms(), list)
-        .ok_or_else(|| ApiError::bad_request("A push needs at least one destination"))
+    let mut spec = TaskSpec::new(id, vhost, app, stream, time::now_ms(), list)
+        .ok_or_else(|| ApiError::bad_request("A push needs at least one destination"))?;
+    spec.reconnect_window_ms = req.reconnect_window_ms;
+    Ok(spec)
 }
+
+/// The longest reconnect window an app or a task may ask for (10 minutes).
+pub const MAX_RECONNECT_WINDOW_MS: u64 = 600_000;
 
 fn missing_params(missing: &str) -> ApiError {
     ApiError::bad_request(format!("There is no required parameter [{missing}]"))

@@ -158,6 +158,7 @@ pub fn start_push(obj: &Map<String, Value>) -> StartPush {
         url: str_field(&body, "url"),
         stream_key: str_field(&body, "streamKey"),
         destinations: destinations(body.get("destinations")),
+        reconnect_window_ms: body.get("reconnectWindowMs").and_then(Value::as_u64),
     }
 }
 

@@ -72,6 +72,10 @@ pub struct TaskSpec {
     /// W3C trace context (`traceparent`) of the API call that created the task, so its
     /// scheduling and pushes join that trace across processes.
     pub trace_parent: Option<String>,
+    /// Source continuity of this task: how long its pushes wait, connected, for the
+    /// source to come back (0: they stop when it ends). The stream is kept as long as
+    /// its app's window or the longest of its tasks' asks. `None`: the app's window.
+    pub reconnect_window_ms: Option<u64>,
     /// Every destination, the first one first; never empty.
     destinations: Vec<Arc<Destination>>,
 }
@@ -93,6 +97,7 @@ impl TaskSpec {
             stream,
             created_ms,
             trace_parent: None,
+            reconnect_window_ms: None,
             destinations,
         })
     }
@@ -146,6 +151,8 @@ struct StoredSpecRef<'a> {
     destinations: Vec<&'a DestinationSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_parent: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_window_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +173,8 @@ struct StoredSpec {
     destinations: Vec<DestinationSpec>,
     #[serde(default)]
     trace_parent: Option<String>,
+    #[serde(default)]
+    reconnect_window_ms: Option<u64>,
 }
 
 impl Serialize for TaskSpec {
@@ -188,6 +197,7 @@ impl Serialize for TaskSpec {
             created_ms: self.created_ms,
             destinations,
             trace_parent: &self.trace_parent,
+            reconnect_window_ms: self.reconnect_window_ms,
         }
         .serialize(s)
     }
@@ -213,6 +223,7 @@ impl<'de> Deserialize<'de> for TaskSpec {
             stream: s.stream,
             created_ms: s.created_ms,
             trace_parent: s.trace_parent,
+            reconnect_window_ms: s.reconnect_window_ms,
             destinations: destinations
                 .into_iter()
                 .map(|d| Arc::new(Destination::new(d)))
@@ -404,6 +415,9 @@ pub struct OmeTask<'a> {
     #[serde(rename = "lastError", skip_serializing_if = "Option::is_none")]
     last_error: Option<&'a str>,
     protocol: &'a str,
+    /// Ours (additive): the task's own reconnect window, when it has one.
+    #[serde(rename = "reconnectWindowMs", skip_serializing_if = "Option::is_none")]
+    reconnect_window_ms: Option<u64>,
     #[serde(rename = "sentBytes")]
     sent_bytes: u64,
     #[serde(rename = "sentTime")]
@@ -522,6 +536,7 @@ impl Task {
             id: &spec.id,
             last_error: st.last_error.as_deref(),
             protocol: first.protocol().as_str(),
+            reconnect_window_ms: spec.reconnect_window_ms,
             sent_bytes: st.sent_bytes,
             sent_time: st.sent_time_ms,
             sequence: st.sequence,
@@ -569,6 +584,7 @@ impl Task {
             worker: st.worker.clone().unwrap_or_default(),
             codecs: st.codecs.clone(),
             source_event: st.source_event.as_ref().map(SourceEvent::to_proto),
+            reconnect_window_ms: spec.reconnect_window_ms,
             destinations: if spec.is_multi_destination() {
                 spec.destinations()
                     .iter()

@@ -201,35 +201,66 @@ async fn an_encoder_back_within_the_window_continues_the_same_destination_sessio
     assert!(resumed.json()["sourceTime"].as_u64().unwrap_or(0) > 0);
 }
 
+/// The app's window (2 s) passes: a task without a window of its own stops as before,
+/// and a new publish starts it again (a second session at the destination). A task that
+/// asked for 8 s keeps its session through the same blip; one that asked for 0 stops at
+/// once.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_window_that_passes_stops_the_push_and_a_new_publish_starts_it_again() {
+async fn a_window_that_passes_stops_the_push_and_a_task_may_ask_for_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
     set_app(&node, json!({"openPublish": true, "reconnectWindowMs": 2000})).await;
     let nginx = Nginx::start();
-    let r = node
-        .action(
-            "startPush",
-            json!({"id": "t", "stream": {"name": "cam"}, "protocol": "rtmp",
-                   "url": nginx.rtmp_url(), "streamKey": "k"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    for (id, window) in [("t", None), ("long", Some(8000)), ("zero", Some(0))] {
+        let mut body = json!({"id": id, "stream": {"name": "cam"}, "protocol": "rtmp",
+                              "url": nginx.rtmp_url(), "streamKey": id});
+        if let Some(w) = window {
+            body["reconnectWindowMs"] = json!(w);
+        }
+        let r = node.action("startPush", body).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert_eq!(node.task("long").await["reconnectWindowMs"], 8000);
     let mut first = encoder(&node, "cam", dir.path(), "first");
-    wait_task(&node, "t", "pushing", |t| sent(t) > 50_000).await;
+    for id in ["t", "long", "zero"] {
+        wait_task(&node, id, "pushing", |t| sent(t) > 50_000).await;
+    }
     first.signal("KILL");
+    let killed_at = Instant::now();
     first.wait_exit(Duration::from_secs(5));
-    let t = wait_task(&node, "t", "stopped after the window", |t| t["sequence"] == 1).await;
+    wait_task(&node, "zero", "stopped at once", |t| t["sequence"] == 1).await;
+    let zero_took = killed_at.elapsed();
+    let t = wait_task(&node, "t", "stopped after the app's window", |t| t["sequence"] == 1).await;
+    let t_took = killed_at.elapsed();
     assert_eq!(source_event(&t).0, "sourceInterrupted");
+    assert!(zero_took < Duration::from_secs(2), "{zero_took:?}");
+    assert!(t_took >= Duration::from_secs(2), "{t_took:?}");
+    let long = node.task("long").await;
+    assert_eq!(
+        (long["state"].as_str(), long["sequence"].as_u64()),
+        (Some("started"), Some(0)),
+        "{long}"
+    );
+    // Back at 4 s: within the 8 s the long task asked for, past the app's 2 s.
+    tokio::time::sleep_until((killed_at + Duration::from_secs(4)).into()).await;
     let again = encoder(&node, "cam", dir.path(), "again");
-    wait_task(&node, "t", "pushing again", |t| {
-        t["state"] == "started" && t["sequence"] == 1 && sent(t) > 0
+    for id in ["t", "zero"] {
+        wait_task(&node, id, "pushing again", |t| {
+            t["state"] == "started" && t["sequence"] == 1 && sent(t) > 0
+        })
+        .await;
+    }
+    let long = wait_task(&node, "long", "resumed", |t| {
+        source_event(t).0 == "sourceResumed" && sent(t) > 0
     })
     .await;
-    wait_for("a second publish session", Duration::from_secs(10), || async {
-        (publish_sessions(&nginx, "k") == 2).then_some(())
+    assert_eq!(long["sequence"], 0, "{long}");
+    wait_for("second sessions of t and zero", Duration::from_secs(10), || async {
+        (publish_sessions(&nginx, "t") == 2 && publish_sessions(&nginx, "zero") == 2)
+            .then_some(())
     })
     .await;
+    assert_eq!(publish_sessions(&nginx, "long"), 1, "{}", nginx.error_log());
     again.signal("KILL");
 }
 

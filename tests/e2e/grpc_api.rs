@@ -104,6 +104,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
             url: "rtmp://x/y".into(),
             stream_key: String::new(),
             destinations: vec![],
+            reconnect_window_ms: None,
         }))
         .await
         .unwrap_err();
@@ -123,6 +124,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
             url: "udp://127.0.0.1:5000".into(),
             stream_key: String::new(),
             destinations: vec![],
+            reconnect_window_ms: None,
         }))
         .await
         .unwrap()
@@ -143,6 +145,7 @@ async fn grpc_and_rest_share_tasks_and_events() {
             url: "udp://127.0.0.1:5001".into(),
             stream_key: String::new(),
             destinations: vec![],
+            reconnect_window_ms: None,
         }))
         .await
         .unwrap_err();

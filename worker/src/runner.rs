@@ -310,6 +310,16 @@ impl Runner {
                 }
                 s = self.settings.hub.subscribe_when_live(&stream, self.settings.queue) => s,
             };
+            // An interrupted stream (its publisher gone, a reconnect window open) is not
+            // live for a task that is not pushing it: it waits for a publisher.
+            let mut inputs = sub.splice_status();
+            if inputs.borrow().active.is_none() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = fence.raised() => continue,
+                    fed = inputs.wait_for(|s| s.active.is_some()) => if fed.is_err() { continue },
+                }
+            }
             // The stream is live here: this worker holds the task now.
             self.live.insert(live.clone());
             let end = self
@@ -351,6 +361,14 @@ impl Runner {
         let mut splice = first.splice_status();
         let mut splice_seen = splice.borrow_and_update().clone();
         let mut splice_open = true;
+        // The task's own reconnect window: the stream is kept at least that long for
+        // it (an ask), and its sessions end when it passes, whatever the app's is.
+        let own_window = spec_rx
+            .borrow()
+            .reconnect_window_ms
+            .map(Duration::from_millis);
+        let _ask = own_window.map(|w| first.ask_window(w));
+        let mut window_ends: Option<tokio::time::Instant> = None;
         let mut first = Some(first);
         // address → (its destination and tracks, its cancel token)
         let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
@@ -414,10 +432,24 @@ impl Runner {
                         Ok(()) => {
                             let now = splice.borrow_and_update().clone();
                             report_source_events(live, &splice_seen, &now);
+                            // The task's window, else the app's (the stream may be
+                            // kept longer for another task's ask).
+                            let window = own_window.unwrap_or(now.app_window);
+                            window_ends = match now.active {
+                                None => Some(
+                                    window_ends
+                                        .unwrap_or_else(|| tokio::time::Instant::now() + window),
+                                ),
+                                Some(_) => None,
+                            };
                             splice_seen = now;
                         }
                         Err(_) => splice_open = false,
                     }
+                }
+                () = sleep_until_some(window_ends) => {
+                    tracing::info!("the task's reconnect window passed: its sessions end");
+                    break SessionEnd::SourceEnded;
                 }
                 Some(r) = loops.join_next() => {
                     if let Ok(SessionEnd::SourceEnded) = r {
@@ -431,6 +463,14 @@ impl Runner {
         }
         while loops.join_next().await.is_some() {}
         end
+    }
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

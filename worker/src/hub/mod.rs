@@ -235,9 +235,11 @@ impl Hub {
                         let inputs = state.inputs.list.len();
                         let active = state.inputs.active_role();
                         drop(state);
+                        let app_window = state_window(&existing);
                         existing.splice.send_modify(|st| {
                             st.inputs = inputs;
                             st.active = active;
+                            st.app_window = app_window;
                             if resumed {
                                 st.resumes += 1;
                                 st.interrupted_at = None;
@@ -279,6 +281,7 @@ impl Hub {
         let (splice, _) = watch::channel(SpliceStatus {
             active: Some(Role::Primary),
             inputs: 1,
+            app_window: inputs.continuity.reconnect_window,
             ..SpliceStatus::default()
         });
         let shared = Arc::new(SourceShared {
@@ -293,6 +296,8 @@ impl Hub {
                 bytes_in: 0,
                 tracks_seen: Vec::new(),
                 inputs,
+                asks: Vec::new(),
+                next_ask: 0,
             }),
         });
         streams.insert(key.clone(), Arc::clone(&shared));
@@ -542,10 +547,11 @@ impl Drop for Source {
             if state.ended {
                 return;
             }
-            let outcome = state.inputs.detach(self.input);
+            let asked = state.asks.iter().map(|(_, w)| *w).max().unwrap_or_default();
+            let window = state.inputs.continuity.reconnect_window.max(asked);
+            let outcome = state.inputs.detach(self.input, window);
             let inputs = state.inputs.list.len();
             let active = state.inputs.active_role();
-            let window = state.inputs.continuity.reconnect_window;
             match outcome {
                 Detached::Standby => {
                     drop(state);
@@ -587,6 +593,38 @@ impl Drop for Source {
             std::mem::take(&mut state.subscribers)
         };
         end_stream(&self.shared, &self.hub, subscribers);
+    }
+}
+
+/// The app's reconnect window of a stream.
+fn state_window(shared: &SourceShared) -> Duration {
+    shared.lock().inputs.continuity.reconnect_window
+}
+
+/// A task's ask that its stream outlive its last input by a reconnect window; withdrawn
+/// when dropped.
+#[derive(Debug)]
+pub struct WindowAsk {
+    shared: Arc<SourceShared>,
+    id: u64,
+}
+
+impl SourceShared {
+    pub(crate) fn ask_window(self: &Arc<Self>, window: Duration) -> WindowAsk {
+        let mut state = self.lock();
+        let id = state.next_ask;
+        state.next_ask += 1;
+        state.asks.push((id, window));
+        WindowAsk {
+            shared: Arc::clone(self),
+            id,
+        }
+    }
+}
+
+impl Drop for WindowAsk {
+    fn drop(&mut self) {
+        self.shared.lock().asks.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -656,6 +694,10 @@ struct SourceState {
     bytes_in: u64,
     tracks_seen: Vec<SeenTrack>,
     inputs: Inputs,
+    /// Reconnect windows asked for by tasks ([`Subscription::ask_window`]), by ask id:
+    /// the stream outlives its last input by the longest of these and its app's.
+    asks: Vec<(u64, Duration)>,
+    next_ask: u64,
 }
 
 impl SourceShared {

@@ -92,6 +92,8 @@ pub struct SpliceStatus {
     pub switches: u64,
     /// When the last resume or switch happened.
     pub changed_at: Option<SystemTime>,
+    /// The app's reconnect window (tasks may ask for their own).
+    pub app_window: Duration,
 }
 
 /// Why a publisher cannot become an input of a live stream.
@@ -268,8 +270,9 @@ impl Inputs {
         }
     }
 
-    /// Input `id` is gone. Returns what the stream does now.
-    pub fn detach(&mut self, id: u64) -> Detached {
+    /// Input `id` is gone. Returns what the stream does now: without another input it
+    /// waits `window` (its app's, or longer when a task asked) or ends.
+    pub fn detach(&mut self, id: u64, window: Duration) -> Detached {
         let Some(pos) = self.list.iter().position(|i| i.id == id) else {
             return Detached::Standby;
         };
@@ -285,7 +288,7 @@ impl Inputs {
             }
             None => {
                 self.active = None;
-                if self.continuity.reconnect_window.is_zero() {
+                if window.is_zero() {
                     Detached::Ended
                 } else {
                     self.interruption += 1;
@@ -386,7 +389,7 @@ mod tests {
             i.continuity.switch_back = switch_back;
             let p = i.attach(Role::Primary, warm(), now).unwrap_or(99);
             let _b = i.attach(Role::Backup, warm(), now).unwrap_or(99);
-            assert_eq!(i.detach(p), Detached::Switched(Role::Backup));
+            assert_eq!(i.detach(p, i.continuity.reconnect_window), Detached::Switched(Role::Backup));
             assert_eq!(i.active_role(), Some(Role::Backup));
             let p2 = i.attach(Role::Primary, warm(), now).unwrap_or(99);
             assert_eq!(i.route(p2, false, now), Route::Warm);
@@ -400,15 +403,15 @@ mod tests {
         let now = Instant::now();
         let mut i = inputs(0);
         let p = i.attach(Role::Primary, warm(), now).unwrap_or(99);
-        assert_eq!(i.detach(p), Detached::Ended);
+        assert_eq!(i.detach(p, i.continuity.reconnect_window), Detached::Ended);
         let mut i = inputs(10_000);
         let p = i.attach(Role::Primary, warm(), now).unwrap_or(99);
         let b = i.attach(Role::Backup, warm(), now).unwrap_or(99);
-        assert_eq!(i.detach(b), Detached::Standby);
-        assert_eq!(i.detach(p), Detached::Interrupted(1));
+        assert_eq!(i.detach(b, i.continuity.reconnect_window), Detached::Standby);
+        assert_eq!(i.detach(p, i.continuity.reconnect_window), Detached::Interrupted(1));
         assert_eq!(i.active, None);
         let again = i.attach(Role::Primary, warm(), now).unwrap_or(99);
         assert_eq!(i.active, Some(again), "back within the window: active at once");
-        assert_eq!(i.detach(again), Detached::Interrupted(2));
+        assert_eq!(i.detach(again, i.continuity.reconnect_window), Detached::Interrupted(2));
     }
 }

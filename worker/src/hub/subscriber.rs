@@ -396,6 +396,12 @@ impl Subscription {
         self.source.splice.subscribe()
     }
 
+    /// Asks that the stream outlive its last input by `window` (a task's own reconnect
+    /// window), for as long as the returned ask is held.
+    pub fn ask_window(&self, window: std::time::Duration) -> super::WindowAsk {
+        self.source.ask_window(window)
+    }
+
     fn taken(&self, frame: &Frame) {
         let len = frame.payload.len();
         let c = &self.counters;
