@@ -39,8 +39,14 @@ pub fn router(gw: Gateway) -> Router {
         .route("/v1/vhosts/{vhost}", any(vhost_target))
         .route("/v1/vhosts/{vhost}/apps", any(apps_collection))
         .route("/v1/vhosts/{vhost}/apps/{target}", any(app_target))
-        .route("/v1/vhosts/{vhost}/apps/{app}/streams", any(streams_collection))
-        .route("/v1/vhosts/{vhost}/apps/{app}/streams/{stream}", any(stream_target))
+        .route(
+            "/v1/vhosts/{vhost}/apps/{app}/streams",
+            any(streams_collection),
+        )
+        .route(
+            "/v1/vhosts/{vhost}/apps/{app}/streams/{stream}",
+            any(stream_target),
+        )
         .fallback(|| async { error(controller_not_found()) })
         .layer(middleware::from_fn_with_state(
             gw.clone(),

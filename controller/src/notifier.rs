@@ -550,9 +550,12 @@ fn entries_of(st: &State, ev: &Event, revision: i64, n: usize) -> Vec<Entry> {
     {
         body = body.with_reason(reason.clone());
     }
-    if let (TaskEventKind::SourceInterrupted
-    | TaskEventKind::SourceResumed
-    | TaskEventKind::InputSwitched, Some(e)) = (ev.kind, &ev.status.source_event)
+    if let (
+        TaskEventKind::SourceInterrupted
+        | TaskEventKind::SourceResumed
+        | TaskEventKind::InputSwitched,
+        Some(e),
+    ) = (ev.kind, &ev.status.source_event)
     {
         body = body.with_source(e.input.clone(), e.time_ms.max(0) as u64);
     }
@@ -643,9 +646,7 @@ fn on_event(st: &mut State, ev: WatchEvent) -> (Vec<Event>, Vec<SeenChange>) {
         changes.push(SeenChange::Put(task, *seen));
         // A new count means a new source event (a count that went back is a task
         // restarted elsewhere with an older status: nothing new happened).
-        if source_changed
-            && let Some(e) = &new.source_event
-        {
+        if source_changed && let Some(e) = &new.source_event {
             made.push(event(&v, &a, &id, source_kind(e.kind), new.clone()));
         }
         if let (Some(kind), true) = (kind_of(new.state), state_changed) {
@@ -763,7 +764,10 @@ mod tests {
         );
         assert!(kinds(on_event(&mut st, put(&stat, &interrupted))).is_empty());
         assert_eq!(
-            kinds(on_event(&mut st, put(&stat, &with(SourceEventKind::SourceResumed, 2)))),
+            kinds(on_event(
+                &mut st,
+                put(&stat, &with(SourceEventKind::SourceResumed, 2))
+            )),
             [TaskEventKind::SourceResumed]
         );
     }

@@ -669,7 +669,10 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
         track_ids: req.track_ids,
         variant_names: req.variant_names,
     };
-    if req.reconnect_window_ms.is_some_and(|ms| ms > MAX_RECONNECT_WINDOW_MS) {
+    if req
+        .reconnect_window_ms
+        .is_some_and(|ms| ms > MAX_RECONNECT_WINDOW_MS)
+    {
         return Err(ApiError::bad_request(format!(
             "[reconnectWindowMs] must be a number of milliseconds from 0 to {MAX_RECONNECT_WINDOW_MS}"
         )));

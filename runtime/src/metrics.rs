@@ -52,6 +52,26 @@ pub const METRICS: &[(&str, &str)] = &[
         "Times the SRT listener's task stopped unexpectedly and was started again.",
     ),
     (
+        "pushcast_stream_interruptions_total",
+        "Times a stream lost its last publisher and waited within its reconnect window.",
+    ),
+    (
+        "pushcast_stream_resumes_total",
+        "Times a publisher continued an interrupted stream within its window.",
+    ),
+    (
+        "pushcast_stream_windows_expired_total",
+        "Times a reconnect window passed without a publisher: the stream ended.",
+    ),
+    (
+        "pushcast_stream_input_switches_total",
+        "Times a stream changed inputs (primary and backup).",
+    ),
+    (
+        "pushcast_stream_republishes_total",
+        "Times a publisher continued a stream with another codec: its pushes started again.",
+    ),
+    (
         "pushcast_callback_deliveries_total",
         "Webhook deliveries, by result.",
     ),

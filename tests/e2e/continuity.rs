@@ -37,12 +37,7 @@ async fn set_app(node: &Node, body: Value) {
 /// An encoder publishing the test clip in a loop until killed.
 fn encoder(node: &Node, name: &str, dir: &Path, tag: &str) -> Guard {
     let url = node.ingest_url("app", name);
-    publish_file(
-        &test_media().flv,
-        &url,
-        -1,
-        &dir.join(format!("{tag}.log")),
-    )
+    publish_file(&test_media().flv, &url, -1, &dir.join(format!("{tag}.log")))
 }
 
 async fn wait_task(node: &Node, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -120,7 +115,11 @@ async fn an_encoder_back_within_the_window_continues_the_same_destination_sessio
     )
     .await;
     let app = node.call("GET", "/v1/vhosts/default/apps/app", None).await;
-    assert_eq!(app.json["response"]["reconnectWindowMs"], 10000, "{}", app.text);
+    assert_eq!(
+        app.json["response"]["reconnectWindowMs"], 10000,
+        "{}",
+        app.text
+    );
     let nginx = Nginx::start();
     let r = node
         .action(
@@ -152,7 +151,11 @@ async fn an_encoder_back_within_the_window_continues_the_same_destination_sessio
     let paused = sent(&node.task("yt").await);
     tokio::time::sleep_until((killed_at + Duration::from_secs(2)).into()).await;
     let t = node.task("yt").await;
-    assert_eq!((t["state"].as_str(), sent(&t)), (Some("started"), paused), "nothing sent, still started");
+    assert_eq!(
+        (t["state"].as_str(), sent(&t)),
+        (Some("started"), paused),
+        "nothing sent, still started"
+    );
     let mut second = encoder(&node, "cam", dir.path(), "second");
     let t = wait_task(&node, "yt", "resumed and sending on", |t| {
         source_event(t).0 == "sourceResumed" && sent(t) > paused + 100_000
@@ -196,7 +199,10 @@ async fn an_encoder_back_within_the_window_continues_the_same_destination_sessio
         ],
         "{events:?}"
     );
-    let resumed = got.iter().find(|r| r.json()["event"] == "sourceResumed").unwrap();
+    let resumed = got
+        .iter()
+        .find(|r| r.json()["event"] == "sourceResumed")
+        .unwrap();
     assert_eq!(resumed.json()["input"], "primary");
     assert!(resumed.json()["sourceTime"].as_u64().unwrap_or(0) > 0);
 }
@@ -209,7 +215,11 @@ async fn an_encoder_back_within_the_window_continues_the_same_destination_sessio
 async fn a_window_that_passes_stops_the_push_and_a_task_may_ask_for_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(dir.path(), TOKEN).await;
-    set_app(&node, json!({"openPublish": true, "reconnectWindowMs": 2000})).await;
+    set_app(
+        &node,
+        json!({"openPublish": true, "reconnectWindowMs": 2000}),
+    )
+    .await;
     let nginx = Nginx::start();
     for (id, window) in [("t", None), ("long", Some(8000)), ("zero", Some(0))] {
         let mut body = json!({"id": id, "stream": {"name": "cam"}, "protocol": "rtmp",
@@ -230,7 +240,10 @@ async fn a_window_that_passes_stops_the_push_and_a_task_may_ask_for_its_own() {
     first.wait_exit(Duration::from_secs(5));
     wait_task(&node, "zero", "stopped at once", |t| t["sequence"] == 1).await;
     let zero_took = killed_at.elapsed();
-    let t = wait_task(&node, "t", "stopped after the app's window", |t| t["sequence"] == 1).await;
+    let t = wait_task(&node, "t", "stopped after the app's window", |t| {
+        t["sequence"] == 1
+    })
+    .await;
     let t_took = killed_at.elapsed();
     assert_eq!(source_event(&t).0, "sourceInterrupted");
     assert!(zero_took < Duration::from_secs(2), "{zero_took:?}");
@@ -255,10 +268,14 @@ async fn a_window_that_passes_stops_the_push_and_a_task_may_ask_for_its_own() {
     })
     .await;
     assert_eq!(long["sequence"], 0, "{long}");
-    wait_for("second sessions of t and zero", Duration::from_secs(10), || async {
-        (publish_sessions(&nginx, "t") == 2 && publish_sessions(&nginx, "zero") == 2)
-            .then_some(())
-    })
+    wait_for(
+        "second sessions of t and zero",
+        Duration::from_secs(10),
+        || async {
+            (publish_sessions(&nginx, "t") == 2 && publish_sessions(&nginx, "zero") == 2)
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(publish_sessions(&nginx, "long"), 1, "{}", nginx.error_log());
     again.signal("KILL");
@@ -297,7 +314,9 @@ async fn a_backup_takes_over_when_the_primary_dies_and_hands_back_when_it_return
     let mut backup = encoder(&node, "cam?backup=1", dir.path(), "backup");
 
     let streams = wait_for("two inputs", Duration::from_secs(10), || async {
-        let s = node.call("GET", "/v1/vhosts/default/apps/app/streams/cam", None).await;
+        let s = node
+            .call("GET", "/v1/vhosts/default/apps/app/streams/cam", None)
+            .await;
         (s.json["response"]["inputs"] == 2).then_some(s.json)
     })
     .await;
@@ -308,7 +327,10 @@ async fn a_backup_takes_over_when_the_primary_dies_and_hands_back_when_it_return
     assert!(exit.is_some_and(|e| !e.success()), "{exit:?}");
     let log = std::fs::read_to_string(dir.path().join("extra.log")).unwrap();
     assert!(log.contains("cam has a backup publisher already"), "{log}");
-    assert!(backup.try_status().is_none(), "the first backup is still publishing");
+    assert!(
+        backup.try_status().is_none(),
+        "the first backup is still publishing"
+    );
 
     primary.signal("KILL");
     let killed_at = Instant::now();
@@ -319,23 +341,33 @@ async fn a_backup_takes_over_when_the_primary_dies_and_hands_back_when_it_return
     .await;
     assert_eq!(t["sequence"], 0);
     let at_switch = sent(&t);
-    wait_task(&node, "t", "sending from the backup", |t| sent(t) > at_switch + 50_000).await;
+    wait_task(&node, "t", "sending from the backup", |t| {
+        sent(t) > at_switch + 50_000
+    })
+    .await;
     let switched_within = killed_at.elapsed();
 
     // The primary returns: the stream goes back to it at its keyframe.
     let mut primary = encoder(&node, "cam", dir.path(), "primary-again");
     wait_task(&node, "t", "back on the primary", |t| {
-        source_event(t) == ("inputSwitched".to_string(), 2) && t["sourceEvent"]["input"] == "primary"
+        source_event(t) == ("inputSwitched".to_string(), 2)
+            && t["sourceEvent"]["input"] == "primary"
     })
     .await;
     // The backup ends; the primary goes on alone, the destination's session too.
     backup.signal("KILL");
     backup.wait_exit(Duration::from_secs(5));
     let t = node.task("t").await;
-    wait_task(&node, "t", "still sending from the primary", |x| sent(x) > sent(&t) + 50_000).await;
+    wait_task(&node, "t", "still sending from the primary", |x| {
+        sent(x) > sent(&t) + 50_000
+    })
+    .await;
     primary.signal("KILL");
     primary.wait_exit(Duration::from_secs(5));
-    let t = wait_task(&node, "t", "ended with its last input", |t| t["sequence"] == 1).await;
+    let t = wait_task(&node, "t", "ended with its last input", |t| {
+        t["sequence"] == 1
+    })
+    .await;
     assert_eq!(t["sequence"], 1);
     let rec = nginx.finished_recording("k", Duration::from_secs(15));
     assert_eq!(publish_sessions(&nginx, "k"), 1, "{}", nginx.error_log());
@@ -360,7 +392,11 @@ async fn an_encoder_back_on_another_worker_continues_the_same_destination_sessio
     c.add_worker(WorkerOpts::default()).await;
     c.wait_for_leader(Duration::from_secs(15)).await;
     let node = c.api();
-    set_app(node, json!({"openPublish": true, "reconnectWindowMs": 6000})).await;
+    set_app(
+        node,
+        json!({"openPublish": true, "reconnectWindowMs": 6000}),
+    )
+    .await;
     // A destination of its own: the sandbox's drops publishers idle for 2 s.
     let nginx = Nginx::start();
     let r = node
@@ -392,16 +428,27 @@ async fn an_encoder_back_on_another_worker_continues_the_same_destination_sessio
     })
     .await;
     assert_eq!(
-        (t["worker"].as_str(), t["sequence"].as_u64(), t["state"].as_str()),
+        (
+            t["worker"].as_str(),
+            t["sequence"].as_u64(),
+            t["state"].as_str()
+        ),
         (Some("w0"), Some(0), Some("started")),
         "{t}"
     );
-    let streams = node.call("GET", "/v1/vhosts/default/apps/app/streams", None).await;
+    let streams = node
+        .call("GET", "/v1/vhosts/default/apps/app/streams", None)
+        .await;
     let cam = &streams.json["response"][0];
-    assert_eq!((cam["name"].as_str(), cam["worker"].as_str()), (Some("cam"), Some("w1")), "{cam}");
+    assert_eq!(
+        (cam["name"].as_str(), cam["worker"].as_str()),
+        (Some("cam"), Some("w1")),
+        "{cam}"
+    );
     assert_eq!(cam["resumedFrom"], "w0", "{cam}");
     assert!(
-        !c.log_lines("w1", "the publish continues an interrupted stream").is_empty(),
+        !c.log_lines("w1", "the publish continues an interrupted stream")
+            .is_empty(),
         "w1 took the stream over"
     );
     second.signal("KILL");

@@ -102,7 +102,11 @@ pub struct TaskStatusEvent {
     pub input: Option<String>,
     /// Source events: when it happened at the worker (Unix ms; `time` is when the
     /// event was derived).
-    #[serde(rename = "sourceTime", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "sourceTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_time: Option<u64>,
 }
 

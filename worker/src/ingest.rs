@@ -39,10 +39,7 @@ use pushcast_webhooks::{
     new_vdoid, parse_query,
 };
 
-use crate::hub::{
-    AttachError, Continuity, Hub, HubError, Role, Source, SpliceStatus, StreamId,
-};
-use tokio::sync::watch;
+use crate::hub::{AttachError, Continuity, Hub, HubError, Role, Source, SpliceStatus, StreamId};
 use crate::ingest_limits::{IngestLimits, Slot};
 use crate::lease::Lease;
 use crate::stale;
@@ -50,6 +47,7 @@ use pushcast_media::{Frame, FrameKind, PacketType};
 use pushcast_rtmp::{
     PublishRequest, RejectCode, RtmpError, ServerConfig, ServerConnection, ServerEvent,
 };
+use tokio::sync::watch;
 
 /// An encoder that sends nothing for this long is disconnected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -630,7 +628,10 @@ impl Ingest {
                     }
                     // An interrupted stream (its publisher gone, its window open) is
                     // continued by this publish, here or from another worker.
-                    if let Some(v) = self.continue_interrupted(&store_key, &record, &starts).await? {
+                    if let Some(v) = self
+                        .continue_interrupted(&store_key, &record, &starts)
+                        .await?
+                    {
                         value = v;
                         break;
                     }
@@ -967,14 +968,11 @@ impl Ingest {
                     })
                     .and_then(|r| serde_json::to_vec(&r).ok());
                 if let Some(marked) = marked {
-                    txn = txn
-                        .when(Compare::Value(store_key.clone(), value))
-                        .and_then(Op::put_with_lease(
-                            store_key.clone(),
-                            marked.clone(),
-                            self.lease.id(),
-                        ));
-                    self.lock_published().insert(store_key.clone(), marked.clone());
+                    txn = txn.when(Compare::Value(store_key.clone(), value)).and_then(
+                        Op::put_with_lease(store_key.clone(), marked.clone(), self.lease.id()),
+                    );
+                    self.lock_published()
+                        .insert(store_key.clone(), marked.clone());
                     interrupted = Some(marked);
                 }
             }
@@ -1032,7 +1030,9 @@ impl Ingest {
                     inputs,
                     ..record
                 };
-                let Ok(value) = serde_json::to_vec(&updated) else { break };
+                let Ok(value) = serde_json::to_vec(&updated) else {
+                    break;
+                };
                 let txn = Txn::new()
                     .when(Compare::Value(store_key.clone(), current))
                     .and_then(Op::put_with_lease(
@@ -1358,6 +1358,70 @@ mod tests {
                 .hub
                 .is_live(&StreamId::new("default", "app", "cam"))
         );
+    }
+
+    #[tokio::test]
+    async fn backups_need_the_key_a_live_primary_here_and_no_other_backup() {
+        let s = setup(false).await;
+        let lookup = keys::publish_key_lookup("default", "app", &lookup_hash("the-key"));
+        s.ingest
+            .store
+            .put(&lookup, b"cam".to_vec(), 0)
+            .await
+            .unwrap();
+        let backup = || request("app", "the-key", Some("backup=1"));
+        let r = refusal(&s, request("app", "wrong-key", Some("backup=1"))).await;
+        assert!(matches!(r, Refusal::UnknownKey(_)), "{r}");
+        let r = refusal(&s, backup()).await;
+        assert_eq!(
+            r.to_string(),
+            "NoPrimary: a backup of cam is admitted only while its primary is live"
+        );
+        assert_eq!(r.code(), RejectCode::BadName);
+        let primary = s
+            .ingest
+            .admit(&request("app", "the-key", None), peer(), None)
+            .await
+            .unwrap();
+        let b = s.ingest.admit(&backup(), peer(), None).await.unwrap();
+        assert_eq!(b.source.role(), Role::Backup);
+        let r = refusal(&s, backup()).await;
+        assert_eq!(
+            r.to_string(),
+            "ExistStreamName: cam has a backup publisher already"
+        );
+        // The stream's record names the primary as its input, and two inputs once the
+        // follower has seen the backup.
+        let key = keys::stream("default", "app", "cam");
+        let record = wait_record(&s, &key, |r| r.inputs == 2).await;
+        assert_eq!(record.input.as_deref(), Some("primary"));
+        // The primary ends: the backup feeds the stream, which stays registered.
+        s.ingest.unpublish(primary, true, "test").await;
+        let record = wait_record(&s, &key, |r| r.input.as_deref() == Some("backup")).await;
+        assert_eq!(record.inputs, 1);
+        s.ingest.unpublish(b, true, "test").await;
+        assert!(
+            s.ingest.store.get(&key).await.unwrap().is_none(),
+            "no window: gone"
+        );
+    }
+
+    /// The stream record at `key` once `pred` holds (the input follower writes it).
+    async fn wait_record(s: &Setup, key: &str, pred: impl Fn(&LiveStream) -> bool) -> LiveStream {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(kv) = s.ingest.store.get(key).await.unwrap() {
+                let r: LiveStream = serde_json::from_slice(&kv.value).unwrap();
+                if pred(&r) {
+                    return r;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "record never matched"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

@@ -156,7 +156,9 @@ impl Timeline {
             None => 0,
             Some((last, at)) => {
                 let gap = now.saturating_duration_since(at).as_millis();
-                let gap = u32::try_from(gap).unwrap_or(u32::MAX >> 2).clamp(1, u32::MAX >> 2);
+                let gap = u32::try_from(gap)
+                    .unwrap_or(u32::MAX >> 2)
+                    .clamp(1, u32::MAX >> 2);
                 last.wrapping_add(gap).wrapping_sub(first)
             }
         }
@@ -337,9 +339,16 @@ mod tests {
         line.sent(8990, t0); // audio a little behind: the largest stays
         let later = t0 + Duration::from_millis(2500);
         let offset = line.offset_for(0, later);
-        assert_eq!(0u32.wrapping_add(offset), 11_500, "after the last frame by the gap");
+        assert_eq!(
+            0u32.wrapping_add(offset),
+            11_500,
+            "after the last frame by the gap"
+        );
         // An input that starts at a large timestamp is moved back onto the line.
-        assert_eq!(70_000u32.wrapping_add(line.offset_for(70_000, later)), 11_500);
+        assert_eq!(
+            70_000u32.wrapping_add(line.offset_for(70_000, later)),
+            11_500
+        );
         // No time passed: still strictly after.
         assert_eq!(0u32.wrapping_add(line.offset_for(0, t0)), 9001);
     }
@@ -358,12 +367,21 @@ mod tests {
     fn who_may_attach() {
         let now = Instant::now();
         let mut i = inputs(0);
-        assert_eq!(i.attach(Role::Backup, warm(), now), Err(AttachError::NoPrimary));
+        assert_eq!(
+            i.attach(Role::Backup, warm(), now),
+            Err(AttachError::NoPrimary)
+        );
         let p = i.attach(Role::Primary, warm(), now).unwrap_or(99);
         assert_eq!(i.active, Some(p));
-        assert_eq!(i.attach(Role::Primary, warm(), now), Err(AttachError::PrimaryTaken));
+        assert_eq!(
+            i.attach(Role::Primary, warm(), now),
+            Err(AttachError::PrimaryTaken)
+        );
         let b = i.attach(Role::Backup, warm(), now).unwrap_or(99);
-        assert_eq!(i.attach(Role::Backup, warm(), now), Err(AttachError::BackupTaken));
+        assert_eq!(
+            i.attach(Role::Backup, warm(), now),
+            Err(AttachError::BackupTaken)
+        );
         assert_eq!(i.active, Some(p), "the backup waits");
         assert_ne!(p, b);
     }
@@ -389,12 +407,23 @@ mod tests {
             i.continuity.switch_back = switch_back;
             let p = i.attach(Role::Primary, warm(), now).unwrap_or(99);
             let _b = i.attach(Role::Backup, warm(), now).unwrap_or(99);
-            assert_eq!(i.detach(p, i.continuity.reconnect_window), Detached::Switched(Role::Backup));
+            assert_eq!(
+                i.detach(p, i.continuity.reconnect_window),
+                Detached::Switched(Role::Backup)
+            );
             assert_eq!(i.active_role(), Some(Role::Backup));
             let p2 = i.attach(Role::Primary, warm(), now).unwrap_or(99);
             assert_eq!(i.route(p2, false, now), Route::Warm);
-            let expected = if switch_back { Route::TakeOver } else { Route::Warm };
-            assert_eq!(i.route(p2, true, now), expected, "switch_back {switch_back}");
+            let expected = if switch_back {
+                Route::TakeOver
+            } else {
+                Route::Warm
+            };
+            assert_eq!(
+                i.route(p2, true, now),
+                expected,
+                "switch_back {switch_back}"
+            );
         }
     }
 
@@ -407,11 +436,24 @@ mod tests {
         let mut i = inputs(10_000);
         let p = i.attach(Role::Primary, warm(), now).unwrap_or(99);
         let b = i.attach(Role::Backup, warm(), now).unwrap_or(99);
-        assert_eq!(i.detach(b, i.continuity.reconnect_window), Detached::Standby);
-        assert_eq!(i.detach(p, i.continuity.reconnect_window), Detached::Interrupted(1));
+        assert_eq!(
+            i.detach(b, i.continuity.reconnect_window),
+            Detached::Standby
+        );
+        assert_eq!(
+            i.detach(p, i.continuity.reconnect_window),
+            Detached::Interrupted(1)
+        );
         assert_eq!(i.active, None);
         let again = i.attach(Role::Primary, warm(), now).unwrap_or(99);
-        assert_eq!(i.active, Some(again), "back within the window: active at once");
-        assert_eq!(i.detach(again, i.continuity.reconnect_window), Detached::Interrupted(2));
+        assert_eq!(
+            i.active,
+            Some(again),
+            "back within the window: active at once"
+        );
+        assert_eq!(
+            i.detach(again, i.continuity.reconnect_window),
+            Detached::Interrupted(2)
+        );
     }
 }

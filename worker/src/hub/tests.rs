@@ -790,7 +790,8 @@ fn continuity(window_ms: u64, stall_ms: u64) -> Continuity {
 }
 
 fn primary(hub: &Hub, name: &str, c: Continuity) -> Source {
-    hub.publish_input(key(name), Role::Primary, Some(c)).unwrap()
+    hub.publish_input(key(name), Role::Primary, Some(c))
+        .unwrap()
 }
 
 /// Frames of a second encoder run: the same headers, its own timestamps from 0.
@@ -822,7 +823,10 @@ async fn a_publisher_back_within_the_window_continues_the_stream_after_the_gap()
     let before = drain(&mut sub);
     let status = sub.splice_status();
     drop(first);
-    assert!(hub.is_live(&key("cam")), "the stream waits for its publisher");
+    assert!(
+        hub.is_live(&key("cam")),
+        "the stream waits for its publisher"
+    );
     assert_eq!(status.borrow().active, None);
     assert_eq!(status.borrow().interruptions, 1);
     assert!(matches!(sub.try_recv(), Err(TryRecvError::Empty)), "no end");
@@ -837,13 +841,23 @@ async fn a_publisher_back_within_the_window_continues_the_stream_after_the_gap()
     let after = drain(&mut sub);
     // Only the keyframe and what follows: the same headers are not sent again.
     assert!(
-        after.iter().all(|f| !f.is_sequence_header() && f.kind != FrameKind::Data),
+        after
+            .iter()
+            .all(|f| !f.is_sequence_header() && f.kind != FrameKind::Data),
         "unchanged headers were re-sent: {after:?}"
     );
-    assert_eq!(after[0].payload, keyframe(0, 7).payload, "starts at the keyframe");
+    assert_eq!(
+        after[0].payload,
+        keyframe(0, 7).payload,
+        "starts at the keyframe"
+    );
     let last_before = *media_timestamps(&before).iter().max().unwrap();
     let ts = media_timestamps(&after);
-    assert_eq!(ts[0], last_before + 2_000, "after the last frame, by the gap");
+    assert_eq!(
+        ts[0],
+        last_before + 2_000,
+        "after the last frame, by the gap"
+    );
     assert!(ts.windows(2).all(|w| w[0] <= w[1] + 50), "{ts:?}");
 }
 
@@ -861,7 +875,11 @@ async fn changed_headers_are_sent_and_a_new_codec_republishes() {
     again.publish(keyframe(0, 1));
     let after = drain(&mut sub);
     assert_eq!(after.len(), 2, "{after:?}");
-    assert_eq!(after[0].payload, vsh(0, 9).payload, "the changed header only");
+    assert_eq!(
+        after[0].payload,
+        vsh(0, 9).payload,
+        "the changed header only"
+    );
     drop(again);
 
     // HEVC after H.264: no splice; the subscription ends, a new one starts on HEVC.
@@ -919,11 +937,18 @@ async fn a_backup_is_warm_and_takes_over_at_its_keyframe_when_the_primary_ends()
     assert_eq!(status.borrow().active, Some(Role::Backup));
     assert_eq!(status.borrow().switches, 1);
     backup.publish(inter(90_066, 42));
-    assert!(drain(&mut sub).is_empty(), "waits for the backup's keyframe");
+    assert!(
+        drain(&mut sub).is_empty(),
+        "waits for the backup's keyframe"
+    );
     tokio::time::advance(Duration::from_millis(40)).await;
     backup.publish(keyframe(90_100, 43));
     let after = drain(&mut sub);
-    assert_eq!(after.len(), 1, "same headers: the keyframe alone, {after:?}");
+    assert_eq!(
+        after.len(),
+        1,
+        "same headers: the keyframe alone, {after:?}"
+    );
     // Its first frame after the switch came at once: 1 ms after the primary's last; its
     // own spacing (34 ms to the keyframe) is kept.
     let last_before = *media_timestamps(&before).iter().max().unwrap();
@@ -945,11 +970,19 @@ async fn a_stalled_primary_is_switched_away_from_and_back_when_it_returns() {
     backup.publish(keyframe(2_100, 51));
     let got = drain(&mut sub);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].payload, keyframe(0, 51).payload, "switched at the backup's keyframe");
+    assert_eq!(
+        got[0].payload,
+        keyframe(0, 51).payload,
+        "switched at the backup's keyframe"
+    );
     // The primary sends again: back to it at its keyframe (switch_back).
     main.publish(inter(2_200, 2));
     backup.publish(inter(2_133, 52));
-    assert_eq!(drain(&mut sub).len(), 1, "the backup's frame; the primary's waits");
+    assert_eq!(
+        drain(&mut sub).len(),
+        1,
+        "the backup's frame; the primary's waits"
+    );
     main.publish(keyframe(2_233, 3));
     let got = drain(&mut sub);
     assert_eq!(got.len(), 1);
@@ -970,5 +1003,8 @@ async fn a_spliced_input_starts_after_every_picture_shown_so_far() {
     let again = primary(&hub, "cam", continuity(10_000, 2_000));
     again.publish(keyframe(0, 9));
     let after = drain(&mut sub);
-    assert_eq!(after[0].timestamp_ms, 133, "after the last picture (132), not the last decode time");
+    assert_eq!(
+        after[0].timestamp_ms, 133,
+        "after the last picture (132), not the last decode time"
+    );
 }
