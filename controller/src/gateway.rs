@@ -599,7 +599,7 @@ mod tests {
                 assert_eq!(status, 401, "{method} {path} without a token");
             }
         }
-        assert_eq!(operations, 15, "every operation of the document was called");
+        assert_eq!(operations, 17, "every operation of the document was called");
     }
 
     /// `:pushes` is written as bytes; its envelope must be `ok`'s, byte for byte.

@@ -462,3 +462,69 @@ async fn an_encoder_back_on_another_worker_continues_the_same_destination_sessio
     assert_one_clean_stream(&rec, 1, 1500);
     c.assert_no_double_publish();
 }
+
+/// A primary that stalls (its encoder frozen with SIGSTOP: connected, sending nothing)
+/// is switched away from after `inputStallMs`, at the backup's next keyframe; thawed, it
+/// takes over again at its own keyframe. One session at the destination throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_primary_is_replaced_by_its_backup_and_takes_over_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    set_app(&node, json!({"openPublish": true, "inputStallMs": 1000})).await;
+    let nginx = Nginx::start();
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "t", "stream": {"name": "cam"}, "protocol": "rtmp",
+                   "url": nginx.rtmp_url(), "streamKey": "k"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut primary = encoder(&node, "cam", dir.path(), "primary");
+    wait_task(&node, "t", "pushing from the primary", |t| sent(t) > 50_000).await;
+    let mut backup = encoder(&node, "cam?backup=1", dir.path(), "backup");
+    wait_for("the backup attached", Duration::from_secs(10), || async {
+        let s = node
+            .call("GET", "/v1/vhosts/default/apps/app/streams/cam", None)
+            .await;
+        (s.json["response"]["inputs"] == 2).then_some(())
+    })
+    .await;
+    primary.signal("STOP");
+    let t = wait_task(&node, "t", "switched to the backup", |t| {
+        t["sourceEvent"]["input"] == "backup"
+    })
+    .await;
+    let at_switch = sent(&t);
+    wait_task(&node, "t", "sending from the backup", |t| {
+        sent(t) > at_switch + 50_000
+    })
+    .await;
+    primary.signal("CONT");
+    let t = wait_task(&node, "t", "back on the primary", |t| {
+        t["sourceEvent"]["input"] == "primary"
+    })
+    .await;
+    assert_eq!(source_event(&t), ("inputSwitched".to_string(), 2));
+    assert_eq!(
+        (t["state"].as_str(), t["sequence"].as_u64()),
+        (Some("started"), Some(0))
+    );
+    backup.signal("KILL");
+    let t = node.task("t").await;
+    wait_task(&node, "t", "sending from the primary", |x| {
+        sent(x) > sent(&t) + 50_000
+    })
+    .await;
+    primary.signal("KILL");
+    primary.wait_exit(Duration::from_secs(5));
+    wait_task(&node, "t", "ended with its last input", |t| {
+        t["sequence"] == 1
+    })
+    .await;
+    let rec = nginx.finished_recording("k", Duration::from_secs(15));
+    assert_eq!(publish_sessions(&nginx, "k"), 1, "{}", nginx.error_log());
+    // The stall shows as one pause: the second before it was seen plus the wait for
+    // the backup's keyframe (GOP 2 s); nothing goes back, everything decodes.
+    assert_one_clean_stream(&rec, 1, 900);
+}
