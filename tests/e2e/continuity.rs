@@ -491,10 +491,15 @@ async fn a_stalled_primary_is_replaced_by_its_backup_and_takes_over_again() {
     })
     .await;
     primary.signal("STOP");
+    let stopped_at = Instant::now();
     let t = wait_task(&node, "t", "switched to the backup", |t| {
         t["sourceEvent"]["input"] == "backup"
     })
     .await;
+    // The stall (1 s) plus at most a GOP of the backup (2 s), with room for a loaded
+    // machine: well before the ingest's 30 s idle timeout would close the primary.
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(10), "switched {took:?} after the stall began");
     let at_switch = sent(&t);
     wait_task(&node, "t", "sending from the backup", |t| {
         sent(t) > at_switch + 50_000
