@@ -482,7 +482,7 @@ async fn a_stalled_primary_is_replaced_by_its_backup_and_takes_over_again() {
     assert_eq!(r.status, 200, "{}", r.text);
     let mut primary = encoder(&node, "cam", dir.path(), "primary");
     wait_task(&node, "t", "pushing from the primary", |t| sent(t) > 50_000).await;
-    let mut backup = encoder(&node, "cam?backup=1", dir.path(), "backup");
+    let backup = encoder(&node, "cam?backup=1", dir.path(), "backup");
     wait_for("the backup attached", Duration::from_secs(10), || async {
         let s = node
             .call("GET", "/v1/vhosts/default/apps/app/streams/cam", None)
@@ -499,7 +499,10 @@ async fn a_stalled_primary_is_replaced_by_its_backup_and_takes_over_again() {
     // The stall (1 s) plus at most a GOP of the backup (2 s), with room for a loaded
     // machine: well before the ingest's 30 s idle timeout would close the primary.
     let took = stopped_at.elapsed();
-    assert!(took < Duration::from_secs(10), "switched {took:?} after the stall began");
+    assert!(
+        took < Duration::from_secs(10),
+        "switched {took:?} after the stall began"
+    );
     let at_switch = sent(&t);
     wait_task(&node, "t", "sending from the backup", |t| {
         sent(t) > at_switch + 50_000
