@@ -289,10 +289,77 @@ pub struct TaskStatus {
     /// continuity); task-wide, unset on destinations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_event: Option<SourceEvent>,
+    /// How the push is doing (rates over the last seconds, drops, reconnects, stalls).
+    #[serde(default, skip_serializing_if = "Health::is_empty")]
+    pub health: Health,
     /// Multi-destination tasks: the status of each destination (its `worker` and
     /// `destinations` unused); the fields above then sum them up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationStatus>,
+}
+
+/// How a push is doing, beyond byte totals: what an operator needs to tell a push that
+/// sends from one that only looks green.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Bits per second sent over the last 5 s (0 when not sending).
+    #[serde(default)]
+    pub bitrate_bps: u64,
+    /// Frames per second sent over the last 5 s, in thousandths.
+    #[serde(default)]
+    pub fps_milli: u64,
+    /// Frames dropped for this push in its current session (its queue overflowed while
+    /// the destination was slow, or the session could not send them).
+    #[serde(default)]
+    pub dropped_frames: u64,
+    /// Failed connections that were tried again, over the task's life.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Times the push was found stalled (no bytes moving while its source was live),
+    /// over the task's life.
+    #[serde(default)]
+    pub stalls: u64,
+    /// How long the current connection has been up (0 when not connected).
+    #[serde(default)]
+    pub connected_ms: u64,
+    /// When `lastError` happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_ms: Option<i64>,
+}
+
+impl Health {
+    pub fn is_empty(&self) -> bool {
+        *self == Health::default()
+    }
+
+    /// Frames per second with two decimals, as the REST API shows it.
+    pub fn fps(&self) -> f64 {
+        (self.fps_milli as f64 / 10.0).round() / 100.0
+    }
+
+    pub fn to_proto(&self) -> v1::PushHealth {
+        v1::PushHealth {
+            bitrate_bps: self.bitrate_bps,
+            fps: self.fps(),
+            dropped_frames: self.dropped_frames,
+            reconnects: self.reconnects,
+            stalls: self.stalls,
+            connected_ms: self.connected_ms,
+            last_error_time: self.last_error_ms.map(time::to_timestamp),
+        }
+    }
+
+    pub fn from_proto(p: &v1::PushHealth) -> Health {
+        Health {
+            bitrate_bps: p.bitrate_bps,
+            fps_milli: (p.fps * 1000.0).round().max(0.0) as u64,
+            dropped_frames: p.dropped_frames,
+            reconnects: p.reconnects,
+            stalls: p.stalls,
+            connected_ms: p.connected_ms,
+            last_error_ms: p.last_error_time.as_ref().map(time::from_timestamp),
+        }
+    }
 }
 
 /// What happened to a task's source while its pushes kept their connections.
@@ -402,22 +469,35 @@ impl TaskStatus {
 #[derive(Debug, Serialize)]
 pub struct OmeTask<'a> {
     app: &'a str,
+    /// Ours (additive, each only when not zero): the push's health.
+    #[serde(skip_serializing_if = "is_zero")]
+    bitrate: u64,
     /// Ours (additive): the codecs being pushed.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     codecs: &'a [String],
+    #[serde(rename = "connectedTime", skip_serializing_if = "is_zero")]
+    connected_time: u64,
     #[serde(rename = "createdTime")]
     created_time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     destinations: Option<Vec<OmeDestination<'a>>>,
+    #[serde(rename = "droppedFrames", skip_serializing_if = "is_zero")]
+    dropped_frames: u64,
     #[serde(rename = "finishTime")]
     finish_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fps: Option<f64>,
     id: &'a str,
     #[serde(rename = "lastError", skip_serializing_if = "Option::is_none")]
     last_error: Option<&'a str>,
+    #[serde(rename = "lastErrorTime", skip_serializing_if = "Option::is_none")]
+    last_error_time: Option<String>,
     protocol: &'a str,
     /// Ours (additive): the task's own reconnect window, when it has one.
     #[serde(rename = "reconnectWindowMs", skip_serializing_if = "Option::is_none")]
     reconnect_window_ms: Option<u64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    reconnects: u64,
     #[serde(rename = "sentBytes")]
     sent_bytes: u64,
     #[serde(rename = "sentTime")]
@@ -426,6 +506,8 @@ pub struct OmeTask<'a> {
     /// Ours (additive): the last event of the task's source.
     #[serde(rename = "sourceEvent", skip_serializing_if = "Option::is_none")]
     source_event: Option<OmeSourceEvent<'a>>,
+    #[serde(skip_serializing_if = "is_zero")]
+    stalls: u64,
     #[serde(rename = "startTime")]
     start_time: String,
     state: &'a str,
@@ -454,18 +536,32 @@ struct OmeStream<'a> {
 /// One destination of a multi-destination task in the OME task object.
 #[derive(Debug, Serialize)]
 struct OmeDestination<'a> {
+    #[serde(skip_serializing_if = "is_zero")]
+    bitrate: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     codecs: Vec<String>,
+    #[serde(rename = "connectedTime", skip_serializing_if = "is_zero")]
+    connected_time: u64,
+    #[serde(rename = "droppedFrames", skip_serializing_if = "is_zero")]
+    dropped_frames: u64,
     #[serde(rename = "finishTime")]
     finish_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fps: Option<f64>,
     #[serde(rename = "lastError", skip_serializing_if = "Option::is_none")]
     last_error: Option<String>,
+    #[serde(rename = "lastErrorTime", skip_serializing_if = "Option::is_none")]
+    last_error_time: Option<String>,
     protocol: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    reconnects: u64,
     #[serde(rename = "sentBytes")]
     sent_bytes: u64,
     #[serde(rename = "sentTime")]
     sent_time: u64,
     sequence: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    stalls: u64,
     #[serde(rename = "startTime")]
     start_time: String,
     state: &'a str,
@@ -508,14 +604,22 @@ impl Task {
                 .map(|d| {
                     let none = TaskStatus::default();
                     let ds = st.of_destination(&d.address()).unwrap_or(&none);
+                    let h = &ds.health;
                     OmeDestination {
+                        bitrate: h.bitrate_bps,
                         codecs: ds.codecs.clone(),
+                        connected_time: h.connected_ms,
+                        dropped_frames: h.dropped_frames,
                         finish_time: time::format_ms(ds.finish_ms),
+                        fps: (h.fps_milli > 0).then(|| h.fps()),
                         last_error: ds.last_error.clone(),
+                        last_error_time: h.last_error_ms.map(|ms| time::format_ms(Some(ms))),
                         protocol: d.protocol().as_str(),
+                        reconnects: h.reconnects,
                         sent_bytes: ds.sent_bytes,
                         sent_time: ds.sent_time_ms,
                         sequence: ds.sequence,
+                        stalls: h.stalls,
                         start_time: time::format_ms(ds.start_ms),
                         state: ds.state.as_str(),
                         stream_key: Some(d.stream_key()).filter(|k| !k.is_empty()),
@@ -527,20 +631,28 @@ impl Task {
                 })
                 .collect()
         });
+        let h = &st.health;
         OmeTask {
             app: &spec.app,
+            bitrate: h.bitrate_bps,
             codecs: &st.codecs,
+            connected_time: h.connected_ms,
             created_time: time::format_ms(Some(spec.created_ms)),
             destinations,
+            dropped_frames: h.dropped_frames,
             finish_time: time::format_ms(st.finish_ms),
+            fps: (h.fps_milli > 0).then(|| h.fps()),
             id: &spec.id,
             last_error: st.last_error.as_deref(),
+            last_error_time: h.last_error_ms.map(|ms| time::format_ms(Some(ms))),
             protocol: first.protocol().as_str(),
             reconnect_window_ms: spec.reconnect_window_ms,
+            reconnects: h.reconnects,
             sent_bytes: st.sent_bytes,
             sent_time: st.sent_time_ms,
             sequence: st.sequence,
             source_event: st.source_event.as_ref().map(SourceEvent::to_ome),
+            stalls: h.stalls,
             start_time: time::format_ms(st.start_ms),
             state: st.state.as_str(),
             stream: OmeStream {
@@ -585,6 +697,7 @@ impl Task {
             codecs: st.codecs.clone(),
             source_event: st.source_event.as_ref().map(SourceEvent::to_proto),
             reconnect_window_ms: spec.reconnect_window_ms,
+            health: Some(st.health.to_proto()),
             destinations: if spec.is_multi_destination() {
                 spec.destinations()
                     .iter()
@@ -606,6 +719,7 @@ impl Task {
                             finish_time: ds.finish_ms.map(time::to_timestamp),
                             last_error: ds.last_error.clone().unwrap_or_default(),
                             codecs: ds.codecs.clone(),
+                            health: Some(ds.health.to_proto()),
                         }
                     })
                     .collect()
@@ -897,6 +1011,15 @@ mod tests {
                     count: 2,
                     input: Some("backup".into()),
                 }),
+                health: Health {
+                    bitrate_bps: 3_200_000,
+                    fps_milli: 29_970,
+                    dropped_frames: 6,
+                    reconnects: 2,
+                    stalls: 1,
+                    connected_ms: 12_000,
+                    last_error_ms: Some(1_700_000_000_200),
+                },
                 destinations: vec![],
             },
         };
@@ -1001,6 +1124,7 @@ impl TaskStatus {
             worker: self.worker.clone().unwrap_or_default(),
             codecs: self.codecs.clone(),
             source_event: self.source_event.as_ref().map(SourceEvent::to_proto),
+            health: Some(self.health.to_proto()),
             destinations: self
                 .destinations
                 .iter()
@@ -1036,6 +1160,11 @@ impl TaskStatus {
             worker: text(&p.worker),
             codecs: p.codecs.clone(),
             source_event: p.source_event.as_ref().and_then(SourceEvent::from_proto),
+            health: p
+                .health
+                .as_ref()
+                .map(Health::from_proto)
+                .unwrap_or_default(),
             destinations: p
                 .destinations
                 .iter()

@@ -32,6 +32,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "Push sessions that failed and will reconnect.",
     ),
     (
+        "pushcast_push_stalls_total",
+        "Pushes found stalled and connected again, by how: send_timeout (the destination stopped reading) or no_progress (no bytes sent while the source was live).",
+    ),
+    (
         "pushcast_hub_dropped_frames_total",
         "Frames skipped for slow push sessions (to the next keyframe).",
     ),

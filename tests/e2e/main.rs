@@ -14,6 +14,7 @@ mod drain;
 mod enhanced_rtmp;
 mod etcd_security;
 mod grpc_api;
+mod health;
 mod ingest;
 mod metrics;
 mod multi_destination;

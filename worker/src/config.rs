@@ -95,6 +95,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "PUSHCAST_SEND_TIMEOUT_MS", default_value_t = 2000)]
     pub send_timeout_ms: u64,
 
+    /// A push whose bytes do not move for this long while its source is live is stalled:
+    /// reported (`lastError: stalled: ...`), counted and connected again. 0: never. (A
+    /// destination that stops reading is caught sooner, by the send timeout.)
+    #[arg(long, env = "PUSHCAST_STALL_TIMEOUT_MS", default_value_t = 5000)]
+    pub stall_timeout_ms: u64,
+
     /// The gathering window of push writes, in milliseconds: after a write, a push lets
     /// frames gather this long and writes them in one go (fewer syscalls and wakeups per
     /// destination: less CPU at high fan-out), at the price of up to this much extra delay

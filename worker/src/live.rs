@@ -4,15 +4,18 @@
 //! Every change of a task's state goes through [`TaskLive`], which hands the new status
 //! to the [`StatusWriter`] itself: no caller can change a state and forget to report it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pushcast_proto::model::{
     DestinationStatus, SourceEvent, SourceEventKind, TaskSpec, TaskState, TaskStatus,
 };
 use pushcast_proto::time;
 
+use crate::hub::{Hub, StreamId};
 use crate::push::SessionCounters;
 use crate::status::StatusWriter;
 
@@ -25,6 +28,8 @@ pub type TaskKey = (String, String, String);
 /// written to the store through its [`StatusWriter`].
 pub struct TaskLive {
     pub key: TaskKey,
+    /// The stream it pushes (for the watchdog: is the source live and fed?).
+    stream: StreamId,
     inner: Mutex<Inner>,
     status: StatusWriter,
 }
@@ -47,12 +52,52 @@ struct Dest {
     id: String,
     status: TaskStatus,
     session: Option<Session>,
+    /// Since when the current connection is up.
+    connected: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct Session {
     counters: Arc<SessionCounters>,
     started: Instant,
+    /// (when, bytes, pictures) sent, once a second, the last [`SAMPLES`]: the window the
+    /// rates are measured over.
+    samples: VecDeque<(Instant, u64, u64)>,
+    /// When the bytes last moved (or the push last was not expected to send), and how
+    /// many had been sent: the stall watchdog's reference.
+    moved: (Instant, u64),
+    /// The stream's frame count at the last sample.
+    stream_frames: u64,
+}
+
+/// Samples kept per session: five seconds of rates.
+const SAMPLES: usize = 6;
+
+impl Session {
+    fn new(counters: Arc<SessionCounters>) -> Session {
+        let now = Instant::now();
+        Session {
+            counters,
+            started: now,
+            samples: VecDeque::with_capacity(SAMPLES),
+            moved: (now, 0),
+            stream_frames: 0,
+        }
+    }
+
+    /// Bits and thousandths of frames per second since the oldest sample.
+    fn rates(&self, now: Instant) -> (u64, u64) {
+        let Some(&(then, bytes, frames)) = self.samples.front() else {
+            return (0, 0);
+        };
+        let ms = now.saturating_duration_since(then).as_millis() as u64;
+        if ms < 500 {
+            return (0, 0);
+        }
+        let sent = self.counters.sent_bytes().saturating_sub(bytes);
+        let framed = self.counters.sent_pictures().saturating_sub(frames);
+        (sent * 8 * 1000 / ms, framed * 1_000_000 / ms)
+    }
 }
 
 impl Dest {
@@ -66,16 +111,26 @@ impl Dest {
             id,
             status,
             session: None,
+            connected: None,
         }
     }
 
     fn snapshot(&self) -> TaskStatus {
         let mut st = self.status.clone();
         if let Some(s) = &self.session {
+            let now = Instant::now();
             st.sent_bytes = s.counters.sent_bytes();
             st.sent_time_ms = s.started.elapsed().as_millis() as u64;
             st.total_sent_bytes += st.sent_bytes;
             st.total_sent_time_ms += st.sent_time_ms;
+            let (bps, fps_milli) = s.rates(now);
+            let h = &mut st.health;
+            h.bitrate_bps = bps;
+            h.fps_milli = fps_milli;
+            h.dropped_frames = s.counters.all_dropped_frames();
+            h.connected_ms = self
+                .connected
+                .map_or(0, |c| now.saturating_duration_since(c).as_millis() as u64);
         }
         st
     }
@@ -92,6 +147,11 @@ impl Dest {
             st.sequence += 1;
             st.finish_ms = Some(time::now_ms());
         }
+        // Rates and the connection are the session's; reconnects, stalls and the last
+        // error's time are the task's.
+        let h = &mut self.status.health;
+        (h.bitrate_bps, h.fps_milli, h.connected_ms) = (0, 0, 0);
+        self.connected = None;
         self.status.state = state;
     }
 }
@@ -106,8 +166,14 @@ impl TaskLive {
         spec: &TaskSpec,
         status: StatusWriter,
     ) -> TaskLive {
+        let stream = StreamId::new(
+            spec.vhost.clone(),
+            spec.app.clone(),
+            spec.stream.name.clone(),
+        );
         let live = TaskLive {
             key,
+            stream,
             inner: Mutex::new(Inner {
                 worker: worker.to_string(),
                 source_event: previous.as_ref().and_then(|p| p.source_event.clone()),
@@ -206,10 +272,7 @@ impl TaskLive {
             d.status.sent_bytes = 0;
             d.status.sent_time_ms = 0;
             d.status.state = TaskState::Ready;
-            d.session = Some(Session {
-                counters: counters.clone(),
-                started: Instant::now(),
-            });
+            d.session = Some(Session::new(counters.clone()));
         });
         counters
     }
@@ -217,6 +280,7 @@ impl TaskLive {
     /// The connection of `dest` is up and sending.
     pub fn started(&self, dest: &str) {
         self.change_dest(dest, |d| {
+            d.connected = Some(Instant::now());
             d.status.state = TaskState::Started;
             d.status.last_error = None;
             d.status.start_ms = Some(time::now_ms());
@@ -233,7 +297,53 @@ impl TaskLive {
         self.change_dest(dest, |d| {
             d.status.state = TaskState::Error;
             d.status.last_error = Some(error.to_string());
+            d.status.health.last_error_ms = Some(time::now_ms());
+            d.status.health.reconnects += 1;
+            d.connected = None;
         });
+    }
+
+    /// The push to `dest` was found stalled (the failure that follows says how).
+    pub fn stalled(&self, dest: &str) {
+        let mut inner = self.lock();
+        if let Some(d) = inner.dests.iter_mut().find(|d| d.id == dest) {
+            d.status.health.stalls += 1;
+        }
+    }
+
+    /// Takes this second's sample of every session's counters (the rates' window), and
+    /// wakes the sessions found stalled: connected (`started`), their source live and
+    /// fed with new frames, and no byte sent for `stall_after` (zero: never).
+    pub fn sample(&self, hub: &Hub, stall_after: Duration) {
+        let fed = hub
+            .info(&self.stream)
+            .filter(|i| i.splice.active.is_some())
+            .map(|i| i.frames_in);
+        let now = Instant::now();
+        let mut inner = self.lock();
+        for d in &mut inner.dests {
+            let started = d.status.state == TaskState::Started;
+            let Some(s) = &mut d.session else { continue };
+            let (bytes, frames) = (s.counters.sent_bytes(), s.counters.sent_pictures());
+            if s.samples.len() == SAMPLES {
+                s.samples.pop_front();
+            }
+            s.samples.push_back((now, bytes, frames));
+            // Expected to send: connected, and the source brought new frames since
+            // the last sample (a quiet source is not the push's fault).
+            let fresh = fed.is_some_and(|f| f > s.stream_frames);
+            s.stream_frames = fed.unwrap_or(0);
+            let (since, bytes_then) = s.moved;
+            if bytes != bytes_then || !started || !fresh {
+                s.moved = (now, bytes);
+            } else if !stall_after.is_zero() && now.saturating_duration_since(since) >= stall_after
+            {
+                tracing::warn!(dest = %d.id, stalled_ms = stall_after.as_millis() as u64,
+                    "push stalled: no bytes sent while the source is live");
+                s.counters.stall();
+                s.moved = (now, bytes);
+            }
+        }
     }
 
     /// Something happened to the task's source while its sessions kept their
@@ -296,6 +406,16 @@ fn aggregate<'a>(dests: impl Iterator<Item = &'a TaskStatus>) -> TaskStatus {
         if sum.last_error.is_none() {
             sum.last_error.clone_from(&d.last_error);
         }
+        // Health: what all destinations send and lose together; the frame rate and the
+        // connection time of the best one; the latest error.
+        let (h, dh) = (&mut sum.health, &d.health);
+        h.bitrate_bps += dh.bitrate_bps;
+        h.fps_milli = h.fps_milli.max(dh.fps_milli);
+        h.dropped_frames += dh.dropped_frames;
+        h.reconnects += dh.reconnects;
+        h.stalls += dh.stalls;
+        h.connected_ms = h.connected_ms.max(dh.connected_ms);
+        h.last_error_ms = h.last_error_ms.max(dh.last_error_ms);
     }
     let any = |s: TaskState| states.contains(&s);
     sum.state = if any(TaskState::Started) {
@@ -342,6 +462,13 @@ impl LiveTasks {
 
     pub fn get(&self, key: &TaskKey) -> Option<Arc<TaskLive>> {
         self.lock().get(key).cloned()
+    }
+
+    /// Samples every task's sessions (see [`TaskLive::sample`]).
+    pub fn sample(&self, hub: &Hub, stall_after: Duration) {
+        for task in self.all() {
+            task.sample(hub, stall_after);
+        }
     }
 
     pub fn all(&self) -> Vec<Arc<TaskLive>> {
@@ -459,5 +586,100 @@ mod tests {
                 TaskState::Ready
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    //! Rates over the sampled window, and the stall watchdog (on tokio's paused clock).
+    use bytes::Bytes;
+    use futures::FutureExt;
+    use pushcast_media::{Frame, FrameKind};
+    use pushcast_proto::destination::Destination;
+    use pushcast_proto::model::Protocol;
+
+    use super::*;
+
+    const DEST: &str = "rtmp://h/live/k";
+
+    fn task() -> TaskLive {
+        let mut spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "id": "t", "vhost": "default", "app": "app", "stream": {"name": "s"},
+            "protocol": "rtmp", "url": "rtmp://h/live", "stream_key": "k", "created_ms": 0,
+        }))
+        .expect("spec");
+        spec.set_destinations(vec![
+            Destination::parse(Protocol::Rtmp, "rtmp://h/live", "k", vec![]).expect("valid"),
+        ]);
+        let key = ("default".to_string(), "app".to_string(), "t".to_string());
+        TaskLive::new(key, "w1", None, &spec, StatusWriter::detached().0)
+    }
+
+    fn frame(ts: u32) -> Frame {
+        Frame {
+            kind: FrameKind::Audio,
+            timestamp_ms: ts,
+            payload: Bytes::from_static(&[0xaf, 1, 0]),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rates_are_measured_over_the_sampled_window() {
+        let (live, hub) = (task(), Hub::default());
+        let c = live.begin_session(DEST);
+        live.started(DEST);
+        live.sample(&hub, Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        c.add_sent(500_000, 100);
+        c.add_pictures(60);
+        let h = live.snapshot().health;
+        assert_eq!((h.bitrate_bps, h.fps_milli), (2_000_000, 30_000));
+        assert_eq!(h.connected_ms, 2_000);
+        live.failed(DEST, "boom");
+        let h = live.snapshot().health;
+        assert_eq!((h.reconnects, h.connected_ms), (1, 0));
+        assert!(h.last_error_ms.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_that_sends_nothing_while_its_source_is_fed_is_found_stalled() {
+        let (live, hub) = (task(), Hub::default());
+        let source = hub
+            .publish(StreamId::new("default", "app", "s"))
+            .expect("live");
+        let c = live.begin_session(DEST);
+        live.started(DEST);
+        let stalled = c.stalled.notified();
+        tokio::pin!(stalled);
+        stalled.as_mut().enable();
+        let after = Duration::from_secs(5);
+        live.sample(&hub, after);
+        for s in 1..=4 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            source.publish(frame(s * 1000));
+            live.sample(&hub, after);
+        }
+        assert!(stalled.as_mut().now_or_never().is_none(), "not yet");
+        // Bytes moving keep it alive; a source that sends nothing is not the push's fault.
+        c.add_sent(10, 1);
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            live.sample(&hub, after);
+        }
+        assert!(
+            stalled.as_mut().now_or_never().is_none(),
+            "the source sent nothing"
+        );
+        for s in 10..=16 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            source.publish(frame(s * 1000));
+            live.sample(&hub, after);
+            if stalled.as_mut().now_or_never().is_some() {
+                let waited = s - 10 + 1;
+                assert!(waited >= 5, "stalled after {waited} s");
+                return;
+            }
+        }
+        panic!("never found stalled");
     }
 }

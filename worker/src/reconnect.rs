@@ -34,6 +34,9 @@ pub struct Settings {
     /// Checked before every connection: a fenced worker opens none (see `lease`), even
     /// when a loop's retry comes before its runner has seen the fence go up.
     pub fence: Fence,
+    /// A push whose bytes do not move for this long while its source is live is stalled
+    /// (`--stall-timeout-ms`; zero: never). The watchdog is `live::LiveTasks::sample`.
+    pub stall_after: std::time::Duration,
 }
 
 /// Which tracks a loop sends.
@@ -66,6 +69,12 @@ impl Report {
     fn codecs(&self, codecs: Vec<String>) {
         if let Report::Task { live, address } = self {
             live.codecs(address, codecs);
+        }
+    }
+
+    fn stalled(&self) {
+        if let Report::Task { live, address } = self {
+            live.stalled(address);
         }
     }
 
@@ -144,6 +153,7 @@ impl Loop {
                 return SessionEnd::Cancelled;
             }
             let started = Instant::now();
+            this.counters.follow_queue(source.drop_counter());
             // The attempt's own token: cancelling the loop cancels it, unless the stream
             // has already ended (see `finish_or_cancel`).
             let attempt = CancellationToken::new();
@@ -160,13 +170,24 @@ impl Loop {
                     }
                 },
             );
-            let result = this.finish_or_cancel(run, &attempt).await;
+            // The worker's watchdog may find the push stalled (bytes not moving while
+            // the source is live): the attempt is dropped (its connection closed) and
+            // tried again like any failure.
+            let stalled = this.counters.stalled.notified();
+            let result = tokio::select! {
+                r = this.finish_or_cancel(run, &attempt) => r,
+                () = stalled => Err(push::PushError::Stalled { after: settings.stall_after }),
+            };
             let e = match result {
                 Ok(end) => return end,
                 Err(e) => e,
             };
             tracing::warn!(dest = %this.dest, error = %e, "push failed; retrying");
             metrics::counter!("pushcast_push_reconnects_total").increment(1);
+            if let Some(reason) = e.stall_reason() {
+                metrics::counter!("pushcast_push_stalls_total", "reason" => reason).increment(1);
+                this.report.stalled();
+            }
             this.report.failed(&e.to_string());
             backoff.record_run(started.elapsed());
             let delay = backoff.next_delay_for(e.retry_class());

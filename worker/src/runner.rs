@@ -547,6 +547,7 @@ mod tests {
                 queue: QueueLimits::default(),
                 backoff: BackoffConfig::default(),
                 fence: Fence::down(),
+                stall_after: Duration::ZERO,
             }),
             store,
             live: LiveTasks::default(),

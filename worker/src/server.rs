@@ -129,6 +129,7 @@ pub async fn start(
         ..PushConfig::default()
     };
 
+    let stall_after = Duration::from_millis(args.stall_timeout_ms);
     let mut tasks = JoinSet::new();
     // Waited for at shutdown: the lease is revoked before the process exits.
     tasks.spawn(async move {
@@ -232,6 +233,8 @@ pub async fn start(
             queue: QueueLimits::default(),
             backoff: crate::forward::retry_policy(),
             fence: fence.clone(),
+            // Forwards have no task to report to; their send timeout still applies.
+            stall_after: Duration::ZERO,
         }),
         store: store.clone(),
         node_id: node_id.clone(),
@@ -251,6 +254,7 @@ pub async fn start(
             queue: QueueLimits::default(),
             backoff: BackoffConfig::default(),
             fence: fence.clone(),
+            stall_after,
         }),
         store: store.clone(),
         live: live.clone(),
@@ -258,6 +262,18 @@ pub async fn start(
         node_id: node_id.clone(),
         fence: fence.clone(),
     };
+    // The pushes' health: rates sampled every second, and the stall watchdog.
+    let (sampled, sample_hub, stop) = (live.clone(), hub.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tick.tick() => sampled.sample(&sample_hub, stall_after),
+            }
+        }
+    });
     let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
     let stop = shutdown.clone();
     tasks.spawn(async move {

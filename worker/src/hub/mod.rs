@@ -77,7 +77,7 @@ const MAX_TRACKS: usize = 16;
 
 pub use gop::GopLimits;
 pub use splice::{AttachError, Continuity, Role, SpliceStatus};
-pub use subscriber::{QueueLimits, Subscription, SubscriptionStats, TryRecvError};
+pub use subscriber::{DropCounter, QueueLimits, Subscription, SubscriptionStats, TryRecvError};
 
 use gop::GopCache;
 use splice::{Detached, Inputs, Route};

@@ -270,6 +270,16 @@ impl Subscriber {
     }
 }
 
+/// Frames the hub dropped for one subscription (its queue overflowed).
+#[derive(Debug, Clone)]
+pub struct DropCounter(Arc<Counters>);
+
+impl DropCounter {
+    pub fn dropped_frames(&self) -> u64 {
+        self.0.dropped_frames.load(Ordering::Relaxed)
+    }
+}
+
 /// Why [`Subscription::try_recv`] returned no frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TryRecvError {
@@ -389,6 +399,11 @@ impl Subscription {
     /// The stream's current info (tracks for [`crate::tracks::select`], counters).
     pub fn stream_info(&self) -> StreamInfo {
         self.source.info()
+    }
+
+    /// A handle on this subscription's drop count, for the session's health.
+    pub fn drop_counter(&self) -> DropCounter {
+        DropCounter(Arc::clone(&self.counters))
     }
 
     /// The stream's inputs as they change (interrupted, resumed, switched).

@@ -40,8 +40,14 @@ pub enum PushError {
     },
 
     /// The destination stopped reading: no byte could be written for the send timeout.
-    #[error("send timeout: the destination accepted no data for {} ms", after.as_millis())]
+    /// A stall, reported as one (`stalled: ...`).
+    #[error("stalled: the destination accepted no data for {} ms (send timeout)", after.as_millis())]
     Timeout { after: Duration },
+
+    /// No bytes went out for the stall timeout while the source was live and fed: the
+    /// push was stuck somewhere short of a blocked write (the worker's watchdog).
+    #[error("stalled: no bytes sent for {} ms while the source is live", after.as_millis())]
+    Stalled { after: Duration },
 
     /// The stream (a codec, or the track selection) cannot be carried by the protocol.
     /// Permanent for this source: the task goes to `error` with this message.
@@ -81,13 +87,23 @@ impl PushErrorKind {
 }
 
 impl PushError {
+    /// Whether this is a stall (counted in `pushcast_push_stalls_total`), by how it was
+    /// found: `send_timeout` or `no_progress`.
+    pub fn stall_reason(&self) -> Option<&'static str> {
+        match self {
+            PushError::Timeout { .. } => Some("send_timeout"),
+            PushError::Stalled { .. } => Some("no_progress"),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> PushErrorKind {
         match self {
             PushError::InvalidDestination(_) => PushErrorKind::InvalidDestination,
             PushError::Rejected { .. } => PushErrorKind::Rejected,
             PushError::Connect { .. } => PushErrorKind::Connect,
             PushError::Io { .. } => PushErrorKind::Io,
-            PushError::Timeout { .. } => PushErrorKind::Timeout,
+            PushError::Timeout { .. } | PushError::Stalled { .. } => PushErrorKind::Timeout,
             PushError::Unsupported(_) => PushErrorKind::Unsupported,
             PushError::Protocol(_) => PushErrorKind::Protocol,
         }
@@ -194,7 +210,7 @@ mod tests {
         assert_eq!(t.retry_class(), RetryClass::Transient);
         assert_eq!(
             t.to_string(),
-            "send timeout: the destination accepted no data for 2000 ms"
+            "stalled: the destination accepted no data for 2000 ms (send timeout)"
         );
     }
 }

@@ -90,6 +90,12 @@ pub trait FrameSource: Send {
 /// Live counters of one session, shared with the worker's status reporting.
 #[derive(Debug, Default)]
 pub struct SessionCounters {
+    /// Woken by the worker's watchdog when the push is found stalled (see
+    /// `live::LiveTasks::sample`): the reconnect loop ends the attempt.
+    pub(crate) stalled: tokio::sync::Notify,
+    /// The current attempt's hub queue (its drops), and the drops of earlier attempts.
+    queue: std::sync::Mutex<Option<crate::hub::DropCounter>>,
+    earlier_queue_drops: AtomicU64,
     /// Media payload bytes written to the destination: the FLV tag bodies for RTMP, the
     /// TS bytes for mpegts/srt.
     pub sent_bytes: AtomicU64,
@@ -97,6 +103,8 @@ pub struct SessionCounters {
     pub sent_frames: AtomicU64,
     /// Frames the session dropped (e.g. unselected tracks are not counted, drops are).
     pub dropped_frames: AtomicU64,
+    /// Video pictures among the frames sent (not sequence headers): the frame rate.
+    pub sent_pictures: AtomicU64,
 }
 
 impl SessionCounters {
@@ -111,6 +119,40 @@ impl SessionCounters {
     }
     pub fn dropped_frames(&self) -> u64 {
         self.dropped_frames.load(Ordering::Relaxed)
+    }
+    pub fn sent_pictures(&self) -> u64 {
+        self.sent_pictures.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add_pictures(&self, n: u64) {
+        if n > 0 {
+            self.sent_pictures.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames dropped for this session: by the session, and by the hub when its queue
+    /// overflowed (the destination too slow), over its attempts.
+    pub fn all_dropped_frames(&self) -> u64 {
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |q| q.dropped_frames());
+        self.dropped_frames() + self.earlier_queue_drops.load(Ordering::Relaxed) + queue
+    }
+
+    /// The attempt that starts reads from this hub queue.
+    pub(crate) fn follow_queue(&self, queue: crate::hub::DropCounter) {
+        let mut current = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.replace(queue) {
+            self.earlier_queue_drops
+                .fetch_add(old.dropped_frames(), Ordering::Relaxed);
+        }
+    }
+
+    /// The watchdog found the push stalled.
+    pub(crate) fn stall(&self) {
+        self.stalled.notify_waiters();
     }
     pub(crate) fn add_sent(&self, bytes: u64, frames: u64) {
         if bytes > 0 {
@@ -274,6 +316,11 @@ pub async fn run_attempt(
     }
     .instrument(span)
     .await
+}
+
+/// Whether a frame is a video picture (a coded frame, not a sequence header).
+pub(crate) fn is_picture(frame: &Frame) -> bool {
+    frame.kind == pushcast_media::FrameKind::Video && !frame.is_sequence_header()
 }
 
 /// A source that has ended: for tests that build an attempt without running it.

@@ -135,6 +135,8 @@ impl Timeline {
 struct Batch {
     frames: u64,
     bytes: u64,
+    /// Video pictures among the frames (the push's frame rate).
+    pictures: u64,
 }
 
 /// A push connection whose TCP socket can be asked for quick ACKs (plain or TLS).
@@ -381,6 +383,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
             hold_until = Some(next_write_tick(ctx.cfg.write_interval));
         }
         ctx.counters.add_sent(batch.bytes, batch.frames);
+        ctx.counters.add_pictures(batch.pictures);
         if first_frame && batch.frames > 0 {
             first_frame = false;
             tracing::debug!(
@@ -466,6 +469,7 @@ fn queue(
     conn.send_frame(&stamped)?;
     batch.frames += 1;
     batch.bytes += stamped.payload.len() as u64;
+    batch.pictures += u64::from(super::is_picture(&stamped));
     Ok(())
 }
 

@@ -77,6 +77,8 @@ impl TsStage {
         let added = out.len() - before;
         if added > 0 {
             ctx.counters.add_sent(0, 1);
+            ctx.counters
+                .add_pictures(u64::from(super::is_picture(&frame)));
         }
         Ok(added)
     }
