@@ -25,6 +25,8 @@ pub struct AppPatch {
     pub srt_passphrase: Option<Option<String>>,
     /// Source-continuity settings given.
     pub continuity: Continuity,
+    /// Replaces the app's auto-push rules as a whole.
+    pub rules: Option<Vec<pushcast_proto::rules::PushRule>>,
 }
 
 /// An app's source-continuity settings as a request gives them (absent: unchanged).
@@ -139,6 +141,9 @@ impl Apps {
             }
             if let Some(c) = &patch.callbacks {
                 app.callbacks = c.clone();
+            }
+            if let Some(rules) = &patch.rules {
+                app.rules = rules.clone();
             }
             let c = &patch.continuity;
             if let Some(ms) = c.reconnect_window_ms {

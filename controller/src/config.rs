@@ -109,6 +109,7 @@ pub fn vhosts_or_default(
                 reconnect_window_ms: 0,
                 input_stall_ms: None,
                 switch_back_to_primary: None,
+                rules: Vec::new(),
             })
         })
         .collect();

@@ -477,6 +477,7 @@ mod tests {
             reconnect_window_ms: 0,
             input_stall_ms: None,
             switch_back_to_primary: None,
+            rules: Vec::new(),
         };
         apps.seed(&[app]).await.unwrap();
         let clients = WorkerClients::with_tls(None);

@@ -67,6 +67,7 @@ impl PushService for Api {
                 .map(destination_request)
                 .collect(),
             reconnect_window_ms: r.reconnect_window_ms,
+            rule: None,
         };
         let task = self.pushes.start(&r.vhost, &r.app, input).await?;
         Ok(Response::new(v1::StartPushResponse {
@@ -211,6 +212,7 @@ impl AppService for Api {
                 reconnect_window_ms: 0,
                 input_stall_ms: None,
                 switch_back_to_primary: None,
+                rules: Vec::new(),
             })
             .await?;
         Ok(Response::new(v1::CreateAppResponse {

@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod publish_keys;
 pub mod pushes;
 pub mod requests;
+pub mod rules;
 pub mod scheduler;
 pub mod server;
 pub mod store_error;

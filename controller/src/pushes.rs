@@ -38,6 +38,8 @@ pub struct StartPush {
     pub destinations: Vec<DestinationRequest>,
     /// The task's own reconnect window (ms, at most 600000).
     pub reconnect_window_ms: Option<u64>,
+    /// The auto-push rule that makes the task (set by the rules' loop only).
+    pub rule: Option<String>,
 }
 
 /// One destination of a startPush or updatePush request, as it arrived.
@@ -681,6 +683,7 @@ pub fn validate(vhost: &str, app: &str, req: StartPush) -> Result<TaskSpec, ApiE
     let mut spec = TaskSpec::new(id, vhost, app, stream, time::now_ms(), list)
         .ok_or_else(|| ApiError::bad_request("A push needs at least one destination"))?;
     spec.reconnect_window_ms = req.reconnect_window_ms;
+    spec.rule = req.rule;
     Ok(spec)
 }
 

@@ -9,7 +9,9 @@
 //! [`Pushes`]: crate::pushes::Pushes
 
 use pushcast_proto::ApiError;
-use pushcast_proto::model::{AppConfig, Callbacks};
+use pushcast_proto::destination::{Destination, DestinationSpec};
+use pushcast_proto::model::{AppConfig, Callbacks, Protocol};
+use pushcast_proto::rules::{self, PushRule};
 use serde_json::{Map, Value};
 
 use crate::apps::{AppPatch, Continuity};
@@ -61,7 +63,87 @@ pub fn app_patch(obj: &Map<String, Value>) -> Result<AppPatch, ApiError> {
             Some(p) => Some(Some(srt_passphrase(p)?)),
         },
         continuity: continuity(&v)?,
+        rules: rules(&v)?,
     })
+}
+
+/// An app's `rules` when present: `[{"name", "stream", "destinations": [{"protocol",
+/// "url", "streamKey", "variantNames"}], "trackIds", "variantNames"}]`. Each destination
+/// is checked by the one destination parser with its macros expanded for a sample
+/// stream, so a rule that could never push is refused when it is written.
+pub fn rules(v: &Value) -> Result<Option<Vec<PushRule>>, ApiError> {
+    let items = match v.get("rules") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::bad_request("[rules] must be an array of rules")),
+    };
+    if items.len() > rules::MAX_RULES {
+        return Err(ApiError::bad_request(format!(
+            "An app has at most {} rules ({} given)",
+            rules::MAX_RULES,
+            items.len()
+        )));
+    }
+    let mut out: Vec<PushRule> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let bad = |what: &str| ApiError::bad_request(format!("[rules[{i}]] {what}"));
+        let name = str_field(item, "name").unwrap_or_default();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(bad("name must be 1 to 64 of A-Z a-z 0-9 - _"));
+        }
+        if out.iter().any(|r| r.name == name) {
+            return Err(bad("name is used by another rule of the app"));
+        }
+        let stream = str_field(item, "stream").unwrap_or_default();
+        if stream.is_empty() || stream.len() > 256 {
+            return Err(bad("stream must be a stream name pattern (* wildcards)"));
+        }
+        let dests = item
+            .get("destinations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if dests.is_empty() || dests.len() > rules::MAX_RULE_DESTINATIONS {
+            return Err(bad(&format!(
+                "destinations must list 1 to {} destinations",
+                rules::MAX_RULE_DESTINATIONS
+            )));
+        }
+        let mut destinations = Vec::with_capacity(dests.len());
+        for d in &dests {
+            let protocol_text = str_field(d, "protocol").unwrap_or_default().to_lowercase();
+            let protocol = Protocol::parse(&protocol_text)
+                .ok_or_else(|| bad(&format!("unknown protocol '{protocol_text}'")))?;
+            let spec = DestinationSpec {
+                protocol,
+                url: str_field(d, "url")
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_end_matches('/')
+                    .to_string(),
+                stream_key: str_field(d, "streamKey").unwrap_or_default(),
+                variant_names: string_list(d.get("variantNames")),
+            };
+            let sample = rules::expand(&spec.url, "vhost", "app", "stream");
+            let key = rules::expand(&spec.stream_key, "vhost", "app", "stream");
+            Destination::parse(protocol, &sample, &key, spec.variant_names.clone())
+                .map_err(|e| bad(&e.api_message()))?;
+            destinations.push(spec);
+        }
+        out.push(PushRule {
+            name,
+            stream,
+            destinations,
+            track_ids: int_list(item.get("trackIds")).unwrap_or_default(),
+            variant_names: string_list(item.get("variantNames")),
+        });
+    }
+    Ok(Some(out))
 }
 
 /// The source-continuity fields of an app body, each when present:
@@ -115,6 +197,7 @@ pub fn app(vhost: &str, v: &Value) -> Result<AppConfig, ApiError> {
         reconnect_window_ms: continuity.reconnect_window_ms.unwrap_or(0),
         input_stall_ms: continuity.input_stall_ms,
         switch_back_to_primary: continuity.switch_back_to_primary,
+        rules: rules(v)?.unwrap_or_default(),
     })
 }
 
@@ -159,6 +242,7 @@ pub fn start_push(obj: &Map<String, Value>) -> StartPush {
         stream_key: str_field(&body, "streamKey"),
         destinations: destinations(body.get("destinations")),
         reconnect_window_ms: body.get("reconnectWindowMs").and_then(Value::as_u64),
+        rule: None,
     }
 }
 

@@ -140,6 +140,17 @@ pub async fn start(
     });
     let stop = shutdown.clone();
     tasks.spawn(informer.clone().run(stop).map(Ok));
+    let (rules_store, rules_informer, rules_pushes, rules_leader, stop) = (
+        store.clone(),
+        informer.clone(),
+        pushes.clone(),
+        leading.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        crate::rules::run(rules_store, rules_informer, rules_pushes, rules_leader, stop).await;
+        Ok(())
+    });
     let (sched_store, stop) = (store.clone(), shutdown.clone());
     tasks.spawn(async move {
         crate::scheduler::run(informer, sched_store, clients, leading, stop).await;

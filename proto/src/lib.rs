@@ -11,6 +11,7 @@ pub mod error;
 pub mod keys;
 pub mod model;
 pub mod publish_keys;
+pub mod rules;
 pub mod secret;
 pub mod time;
 pub mod vhosts;

@@ -76,6 +76,8 @@ pub struct TaskSpec {
     /// source to come back (0: they stop when it ends). The stream is kept as long as
     /// its app's window or the longest of its tasks' asks. `None`: the app's window.
     pub reconnect_window_ms: Option<u64>,
+    /// The auto-push rule that made this task (`None`: made by hand).
+    pub rule: Option<String>,
     /// Every destination, the first one first; never empty.
     destinations: Vec<Arc<Destination>>,
 }
@@ -98,6 +100,7 @@ impl TaskSpec {
             created_ms,
             trace_parent: None,
             reconnect_window_ms: None,
+            rule: None,
             destinations,
         })
     }
@@ -153,6 +156,8 @@ struct StoredSpecRef<'a> {
     trace_parent: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reconnect_window_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: &'a Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +180,8 @@ struct StoredSpec {
     trace_parent: Option<String>,
     #[serde(default)]
     reconnect_window_ms: Option<u64>,
+    #[serde(default)]
+    rule: Option<String>,
 }
 
 impl Serialize for TaskSpec {
@@ -198,6 +205,7 @@ impl Serialize for TaskSpec {
             destinations,
             trace_parent: &self.trace_parent,
             reconnect_window_ms: self.reconnect_window_ms,
+            rule: &self.rule,
         }
         .serialize(s)
     }
@@ -224,6 +232,7 @@ impl<'de> Deserialize<'de> for TaskSpec {
             created_ms: s.created_ms,
             trace_parent: s.trace_parent,
             reconnect_window_ms: s.reconnect_window_ms,
+            rule: s.rule,
             destinations: destinations
                 .into_iter()
                 .map(|d| Arc::new(Destination::new(d)))
@@ -498,6 +507,9 @@ pub struct OmeTask<'a> {
     reconnect_window_ms: Option<u64>,
     #[serde(skip_serializing_if = "is_zero")]
     reconnects: u64,
+    /// Ours (additive): the auto-push rule that made the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
     #[serde(rename = "sentBytes")]
     sent_bytes: u64,
     #[serde(rename = "sentTime")]
@@ -648,6 +660,7 @@ impl Task {
             protocol: first.protocol().as_str(),
             reconnect_window_ms: spec.reconnect_window_ms,
             reconnects: h.reconnects,
+            rule: spec.rule.as_deref(),
             sent_bytes: st.sent_bytes,
             sent_time: st.sent_time_ms,
             sequence: st.sequence,
@@ -698,6 +711,7 @@ impl Task {
             source_event: st.source_event.as_ref().map(SourceEvent::to_proto),
             reconnect_window_ms: spec.reconnect_window_ms,
             health: Some(st.health.to_proto()),
+            rule: spec.rule.clone().unwrap_or_default(),
             destinations: if spec.is_multi_destination() {
                 spec.destinations()
                     .iter()
@@ -756,10 +770,32 @@ pub struct AppConfig {
     /// false: the backup stays until it ends or stalls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switch_back_to_primary: Option<bool>,
+    /// Auto-push rules: matching live streams get their tasks (`rules`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::rules::PushRule>,
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+/// A rule as the REST API shows it (OME's field names).
+fn rule_json(r: &crate::rules::PushRule) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name,
+        "stream": r.stream,
+        "destinations": r.destinations.iter().map(|d| {
+            let mut v = serde_json::json!({
+                "protocol": d.protocol.as_str(), "url": d.url, "streamKey": d.stream_key,
+            });
+            if !d.variant_names.is_empty() {
+                v["variantNames"] = d.variant_names.clone().into();
+            }
+            v
+        }).collect::<Vec<_>>(),
+        "trackIds": r.track_ids,
+        "variantNames": r.variant_names,
+    })
 }
 
 /// Where an app's events are sent (`spec/ingest-keys-callbacks.md`).
@@ -886,6 +922,10 @@ impl AppConfig {
             }
             if let Some(b) = self.switch_back_to_primary {
                 obj.insert("switchBackToPrimary".into(), b.into());
+            }
+            if !self.rules.is_empty() {
+                let rules: Vec<serde_json::Value> = self.rules.iter().map(rule_json).collect();
+                obj.insert("rules".into(), rules.into());
             }
         }
         v

@@ -20,6 +20,7 @@ mod metrics;
 mod multi_destination;
 mod openapi;
 mod rest_api;
+mod rules;
 mod srt_ingest;
 mod stream_keys;
 mod tls;

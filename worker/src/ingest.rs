@@ -1253,6 +1253,7 @@ mod tests {
             reconnect_window_ms: 0,
             input_stall_ms: None,
             switch_back_to_primary: None,
+            rules: Vec::new(),
         };
         store
             .put(

@@ -1,0 +1,127 @@
+//! Auto-push rules (issue 18) end to end: a rule `cam*` with two destinations, two real
+//! encoders, nginx-rtmp recording what arrives; the rule edited live; a hand-made task
+//! on a rule's destination refused; a restart that creates nothing twice.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pushcast_testkit::api::Node;
+use pushcast_testkit::ffmpeg::publish_file;
+use pushcast_testkit::media::test_media;
+use pushcast_testkit::nginx::Nginx;
+use pushcast_testkit::proc::Guard;
+use pushcast_testkit::wait_for;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "rules";
+
+fn rule(nginx: &Nginx, keys: &[&str]) -> Value {
+    json!({"rules": [{"name": "yt", "stream": "cam*", "destinations": keys.iter().map(|k| json!({
+        "protocol": "rtmp", "url": nginx.rtmp_url(), "streamKey": k})).collect::<Vec<_>>()}]})
+}
+
+async fn patch_app(node: &Node, body: Value) -> Value {
+    let r = node
+        .call("PATCH", "/v1/vhosts/default/apps/app", Some(&body.to_string()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json
+}
+
+fn encoder(node: &Node, name: &str, dir: &Path) -> Guard {
+    publish_file(
+        &test_media().flv,
+        &node.ingest_url("app", name),
+        -1,
+        &dir.join(format!("{name}.log")),
+    )
+}
+
+async fn tasks(node: &Node) -> Vec<Value> {
+    let r = node.action("pushes", json!({})).await;
+    r.json["response"].as_array().cloned().unwrap_or_default()
+}
+
+/// nginx's publish sessions for `key`.
+fn sessions(nginx: &Nginx, key: &str) -> usize {
+    nginx
+        .error_log()
+        .lines()
+        .filter(|l| l.contains(&format!("publish: name='{key}'")))
+        .count()
+}
+
+async fn recording_grows(nginx: &Nginx, key: &str) {
+    let path = nginx.recording(key);
+    let first = wait_for(&format!("{key} recorded"), Duration::from_secs(30), || async {
+        std::fs::metadata(&path).ok().map(|m| m.len()).filter(|n| *n > 0)
+    })
+    .await;
+    wait_for(&format!("{key} growing"), Duration::from_secs(30), || async {
+        let now = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        (now > first).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_pushes_every_matching_stream_follows_edits_and_makes_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
+    let nginx = Nginx::start();
+    let app = patch_app(&node, rule(&nginx, &["${SourceStream}-a", "${SourceStream}-b"])).await;
+    assert_eq!(app["response"]["rules"][0]["stream"], "cam*", "{app}");
+
+    let (_cam1, _cam2) = (encoder(&node, "cam1", dir.path()), encoder(&node, "cam2", dir.path()));
+    let _other = encoder(&node, "other", dir.path());
+    for key in ["cam1-a", "cam1-b", "cam2-a", "cam2-b"] {
+        recording_grows(&nginx, key).await;
+    }
+    let list = tasks(&node).await;
+    let ids: Vec<&str> = list.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"rule.yt.cam1") && ids.contains(&"rule.yt.cam2"), "{ids:?}");
+    assert!(list.iter().all(|t| t["rule"] == "yt"), "{list:?}");
+
+    // A hand-made task on a rule's destination is refused by the uniqueness rule.
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "mine", "stream": {"name": "other"}, "protocol": "rtmp",
+                   "url": nginx.rtmp_url(), "streamKey": "cam1-a"}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+
+    // Edited live: a third destination; the two others keep their sessions.
+    patch_app(
+        &node,
+        rule(&nginx, &["${SourceStream}-a", "${SourceStream}-b", "${SourceStream}-c"]),
+    )
+    .await;
+    for key in ["cam1-c", "cam2-c"] {
+        recording_grows(&nginx, key).await;
+    }
+    for key in ["cam1-a", "cam1-b", "cam2-a", "cam2-b"] {
+        assert_eq!(sessions(&nginx, key), 1, "{key} reconnected: {}", nginx.error_log());
+    }
+    let t = node.task("rule.yt.cam1").await;
+    assert_eq!(t["destinations"].as_array().map(Vec::len), Some(3), "{t}");
+
+    // A restart derives the same tasks: nothing twice.
+    node.restart().await;
+    let _again = encoder(&node, "cam1", dir.path());
+    wait_for("cam1 pushed again", Duration::from_secs(30), || async {
+        (sessions(&nginx, "cam1-a") == 2).then_some(())
+    })
+    .await;
+    assert_eq!(tasks(&node).await.len(), 2);
+
+    // The rule removed: its tasks go.
+    patch_app(&node, json!({"rules": []})).await;
+    wait_for("the rule's tasks removed", Duration::from_secs(15), || async {
+        tasks(&node).await.is_empty().then_some(())
+    })
+    .await;
+}
