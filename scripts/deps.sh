@@ -6,12 +6,15 @@
 #                           ~/.cache/pushcast-schemathesis) for the API attack test, and
 #                           grpcurl 1.8.6 (a tool that speaks only the v1alpha reflection
 #                           service) at ~/.cache/pushcast-grpcurl-1.8/grpcurl, and a
-#                           static ffmpeg 9 (Enhanced RTMP) at ~/.cache/pushcast-ffmpeg9/ffmpeg
+#                           static ffmpeg 9 (Enhanced RTMP) at ~/.cache/pushcast-ffmpeg9/ffmpeg,
+#                           and Debian's chromium + chromium-driver for the console's
+#                           browser test
 set -euo pipefail
 
 want=(protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = "test" ]; then
-  want+=(etcd-server etcd-client ffmpeg nginx libnginx-mod-rtmp stunnel4 ca-certificates prometheus)
+  want+=(etcd-server etcd-client ffmpeg nginx libnginx-mod-rtmp stunnel4 ca-certificates prometheus
+    chromium chromium-driver)
   command -v python3 > /dev/null || want+=(python3)
   python3 -c 'import venv, ensurepip' 2> /dev/null || want+=(python3-venv)
 fi

@@ -10,7 +10,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use pushcast_proto::ApiError;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
@@ -47,6 +47,7 @@ pub fn router(gw: Gateway) -> Router {
             "/v1/vhosts/{vhost}/apps/{app}/streams/{stream}",
             any(stream_target),
         )
+        .route("/console/events", get(crate::console::events))
         .fallback(|| async { error(controller_not_found()) })
         .layer(middleware::from_fn_with_state(
             gw.clone(),
@@ -73,6 +74,9 @@ async fn preflight_and_auth(State(gw): State<Gateway>, req: Request, next: Next)
             OPENAPI,
         )
             .into_response();
+    }
+    if req.method() == Method::GET && crate::console::is_asset(req.uri().path()) {
+        return crate::console::asset(req.uri().path());
     }
     if req.method() == Method::OPTIONS {
         let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -103,8 +107,19 @@ async fn preflight_and_auth(State(gw): State<Gateway>, req: Request, next: Next)
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
+    // A page's script (the console) asks not to be challenged: with the challenge, a
+    // browser answers a 401 with its own login dialog instead of handing it to the page.
+    let from_script = req
+        .headers()
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
     match gw.auth.check(header) {
         Ok(()) => next.run(req).instrument(span).await,
+        Err(e) if from_script => {
+            let mut resp = error(e);
+            resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+            resp
+        }
         Err(e) => error(e),
     }
 }
@@ -139,7 +154,7 @@ fn ok_raw(mut text: Vec<u8>) -> Response {
         .into_response()
 }
 
-fn error(e: ApiError) -> Response {
+pub(crate) fn error(e: ApiError) -> Response {
     let code = e.http_status();
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({"statusCode": code, "message": format!("[HTTP] {} ({code})", e.message)});

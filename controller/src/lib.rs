@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod gateway;
 pub mod grpc;
 pub mod informer;

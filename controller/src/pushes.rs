@@ -365,6 +365,25 @@ impl Pushes {
         Ok(list)
     }
 
+    /// The registered workers with the number of tasks each holds (the console's view
+    /// of load), from the informer's picture.
+    pub fn workers(&self) -> Vec<(pushcast_proto::model::WorkerInfo, usize)> {
+        let picture = self.informer.read();
+        picture
+            .workers
+            .values()
+            .map(|w| {
+                let held = picture
+                    .statuses
+                    .values()
+                    .filter(|s| s.worker.as_deref() == Some(w.node_id.as_str()))
+                    .filter(|s| s.state != pushcast_proto::model::TaskState::Stopped)
+                    .count();
+                (w.clone(), held)
+            })
+            .collect()
+    }
+
     /// One page of [`Pushes::list`]: at most `size` tasks after the one `token` names (the
     /// first page for an empty token), and the token of the next page (empty on the last).
     /// A token names the last task of its page, so tasks created or removed between pages

@@ -104,7 +104,10 @@ async fn pass(
                 continue;
             }
             let id = want.id.clone();
-            match pushes.start(&app.vhost, &app.name, start_request(want)).await {
+            match pushes
+                .start(&app.vhost, &app.name, start_request(want))
+                .await
+            {
                 Ok(_) => {
                     metrics::counter!("pushcast_rule_tasks_total", "change" => "created")
                         .increment(1);
@@ -118,7 +121,10 @@ async fn pass(
                 continue;
             }
             let id = want.id.clone();
-            match pushes.update(&app.vhost, &app.name, update_request(&old, want)).await {
+            match pushes
+                .update(&app.vhost, &app.name, update_request(&old, want))
+                .await
+            {
                 Ok(_) => {
                     metrics::counter!("pushcast_rule_tasks_total", "change" => "updated")
                         .increment(1);
@@ -161,7 +167,11 @@ fn existing(spec: &TaskSpec) -> Option<Existing> {
         id: spec.id.clone(),
         rule,
         stream: spec.stream.name.clone(),
-        destinations: spec.destinations().iter().map(|d| d.spec().clone()).collect(),
+        destinations: spec
+            .destinations()
+            .iter()
+            .map(|d| d.spec().clone())
+            .collect(),
         track_ids: spec.stream.track_ids.clone(),
         variant_names: spec.stream.variant_names.clone(),
     })

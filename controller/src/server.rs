@@ -148,7 +148,14 @@ pub async fn start(
         shutdown.clone(),
     );
     tasks.spawn(async move {
-        crate::rules::run(rules_store, rules_informer, rules_pushes, rules_leader, stop).await;
+        crate::rules::run(
+            rules_store,
+            rules_informer,
+            rules_pushes,
+            rules_leader,
+            stop,
+        )
+        .await;
         Ok(())
     });
     let (sched_store, stop) = (store.clone(), shutdown.clone());

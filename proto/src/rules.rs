@@ -68,7 +68,12 @@ pub fn task_id(rule: &str, stream: &str) -> String {
 }
 
 /// The destinations `rule` pushes `stream` to, macros expanded.
-pub fn destinations_for(rule: &PushRule, vhost: &str, app: &str, stream: &str) -> Vec<DestinationSpec> {
+pub fn destinations_for(
+    rule: &PushRule,
+    vhost: &str,
+    app: &str,
+    stream: &str,
+) -> Vec<DestinationSpec> {
     rule.destinations
         .iter()
         .map(|d| DestinationSpec {
@@ -160,7 +165,9 @@ pub fn plan(
 }
 
 fn differs(e: &Existing, w: &Wanted) -> bool {
-    e.destinations != w.destinations || e.track_ids != w.track_ids || e.variant_names != w.variant_names
+    e.destinations != w.destinations
+        || e.track_ids != w.track_ids
+        || e.variant_names != w.variant_names
 }
 
 #[cfg(test)]
@@ -218,7 +225,12 @@ mod tests {
     #[test]
     fn macros_and_ids() {
         assert_eq!(
-            expand("rtmp://x/${VHostName}/${AppName}/${SourceStream}", "v", "a", "s"),
+            expand(
+                "rtmp://x/${VHostName}/${AppName}/${SourceStream}",
+                "v",
+                "a",
+                "s"
+            ),
             "rtmp://x/v/a/s"
         );
         assert_eq!(task_id("yt", "cam1"), "rule.yt.cam1");
@@ -226,7 +238,11 @@ mod tests {
 
     #[test]
     fn live_matching_streams_get_tasks_and_edits_change_them_in_place() {
-        let rules = [rule("yt", "cam*", &["${SourceStream}-a", "${SourceStream}-b"])];
+        let rules = [rule(
+            "yt",
+            "cam*",
+            &["${SourceStream}-a", "${SourceStream}-b"],
+        )];
         let live = ["cam1".to_string(), "cam2".to_string(), "other".to_string()];
         let p = plan("v", "live", &rules, &live, &[]);
         assert_eq!(p.create.len(), 2);
@@ -234,17 +250,32 @@ mod tests {
         assert_eq!(p.create[0].destinations[1].stream_key, "cam1-b");
         assert_eq!(p.create[0].destinations[0].url, "rtmp://h/live");
         let made: Vec<Existing> = p.create.iter().map(existing).collect();
-        assert_eq!(plan("v", "live", &rules, &live, &made), Plan::default(), "idempotent");
+        assert_eq!(
+            plan("v", "live", &rules, &live, &made),
+            Plan::default(),
+            "idempotent"
+        );
         // A third destination: both tasks change in place.
-        let edited = [rule("yt", "cam*", &["${SourceStream}-a", "${SourceStream}-b", "c"])];
+        let edited = [rule(
+            "yt",
+            "cam*",
+            &["${SourceStream}-a", "${SourceStream}-b", "c"],
+        )];
         let p = plan("v", "live", &edited, &live, &made);
         assert_eq!((p.create.len(), p.change.len(), p.remove.len()), (0, 2, 0));
         // A stream that is not live keeps its task; a rule removed or narrowed removes.
         let p = plan("v", "live", &rules, &["cam1".to_string()], &made);
         assert_eq!(p, Plan::default());
-        let narrowed = [rule("yt", "cam1", &["${SourceStream}-a", "${SourceStream}-b"])];
+        let narrowed = [rule(
+            "yt",
+            "cam1",
+            &["${SourceStream}-a", "${SourceStream}-b"],
+        )];
         let p = plan("v", "live", &narrowed, &live, &made);
-        assert_eq!(p.remove.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["rule.yt.cam2"]);
+        assert_eq!(
+            p.remove.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["rule.yt.cam2"]
+        );
         let p = plan("v", "live", &[], &live, &made);
         assert_eq!(p.remove.len(), 2);
     }

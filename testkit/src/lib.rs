@@ -20,6 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod browser;
 pub mod cluster;
 pub mod etcd;
 pub mod ffmpeg;

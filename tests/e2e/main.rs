@@ -7,6 +7,7 @@
 mod callbacks;
 mod chaos;
 mod cluster;
+mod console;
 mod continuity;
 mod controller_cluster;
 mod data_plane;

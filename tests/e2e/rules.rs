@@ -22,7 +22,11 @@ fn rule(nginx: &Nginx, keys: &[&str]) -> Value {
 
 async fn patch_app(node: &Node, body: Value) -> Value {
     let r = node
-        .call("PATCH", "/v1/vhosts/default/apps/app", Some(&body.to_string()))
+        .call(
+            "PATCH",
+            "/v1/vhosts/default/apps/app",
+            Some(&body.to_string()),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json
@@ -53,14 +57,25 @@ fn sessions(nginx: &Nginx, key: &str) -> usize {
 
 async fn recording_grows(nginx: &Nginx, key: &str) {
     let path = nginx.recording(key);
-    let first = wait_for(&format!("{key} recorded"), Duration::from_secs(30), || async {
-        std::fs::metadata(&path).ok().map(|m| m.len()).filter(|n| *n > 0)
-    })
+    let first = wait_for(
+        &format!("{key} recorded"),
+        Duration::from_secs(30),
+        || async {
+            std::fs::metadata(&path)
+                .ok()
+                .map(|m| m.len())
+                .filter(|n| *n > 0)
+        },
+    )
     .await;
-    wait_for(&format!("{key} growing"), Duration::from_secs(30), || async {
-        let now = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        (now > first).then_some(())
-    })
+    wait_for(
+        &format!("{key} growing"),
+        Duration::from_secs(30),
+        || async {
+            let now = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            (now > first).then_some(())
+        },
+    )
     .await;
 }
 
@@ -70,10 +85,17 @@ async fn a_rule_pushes_every_matching_stream_follows_edits_and_makes_nothing_twi
     let mut node = Node::standalone(dir.path(), TOKEN).await;
     node.open_publish("app").await;
     let nginx = Nginx::start();
-    let app = patch_app(&node, rule(&nginx, &["${SourceStream}-a", "${SourceStream}-b"])).await;
+    let app = patch_app(
+        &node,
+        rule(&nginx, &["${SourceStream}-a", "${SourceStream}-b"]),
+    )
+    .await;
     assert_eq!(app["response"]["rules"][0]["stream"], "cam*", "{app}");
 
-    let (_cam1, _cam2) = (encoder(&node, "cam1", dir.path()), encoder(&node, "cam2", dir.path()));
+    let (_cam1, _cam2) = (
+        encoder(&node, "cam1", dir.path()),
+        encoder(&node, "cam2", dir.path()),
+    );
     let _other = encoder(&node, "other", dir.path());
     for key in ["cam1-a", "cam1-b", "cam2-a", "cam2-b"] {
         recording_grows(&nginx, key).await;
@@ -81,7 +103,10 @@ async fn a_rule_pushes_every_matching_stream_follows_edits_and_makes_nothing_twi
     let list = tasks(&node).await;
     let ids: Vec<&str> = list.iter().filter_map(|t| t["id"].as_str()).collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
-    assert!(ids.contains(&"rule.yt.cam1") && ids.contains(&"rule.yt.cam2"), "{ids:?}");
+    assert!(
+        ids.contains(&"rule.yt.cam1") && ids.contains(&"rule.yt.cam2"),
+        "{ids:?}"
+    );
     assert!(list.iter().all(|t| t["rule"] == "yt"), "{list:?}");
 
     // A hand-made task on a rule's destination is refused by the uniqueness rule.
@@ -97,14 +122,26 @@ async fn a_rule_pushes_every_matching_stream_follows_edits_and_makes_nothing_twi
     // Edited live: a third destination; the two others keep their sessions.
     patch_app(
         &node,
-        rule(&nginx, &["${SourceStream}-a", "${SourceStream}-b", "${SourceStream}-c"]),
+        rule(
+            &nginx,
+            &[
+                "${SourceStream}-a",
+                "${SourceStream}-b",
+                "${SourceStream}-c",
+            ],
+        ),
     )
     .await;
     for key in ["cam1-c", "cam2-c"] {
         recording_grows(&nginx, key).await;
     }
     for key in ["cam1-a", "cam1-b", "cam2-a", "cam2-b"] {
-        assert_eq!(sessions(&nginx, key), 1, "{key} reconnected: {}", nginx.error_log());
+        assert_eq!(
+            sessions(&nginx, key),
+            1,
+            "{key} reconnected: {}",
+            nginx.error_log()
+        );
     }
     let t = node.task("rule.yt.cam1").await;
     assert_eq!(t["destinations"].as_array().map(Vec::len), Some(3), "{t}");
@@ -120,8 +157,10 @@ async fn a_rule_pushes_every_matching_stream_follows_edits_and_makes_nothing_twi
 
     // The rule removed: its tasks go.
     patch_app(&node, json!({"rules": []})).await;
-    wait_for("the rule's tasks removed", Duration::from_secs(15), || async {
-        tasks(&node).await.is_empty().then_some(())
-    })
+    wait_for(
+        "the rule's tasks removed",
+        Duration::from_secs(15),
+        || async { tasks(&node).await.is_empty().then_some(()) },
+    )
     .await;
 }

@@ -659,7 +659,11 @@ impl Ingest {
                 };
                 if fresh {
                     // One per stream in the hub (a resumed one has its follower).
-                    tokio::spawn(self.clone().follow_inputs(store_key.clone(), splice));
+                    tokio::spawn(self.clone().follow_inputs(
+                        source.key().clone(),
+                        store_key.clone(),
+                        splice,
+                    ));
                 }
                 Ok(Published {
                     source,
@@ -1002,13 +1006,33 @@ impl Ingest {
         }
     }
 
-    /// Keeps the stream's record saying which input feeds it (`input`, `inputs`), as
-    /// backups come and go and the hub switches (one write per change), until the
-    /// stream leaves the hub.
-    async fn follow_inputs(self, store_key: String, mut splice: watch::Receiver<SpliceStatus>) {
-        while splice.changed().await.is_ok() {
+    /// Keeps the stream's record saying what it is: which input feeds it (`input`,
+    /// `inputs`, as backups come and go and the hub switches) and its tracks with their
+    /// codecs (once the first frames have told them, and when they change) — one write
+    /// per change, never per second — until the stream leaves the hub.
+    async fn follow_inputs(
+        self,
+        key: StreamId,
+        store_key: String,
+        mut splice: watch::Receiver<SpliceStatus>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = splice.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
+            }
             let st = splice.borrow_and_update().clone();
             let Some(active) = st.active else { continue };
+            let Some(info) = self.hub.info(&key) else {
+                return;
+            };
+            let tracks: Vec<String> = info
+                .tracks()
+                .iter()
+                .map(|t| format!("{}:{}", t.name, t.codec))
+                .collect();
             // Twice: a write of the admission or unpublish may come in between.
             for _ in 0..2 {
                 let Some(current) = self.lock_published().get(&store_key).cloned() else {
@@ -1020,14 +1044,20 @@ impl Ingest {
                 let input = Some(active.as_str().to_string());
                 let inputs = st.inputs as u32;
                 // Interrupted: the publish that continues it rewrites the record.
-                if record.interrupted_ms.is_some()
-                    || (record.input == input && record.inputs == inputs)
-                {
+                let same = record.input == input
+                    && record.inputs == inputs
+                    && (tracks.is_empty() || record.tracks == tracks);
+                if record.interrupted_ms.is_some() || same {
                     break;
                 }
                 let updated = LiveStream {
                     input,
                     inputs,
+                    tracks: if tracks.is_empty() {
+                        record.tracks.clone()
+                    } else {
+                        tracks.clone()
+                    },
                     ..record
                 };
                 let Ok(value) = serde_json::to_vec(&updated) else {
@@ -1047,7 +1077,7 @@ impl Ingest {
                     }
                     Ok(_) => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot record the stream's input");
+                        tracing::warn!(error = %e, "cannot record the stream's input and tracks");
                         break;
                     }
                 }
