@@ -73,9 +73,16 @@ function renderStreams(streams) {
   const body = $("streams").tBodies[0];
   body.replaceChildren();
   for (const s of streams) {
+    const h = s.health || {};
+    const codecs = h.codecs || (s.tracks || []).map((t) => t.split(":").pop());
+    const shape = (h.width ? h.width + "×" + h.height + " " : "") + (h.fps ? h.fps + " fps " : "") +
+      (h.bitrate ? rate(h.bitrate) : "");
+    const who = [s.client, h.encoder || s.software].filter(Boolean).join(" · ");
     const tr = el("tr", null, { "data-stream": s.app + "/" + s.name });
     tr.append(el("td", s.app), el("th", s.name, { scope: "row" }), el("td", s.worker),
-      el("td", (s.codecs || []).join(", "), { class: "codecs" }),
+      el("td", codecs.join(", "), { class: "codecs" }),
+      el("td", shape, { class: "stream-health", "data-bps": String(h.bitrate || 0) }),
+      el("td", who, { class: "encoder" }),
       el("td", (s.input || "") + (s.inputs > 1 ? " (+ standby)" : "")),
       el("td", s.interrupted ? "interrupted since " + s.interrupted : "live"));
     body.appendChild(tr);

@@ -102,16 +102,9 @@ async fn snapshot(gw: &Gateway, vhost: &str) -> Value {
         if let Ok(list) = gw.pushes.list(vhost, name, None).await {
             tasks.extend(list.iter().map(|t| t.to_ome_json()));
         }
-        if let Ok(list) = gw.pushes.streams(vhost, name).await {
-            streams.extend(list.iter().map(|s| {
-                let mut v = s.to_json();
-                v["app"] = json!(s.app);
-                v["codecs"] = json!(
-                    s.tracks
-                        .iter()
-                        .map(|t| t.rsplit(':').next().unwrap_or(t))
-                        .collect::<Vec<_>>()
-                );
+        if let Ok(list) = gw.pushes.streams_json(vhost, name).await {
+            streams.extend(list.into_iter().map(|mut v| {
+                v["app"] = json!(name);
                 v
             }));
         }

@@ -339,12 +339,7 @@ async fn streams_collection(
     if method != Method::GET {
         return error(controller_not_found());
     }
-    respond(
-        gw.pushes
-            .streams(&vhost, &app)
-            .await
-            .map(|list| Value::Array(list.iter().map(|s| s.to_json()).collect())),
-    )
+    respond(gw.pushes.streams_json(&vhost, &app).await.map(Value::Array))
 }
 
 /// `GET /v1/vhosts/{vhost}/apps/{app}/streams/{stream}`: one live stream.
@@ -356,10 +351,9 @@ async fn stream_target(
     if method != Method::GET {
         return error(controller_not_found());
     }
-    let found = gw.pushes.streams(&vhost, &app).await.and_then(|list| {
-        list.iter()
-            .find(|s| s.stream == stream)
-            .map(|s| s.to_json())
+    let found = gw.pushes.streams_json(&vhost, &app).await.and_then(|list| {
+        list.into_iter()
+            .find(|s| s["name"] == stream.as_str())
             .ok_or_else(|| ApiError::not_found(format!("Could not find the stream: {stream}")))
     });
     respond(found)

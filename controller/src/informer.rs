@@ -448,6 +448,8 @@ mod tests {
             resumed_from: None,
             input: None,
             inputs: 0,
+            client: None,
+            software: None,
         };
         p.apply(
             &keys::stream("v", "a", "cam"),

@@ -78,6 +78,30 @@ impl LiveStatus {
         }
     }
 
+    /// The health of the streams live on `workers` (each asked once, in parallel; a
+    /// worker that does not answer in time gives none), by (vhost, app, stream).
+    pub async fn stream_health(
+        &self,
+        workers: &[String],
+    ) -> HashMap<(String, String, String), v1::StreamHealth> {
+        let calls = workers.iter().map(|worker| async move {
+            let addr = self.informer.read().worker(worker)?.grpc_addr.clone();
+            let mut client = self.clients.client(&addr)?;
+            let call = client.list_streams(v1::ListStreamsRequest {});
+            match tokio::time::timeout(WORKER_DEADLINE, call).await {
+                Ok(Ok(resp)) => Some(resp.into_inner().streams),
+                _ => None,
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| ((h.vhost.clone(), h.app.clone(), h.stream.clone()), h))
+            .collect()
+    }
+
     /// The worker's live statuses of `refs`; `None` when the worker is not registered.
     async fn ask(&self, worker: &str, refs: Vec<v1::TaskRef>) -> Option<Vec<v1::LiveTaskStatus>> {
         let addr = self.informer.read().worker(worker)?.grpc_addr.clone();

@@ -365,6 +365,40 @@ impl Pushes {
         Ok(list)
     }
 
+    /// [`Pushes::streams`] as the API shows them, each with its health as its worker
+    /// measures it now (`health`: codecs, resolution, frame rate, bitrate, encoder).
+    pub async fn streams_json(
+        &self,
+        vhost: &str,
+        app: &str,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        let list = self.streams(vhost, app).await?;
+        let mut workers: Vec<String> = list.iter().map(|s| s.worker.clone()).collect();
+        workers.sort();
+        workers.dedup();
+        let health = self.live.stream_health(&workers).await;
+        Ok(list
+            .iter()
+            .map(|s| {
+                let mut v = s.to_json();
+                let key = (s.vhost.clone(), s.app.clone(), s.stream.clone());
+                if let Some(h) = health.get(&key) {
+                    v["health"] = serde_json::json!({
+                        "codecs": h.codecs,
+                        "width": h.width,
+                        "height": h.height,
+                        "fps": h.fps,
+                        "bitrate": h.bitrate_bps,
+                        "encoder": h.encoder,
+                        "framesIn": h.frames_in,
+                        "bytesIn": h.bytes_in,
+                    });
+                }
+                v
+            })
+            .collect())
+    }
+
     /// The registered workers with the number of tasks each holds (the console's view
     /// of load), from the informer's picture.
     pub fn workers(&self) -> Vec<(pushcast_proto::model::WorkerInfo, usize)> {

@@ -1290,6 +1290,12 @@ pub struct LiveStream {
     /// Inputs connected: 2 with a standby.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub inputs: u32,
+    /// The encoder's address (`ip:port`) and software (RTMP `flashVer`), as it
+    /// published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software: Option<String>,
 }
 
 fn is_zero_u32(v: &u32) -> bool {
@@ -1308,6 +1314,8 @@ impl LiveStream {
             "inputs": self.inputs,
             "interrupted": self.interrupted_ms.map(|ms| time::format_ms(Some(ms))),
             "resumedFrom": self.resumed_from,
+            "client": self.client,
+            "software": self.software,
         })
     }
 }

@@ -72,6 +72,44 @@ async fn a_running_push_shows_its_bitrate_frame_rate_and_connection_time() {
     .await;
     assert_eq!(later["state"], "started");
 
+    // The stream itself: what the encoder sends, as its worker measures it.
+    let s = node
+        .call("GET", "/v1/vhosts/default/apps/app/streams/cam", None)
+        .await;
+    let h = &s.json["response"]["health"];
+    println!("stream: {}", s.json["response"]);
+    assert_eq!(
+        (h["width"].as_u64(), h["height"].as_u64()),
+        (Some(320), Some(240)),
+        "{s:?}",
+        s = s.text
+    );
+    let stream_fps = h["fps"].as_f64().unwrap_or(0.0);
+    assert!(
+        (25.0..=35.0).contains(&stream_fps),
+        "stream fps {stream_fps}"
+    );
+    let stream_bps = h["bitrate"].as_u64().unwrap_or(0);
+    assert!(
+        stream_bps * 10 >= clip_bps * 6 && stream_bps * 10 <= clip_bps * 16,
+        "stream bitrate {stream_bps} for a {clip_bps} b/s source"
+    );
+    assert_eq!(h["codecs"], json!(["H.264", "AAC"]));
+    assert!(
+        h["encoder"].as_str().unwrap_or("").starts_with("Lavf"),
+        "{h}"
+    );
+    let client = s.json["response"]["client"].as_str().unwrap_or("");
+    assert!(client.starts_with("127.0.0.1:"), "{client}");
+    assert!(
+        s.json["response"]["software"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Lavf"),
+        "flashVer: {}",
+        s.json["response"]
+    );
+
     // The same numbers over gRPC.
     let channel = crate::grpc_channel(&node).await;
     let mut pushes = v1::push_service_client::PushServiceClient::new(channel);

@@ -597,6 +597,8 @@ impl Ingest {
             resumed_from: None,
             input: Some(Role::Primary.as_str().to_string()),
             inputs: 1,
+            client: Some(peer.to_string()),
+            software: req.connect.flash_ver.clone().filter(|v| !v.is_empty()),
         };
         let mut value =
             serde_json::to_vec(&record).map_err(|e| Refusal::Internal(e.to_string()))?;
@@ -1521,6 +1523,8 @@ mod tests {
                 resumed_from: None,
                 input: None,
                 inputs: 0,
+                client: None,
+                software: None,
             };
             s.ingest
                 .store

@@ -15,6 +15,7 @@ pub mod server;
 pub mod service;
 pub mod stale;
 pub mod status;
+pub mod stream_health;
 pub mod tracks;
 
 pub use config::WorkerArgs;

@@ -263,14 +263,19 @@ pub async fn start(
         fence: fence.clone(),
     };
     // The pushes' health: rates sampled every second, and the stall watchdog.
-    let (sampled, sample_hub, stop) = (live.clone(), hub.clone(), shutdown.clone());
+    let rates = crate::stream_health::StreamRates::default();
+    let (sampled, sample_hub, sampled_streams, stop) =
+        (live.clone(), hub.clone(), rates.clone(), shutdown.clone());
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                _ = tick.tick() => sampled.sample(&sample_hub, stall_after),
+                _ = tick.tick() => {
+                    sampled.sample(&sample_hub, stall_after);
+                    sampled_streams.sample(&sample_hub);
+                }
             }
         }
     });
@@ -308,6 +313,8 @@ pub async fn start(
         live: live.clone(),
         updates: updates_tx,
         publishers,
+        hub: hub.clone(),
+        rates,
     };
     let stop = shutdown.clone();
     let mut builder =

@@ -15,6 +15,9 @@ pub struct WorkerApi {
     pub updates: mpsc::Sender<(v1::ApplyAssignmentsRequest, oneshot::Sender<u32>)>,
     /// Live publishes of the ingest.
     pub publishers: Publishers,
+    /// The streams and their sampled rates (`ListStreams`).
+    pub hub: crate::hub::Hub,
+    pub rates: crate::stream_health::StreamRates,
 }
 
 #[tonic::async_trait]
@@ -40,6 +43,15 @@ impl WorkerService for WorkerApi {
             })
             .collect();
         Ok(Response::new(v1::GetTaskStatusResponse { tasks }))
+    }
+
+    async fn list_streams(
+        &self,
+        _req: Request<v1::ListStreamsRequest>,
+    ) -> Result<Response<v1::ListStreamsResponse>, Status> {
+        Ok(Response::new(v1::ListStreamsResponse {
+            streams: self.rates.health(&self.hub),
+        }))
     }
 
     async fn apply_assignments(
@@ -89,6 +101,8 @@ mod tests {
             live: LiveTasks::default(),
             updates,
             publishers: Publishers::default(),
+            hub: crate::hub::Hub::default(),
+            rates: Default::default(),
         };
         (api, rx)
     }

@@ -456,6 +456,8 @@ mod tests {
             resumed_from: None,
             input: None,
             inputs: 0,
+            client: None,
+            software: None,
         };
         put(store, &keys::stream("v", "a", "cam"), &live).await;
     }

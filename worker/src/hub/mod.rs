@@ -154,6 +154,10 @@ pub struct StreamInfo {
     pub gop_overflows: u64,
     /// Its inputs: which is active, interruptions, switches (`splice`).
     pub splice: SpliceStatus,
+    /// Video pictures received (coded frames, not sequence headers).
+    pub pictures_in: u64,
+    /// The latest `onMetaData` the encoder sent (its payload).
+    pub metadata: Option<bytes::Bytes>,
 }
 
 impl StreamInfo {
@@ -298,6 +302,7 @@ impl Hub {
                 inputs,
                 asks: Vec::new(),
                 next_ask: 0,
+                pictures_in: 0,
             }),
         });
         streams.insert(key.clone(), Arc::clone(&shared));
@@ -490,6 +495,11 @@ impl Source {
             .sent(frame.timestamp_ms.wrapping_add(composition), now);
         state.frames_in += 1;
         state.bytes_in += frame.payload.len() as u64;
+        if frame.kind == pushcast_media::FrameKind::Video
+            && tag.as_ref().is_some_and(|t| !t.is_config())
+        {
+            state.pictures_in += 1;
+        }
         if let Some(tag) = tag
             && tag.packet != PacketType::ManyTracks
         {
@@ -698,6 +708,7 @@ struct SourceState {
     /// the stream outlives its last input by the longest of these and its app's.
     asks: Vec<(u64, Duration)>,
     next_ask: u64,
+    pictures_in: u64,
 }
 
 impl SourceShared {
@@ -721,6 +732,13 @@ impl SourceShared {
             gop_bytes: state.gop.bytes(),
             gop_overflows: state.gop.overflows(),
             splice: self.splice.borrow().clone(),
+            pictures_in: state.pictures_in,
+            metadata: state
+                .gop
+                .latest()
+                .metadata
+                .as_ref()
+                .map(|f| f.payload.clone()),
         }
     }
 }
