@@ -15,14 +15,17 @@ use crate::hub::{Hub, StreamId, StreamInfo};
 /// Samples kept per stream: five seconds of rates.
 const SAMPLES: usize = 6;
 
-/// Per stream: (when, bytes in, pictures in), once a second.
+/// (when, bytes in, pictures in) of one stream, the last [`SAMPLES`] seconds.
+type Ring = VecDeque<(Instant, u64, u64)>;
+
+/// Per stream: its samples, once a second.
 #[derive(Debug, Clone, Default)]
 pub struct StreamRates {
-    samples: Arc<Mutex<HashMap<StreamId, VecDeque<(Instant, u64, u64)>>>>,
+    samples: Arc<Mutex<HashMap<StreamId, Ring>>>,
 }
 
 impl StreamRates {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, VecDeque<(Instant, u64, u64)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Ring>> {
         self.samples.lock().unwrap_or_else(|e| e.into_inner())
     }
 
