@@ -53,15 +53,34 @@ impl Apps {
         }
     }
 
-    /// Creates the configured apps that do not exist yet.
+    /// Creates the configured apps that do not exist yet, and gives the ones the file
+    /// has rules for those rules (the file wins; the app's other settings stay).
     pub async fn seed(&self, apps: &[AppConfig]) -> Result<(), ApiError> {
         for app in apps {
             self.check_vhost(&app.vhost)?;
             let key = keys::app(&app.vhost, &app.name);
             let txn = Txn::new()
                 .when(Compare::Absent(key.clone()))
-                .and_then(Op::put(key, encode(app)?));
-            self.store.txn(txn).await.map_err(api_error)?;
+                .and_then(Op::put(key.clone(), encode(app)?));
+            let created = self.store.txn(txn).await.map_err(api_error)?.succeeded;
+            if !created && !app.rules.is_empty() {
+                for _ in 0..5 {
+                    let Some(kv) = self.store.get(&key).await.map_err(api_error)? else {
+                        break;
+                    };
+                    let mut stored: AppConfig = decode(&kv.key, &kv.value)?;
+                    if stored.rules == app.rules {
+                        break;
+                    }
+                    stored.rules = app.rules.clone();
+                    let txn = Txn::new()
+                        .when(Compare::ModRevision(key.clone(), kv.mod_revision))
+                        .and_then(Op::put(key.clone(), encode(&stored)?));
+                    if self.store.txn(txn).await.map_err(api_error)?.succeeded {
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -74,6 +74,12 @@ pub struct VhostSection {
     /// Host names (and `*.suffix` wildcards) whose publishes land in this vhost.
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
+    /// Auto-push rules, each naming its `app` (one of `apps`), in the REST API's shape:
+    /// `[[vhosts.default.rules]] app = "live" name = "yt" stream = "cam*"
+    /// destinations = [{ protocol = "rtmp", url = "...", streamKey = "${SourceStream}" }]`.
+    /// They replace the app's rules at start (the file wins, as for `hosts`).
+    #[serde(default)]
+    pub rules: Vec<serde_json::Value>,
 }
 
 /// Vhosts and apps from the config file's `[vhosts]` table; without one, `default` with
@@ -87,6 +93,7 @@ pub fn vhosts_or_default(
             VhostSection {
                 apps: vec!["app".to_string()],
                 hosts: None,
+                rules: Vec::new(),
             },
         )])
     });
@@ -116,13 +123,42 @@ pub fn vhosts_or_default(
     (vhosts, apps)
 }
 
-/// Vhosts and apps of a loaded config file (or the default ones).
+/// Vhosts and apps of a loaded config file (or the default ones), with the apps' rules
+/// (checked as the API checks them: a bad rule fails the start, named).
 pub fn vhosts_from(
     file: &pushcast_runtime::config_file::ConfigFile,
 ) -> anyhow::Result<(Vec<VhostSeed>, Vec<AppConfig>)> {
-    Ok(vhosts_or_default(
-        file.section::<BTreeMap<String, VhostSection>>("vhosts")?,
-    ))
+    let section = file.section::<BTreeMap<String, VhostSection>>("vhosts")?;
+    let rules: Vec<(String, Vec<serde_json::Value>)> = section
+        .iter()
+        .flatten()
+        .map(|(vhost, s)| (vhost.clone(), s.rules.clone()))
+        .collect();
+    let (vhosts, mut apps) = vhosts_or_default(section);
+    for (vhost, list) in rules {
+        let mut by_app: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+        for r in list {
+            let app = r
+                .get("app")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            by_app.entry(app).or_default().push(r);
+        }
+        for (app, list) in by_app {
+            let Some(target) = apps.iter_mut().find(|a| a.vhost == vhost && a.name == app) else {
+                anyhow::bail!(
+                    "config file: a rule of [vhosts.{vhost}] names app '{app}', which is not in its apps"
+                );
+            };
+            let parsed =
+                crate::requests::rules(&serde_json::json!({ "rules": list })).map_err(|e| {
+                    anyhow::anyhow!("config file: rules of {vhost}/{app}: {}", e.message)
+                })?;
+            target.rules = parsed.unwrap_or_default();
+        }
+    }
+    Ok((vhosts, apps))
 }
 
 /// Everything [`crate::server::start`] needs.
@@ -132,4 +168,71 @@ pub struct ControllerConfig {
     pub vhosts: Vec<VhostSeed>,
     pub apps: Vec<AppConfig>,
     pub node_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<(Vec<VhostSeed>, Vec<AppConfig>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pushcast.toml");
+        std::fs::write(&path, text).unwrap();
+        vhosts_from(&pushcast_runtime::config_file::ConfigFile::load(&path).unwrap())
+    }
+
+    #[test]
+    fn rules_in_the_file_go_to_their_app_checked_as_the_api_checks_them() {
+        let (_, apps) = load(
+            r#"
+            [vhosts.default]
+            apps = ["live", "other"]
+            [[vhosts.default.rules]]
+            app = "live"
+            name = "yt"
+            stream = "cam*"
+            destinations = [{ protocol = "rtmp", url = "rtmp://a.example/live", streamKey = "${SourceStream}" }]
+            "#,
+        )
+        .unwrap();
+        let live = apps.iter().find(|a| a.name == "live").unwrap();
+        assert_eq!(live.rules.len(), 1);
+        assert_eq!(live.rules[0].destinations[0].stream_key, "${SourceStream}");
+        assert!(
+            apps.iter()
+                .find(|a| a.name == "other")
+                .unwrap()
+                .rules
+                .is_empty()
+        );
+
+        let e = load(
+            r#"
+            [vhosts.default]
+            apps = ["live"]
+            [[vhosts.default.rules]]
+            app = "nope"
+            name = "yt"
+            stream = "*"
+            destinations = [{ protocol = "rtmp", url = "rtmp://a/live", streamKey = "k" }]
+            "#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("app 'nope'"), "{e}");
+        let e = load(
+            r#"
+            [vhosts.default]
+            apps = ["live"]
+            [[vhosts.default.rules]]
+            app = "live"
+            name = "bad name"
+            stream = "*"
+            destinations = [{ protocol = "rtmp", url = "rtmp://a/live", streamKey = "k" }]
+            "#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("name must be"), "{e}");
+    }
 }

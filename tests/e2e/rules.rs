@@ -164,3 +164,37 @@ async fn a_rule_pushes_every_matching_stream_follows_edits_and_makes_nothing_twi
     )
     .await;
 }
+
+/// A rule written in the config file works as one made through the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_from_the_config_file_pushes_its_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start();
+    let config = dir.path().join("pushcast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[vhosts.default]
+apps = ["app"]
+[[vhosts.default.rules]]
+app = "app"
+name = "file"
+stream = "*"
+destinations = [{{ protocol = "rtmp", url = "{}", streamKey = "${{AppName}}-${{SourceStream}}" }}]
+"#,
+            nginx.rtmp_url()
+        ),
+    )
+    .unwrap();
+    let node = Node::standalone_with(
+        dir.path(),
+        TOKEN,
+        &[format!("--config={}", config.display())],
+    )
+    .await;
+    node.open_publish("app").await;
+    let _encoder = encoder(&node, "cam9", dir.path());
+    recording_grows(&nginx, "app-cam9").await;
+    assert_eq!(node.task("rule.file.cam9").await["rule"], "file");
+}
