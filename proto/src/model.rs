@@ -334,6 +334,20 @@ pub struct Health {
     /// When `lastError` happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error_ms: Option<i64>,
+    /// SRT destinations: what SRT measures of the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srt: Option<SrtHealth>,
+}
+
+/// What SRT counts of a destination's connection (srt-tokio's statistics; its round
+/// trip time is not among what they fill in).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SrtHealth {
+    /// Packets the receiver reported lost, retransmitted, and dropped as too late to
+    /// send, over the connection.
+    pub lost_packets: u64,
+    pub retransmitted_packets: u64,
+    pub dropped_packets: u64,
 }
 
 impl Health {
@@ -355,6 +369,9 @@ impl Health {
             stalls: self.stalls,
             connected_ms: self.connected_ms,
             last_error_time: self.last_error_ms.map(time::to_timestamp),
+            srt_lost_packets: self.srt.map(|s| s.lost_packets),
+            srt_retransmitted_packets: self.srt.map(|s| s.retransmitted_packets),
+            srt_dropped_packets: self.srt.map(|s| s.dropped_packets),
         }
     }
 
@@ -367,6 +384,11 @@ impl Health {
             stalls: p.stalls,
             connected_ms: p.connected_ms,
             last_error_ms: p.last_error_time.as_ref().map(time::from_timestamp),
+            srt: p.srt_lost_packets.map(|lost| SrtHealth {
+                lost_packets: lost,
+                retransmitted_packets: p.srt_retransmitted_packets.unwrap_or(0),
+                dropped_packets: p.srt_dropped_packets.unwrap_or(0),
+            }),
         }
     }
 }
@@ -492,6 +514,8 @@ pub struct OmeTask<'a> {
     destinations: Option<Vec<OmeDestination<'a>>>,
     #[serde(rename = "droppedFrames", skip_serializing_if = "is_zero")]
     dropped_frames: u64,
+    #[serde(rename = "droppedPackets", skip_serializing_if = "Option::is_none")]
+    dropped_packets: Option<u64>,
     #[serde(rename = "finishTime")]
     finish_time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -501,12 +525,19 @@ pub struct OmeTask<'a> {
     last_error: Option<&'a str>,
     #[serde(rename = "lastErrorTime", skip_serializing_if = "Option::is_none")]
     last_error_time: Option<String>,
+    #[serde(rename = "lostPackets", skip_serializing_if = "Option::is_none")]
+    lost_packets: Option<u64>,
     protocol: &'a str,
     /// Ours (additive): the task's own reconnect window, when it has one.
     #[serde(rename = "reconnectWindowMs", skip_serializing_if = "Option::is_none")]
     reconnect_window_ms: Option<u64>,
     #[serde(skip_serializing_if = "is_zero")]
     reconnects: u64,
+    #[serde(
+        rename = "retransmittedPackets",
+        skip_serializing_if = "Option::is_none"
+    )]
+    retransmitted_packets: Option<u64>,
     /// Ours (additive): the auto-push rule that made the task.
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
@@ -556,6 +587,8 @@ struct OmeDestination<'a> {
     connected_time: u64,
     #[serde(rename = "droppedFrames", skip_serializing_if = "is_zero")]
     dropped_frames: u64,
+    #[serde(rename = "droppedPackets", skip_serializing_if = "Option::is_none")]
+    dropped_packets: Option<u64>,
     #[serde(rename = "finishTime")]
     finish_time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -564,9 +597,16 @@ struct OmeDestination<'a> {
     last_error: Option<String>,
     #[serde(rename = "lastErrorTime", skip_serializing_if = "Option::is_none")]
     last_error_time: Option<String>,
+    #[serde(rename = "lostPackets", skip_serializing_if = "Option::is_none")]
+    lost_packets: Option<u64>,
     protocol: &'a str,
     #[serde(skip_serializing_if = "is_zero")]
     reconnects: u64,
+    #[serde(
+        rename = "retransmittedPackets",
+        skip_serializing_if = "Option::is_none"
+    )]
+    retransmitted_packets: Option<u64>,
     #[serde(rename = "sentBytes")]
     sent_bytes: u64,
     #[serde(rename = "sentTime")]
@@ -622,12 +662,15 @@ impl Task {
                         codecs: ds.codecs.clone(),
                         connected_time: h.connected_ms,
                         dropped_frames: h.dropped_frames,
+                        dropped_packets: h.srt.map(|s| s.dropped_packets),
                         finish_time: time::format_ms(ds.finish_ms),
                         fps: (h.fps_milli > 0).then(|| h.fps()),
                         last_error: ds.last_error.clone(),
                         last_error_time: h.last_error_ms.map(|ms| time::format_ms(Some(ms))),
+                        lost_packets: h.srt.map(|s| s.lost_packets),
                         protocol: d.protocol().as_str(),
                         reconnects: h.reconnects,
+                        retransmitted_packets: h.srt.map(|s| s.retransmitted_packets),
                         sent_bytes: ds.sent_bytes,
                         sent_time: ds.sent_time_ms,
                         sequence: ds.sequence,
@@ -652,14 +695,17 @@ impl Task {
             created_time: time::format_ms(Some(spec.created_ms)),
             destinations,
             dropped_frames: h.dropped_frames,
+            dropped_packets: h.srt.map(|s| s.dropped_packets),
             finish_time: time::format_ms(st.finish_ms),
             fps: (h.fps_milli > 0).then(|| h.fps()),
             id: &spec.id,
             last_error: st.last_error.as_deref(),
             last_error_time: h.last_error_ms.map(|ms| time::format_ms(Some(ms))),
+            lost_packets: h.srt.map(|s| s.lost_packets),
             protocol: first.protocol().as_str(),
             reconnect_window_ms: spec.reconnect_window_ms,
             reconnects: h.reconnects,
+            retransmitted_packets: h.srt.map(|s| s.retransmitted_packets),
             rule: spec.rule.as_deref(),
             sent_bytes: st.sent_bytes,
             sent_time: st.sent_time_ms,
@@ -1059,6 +1105,11 @@ mod tests {
                     stalls: 1,
                     connected_ms: 12_000,
                     last_error_ms: Some(1_700_000_000_200),
+                    srt: Some(SrtHealth {
+                        lost_packets: 3,
+                        retransmitted_packets: 4,
+                        dropped_packets: 1,
+                    }),
                 },
                 destinations: vec![],
             },

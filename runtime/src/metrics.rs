@@ -32,6 +32,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "Push sessions that failed and will reconnect.",
     ),
     (
+        "pushcast_push_bitrate_bps",
+        "Bits per second this worker's pushes send, summed over its destinations (each push's own rate is in the API).",
+    ),
+    (
         "pushcast_push_stalls_total",
         "Pushes found stalled and connected again, by how: send_timeout (the destination stopped reading) or no_progress (no bytes sent while the source was live).",
     ),

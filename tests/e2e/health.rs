@@ -136,3 +136,45 @@ async fn a_running_push_shows_its_bitrate_frame_rate_and_connection_time() {
     assert!((25.0..=35.0).contains(&h.fps), "{h:?}");
     assert!(h.connected_ms > 5500, "{h:?}");
 }
+
+/// An SRT destination's health carries what SRT counts of the connection (losses,
+/// retransmissions, drops: srt-tokio 0.4.4's statistics leave the round trip unset).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_srt_push_shows_the_connections_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(dir.path(), TOKEN).await;
+    node.open_publish("app").await;
+    let port = pushcast_testkit::net::free_udp_port();
+    let out = dir.path().join("srt.ts");
+    let _receiver = pushcast_testkit::ffmpeg::Receiver::start(
+        &format!("srt://127.0.0.1:{port}?mode=listener"),
+        &[],
+        &out,
+    );
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "t", "stream": {"name": "cam"}, "protocol": "srt",
+                   "url": format!("srt://127.0.0.1:{port}")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let log = dir.path().join("publish.log");
+    let _encoder = publish_file(&test_media().flv, &node.ingest_url("app", "cam"), -1, &log);
+    let t = task_when(&node, "SRT's statistics", |t| {
+        t["state"] == "started" && t.get("lostPackets").is_some()
+    })
+    .await;
+    println!("srt health: {t}");
+    // Loopback loses nothing.
+    assert_eq!(
+        (
+            &t["lostPackets"],
+            &t["retransmittedPackets"],
+            &t["droppedPackets"]
+        ),
+        (&json!(0), &json!(0), &json!(0)),
+        "{t}"
+    );
+    assert!(t["bitrate"].as_u64().unwrap_or(0) > 0 || t["sentBytes"].as_u64().unwrap_or(0) > 0);
+}

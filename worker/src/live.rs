@@ -131,6 +131,13 @@ impl Dest {
             h.connected_ms = self
                 .connected
                 .map_or(0, |c| now.saturating_duration_since(c).as_millis() as u64);
+            h.srt = s.counters.srt().map(|(lost, retransmitted, dropped)| {
+                pushcast_proto::model::SrtHealth {
+                    lost_packets: lost,
+                    retransmitted_packets: retransmitted,
+                    dropped_packets: dropped,
+                }
+            });
         }
         st
     }
@@ -416,6 +423,12 @@ fn aggregate<'a>(dests: impl Iterator<Item = &'a TaskStatus>) -> TaskStatus {
         h.stalls += dh.stalls;
         h.connected_ms = h.connected_ms.max(dh.connected_ms);
         h.last_error_ms = h.last_error_ms.max(dh.last_error_ms);
+        if let Some(d) = dh.srt {
+            let s = h.srt.get_or_insert_default();
+            s.dropped_packets += d.dropped_packets;
+            s.lost_packets += d.lost_packets;
+            s.retransmitted_packets += d.retransmitted_packets;
+        }
     }
     let any = |s: TaskState| states.contains(&s);
     sum.state = if any(TaskState::Started) {

@@ -299,9 +299,13 @@ pub async fn start(
             for s in ["ready", "started", "stopping", "stopped", "error"] {
                 by_state.insert(s, 0u64);
             }
+            let mut bitrate = 0u64;
             for t in gauge_live.all() {
-                *by_state.entry(t.snapshot().state.as_str()).or_default() += 1;
+                let st = t.snapshot();
+                *by_state.entry(st.state.as_str()).or_default() += 1;
+                bitrate += st.health.bitrate_bps;
             }
+            metrics::gauge!("pushcast_push_bitrate_bps").set(bitrate as f64);
             for (state, n) in by_state {
                 metrics::gauge!("pushcast_push_tasks", "state" => state).set(n as f64);
             }

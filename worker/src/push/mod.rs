@@ -105,6 +105,12 @@ pub struct SessionCounters {
     pub dropped_frames: AtomicU64,
     /// Video pictures among the frames sent (not sequence headers): the frame rate.
     pub sent_pictures: AtomicU64,
+    /// SRT destinations: the last statistics (packets lost, retransmitted, dropped);
+    /// `srt_seen` once any came.
+    srt_seen: std::sync::atomic::AtomicBool,
+    srt_lost: AtomicU64,
+    srt_retransmitted: AtomicU64,
+    srt_dropped: AtomicU64,
 }
 
 impl SessionCounters {
@@ -148,6 +154,26 @@ impl SessionCounters {
             self.earlier_queue_drops
                 .fetch_add(old.dropped_frames(), Ordering::Relaxed);
         }
+    }
+
+    /// SRT's statistics of the connection.
+    pub(crate) fn set_srt(&self, lost: u64, retransmitted: u64, dropped: u64) {
+        self.srt_lost.store(lost, Ordering::Relaxed);
+        self.srt_retransmitted
+            .store(retransmitted, Ordering::Relaxed);
+        self.srt_dropped.store(dropped, Ordering::Relaxed);
+        self.srt_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// (packets lost, retransmitted, dropped) of an SRT destination.
+    pub fn srt(&self) -> Option<(u64, u64, u64)> {
+        self.srt_seen.load(Ordering::Relaxed).then(|| {
+            (
+                self.srt_lost.load(Ordering::Relaxed),
+                self.srt_retransmitted.load(Ordering::Relaxed),
+                self.srt_dropped.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// The watchdog found the push stalled.

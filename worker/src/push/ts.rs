@@ -357,14 +357,29 @@ pub(crate) async fn run_srt(
     ctx: &mut Ctx<'_>,
 ) -> Result<SessionEnd, PushError> {
     let cancel = ctx.cancel.clone();
-    let (socket, peer) = tokio::select! {
+    let (mut socket, peer) = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
         r = super::srt::connect(host, port, options, ctx.cfg) => r?,
     };
     tracing::info!(%peer, "SRT connected");
     (ctx.events)(SessionEvent::Connected { peer: Some(peer) });
-    run_datagrams(DatagramOut::Srt(Box::new(socket)), ctx).await
+    // SRT's own statistics (once a second): losses, retransmissions and drops, for the
+    // push's health.
+    let mut stats = Box::pin(socket.statistics().clone());
+    let counters: &super::SessionCounters = ctx.counters;
+    let run = run_datagrams(DatagramOut::Srt(Box::new(socket)), ctx);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            r = &mut run => return r,
+            Some(st) = stats.next() => counters.set_srt(
+                st.tx_loss_data,
+                st.tx_retransmit_data,
+                st.tx_dropped_data,
+            ),
+        }
+    }
 }
 
 /// Compact the send buffer once this much of its front has been sent.
