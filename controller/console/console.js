@@ -251,6 +251,9 @@ async function streamKey(action, flags, done) {
   const r = await act("POST", "/v1/vhosts/" + vhost() + "/apps/" + $("key-app").value + ":" + action,
     Object.assign({ stream: $("key-stream").value }, flags), done);
   $("key-shown").textContent = r.status === 200 && r.json.response ? r.json.response.streamKey : "";
+  // Shown once: masked after a minute, or at once with Hide.
+  clearTimeout(streamKey.mask);
+  streamKey.mask = setTimeout(() => { if ($("key-shown").textContent) $("key-shown").textContent = "••••••••"; }, 60000);
 }
 $("key-form").addEventListener("submit", (ev) => { ev.preventDefault(); streamKey("streamKey", {}, "key issued"); });
 $("key-regenerate").addEventListener("click", () => streamKey("streamKey", { regenerate: true }, "key regenerated"));
