@@ -43,8 +43,9 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = changes.changed() => {}
-            _ = leader.changed() => {}
+            r = changes.changed() => if r.is_err() { return },
+            // The election is over (the process is stopping): nothing more to lead.
+            r = leader.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(RESYNC) => {}
         }
         if !*leader.borrow() {
