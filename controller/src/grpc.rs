@@ -200,6 +200,10 @@ impl AppService for Api {
             .into_inner()
             .app
             .ok_or_else(|| Status::invalid_argument("There is no required parameter [ app]"))?;
+        // Continuity and rules go through the REST API's checks, from the same JSON.
+        let settings = app_settings_json(&app);
+        let continuity = crate::requests::continuity(&settings)?;
+        let rules = crate::requests::rules(&settings)?.unwrap_or_default();
         let created = self
             .pushes
             .apps()
@@ -209,10 +213,10 @@ impl AppService for Api {
                 open_publish: app.open_publish,
                 callbacks: Default::default(),
                 srt_passphrase: None,
-                reconnect_window_ms: 0,
-                input_stall_ms: None,
-                switch_back_to_primary: None,
-                rules: Vec::new(),
+                reconnect_window_ms: continuity.reconnect_window_ms.unwrap_or(0),
+                input_stall_ms: continuity.input_stall_ms,
+                switch_back_to_primary: continuity.switch_back_to_primary,
+                rules,
             })
             .await?;
         Ok(Response::new(v1::CreateAppResponse {
@@ -301,4 +305,36 @@ fn vhost_proto(v: pushcast_proto::vhosts::VhostConfig) -> v1::Vhost {
         name: v.name,
         hosts: v.hosts,
     }
+}
+
+/// A gRPC app's continuity settings and rules in the REST API's JSON shape, so one
+/// parser checks both APIs.
+fn app_settings_json(app: &v1::App) -> serde_json::Value {
+    let rules: Vec<serde_json::Value> = app
+        .rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "stream": r.stream,
+                "destinations": r.destinations.iter().map(|d| serde_json::json!({
+                    "protocol": d.protocol, "url": d.url, "streamKey": d.stream_key,
+                    "variantNames": d.variant_names,
+                })).collect::<Vec<_>>(),
+                "trackIds": r.track_ids,
+                "variantNames": r.variant_names,
+            })
+        })
+        .collect();
+    let mut v = serde_json::json!({ "reconnectWindowMs": app.reconnect_window_ms });
+    if let Some(ms) = app.input_stall_ms {
+        v["inputStallMs"] = ms.into();
+    }
+    if let Some(b) = app.switch_back_to_primary {
+        v["switchBackToPrimary"] = b.into();
+    }
+    if !rules.is_empty() {
+        v["rules"] = rules.into();
+    }
+    v
 }

@@ -946,6 +946,29 @@ impl AppConfig {
             vhost: self.vhost.clone(),
             name: self.name.clone(),
             open_publish: self.open_publish,
+            reconnect_window_ms: self.reconnect_window_ms,
+            input_stall_ms: self.input_stall_ms,
+            switch_back_to_primary: self.switch_back_to_primary,
+            rules: self
+                .rules
+                .iter()
+                .map(|r| v1::PushRule {
+                    name: r.name.clone(),
+                    stream: r.stream.clone(),
+                    destinations: r
+                        .destinations
+                        .iter()
+                        .map(|d| v1::Destination {
+                            protocol: d.protocol.as_str().to_string(),
+                            url: d.url.clone(),
+                            stream_key: d.stream_key.clone(),
+                            variant_names: d.variant_names.clone(),
+                        })
+                        .collect(),
+                    track_ids: r.track_ids.clone(),
+                    variant_names: r.variant_names.clone(),
+                })
+                .collect(),
         }
     }
 

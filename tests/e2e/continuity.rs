@@ -536,3 +536,57 @@ async fn a_stalled_primary_is_replaced_by_its_backup_and_takes_over_again() {
     // the backup's keyframe (GOP 2 s); nothing goes back, everything decodes.
     assert_one_clean_stream(&rec, 1, 900);
 }
+
+/// A backup that reaches another worker than its primary (a load balancer in front of
+/// the workers) is relayed to the primary's worker and takes over there when the
+/// primary dies: one publish session at the destination.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_on_another_worker_is_relayed_to_its_primary() {
+    use pushcast_testkit::cluster::{Cluster, WorkerOpts};
+    use pushcast_testkit::etcd::EtcdProcess;
+    let _serial = crate::cluster::SERIAL.lock().await;
+    let mut c = Cluster::start(EtcdProcess::start()).await;
+    c.add_controller().await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.add_worker(WorkerOpts::default()).await;
+    c.wait_for_leader(Duration::from_secs(15)).await;
+    let node = c.api();
+    set_app(node, json!({"openPublish": true})).await;
+    let nginx = Nginx::start();
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": "t", "stream": {"name": "cam"}, "protocol": "rtmp",
+                   "url": nginx.rtmp_url(), "streamKey": "k"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let media = &test_media().flv;
+    let log = |n: &str| c.path().join(format!("{n}.log"));
+    let mut primary = publish_file(media, &c.workers[0].ingest_url("cam"), -1, &log("primary"));
+    wait_task(node, "t", "pushing from w0", |t| sent(t) > 50_000).await;
+    let backup_url = format!("{}?backup=1", c.workers[1].ingest_url("cam"));
+    let mut backup = publish_file(media, &backup_url, -1, &log("backup"));
+    wait_for("the relayed backup attached on w0", Duration::from_secs(20), || async {
+        let s = node.call("GET", "/v1/vhosts/default/apps/app/streams/cam", None).await;
+        (s.json["response"]["inputs"] == 2).then_some(())
+    })
+    .await;
+    assert!(backup.try_status().is_none(), "the backup publishes");
+    primary.signal("KILL");
+    primary.wait_exit(Duration::from_secs(5));
+    let t = wait_task(node, "t", "switched to the relayed backup", |t| {
+        t["sourceEvent"]["input"] == "backup"
+    })
+    .await;
+    assert_eq!((t["worker"].as_str(), t["sequence"].as_u64()), (Some("w0"), Some(0)), "{t}");
+    let at_switch = sent(&t);
+    wait_task(node, "t", "sending from the backup", |t| sent(t) > at_switch + 50_000).await;
+    backup.signal("KILL");
+    backup.wait_exit(Duration::from_secs(5));
+    wait_task(node, "t", "ended with its last input", |t| t["sequence"] == 1).await;
+    let rec = nginx.finished_recording("k", Duration::from_secs(15));
+    assert_eq!(publish_sessions(&nginx, "k"), 1, "{}", nginx.error_log());
+    assert_one_clean_stream(&rec, 0, 2500);
+    c.assert_no_double_publish();
+}

@@ -185,15 +185,52 @@ async fn grpc_and_rest_share_tasks_and_events() {
 
     // Apps over gRPC.
     let mut apps = AppServiceClient::new(channel.clone());
-    apps.create_app(authed(v1::CreateAppRequest {
-        app: Some(v1::App {
-            vhost: "default".into(),
-            name: "live".into(),
-            open_publish: false,
-        }),
-    }))
-    .await
-    .unwrap();
+    // With source continuity and an auto-push rule, checked as REST checks them.
+    let rule = v1::PushRule {
+        name: "yt".into(),
+        stream: "cam*".into(),
+        destinations: vec![v1::Destination {
+            protocol: "rtmp".into(),
+            url: "rtmp://a.example/live".into(),
+            stream_key: "${SourceStream}".into(),
+            variant_names: vec![],
+        }],
+        ..Default::default()
+    };
+    let created = apps
+        .create_app(authed(v1::CreateAppRequest {
+            app: Some(v1::App {
+                vhost: "default".into(),
+                name: "live".into(),
+                open_publish: false,
+                reconnect_window_ms: 10_000,
+                rules: vec![rule.clone()],
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .app
+        .unwrap();
+    assert_eq!((created.reconnect_window_ms, created.rules.len()), (10_000, 1));
+    let r = node.call("GET", "/v1/vhosts/default/apps/live", None).await;
+    assert_eq!(r.json["response"]["rules"][0]["stream"], "cam*", "{}", r.text);
+    let bad = apps
+        .create_app(authed(v1::CreateAppRequest {
+            app: Some(v1::App {
+                vhost: "default".into(),
+                name: "bad".into(),
+                rules: vec![v1::PushRule {
+                    name: "no spaces allowed".into(),
+                    ..rule
+                }],
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     let names = apps
         .list_apps(authed(v1::ListAppsRequest {
             vhost: "default".into(),

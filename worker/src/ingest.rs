@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushcast_proto::keys;
+use pushcast_proto::destination::Destination;
 use pushcast_proto::model::{
-    AppConfig, FORWARD_APP, LiveStream, OutboxEntry, OutboxKind, WorkerInfo,
+    AppConfig, FORWARD_APP, LiveStream, OutboxEntry, OutboxKind, Protocol, WorkerInfo,
 };
 use pushcast_proto::publish_keys::lookup_hash;
 use pushcast_proto::secret::redact;
@@ -111,6 +112,9 @@ pub struct Ingest {
     pub webhooks: Dispatcher,
     /// Connection caps and message bounds.
     pub limits: IngestLimits,
+    /// How a backup whose primary is live on another worker is relayed there (the
+    /// forwards' settings); `None`: such a backup is refused.
+    pub backup_relay: Option<Arc<crate::reconnect::Settings>>,
 }
 
 /// The live publishes of this worker, by stream: each connection's token, cancelled to
@@ -522,11 +526,17 @@ impl Ingest {
         }
         let key = crate::forward::parse_forward_stream_name(&req.stream_name)
             .ok_or(Refusal::BadForwardName)?;
+        // A backup relayed from the worker its encoder reached (see `admit_backup`).
+        let role = if is_backup(req.query.as_deref()) {
+            Role::Backup
+        } else {
+            Role::Primary
+        };
         let source = self
             .hub
-            .publish(key)
+            .publish_input(key, role, None)
             .map_err(|_| Refusal::StreamInUse(req.stream_name.clone()))?;
-        tracing::info!(stream = %source.key(), "forward publish started");
+        tracing::info!(stream = %source.key(), role = role.as_str(), "forward publish started");
         Ok(Published {
             source,
             store_key: None,
@@ -706,6 +716,12 @@ impl Ingest {
                         .map(|h| h.worker),
                     _ => None,
                 };
+                // The primary is live on another worker: relay the backup there.
+                if let Some(worker) = &holder
+                    && let Some(p) = self.relay_backup(&key, worker).await
+                {
+                    return Ok(p);
+                }
                 Err(Refusal::NoPrimary {
                     stream: key.stream,
                     elsewhere: holder,
@@ -716,6 +732,48 @@ impl Ingest {
             }
             Err(_) => Err(Refusal::StreamInUse(key.stream)),
         }
+    }
+
+    /// A backup whose primary is live on `worker`: its frames go into this worker's hub
+    /// under a name of their own ([`relayed_backup`]) and from there, like a forward, to
+    /// `worker`'s `_relay` app as the stream's backup input (`backup=1`), where the
+    /// splice takes it over when the primary ends or stalls. The relay ends with the
+    /// publish. `None` when this worker relays nothing or `worker` has no registration.
+    async fn relay_backup(&self, key: &StreamId, worker: &str) -> Option<Published> {
+        let settings = self.backup_relay.clone()?;
+        let registration = self
+            .store
+            .get(&keys::worker(worker))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|kv| serde_json::from_slice::<WorkerInfo>(&kv.value).ok())?;
+        let local = relayed_backup(key);
+        let source = self.hub.publish_input(local.clone(), Role::Primary, None).ok()?;
+        let name = crate::forward::forward_stream_name(&key.vhost, &key.app, &key.stream);
+        let url = format!("rtmp://{}/{FORWARD_APP}", registration.rtmp_addr);
+        let stream_key = format!("{name}?token={}&backup=1", self.forward_token);
+        let dest =
+            Destination::parse(Protocol::Rtmp, &url, &stream_key, Vec::new()).ok()?;
+        let sub = self.hub.subscribe(&local, settings.queue)?;
+        let lp = Box::new(crate::reconnect::Loop {
+            settings,
+            stream: local,
+            dest,
+            tracks: crate::reconnect::Tracks::All,
+            report: crate::reconnect::Report::Forward,
+            counters: crate::push::SessionCounters::new(),
+            cancel: CancellationToken::new(),
+        });
+        let span = tracing::info_span!("backup relay", stream = %key, to = %worker);
+        tokio::spawn(lp.run(Some(sub)).instrument(span));
+        tracing::info!(stream = %key, to = %worker, "backup publish relayed to the primary's worker");
+        metrics::counter!("pushcast_ingest_publishes_total").increment(1);
+        Some(Published {
+            source,
+            store_key: None,
+            notify: None,
+        })
     }
 
     /// When this worker's hub feeds the stream from its backup alone (the primary
@@ -1122,6 +1180,16 @@ impl Ingest {
     }
 }
 
+/// The name a backup relayed to its primary's worker has in this worker's hub: one no
+/// encoder uses (it holds a NUL). Were it taken, the backup would be refused.
+fn relayed_backup(key: &StreamId) -> StreamId {
+    StreamId::new(
+        key.vhost.clone(),
+        key.app.clone(),
+        format!("{}\u{0}backup", key.stream),
+    )
+}
+
 /// Whether a publish's query asks for the backup input (`backup=1` or `backup=true`).
 fn is_backup(query: Option<&str>) -> bool {
     query
@@ -1313,6 +1381,7 @@ mod tests {
             refused: Default::default(),
             limits: Default::default(),
             webhooks: Dispatcher::new(Default::default()).unwrap(),
+            backup_relay: None,
         };
         Setup { ingest, _dir: dir }
     }

@@ -142,7 +142,18 @@ pub async fn start(
         ..Default::default()
     })
     .context("cannot start the webhook dispatcher")?;
+    // Forwards, and backups relayed to their primary's worker, share these settings.
+    let forward_settings = Arc::new(Settings {
+        hub: hub.clone(),
+        push: push.clone(),
+        queue: QueueLimits::default(),
+        backoff: crate::forward::retry_policy(),
+        fence: fence.clone(),
+        // Forwards have no task to report to; their send timeout still applies.
+        stall_after: Duration::ZERO,
+    });
     let ingest = Ingest {
+        backup_relay: Some(forward_settings.clone()),
         hub: hub.clone(),
         store: store.clone(),
         lease: lease.clone(),
@@ -227,15 +238,7 @@ pub async fn start(
     tracing::info!(addr = %rtmp_addr, node = %node_id, "RTMP ingest listening");
 
     let forwards = crate::forward::Forwards {
-        settings: Arc::new(Settings {
-            hub: hub.clone(),
-            push: push.clone(),
-            queue: QueueLimits::default(),
-            backoff: crate::forward::retry_policy(),
-            fence: fence.clone(),
-            // Forwards have no task to report to; their send timeout still applies.
-            stall_after: Duration::ZERO,
-        }),
+        settings: forward_settings,
         store: store.clone(),
         node_id: node_id.clone(),
         token: forward_token,
