@@ -567,10 +567,16 @@ async fn a_backup_on_another_worker_is_relayed_to_its_primary() {
     wait_task(node, "t", "pushing from w0", |t| sent(t) > 50_000).await;
     let backup_url = format!("{}?backup=1", c.workers[1].ingest_url("cam"));
     let mut backup = publish_file(media, &backup_url, -1, &log("backup"));
-    wait_for("the relayed backup attached on w0", Duration::from_secs(20), || async {
-        let s = node.call("GET", "/v1/vhosts/default/apps/app/streams/cam", None).await;
-        (s.json["response"]["inputs"] == 2).then_some(())
-    })
+    wait_for(
+        "the relayed backup attached on w0",
+        Duration::from_secs(20),
+        || async {
+            let s = node
+                .call("GET", "/v1/vhosts/default/apps/app/streams/cam", None)
+                .await;
+            (s.json["response"]["inputs"] == 2).then_some(())
+        },
+    )
     .await;
     assert!(backup.try_status().is_none(), "the backup publishes");
     primary.signal("KILL");
@@ -579,12 +585,22 @@ async fn a_backup_on_another_worker_is_relayed_to_its_primary() {
         t["sourceEvent"]["input"] == "backup"
     })
     .await;
-    assert_eq!((t["worker"].as_str(), t["sequence"].as_u64()), (Some("w0"), Some(0)), "{t}");
+    assert_eq!(
+        (t["worker"].as_str(), t["sequence"].as_u64()),
+        (Some("w0"), Some(0)),
+        "{t}"
+    );
     let at_switch = sent(&t);
-    wait_task(node, "t", "sending from the backup", |t| sent(t) > at_switch + 50_000).await;
+    wait_task(node, "t", "sending from the backup", |t| {
+        sent(t) > at_switch + 50_000
+    })
+    .await;
     backup.signal("KILL");
     backup.wait_exit(Duration::from_secs(5));
-    wait_task(node, "t", "ended with its last input", |t| t["sequence"] == 1).await;
+    wait_task(node, "t", "ended with its last input", |t| {
+        t["sequence"] == 1
+    })
+    .await;
     let rec = nginx.finished_recording("k", Duration::from_secs(15));
     assert_eq!(publish_sessions(&nginx, "k"), 1, "{}", nginx.error_log());
     assert_one_clean_stream(&rec, 0, 2500);

@@ -213,9 +213,16 @@ async fn grpc_and_rest_share_tasks_and_events() {
         .into_inner()
         .app
         .unwrap();
-    assert_eq!((created.reconnect_window_ms, created.rules.len()), (10_000, 1));
+    assert_eq!(
+        (created.reconnect_window_ms, created.rules.len()),
+        (10_000, 1)
+    );
     let r = node.call("GET", "/v1/vhosts/default/apps/live", None).await;
-    assert_eq!(r.json["response"]["rules"][0]["stream"], "cam*", "{}", r.text);
+    assert_eq!(
+        r.json["response"]["rules"][0]["stream"], "cam*",
+        "{}",
+        r.text
+    );
     let bad = apps
         .create_app(authed(v1::CreateAppRequest {
             app: Some(v1::App {

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pushcast_proto::keys;
 use pushcast_proto::destination::Destination;
+use pushcast_proto::keys;
 use pushcast_proto::model::{
     AppConfig, FORWARD_APP, LiveStream, OutboxEntry, OutboxKind, Protocol, WorkerInfo,
 };
@@ -749,12 +749,14 @@ impl Ingest {
             .flatten()
             .and_then(|kv| serde_json::from_slice::<WorkerInfo>(&kv.value).ok())?;
         let local = relayed_backup(key);
-        let source = self.hub.publish_input(local.clone(), Role::Primary, None).ok()?;
+        let source = self
+            .hub
+            .publish_input(local.clone(), Role::Primary, None)
+            .ok()?;
         let name = crate::forward::forward_stream_name(&key.vhost, &key.app, &key.stream);
         let url = format!("rtmp://{}/{FORWARD_APP}", registration.rtmp_addr);
         let stream_key = format!("{name}?token={}&backup=1", self.forward_token);
-        let dest =
-            Destination::parse(Protocol::Rtmp, &url, &stream_key, Vec::new()).ok()?;
+        let dest = Destination::parse(Protocol::Rtmp, &url, &stream_key, Vec::new()).ok()?;
         let sub = self.hub.subscribe(&local, settings.queue)?;
         let lp = Box::new(crate::reconnect::Loop {
             settings,
