@@ -198,3 +198,47 @@ destinations = [{{ protocol = "rtmp", url = "{}", streamKey = "${{AppName}}-${{S
     recording_grows(&nginx, "app-cam9").await;
     assert_eq!(node.task("rule.file.cam9").await["rule"], "file");
 }
+
+/// The leader that made a rule's tasks dies: the new leader derives the same tasks and
+/// makes none twice; a stream published after the change gets its task from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_leader_derives_the_same_rule_tasks() {
+    use pushcast_testkit::cluster::{Cluster, WorkerOpts};
+    use pushcast_testkit::etcd::EtcdProcess;
+    let _serial = crate::cluster::SERIAL.lock().await;
+    let mut c = Cluster::start(EtcdProcess::start()).await;
+    c.add_controller().await;
+    c.add_controller().await;
+    c.add_worker(WorkerOpts::default()).await;
+    let leader = c.wait_for_leader(Duration::from_secs(15)).await;
+    let survivor = 1 - leader;
+    let nginx = Nginx::start();
+    patch_app(&c.controllers[survivor], rule(&nginx, &["${SourceStream}-a"])).await;
+    let media = &test_media().flv;
+    let dir = c.path().to_path_buf();
+    let log = |n: &str| dir.join(format!("{n}.log"));
+    let _cam1 = publish_file(media, &c.workers[0].ingest_url("cam1"), -1, &log("cam1"));
+    recording_grows(&nginx, "cam1-a").await;
+
+    c.kill9_controller(leader);
+    let new = c
+        .wait_for_leader(Duration::from_secs(c.leader_ttl_secs + 10))
+        .await;
+    assert_eq!(new, survivor);
+    let _cam2 = publish_file(media, &c.workers[0].ingest_url("cam2"), -1, &log("cam2"));
+    recording_grows(&nginx, "cam2-a").await;
+    // An observation window of a few of the new leader's passes (one a second) over both
+    // streams: still one task each.
+    let node = &c.controllers[survivor];
+    for _ in 0..3 {
+        let ids: Vec<String> = tasks(node)
+            .await
+            .iter()
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(ids, ["rule.yt.cam1", "rule.yt.cam2"], "{ids:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(sessions(&nginx, "cam1-a"), 1, "cam1's push was left alone");
+    c.assert_no_double_publish();
+}
