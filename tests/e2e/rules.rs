@@ -213,7 +213,11 @@ async fn a_new_leader_derives_the_same_rule_tasks() {
     let leader = c.wait_for_leader(Duration::from_secs(15)).await;
     let survivor = 1 - leader;
     let nginx = Nginx::start();
-    patch_app(&c.controllers[survivor], rule(&nginx, &["${SourceStream}-a"])).await;
+    patch_app(
+        &c.controllers[survivor],
+        rule(&nginx, &["${SourceStream}-a"]),
+    )
+    .await;
     let media = &test_media().flv;
     let dir = c.path().to_path_buf();
     let log = |n: &str| dir.join(format!("{n}.log"));
