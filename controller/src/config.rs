@@ -107,17 +107,9 @@ pub fn vhosts_or_default(
     let apps = section
         .iter()
         .flat_map(|(vhost, s)| {
-            s.apps.iter().map(move |name| AppConfig {
-                vhost: vhost.clone(),
-                name: name.clone(),
-                open_publish: false,
-                callbacks: Default::default(),
-                srt_passphrase: None,
-                reconnect_window_ms: 0,
-                input_stall_ms: None,
-                switch_back_to_primary: None,
-                rules: Vec::new(),
-            })
+            s.apps
+                .iter()
+                .map(move |name| AppConfig::new(vhost.clone(), name.clone()))
         })
         .collect();
     (vhosts, apps)

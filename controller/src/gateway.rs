@@ -457,7 +457,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::http::Request;
-    use pushcast_proto::model::{AppConfig, Callbacks};
+    use pushcast_proto::model::AppConfig;
     use pushcast_store::embedded::EmbeddedStore;
     use tower::ServiceExt;
 
@@ -477,17 +477,7 @@ mod tests {
         let store: Arc<dyn pushcast_store::Store> =
             Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
         let apps = Apps::new(store.clone(), ["default".to_string()]);
-        let app = AppConfig {
-            vhost: "default".into(),
-            name: "app".into(),
-            open_publish: false,
-            callbacks: Callbacks::default(),
-            srt_passphrase: None,
-            reconnect_window_ms: 0,
-            input_stall_ms: None,
-            switch_back_to_primary: None,
-            rules: Vec::new(),
-        };
+        let app = AppConfig::new("default", "app");
         apps.seed(&[app]).await.unwrap();
         let clients = WorkerClients::with_tls(None);
         let informer = crate::informer::Informer::new(store.clone());

@@ -208,15 +208,12 @@ impl AppService for Api {
             .pushes
             .apps()
             .create(AppConfig {
-                vhost: app.vhost,
-                name: app.name,
                 open_publish: app.open_publish,
-                callbacks: Default::default(),
-                srt_passphrase: None,
                 reconnect_window_ms: continuity.reconnect_window_ms.unwrap_or(0),
                 input_stall_ms: continuity.input_stall_ms,
                 switch_back_to_primary: continuity.switch_back_to_primary,
                 rules,
+                ..AppConfig::new(app.vhost, app.name)
             })
             .await?;
         Ok(Response::new(v1::CreateAppResponse {

@@ -403,17 +403,23 @@ impl Pushes {
     /// of load), from the informer's picture.
     pub fn workers(&self) -> Vec<(pushcast_proto::model::WorkerInfo, usize)> {
         let picture = self.informer.read();
+        // One pass over the statuses, not one per worker.
+        let mut held: HashMap<&str, usize> = HashMap::new();
+        for s in picture.statuses.values() {
+            if let Some(w) = s.worker.as_deref()
+                && s.state != pushcast_proto::model::TaskState::Stopped
+            {
+                *held.entry(w).or_default() += 1;
+            }
+        }
         picture
             .workers
             .values()
             .map(|w| {
-                let held = picture
-                    .statuses
-                    .values()
-                    .filter(|s| s.worker.as_deref() == Some(w.node_id.as_str()))
-                    .filter(|s| s.state != pushcast_proto::model::TaskState::Stopped)
-                    .count();
-                (w.clone(), held)
+                (
+                    w.clone(),
+                    held.get(w.node_id.as_str()).copied().unwrap_or(0),
+                )
             })
             .collect()
     }

@@ -941,6 +941,22 @@ impl Callbacks {
 }
 
 impl AppConfig {
+    /// An app with every setting at its default (closed publishing, no callbacks, no
+    /// continuity, no rules).
+    pub fn new(vhost: impl Into<String>, name: impl Into<String>) -> AppConfig {
+        AppConfig {
+            vhost: vhost.into(),
+            name: name.into(),
+            open_publish: false,
+            callbacks: Callbacks::default(),
+            srt_passphrase: None,
+            reconnect_window_ms: 0,
+            input_stall_ms: None,
+            switch_back_to_primary: None,
+            rules: Vec::new(),
+        }
+    }
+
     pub fn to_proto(&self) -> v1::App {
         v1::App {
             vhost: self.vhost.clone(),

@@ -63,6 +63,18 @@ fn source_event(t: &Value) -> (String, u64) {
     )
 }
 
+/// Starts task `id` pushing stream `cam` to `nginx` under `key`.
+async fn push_cam(node: &Node, id: &str, nginx: &Nginx, key: &str) {
+    let r = node
+        .action(
+            "startPush",
+            json!({"id": id, "stream": {"name": "cam"}, "protocol": "rtmp",
+                   "url": nginx.rtmp_url(), "streamKey": key}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
 /// Publish sessions nginx accepted for `key`.
 fn publish_sessions(nginx: &Nginx, key: &str) -> usize {
     nginx
@@ -121,14 +133,7 @@ async fn an_encoder_back_within_the_window_continues_the_same_destination_sessio
         app.text
     );
     let nginx = Nginx::start();
-    let r = node
-        .action(
-            "startPush",
-            json!({"id": "yt", "stream": {"name": "cam"}, "protocol": "rtmp",
-                   "url": nginx.rtmp_url(), "streamKey": "one"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    push_cam(&node, "yt", &nginx, "one").await;
 
     let mut first = encoder(&node, "cam", dir.path(), "first");
     let t = wait_task(&node, "yt", "pushing", |t| {
@@ -287,14 +292,7 @@ async fn a_backup_takes_over_when_the_primary_dies_and_hands_back_when_it_return
     let node = Node::standalone(dir.path(), TOKEN).await;
     set_app(&node, json!({"openPublish": true})).await;
     let nginx = Nginx::start();
-    let r = node
-        .action(
-            "startPush",
-            json!({"id": "t", "stream": {"name": "cam"}, "protocol": "rtmp",
-                   "url": nginx.rtmp_url(), "streamKey": "k"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    push_cam(&node, "t", &nginx, "k").await;
     // A backup with no primary is refused, with the reason.
     let mut lone = encoder(&node, "cam?backup=1", dir.path(), "lone");
     let exit = lone.wait_exit(Duration::from_secs(10));
@@ -399,14 +397,7 @@ async fn an_encoder_back_on_another_worker_continues_the_same_destination_sessio
     .await;
     // A destination of its own: the sandbox's drops publishers idle for 2 s.
     let nginx = Nginx::start();
-    let r = node
-        .action(
-            "startPush",
-            json!({"id": "yt", "stream": {"name": "cam"}, "protocol": "rtmp",
-                   "url": nginx.rtmp_url(), "streamKey": "one"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    push_cam(node, "yt", &nginx, "one").await;
     let media = &test_media().flv;
     let log = |n: &str| c.path().join(format!("{n}.log"));
     let mut first = publish_file(media, &c.workers[0].ingest_url("cam"), -1, &log("first"));
@@ -472,14 +463,7 @@ async fn a_stalled_primary_is_replaced_by_its_backup_and_takes_over_again() {
     let node = Node::standalone(dir.path(), TOKEN).await;
     set_app(&node, json!({"openPublish": true, "inputStallMs": 1000})).await;
     let nginx = Nginx::start();
-    let r = node
-        .action(
-            "startPush",
-            json!({"id": "t", "stream": {"name": "cam"}, "protocol": "rtmp",
-                   "url": nginx.rtmp_url(), "streamKey": "k"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    push_cam(&node, "t", &nginx, "k").await;
     let mut primary = encoder(&node, "cam", dir.path(), "primary");
     wait_task(&node, "t", "pushing from the primary", |t| sent(t) > 50_000).await;
     let backup = encoder(&node, "cam?backup=1", dir.path(), "backup");
@@ -553,14 +537,7 @@ async fn a_backup_on_another_worker_is_relayed_to_its_primary() {
     let node = c.api();
     set_app(node, json!({"openPublish": true})).await;
     let nginx = Nginx::start();
-    let r = node
-        .action(
-            "startPush",
-            json!({"id": "t", "stream": {"name": "cam"}, "protocol": "rtmp",
-                   "url": nginx.rtmp_url(), "streamKey": "k"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    push_cam(node, "t", &nginx, "k").await;
     let media = &test_media().flv;
     let log = |n: &str| c.path().join(format!("{n}.log"));
     let mut primary = publish_file(media, &c.workers[0].ingest_url("cam"), -1, &log("primary"));

@@ -1012,6 +1012,7 @@ impl Ingest {
         self.publishers.remove(&p.source);
         let key = p.source.key().clone();
         let primary = p.source.role() == Role::Primary;
+        let splice = p.source.splice_status();
         p.source.end();
         let Some(store_key) = p.store_key else { return };
         if primary {
@@ -1064,7 +1065,10 @@ impl Ingest {
             }
         }
         if let Some(marked) = interrupted {
-            tokio::spawn(self.clone().unregister_when_ended(key, store_key, marked));
+            tokio::spawn(
+                self.clone()
+                    .unregister_when_ended(key, store_key, marked, splice),
+            );
         }
     }
 
@@ -1150,24 +1154,26 @@ impl Ingest {
     /// Removes an interrupted stream's record once the hub has ended it (its window
     /// passed), unless a publish continued it (which rewrote the record: the removal
     /// compares the value).
-    async fn unregister_when_ended(self, key: StreamId, store_key: String, marked: Vec<u8>) {
-        loop {
-            match self.hub.info(&key) {
-                Some(info) if info.splice.active.is_none() => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+    async fn unregister_when_ended(
+        self,
+        key: StreamId,
+        store_key: String,
+        marked: Vec<u8>,
+        mut splice: watch::Receiver<SpliceStatus>,
+    ) {
+        tokio::select! {
+            _ = self.hub.gone(&key) => {}
+            // Closed: the stream is gone with its state.
+            fed = splice.wait_for(|s| s.active.is_some()) => if fed.is_ok() {
+                // Continued. Not by a publish here (which rewrote the record): by a
+                // forward from the worker that took the stream over, whose record it
+                // is now.
+                let mut published = self.lock_published();
+                if published.get(&store_key) == Some(&marked) {
+                    published.remove(&store_key);
                 }
-                Some(_) => {
-                    // Continued. Not by a publish here (which rewrote the record):
-                    // by a forward from the worker that took the stream over, whose
-                    // record it is now.
-                    let mut published = self.lock_published();
-                    if published.get(&store_key) == Some(&marked) {
-                        published.remove(&store_key);
-                    }
-                    return;
-                }
-                None => break,
-            }
+                return;
+            },
         }
         let still = self.lock_published().get(&store_key) == Some(&marked);
         if still {
@@ -1331,7 +1337,6 @@ mod tests {
     //! `Ingest::admit` in process, on the embedded store in a temp dir.
     #![allow(clippy::unwrap_used)]
 
-    use pushcast_proto::model::Callbacks;
     use pushcast_rtmp::ConnectInfo;
 
     use super::*;
@@ -1347,15 +1352,8 @@ mod tests {
             pushcast_store::embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap(),
         );
         let app = AppConfig {
-            vhost: "default".into(),
-            name: "app".into(),
             open_publish,
-            callbacks: Callbacks::default(),
-            srt_passphrase: None,
-            reconnect_window_ms: 0,
-            input_stall_ms: None,
-            switch_back_to_primary: None,
-            rules: Vec::new(),
+            ..AppConfig::new("default", "app")
         };
         store
             .put(

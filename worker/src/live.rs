@@ -15,7 +15,7 @@ use pushcast_proto::model::{
 };
 use pushcast_proto::time;
 
-use crate::hub::{Hub, StreamId};
+use crate::hub::{StreamId, StreamInfo};
 use crate::push::SessionCounters;
 use crate::status::StatusWriter;
 
@@ -320,12 +320,10 @@ impl TaskLive {
 
     /// Takes this second's sample of every session's counters (the rates' window), and
     /// wakes the sessions found stalled: connected (`started`), their source live and
-    /// fed with new frames, and no byte sent for `stall_after` (zero: never).
-    pub fn sample(&self, hub: &Hub, stall_after: Duration) {
-        let fed = hub
-            .info(&self.stream)
-            .filter(|i| i.splice.active.is_some())
-            .map(|i| i.frames_in);
+    /// fed with new frames, and no byte sent for `stall_after` (zero: never). `fed`: the
+    /// frame count of each live stream that has an input (one hub scan per tick).
+    pub fn sample(&self, fed: &HashMap<StreamId, u64>, stall_after: Duration) {
+        let fed = fed.get(&self.stream).copied();
         let now = Instant::now();
         let mut inner = self.lock();
         for d in &mut inner.dests {
@@ -477,10 +475,16 @@ impl LiveTasks {
         self.lock().get(key).cloned()
     }
 
-    /// Samples every task's sessions (see [`TaskLive::sample`]).
-    pub fn sample(&self, hub: &Hub, stall_after: Duration) {
+    /// Samples every task's sessions (see [`TaskLive::sample`]) against `streams`, the
+    /// hub's live streams now.
+    pub fn sample(&self, streams: &[StreamInfo], stall_after: Duration) {
+        let fed: HashMap<StreamId, u64> = streams
+            .iter()
+            .filter(|s| s.splice.active.is_some())
+            .map(|s| (s.key.clone(), s.frames_in))
+            .collect();
         for task in self.all() {
-            task.sample(hub, stall_after);
+            task.sample(&fed, stall_after);
         }
     }
 
@@ -612,8 +616,18 @@ mod health_tests {
     use pushcast_proto::model::Protocol;
 
     use super::*;
+    use crate::hub::Hub;
 
     const DEST: &str = "rtmp://h/live/k";
+
+    /// What the worker's tick hands every task: the fed streams' frame counts.
+    fn fed(hub: &Hub) -> HashMap<StreamId, u64> {
+        hub.streams()
+            .into_iter()
+            .filter(|s| s.splice.active.is_some())
+            .map(|s| (s.key, s.frames_in))
+            .collect()
+    }
 
     fn task() -> TaskLive {
         let mut spec: TaskSpec = serde_json::from_value(serde_json::json!({
@@ -641,7 +655,7 @@ mod health_tests {
         let (live, hub) = (task(), Hub::default());
         let c = live.begin_session(DEST);
         live.started(DEST);
-        live.sample(&hub, Duration::ZERO);
+        live.sample(&fed(&hub), Duration::ZERO);
         tokio::time::advance(Duration::from_secs(2)).await;
         c.add_sent(500_000, 100);
         c.add_pictures(60);
@@ -666,18 +680,18 @@ mod health_tests {
         tokio::pin!(stalled);
         stalled.as_mut().enable();
         let after = Duration::from_secs(5);
-        live.sample(&hub, after);
+        live.sample(&fed(&hub), after);
         for s in 1..=4 {
             tokio::time::advance(Duration::from_secs(1)).await;
             source.publish(frame(s * 1000));
-            live.sample(&hub, after);
+            live.sample(&fed(&hub), after);
         }
         assert!(stalled.as_mut().now_or_never().is_none(), "not yet");
         // Bytes moving keep it alive; a source that sends nothing is not the push's fault.
         c.add_sent(10, 1);
         for _ in 0..6 {
             tokio::time::advance(Duration::from_secs(1)).await;
-            live.sample(&hub, after);
+            live.sample(&fed(&hub), after);
         }
         assert!(
             stalled.as_mut().now_or_never().is_none(),
@@ -686,7 +700,7 @@ mod health_tests {
         for s in 10..=16 {
             tokio::time::advance(Duration::from_secs(1)).await;
             source.publish(frame(s * 1000));
-            live.sample(&hub, after);
+            live.sample(&fed(&hub), after);
             if stalled.as_mut().now_or_never().is_some() {
                 let waited = s - 10 + 1;
                 assert!(waited >= 5, "stalled after {waited} s");

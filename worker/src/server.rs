@@ -276,8 +276,9 @@ pub async fn start(
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = tick.tick() => {
-                    sampled.sample(&sample_hub, stall_after);
-                    sampled_streams.sample(&sample_hub);
+                    let streams = sample_hub.streams();
+                    sampled.sample(&streams, stall_after);
+                    sampled_streams.sample(&streams);
                 }
             }
         }

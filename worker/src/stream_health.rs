@@ -29,13 +29,13 @@ impl StreamRates {
         self.samples.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes this second's sample of every stream; forgets the streams that ended.
-    pub fn sample(&self, hub: &Hub) {
+    /// Takes this second's sample of every live stream (`streams`: the hub's now);
+    /// forgets the streams that ended.
+    pub fn sample(&self, streams: &[StreamInfo]) {
         let now = Instant::now();
-        let streams = hub.streams();
         let mut all = self.lock();
         all.retain(|k, _| streams.iter().any(|s| s.key == *k));
-        for s in &streams {
+        for s in streams {
             let ring = all.entry(s.key.clone()).or_default();
             if ring.len() == SAMPLES {
                 ring.pop_front();

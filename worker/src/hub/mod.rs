@@ -238,8 +238,8 @@ impl Hub {
                     Ok(input) => {
                         let inputs = state.inputs.list.len();
                         let active = state.inputs.active_role();
+                        let app_window = state.inputs.continuity.reconnect_window;
                         drop(state);
-                        let app_window = state_window(&existing);
                         existing.splice.send_modify(|st| {
                             st.inputs = inputs;
                             st.active = active;
@@ -362,6 +362,20 @@ impl Hub {
     /// `RecvError::Lagged`, and should resynchronise from [`Hub::streams`].
     pub fn events(&self) -> broadcast::Receiver<StreamEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Waits until `key` is not in the hub (its stream ended, or never was). Cancel-safe.
+    pub async fn gone(&self, key: &StreamId) {
+        let mut generation = self.inner.generation.subscribe();
+        loop {
+            generation.borrow_and_update();
+            if !self.is_live(key) {
+                return;
+            }
+            if generation.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     pub fn is_live(&self, key: &StreamId) -> bool {
@@ -604,11 +618,6 @@ impl Drop for Source {
         };
         end_stream(&self.shared, &self.hub, subscribers);
     }
-}
-
-/// The app's reconnect window of a stream.
-fn state_window(shared: &SourceShared) -> Duration {
-    shared.lock().inputs.continuity.reconnect_window
 }
 
 /// A task's ask that its stream outlive its last input by a reconnect window; withdrawn
